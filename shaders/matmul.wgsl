@@ -1,0 +1,125 @@
+// matmul: C[b] = alpha * op(A[b]) · op(B[b]) + beta * C[b] + bias      (f32 throughout)
+//
+// The three layouts training needs come from two flags:
+//   X·W    trans_a = 0, trans_b = 0   A [M, K], B [K, N]
+//   X·Wᵀ   trans_a = 0, trans_b = 1   A [M, K], B [N, K]   (Linear forward, dX = dY·W)
+//   Xᵀ·G   trans_a = 1, trans_b = 0   A [K, M], B [K, N]   (weight gradients)
+// C is [M, N] row-major. Batches (workgroup_id.z) start at b * stride_{a,b,c}; a stride of 0 shares
+// the operand across the batch. bias [N] is added per column when has_bias = 1. beta = 0 never reads C,
+// so C may hold garbage (BLAS semantics).
+//
+// Dispatch: workgroups (ceil(N / 64), ceil(M / 64), batches), 16 × 16 threads. Each workgroup owns a
+// 64 × 64 tile of C; each thread accumulates a 4 × 4 register block at rows ly + 16 i and columns
+// lx + 16 j (strided so that neighbouring threads read neighbouring workgroup-memory words and write
+// neighbouring addresses). K advances in slices of 16 staged through workgroup memory (8 KiB).
+
+struct Params {
+    m: u32,
+    n: u32,
+    k: u32,
+    trans_a: u32,
+    trans_b: u32,
+    has_bias: u32,
+    stride_a: u32,
+    stride_b: u32,
+    stride_c: u32,
+    alpha: f32,
+    beta: f32,
+    _pad: u32,
+}
+
+@group(0) @binding(0) var<storage, read> a: array<f32>;
+@group(0) @binding(1) var<storage, read> b: array<f32>;
+@group(0) @binding(2) var<storage, read> bias: array<f32>;
+@group(0) @binding(3) var<storage, read_write> c: array<f32>;
+@group(0) @binding(4) var<uniform> p: Params;
+
+const TILE: u32 = 64u;   // rows and columns of C per workgroup
+const SLICE: u32 = 16u;  // depth of K staged per step
+const THREADS: u32 = 256u;
+
+var<workgroup> tile_a: array<f32, 1024>;  // [SLICE][TILE]: tile_a[k * 64 + m]
+var<workgroup> tile_b: array<f32, 1024>;  // [SLICE][TILE]: tile_b[k * 64 + n]
+
+@compute @workgroup_size(16, 16, 1)
+fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    let row0 = wid.y * TILE;
+    let col0 = wid.x * TILE;
+    let base_a = wid.z * p.stride_a;
+    let base_b = wid.z * p.stride_b;
+    let base_c = wid.z * p.stride_c;
+    let tid = lid.y * 16u + lid.x;
+
+    var acc: array<f32, 16>;
+    for (var i = 0u; i < 16u; i++) {
+        acc[i] = 0.0;
+    }
+
+    for (var k0 = 0u; k0 < p.k; k0 += SLICE) {
+        // Stage A's 64 × 16 slice. Consecutive threads take consecutive addresses of A in memory:
+        // along k when A is [M, K], along m when it is stored transposed [K, M].
+        for (var r = 0u; r < 4u; r++) {
+            let e = tid + r * THREADS;
+            var m: u32;
+            var kk: u32;
+            if (p.trans_a == 0u) { m = e / SLICE; kk = e % SLICE; } else { kk = e / TILE; m = e % TILE; }
+            let gm = row0 + m;
+            let gk = k0 + kk;
+            var v = 0.0;
+            if (gm < p.m && gk < p.k) {
+                let idx = select(gm * p.k + gk, gk * p.m + gm, p.trans_a == 1u);
+                v = a[base_a + idx];
+            }
+            tile_a[kk * TILE + m] = v;
+        }
+        // Stage B's 16 × 64 slice, coalesced the same way (along n for [K, N], along k for [N, K]).
+        for (var r = 0u; r < 4u; r++) {
+            let e = tid + r * THREADS;
+            var n: u32;
+            var kk: u32;
+            if (p.trans_b == 0u) { kk = e / TILE; n = e % TILE; } else { n = e / SLICE; kk = e % SLICE; }
+            let gn = col0 + n;
+            let gk = k0 + kk;
+            var v = 0.0;
+            if (gn < p.n && gk < p.k) {
+                let idx = select(gk * p.n + gn, gn * p.k + gk, p.trans_b == 1u);
+                v = b[base_b + idx];
+            }
+            tile_b[kk * TILE + n] = v;
+        }
+        workgroupBarrier();
+
+        for (var kk = 0u; kk < SLICE; kk++) {
+            var av: array<f32, 4>;
+            var bv: array<f32, 4>;
+            for (var i = 0u; i < 4u; i++) {
+                av[i] = tile_a[kk * TILE + lid.y + 16u * i];
+                bv[i] = tile_b[kk * TILE + lid.x + 16u * i];
+            }
+            for (var i = 0u; i < 4u; i++) {
+                for (var j = 0u; j < 4u; j++) {
+                    acc[i * 4u + j] = fma(av[i], bv[j], acc[i * 4u + j]);
+                }
+            }
+        }
+        workgroupBarrier();
+    }
+
+    for (var i = 0u; i < 4u; i++) {
+        let gm = row0 + lid.y + 16u * i;
+        for (var j = 0u; j < 4u; j++) {
+            let gn = col0 + lid.x + 16u * j;
+            if (gm < p.m && gn < p.n) {
+                let idx = base_c + gm * p.n + gn;
+                var v = p.alpha * acc[i * 4u + j];
+                if (p.beta != 0.0) {
+                    v += p.beta * c[idx];
+                }
+                if (p.has_bias == 1u) {
+                    v += bias[gn];
+                }
+                c[idx] = v;
+            }
+        }
+    }
+}

@@ -1,0 +1,300 @@
+//! Adapter + device + queue, created asynchronously the same way natively and in the browser.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use super::GpuError;
+
+/// What the page and the CLI show about the GPU in use.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct AdapterSummary {
+    pub name: String,
+    pub backend: String,
+    pub device_type: String,
+    pub driver: String,
+    /// Largest single buffer and storage binding the device accepts (we request the adapter's own limits).
+    pub max_buffer_size: u64,
+    pub max_storage_binding: u64,
+    pub max_workgroup_storage: u32,
+}
+
+/// One compute pipeline per (shader, entry point, override constants): built on first use, then reused.
+type PipelineKey = (&'static str, &'static str, Vec<(&'static str, u64)>);
+
+pub struct GpuContext {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    adapter_info: wgpu::AdapterInfo,
+    limits: wgpu::Limits,
+    modules: Mutex<HashMap<&'static str, wgpu::ShaderModule>>,
+    pipelines: Mutex<HashMap<PipelineKey, wgpu::ComputePipeline>>,
+    /// Set by the device-lost callback; every entry point checks it so a lost device becomes an error, not a hang.
+    lost: Arc<Mutex<Option<String>>>,
+    /// Errors outside any error scope (wgpu's default handler would panic on them).
+    uncaptured: Arc<Mutex<Option<GpuError>>>,
+}
+
+impl GpuContext {
+    /// Open the default GPU. Natively `WGPU_ADAPTER_NAME` / `WGPU_BACKEND` pick another one.
+    pub async fn new() -> Result<Self, GpuError> {
+        #[cfg(target_arch = "wasm32")]
+        if !wgpu::util::is_browser_webgpu_supported().await {
+            return Err(GpuError::WebGpuUnavailable);
+        }
+        let instance =
+            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let adapter = wgpu::util::initialize_adapter_from_env_or_default(&instance, None)
+            .await
+            .map_err(|e| {
+                if cfg!(target_arch = "wasm32") {
+                    GpuError::WebGpuUnavailable
+                } else {
+                    GpuError::NoAdapter(e.to_string())
+                }
+            })?;
+        Self::from_adapter(adapter).await
+    }
+
+    async fn from_adapter(adapter: wgpu::Adapter) -> Result<Self, GpuError> {
+        // The defaults (128 MiB per binding, 256 MiB per buffer) are too small for real models:
+        // ask for everything this adapter can do.
+        let limits = adapter.limits();
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("loratab"),
+                required_features: wgpu::Features::empty(),
+                required_limits: limits.clone(),
+                experimental_features: wgpu::ExperimentalFeatures::disabled(),
+                memory_hints: wgpu::MemoryHints::Performance,
+                trace: wgpu::Trace::Off,
+            })
+            .await
+            .map_err(|e| GpuError::RequestDevice(e.to_string()))?;
+
+        let lost = Arc::new(Mutex::new(None));
+        let lost_flag = lost.clone();
+        device.set_device_lost_callback(move |reason, message| {
+            // Also fires for `destroy()` and when the context is dropped; only this context reads the flag.
+            *lost_flag.lock().unwrap() = Some(format!("{reason:?}: {message}"));
+        });
+        let uncaptured = Arc::new(Mutex::new(None));
+        let sink = uncaptured.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            sink.lock().unwrap().get_or_insert(GpuError::from(e));
+        }));
+
+        Ok(Self {
+            device,
+            queue,
+            adapter_info: adapter.get_info(),
+            limits,
+            modules: Mutex::new(HashMap::new()),
+            pipelines: Mutex::new(HashMap::new()),
+            lost,
+            uncaptured,
+        })
+    }
+
+    pub fn adapter(&self) -> AdapterSummary {
+        let i = &self.adapter_info;
+        AdapterSummary {
+            name: if i.name.is_empty() { "unnamed adapter".into() } else { i.name.clone() },
+            backend: format!("{:?}", i.backend),
+            device_type: format!("{:?}", i.device_type),
+            driver: format!("{} {}", i.driver, i.driver_info).trim().to_string(),
+            max_buffer_size: self.limits.max_buffer_size,
+            max_storage_binding: self.limits.max_storage_buffer_binding_size,
+            max_workgroup_storage: self.limits.max_compute_workgroup_storage_size,
+        }
+    }
+
+    pub fn limits(&self) -> &wgpu::Limits {
+        &self.limits
+    }
+
+    /// Err if the device was lost or an error escaped every scope since the last check.
+    pub fn check(&self) -> Result<(), GpuError> {
+        if let Some(why) = self.lost.lock().unwrap().clone() {
+            return Err(GpuError::DeviceLost(why));
+        }
+        match self.uncaptured.lock().unwrap().take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Run `work` (buffer creation, encoding, submission) inside validation and out-of-memory error
+    /// scopes, so that GPU-side failures come back as typed errors instead of being logged or panicking.
+    pub async fn scoped<R>(
+        &self,
+        work: impl FnOnce() -> Result<R, GpuError>,
+    ) -> Result<R, GpuError> {
+        self.check()?;
+        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let result = work();
+        // Scopes pop in reverse order of their push.
+        let validation = validation.pop().await;
+        let oom = oom.pop().await;
+        if let Some(e) = oom.or(validation) {
+            return Err(e.into());
+        }
+        self.check()?;
+        result
+    }
+
+    /// The pipeline for `entry` in `shader` (WGSL source `source`) with the given override constants.
+    pub(crate) fn pipeline(
+        &self,
+        shader: &'static str,
+        source: &'static str,
+        entry: &'static str,
+        constants: &[(&'static str, u64)],
+    ) -> wgpu::ComputePipeline {
+        let key = (shader, entry, constants.to_vec());
+        if let Some(p) = self.pipelines.lock().unwrap().get(&key) {
+            return p.clone();
+        }
+        let module = self
+            .modules
+            .lock()
+            .unwrap()
+            .entry(shader)
+            .or_insert_with(|| {
+                self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                    label: Some(shader),
+                    source: wgpu::ShaderSource::Wgsl(source.into()),
+                })
+            })
+            .clone();
+        let overrides: Vec<(&str, f64)> = constants.iter().map(|&(k, v)| (k, v as f64)).collect();
+        let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(entry),
+            layout: None,
+            module: &module,
+            entry_point: Some(entry),
+            compilation_options: wgpu::PipelineCompilationOptions {
+                constants: &overrides,
+                zero_initialize_workgroup_memory: true,
+            },
+            cache: None,
+        });
+        self.pipelines.lock().unwrap().insert(key, pipeline.clone());
+        pipeline
+    }
+
+    /// Bind `buffers` (binding 0, 1, ...) to group 0 of `pipeline`.
+    pub(crate) fn bind(
+        &self,
+        pipeline: &wgpu::ComputePipeline,
+        buffers: &[&wgpu::Buffer],
+    ) -> wgpu::BindGroup {
+        let entries: Vec<wgpu::BindGroupEntry> = buffers
+            .iter()
+            .enumerate()
+            .map(|(i, b)| wgpu::BindGroupEntry {
+                binding: i as u32,
+                resource: b.as_entire_binding(),
+            })
+            .collect();
+        self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: None,
+            layout: &pipeline.get_bind_group_layout(0),
+            entries: &entries,
+        })
+    }
+
+    /// A small uniform buffer holding one op's parameters.
+    pub(crate) fn uniform<T: bytemuck::Pod>(&self, params: &T) -> wgpu::Buffer {
+        use wgpu::util::DeviceExt;
+        self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("params"),
+            contents: bytemuck::bytes_of(params),
+            usage: wgpu::BufferUsages::UNIFORM,
+        })
+    }
+
+    /// Record one compute pass into `encoder`.
+    pub(crate) fn dispatch(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        pipeline: &wgpu::ComputePipeline,
+        bind_group: &wgpu::BindGroup,
+        groups: (u32, u32, u32),
+    ) {
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: None,
+            timestamp_writes: None,
+        });
+        pass.set_pipeline(pipeline);
+        pass.set_bind_group(0, bind_group, &[]);
+        pass.dispatch_workgroups(groups.0, groups.1, groups.2);
+    }
+
+    /// Encode with `record`, submit, and surface any GPU error as a typed error.
+    pub async fn run(
+        &self,
+        record: impl FnOnce(&mut wgpu::CommandEncoder) -> Result<(), GpuError>,
+    ) -> Result<(), GpuError> {
+        self.scoped(|| {
+            let mut encoder = self
+                .device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
+            record(&mut encoder)?;
+            self.queue.submit([encoder.finish()]);
+            Ok(())
+        })
+        .await
+    }
+
+    /// Copy `buffer[..bytes]` to the CPU. Natively this blocks on `poll`; in the browser it awaits
+    /// the map callback, which the event loop delivers.
+    pub(crate) async fn read_bytes(
+        &self,
+        buffer: &wgpu::Buffer,
+        bytes: u64,
+    ) -> Result<Vec<u8>, GpuError> {
+        let staging = self
+            .scoped(|| {
+                let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("readback"),
+                    size: bytes.max(4),
+                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                });
+                let mut encoder = self
+                    .device
+                    .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
+                encoder.copy_buffer_to_buffer(buffer, 0, &staging, 0, bytes);
+                self.queue.submit([encoder.finish()]);
+                Ok(staging)
+            })
+            .await?;
+        let (tx, rx) = futures_channel::oneshot::channel();
+        staging.map_async(wgpu::MapMode::Read, .., move |r| {
+            let _ = tx.send(r);
+        });
+        #[cfg(not(target_arch = "wasm32"))]
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| GpuError::Readback(e.to_string()))?;
+        let mapped = rx.await.map_err(|_| {
+            GpuError::Readback(
+                self.lost
+                    .lock()
+                    .unwrap()
+                    .clone()
+                    .unwrap_or_else(|| "the map request was dropped".into()),
+            )
+        })?;
+        // A lost device also fails the map: report the loss, the cause, first.
+        self.check()?;
+        mapped.map_err(|e| GpuError::Readback(e.to_string()))?;
+        let data = staging
+            .get_mapped_range(..bytes)
+            .map_err(|e| GpuError::Readback(e.to_string()))?
+            .to_vec();
+        staging.unmap();
+        Ok(data)
+    }
+}

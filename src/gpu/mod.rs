@@ -1,0 +1,76 @@
+//! The GPU side of the engine: one [`GpuContext`] (adapter + device + queue + pipeline cache),
+//! [`GpuTensor`] (a storage buffer with a shape), typed [`GpuError`]s, and one launcher module per
+//! shader in `shaders/`. The same code runs natively (Vulkan/Metal/DX12; Mesa lavapipe on CI) and in
+//! the browser (WebGPU), so everything here is async and never blocks the page.
+
+mod context;
+mod tensor;
+
+pub mod add;
+pub mod matmul;
+pub mod scale;
+pub mod sum_squares;
+
+pub use context::{AdapterSummary, GpuContext};
+pub use tensor::GpuTensor;
+
+/// Everything that can go wrong on the GPU, as a sentence saying what happened and what to do.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum GpuError {
+    #[error(
+        "WebGPU is not available in this browser. Use Chrome or Edge 113+ (on Linux start it with \
+         --enable-unsafe-webgpu --enable-features=Vulkan), Safari 26+, or Firefox 141+ on Windows \
+         (Firefox Nightly elsewhere, with dom.webgpu.enabled set in about:config)."
+    )]
+    WebGpuUnavailable,
+    #[error(
+        "no GPU adapter was found ({0}). Install a GPU driver; on a machine without a GPU install \
+         Mesa's software Vulkan driver (Debian/Ubuntu: mesa-vulkan-drivers)."
+    )]
+    NoAdapter(String),
+    #[error("the GPU refused to open a device: {0}")]
+    RequestDevice(String),
+    #[error("the GPU rejected a command (a bug in loratab, please report it): {0}")]
+    Validation(String),
+    #[error("the GPU ran out of memory: {0}. Use a smaller model, batch or sequence length.")]
+    OutOfMemory(String),
+    #[error("the GPU reported an internal error: {0}")]
+    Internal(String),
+    #[error(
+        "the GPU device was lost ({0}). This happens when the driver resets or the tab was in the \
+         background too long; reload to start a new device."
+    )]
+    DeviceLost(String),
+    #[error(
+        "{what} needs {bytes} bytes, more than this GPU allows in one buffer ({limit} bytes). \
+         Use a smaller model or shorter sequences."
+    )]
+    TooLarge { what: String, bytes: u64, limit: u64 },
+    #[error("shape mismatch in {op}: {detail}")]
+    Shape { op: &'static str, detail: String },
+    #[error("reading results back from the GPU failed: {0}")]
+    Readback(String),
+}
+
+impl From<wgpu::Error> for GpuError {
+    fn from(e: wgpu::Error) -> Self {
+        match e {
+            wgpu::Error::OutOfMemory { .. } => GpuError::OutOfMemory(e.to_string()),
+            wgpu::Error::Validation { description, .. } => GpuError::Validation(description),
+            wgpu::Error::Internal { description, .. } => GpuError::Internal(description),
+        }
+    }
+}
+
+/// Threads per workgroup of the one-dimensional (element-wise, reduction) kernels.
+pub(crate) const WORKGROUP_1D: u32 = 256;
+
+/// Workgroup grid for `n` independent items of `WORKGROUP_1D` threads each. WebGPU caps each grid
+/// dimension (65535 by default), so large tensors spill into y; kernels rebuild the flat index from
+/// `num_workgroups`.
+pub(crate) fn grid_1d(n: usize, max_per_dim: u32) -> (u32, u32) {
+    let groups = n.div_ceil(WORKGROUP_1D as usize).max(1) as u64;
+    let x = groups.min(max_per_dim as u64);
+    let y = groups.div_ceil(x);
+    (x as u32, y as u32)
+}

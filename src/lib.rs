@@ -1,0 +1,11 @@
+//! loratab: LoRA fine-tuning of small transformers on the user's GPU, in WGSL via wgpu,
+//! natively (CLI) and in the browser (Leptos app). See README.md and DEVELOPERS.md.
+
+pub mod gpu;
+pub mod ops;
+pub mod reference;
+pub mod rng;
+pub mod selftest;
+
+#[cfg(target_arch = "wasm32")]
+pub mod web;

@@ -1,0 +1,62 @@
+//! Op descriptions shared by the GPU launchers (`gpu::<op>`) and the CPU references (`reference::<op>`),
+//! so both sides agree on what an op computes.
+
+/// How the two operands of a matmul are stored (row-major).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// X·W: A [M, K], B [K, N].
+    XW,
+    /// X·Wᵀ: A [M, K], B [N, K] (a Linear layer's forward with W [out, in]; dX = dY·W uses XW).
+    XWt,
+    /// Xᵀ·G: A [K, M], B [K, N] (weight gradients: dW = Xᵀ·dY).
+    XtG,
+}
+
+impl Layout {
+    pub fn trans_a(self) -> bool {
+        self == Layout::XtG
+    }
+    pub fn trans_b(self) -> bool {
+        self == Layout::XWt
+    }
+}
+
+/// C[b] = alpha · op(A[b])·op(B[b]) + beta · C[b] + bias, for b in 0..batch. C is [M, N].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Matmul {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub layout: Layout,
+    pub batch: usize,
+    /// B is one matrix shared by every batch entry (a weight), rather than one per entry.
+    pub shared_b: bool,
+    pub alpha: f32,
+    /// 0 overwrites C without reading it; 1 accumulates into it.
+    pub beta: f32,
+}
+
+impl Matmul {
+    /// A plain single matmul: C = op(A)·op(B).
+    pub fn new(m: usize, n: usize, k: usize, layout: Layout) -> Self {
+        Self { m, n, k, layout, batch: 1, shared_b: false, alpha: 1.0, beta: 0.0 }
+    }
+    pub fn batched(self, batch: usize, shared_b: bool) -> Self {
+        Self { batch, shared_b, ..self }
+    }
+    pub fn scaled(self, alpha: f32, beta: f32) -> Self {
+        Self { alpha, beta, ..self }
+    }
+    pub fn a_len(&self) -> usize {
+        self.batch * self.m * self.k
+    }
+    pub fn b_len(&self) -> usize {
+        if self.shared_b { self.k * self.n } else { self.batch * self.k * self.n }
+    }
+    pub fn c_len(&self) -> usize {
+        self.batch * self.m * self.n
+    }
+    pub fn flops(&self) -> f64 {
+        2.0 * (self.batch * self.m * self.n * self.k) as f64
+    }
+}

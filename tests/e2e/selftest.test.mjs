@@ -1,0 +1,57 @@
+// The served page shows the GPU adapter and reports that the GPU self-test passed; without WebGPU
+// it says so in a sentence that names the browsers and flags that work.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import { serve, launch, watchErrors, ARTIFACTS } from './harness.mjs';
+
+let site;
+before(async () => {
+  site = await serve();
+  fs.mkdirSync(ARTIFACTS, { recursive: true });
+});
+after(async () => site?.close());
+
+async function finalStatus(page) {
+  const status = page.getByTestId('selftest');
+  await page.waitForFunction(
+    () => document.querySelector('[data-testid="selftest"]')?.dataset.status !== 'running',
+    null,
+    { timeout: 300_000 },
+  );
+  return { status: await status.getAttribute('data-status'), text: await status.textContent() };
+}
+
+test('the page reports the GPU self-test passed on real WebGPU', async () => {
+  const browser = await launch();
+  try {
+    const page = await browser.newPage();
+    const errors = watchErrors(page);
+    await page.goto(site.url);
+    const { status, text } = await finalStatus(page);
+    assert.equal(status, 'passed', `${text}\n${errors.join('\n')}`);
+    assert.match(text, /Self-test passed: (\d+) of \1 GPU checks/);
+    const adapter = (await page.getByTestId('adapter-name').textContent()).trim();
+    assert.ok(adapter.length > 0, 'the adapter name is shown');
+    const failedRows = await page.locator('tbody tr', { hasText: 'FAIL' }).count();
+    assert.equal(failedRows, 0);
+    await page.screenshot({ path: path.join(ARTIFACTS, 'selftest.png'), fullPage: true });
+  } finally {
+    await browser.close();
+  }
+});
+
+test('without WebGPU the page says which browsers and flags work', async () => {
+  const browser = await launch({ webgpu: false });
+  try {
+    const page = await browser.newPage();
+    await page.goto(site.url);
+    const { status, text } = await finalStatus(page);
+    assert.equal(status, 'failed');
+    assert.match(text, /WebGPU is not available/);
+    assert.match(text, /--enable-unsafe-webgpu/);
+  } finally {
+    await browser.close();
+  }
+});

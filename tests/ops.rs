@@ -1,0 +1,137 @@
+//! Every op on the GPU against its CPU reference, on odd shapes (1, 7, 33, 130, ...) that are
+//! larger than one workgroup tile (64 × 64 × 16 for matmul) in every dimension.
+
+mod common;
+use common::gpu;
+
+use loratab::ops::{Layout, Matmul};
+use loratab::reference;
+use loratab::rng::Rng;
+use loratab::selftest::{check_matmul, gpu_add, gpu_scale, gpu_sum_squares, max_error, MATMUL_TOLERANCE};
+
+const SIZES: [usize; 4] = [1, 7, 33, 130];
+
+async fn all_shapes(layout: Layout) {
+    let ctx = gpu().await;
+    for m in SIZES {
+        for n in SIZES {
+            for k in SIZES {
+                let spec = Matmul::new(m, n, k, layout);
+                let e = check_matmul(&ctx, &spec, false, (m * 1000 + n * 10 + k) as u64).await.unwrap();
+                assert!(e <= MATMUL_TOLERANCE, "{layout:?} m={m} n={n} k={k}: max error {e}");
+            }
+        }
+    }
+}
+
+gpu_test! {
+    async fn matmul_xw_all_odd_shapes() { all_shapes(Layout::XW).await }
+}
+
+gpu_test! {
+    async fn matmul_xwt_all_odd_shapes() { all_shapes(Layout::XWt).await }
+}
+
+gpu_test! {
+    async fn matmul_xtg_all_odd_shapes() { all_shapes(Layout::XtG).await }
+}
+
+gpu_test! {
+    /// Bias, alpha and accumulation (beta = 1) together, in every layout.
+    async fn matmul_bias_scale_accumulate() {
+        let ctx = gpu().await;
+        for layout in [Layout::XW, Layout::XWt, Layout::XtG] {
+            for (m, n, k) in [(1, 130, 7), (65, 129, 33), (130, 1, 17)] {
+                let spec = Matmul::new(m, n, k, layout).scaled(0.5, 1.0);
+                let e = check_matmul(&ctx, &spec, true, 42).await.unwrap();
+                assert!(e <= MATMUL_TOLERANCE, "{spec:?}: max error {e}");
+            }
+        }
+    }
+}
+
+gpu_test! {
+    /// Batched: per-entry operands (attention heads) and a B shared across the batch (a weight).
+    async fn matmul_batched() {
+        let ctx = gpu().await;
+        for layout in [Layout::XW, Layout::XWt, Layout::XtG] {
+            for shared_b in [false, true] {
+                let spec = Matmul::new(33, 70, 65, layout).batched(3, shared_b);
+                let e = check_matmul(&ctx, &spec, shared_b, 7).await.unwrap();
+                assert!(e <= MATMUL_TOLERANCE, "{spec:?}: max error {e}");
+            }
+        }
+    }
+}
+
+gpu_test! {
+    async fn matmul_rejects_short_operands() {
+        let ctx = gpu().await;
+        let a = ctx.zeros(&[7, 5]).await.unwrap();
+        let b = ctx.zeros(&[5, 3]).await.unwrap();
+        let c = ctx.zeros(&[7, 3]).await.unwrap();
+        let spec = Matmul::new(7, 3, 6, Layout::XW); // k = 6 but A has only 5 columns
+        let err = ctx
+            .run(|enc| loratab::gpu::matmul::encode(&ctx, enc, &spec, &a, &b, None, &c))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("A has 35 values"), "{err}");
+    }
+}
+
+gpu_test! {
+    async fn add_matches_reference() {
+        let ctx = gpu().await;
+        let mut rng = Rng::new(1);
+        for n in [1, 7, 255, 256, 257, 70_001] {
+            let (a, b) = (rng.vec(n), rng.vec(n));
+            let got = gpu_add(&ctx, &a, &b).await.unwrap();
+            assert_eq!(got, reference::add::add(&a, &b), "n={n}");
+        }
+    }
+}
+
+gpu_test! {
+    async fn scale_matches_reference() {
+        let ctx = gpu().await;
+        let mut rng = Rng::new(2);
+        for n in [1, 7, 257, 70_001] {
+            let a = rng.vec(n);
+            let got = gpu_scale(&ctx, -1.75, &a).await.unwrap();
+            assert_eq!(got, reference::scale::scale(-1.75, &a), "n={n}");
+        }
+    }
+}
+
+gpu_test! {
+    /// Sizes below one workgroup, just over it, and beyond the 1024-workgroup cap (strided loop).
+    async fn sum_squares_matches_reference() {
+        let ctx = gpu().await;
+        let mut rng = Rng::new(3);
+        for n in [1, 7, 256, 257, 33_000, 300_001] {
+            let x = rng.vec(n);
+            let got = gpu_sum_squares(&ctx, &x).await.unwrap();
+            let want = reference::sum_squares::sum_squares(&x);
+            let e = max_error(&[got], &[want]);
+            assert!(e <= 1e-5, "n={n}: gpu {got} vs reference {want}");
+        }
+    }
+}
+
+gpu_test! {
+    /// Past the per-dimension workgroup cap the 1-D grid spills into y; the kernels must follow.
+    async fn elementwise_beyond_one_grid_row() {
+        let ctx = gpu().await;
+        let max = ctx.limits().max_compute_workgroups_per_dimension as usize;
+        let n = max * 256 + 1000;
+        if n * 4 > 64 << 20 {
+            // lavapipe and SwiftShader allow 65535 groups (≈ 64 MiB of f32 at 256 per group); a GPU
+            // that allows more would need a bigger buffer than this test wants to allocate.
+            return;
+        }
+        let mut rng = Rng::new(4);
+        let a = rng.vec(n);
+        let got = gpu_scale(&ctx, 2.0, &a).await.unwrap();
+        assert_eq!(got, reference::scale::scale(2.0, &a));
+    }
+}
