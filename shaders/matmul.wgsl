@@ -4,7 +4,9 @@
 //   X·W    trans_a = 0, trans_b = 0   A [M, K], B [K, N]
 //   X·Wᵀ   trans_a = 0, trans_b = 1   A [M, K], B [N, K]   (Linear forward, dX = dY·W)
 //   Xᵀ·G   trans_a = 1, trans_b = 0   A [K, M], B [K, N]   (weight gradients)
-// C is [M, N] row-major. Batches (workgroup_id.z) start at b * stride_{a,b,c}; a stride of 0 shares
+// C is [M, N] with row pitch ldc starting at c_offset (a block of columns of a wider matrix when
+// ldc > N, e.g. one part of a vocabulary split across buffers); bias is read at bias_offset + column.
+// Batches (workgroup_id.z) start at b * stride_{a,b,c}; a stride of 0 shares
 // the operand across the batch. bias [N] is added per column when has_bias = 1. beta = 0 never reads C,
 // so C may hold garbage (BLAS semantics).
 //
@@ -25,7 +27,11 @@ struct Params {
     stride_c: u32,
     alpha: f32,
     beta: f32,
-    _pad: u32,
+    ldc: u32,
+    c_offset: u32,
+    bias_offset: u32,
+    _pad0: u32,
+    _pad1: u32,
 }
 
 @group(0) @binding(0) var<storage, read> a: array<f32>;
@@ -47,7 +53,7 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
     let col0 = wid.x * TILE;
     let base_a = wid.z * p.stride_a;
     let base_b = wid.z * p.stride_b;
-    let base_c = wid.z * p.stride_c;
+    let base_c = p.c_offset + wid.z * p.stride_c;
     let tid = lid.y * 16u + lid.x;
 
     var acc: array<f32, 16>;
@@ -110,13 +116,13 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
         for (var j = 0u; j < 4u; j++) {
             let gn = col0 + lid.x + 16u * j;
             if (gm < p.m && gn < p.n) {
-                let idx = base_c + gm * p.n + gn;
+                let idx = base_c + gm * p.ldc + gn;
                 var v = p.alpha * acc[i * 4u + j];
                 if (p.beta != 0.0) {
                     v += p.beta * c[idx];
                 }
                 if (p.has_bias == 1u) {
-                    v += bias[gn];
+                    v += bias[p.bias_offset + gn];
                 }
                 c[idx] = v;
             }

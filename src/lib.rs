@@ -1,7 +1,10 @@
 //! loratab: LoRA fine-tuning of small transformers on the user's GPU, in WGSL via wgpu,
 //! natively (CLI) and in the browser (Leptos app). See README.md and DEVELOPERS.md.
 
+pub mod eval;
+pub mod generate;
 pub mod gpu;
+pub mod model;
 pub mod ops;
 pub mod reference;
 pub mod rng;

@@ -14,7 +14,10 @@ fn main() -> std::process::ExitCode {
 #[cfg(not(target_arch = "wasm32"))]
 mod cli {
     use clap::{Parser, Subcommand};
+    use loratab::generate::Sampling;
     use loratab::gpu::GpuContext;
+    use loratab::model::{GpuModel, Model, ModelError, Tokenizer};
+    use std::path::{Path, PathBuf};
     use std::process::ExitCode;
 
     #[derive(Parser)]
@@ -26,6 +29,34 @@ mod cli {
 
     #[derive(Subcommand)]
     enum Command {
+        /// Score a text file: mean next-token cross-entropy over consecutive chunks (one JSON line).
+        Eval {
+            /// A Hugging Face model folder (config.json, model.safetensors, tokenizer.json).
+            #[arg(long)]
+            model: PathBuf,
+            /// The text file to score.
+            #[arg(long)]
+            text: PathBuf,
+            /// Tokens per chunk (default: the model's context, at most 1024).
+            #[arg(long)]
+            seq_len: Option<usize>,
+        },
+        /// Continue a prompt with the model (KV cache; temperature 0 = greedy).
+        Generate {
+            #[arg(long)]
+            model: PathBuf,
+            #[arg(long)]
+            prompt: String,
+            #[arg(long, default_value_t = 50)]
+            max_tokens: usize,
+            #[arg(long, default_value_t = 0.8)]
+            temperature: f32,
+            /// Sample only among the k most likely tokens (0 = all).
+            #[arg(long, default_value_t = 40)]
+            top_k: usize,
+            #[arg(long, default_value_t = 0)]
+            seed: u64,
+        },
         /// Show the GPU adapter loratab will use and run the GPU self-test against the CPU reference.
         Info {
             /// Print one JSON object instead of text.
@@ -38,7 +69,50 @@ mod cli {
         let cli = Cli::parse();
         match cli.command {
             Command::Info { json } => pollster::block_on(info(json)),
+            Command::Eval { model, text, seq_len } => report(pollster::block_on(eval(&model, &text, seq_len))),
+            Command::Generate { model, prompt, max_tokens, temperature, top_k, seed } => {
+                let sampling = Sampling { temperature, top_k, seed };
+                report(pollster::block_on(generate(&model, &prompt, max_tokens, &sampling)))
+            }
         }
+    }
+
+    fn report(result: Result<(), ModelError>) -> ExitCode {
+        match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    }
+
+    async fn open(dir: &Path) -> Result<(GpuContext, GpuModel, Tokenizer), ModelError> {
+        let (model, tokenizer) = Model::load_dir(dir)?;
+        let ctx = GpuContext::new().await?;
+        let gpu_model = GpuModel::upload(&ctx, &model).await?;
+        Ok((ctx, gpu_model, tokenizer))
+    }
+
+    async fn eval(dir: &Path, text: &Path, seq_len: Option<usize>) -> Result<(), ModelError> {
+        let text = std::fs::read_to_string(text).map_err(|e| ModelError::Io {
+            path: text.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        let (ctx, model, tokenizer) = open(dir).await?;
+        let tokens = tokenizer.encode(&text)?;
+        let seq_len = seq_len.unwrap_or(loratab::eval::default_seq_len(model.config.max_positions));
+        let r = loratab::eval::eval(&ctx, &model, &tokens, seq_len).await?;
+        println!("{}", serde_json::json!({ "loss": r.loss, "ppl": r.ppl, "tokens": r.tokens }));
+        Ok(())
+    }
+
+    async fn generate(dir: &Path, prompt: &str, max_tokens: usize, sampling: &Sampling) -> Result<(), ModelError> {
+        let (ctx, model, tokenizer) = open(dir).await?;
+        let ids = tokenizer.encode(prompt)?;
+        let out = loratab::generate::generate(&ctx, &model, &ids, max_tokens, sampling).await?;
+        println!("{}{}", prompt, tokenizer.decode(&out)?);
+        Ok(())
     }
 
     async fn info(json: bool) -> ExitCode {

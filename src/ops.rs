@@ -34,12 +34,18 @@ pub struct Matmul {
     pub alpha: f32,
     /// 0 overwrites C without reading it; 1 accumulates into it.
     pub beta: f32,
+    /// Row pitch of C (≥ n): C may be a block of columns inside a wider matrix.
+    pub ldc: usize,
+    /// Where C starts inside its buffer (in floats). Bias is indexed by the column inside this block
+    /// plus `bias_offset`.
+    pub c_offset: usize,
+    pub bias_offset: usize,
 }
 
 impl Matmul {
     /// A plain single matmul: C = op(A)·op(B).
     pub fn new(m: usize, n: usize, k: usize, layout: Layout) -> Self {
-        Self { m, n, k, layout, batch: 1, shared_b: false, alpha: 1.0, beta: 0.0 }
+        Self { m, n, k, layout, batch: 1, shared_b: false, alpha: 1.0, beta: 0.0, ldc: n, c_offset: 0, bias_offset: 0 }
     }
     pub fn batched(self, batch: usize, shared_b: bool) -> Self {
         Self { batch, shared_b, ..self }
@@ -47,14 +53,20 @@ impl Matmul {
     pub fn scaled(self, alpha: f32, beta: f32) -> Self {
         Self { alpha, beta, ..self }
     }
+    /// Write C as columns `col0..col0 + n` of a matrix with `ldc` columns starting at `c_offset`,
+    /// taking the bias from `bias[col0..]` (a layer split by output rows writes its parts side by side).
+    pub fn into_block(self, ldc: usize, c_offset: usize, col0: usize) -> Self {
+        Self { ldc, c_offset: c_offset + col0, bias_offset: col0, ..self }
+    }
     pub fn a_len(&self) -> usize {
         self.batch * self.m * self.k
     }
     pub fn b_len(&self) -> usize {
         if self.shared_b { self.k * self.n } else { self.batch * self.k * self.n }
     }
+    /// Floats C's buffer must hold (up to the last element written).
     pub fn c_len(&self) -> usize {
-        self.batch * self.m * self.n
+        if self.batch * self.m * self.n == 0 { 0 } else { self.c_offset + (self.batch * self.m - 1) * self.ldc + self.n }
     }
     pub fn flops(&self) -> f64 {
         2.0 * (self.batch * self.m * self.n * self.k) as f64

@@ -135,3 +135,32 @@ gpu_test! {
         assert_eq!(got, reference::scale::scale(2.0, &a));
     }
 }
+
+gpu_test! {
+    /// C written as column blocks of a wider matrix (a vocabulary split across buffers): each block
+    /// lands in its columns, takes its slice of the bias, and leaves the other columns alone.
+    async fn matmul_into_column_blocks() {
+        let ctx = gpu().await;
+        let (m, k, n_total) = (9, 33, 130);
+        let mut rng = Rng::new(11);
+        let a = rng.vec(m * k);
+        let w = rng.vec(n_total * k); // [n_total, k], split by rows into parts of 70 and 60
+        let bias = rng.vec(n_total);
+        let c0 = rng.vec(m * n_total + 5);
+        let mut want = c0.clone();
+        let mut got = c0.clone();
+        for (col0, cols) in [(0, 70), (70, 60)] {
+            let part = &w[col0 * k..(col0 + cols) * k];
+            let spec = Matmul::new(m, cols, k, Layout::XWt).into_block(n_total, 5, col0);
+            reference::matmul::matmul(&spec, &a, part, Some(&bias), &mut want);
+            got = loratab::selftest::gpu_matmul(&ctx, &spec, &a, part, Some(&bias), &got).await.unwrap();
+        }
+        assert!(max_error(&got, &want) <= MATMUL_TOLERANCE);
+        // The blocks together equal one full matmul.
+        let mut full = c0.clone();
+        let spec = Matmul::new(m, n_total, k, Layout::XWt).into_block(n_total, 5, 0);
+        reference::matmul::matmul(&spec, &a, &w, Some(&bias), &mut full);
+        assert!(max_error(&want, &full) <= 1e-6);
+        assert_eq!(&got[..5], &c0[..5], "columns before the block are untouched");
+    }
+}

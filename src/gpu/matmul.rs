@@ -21,7 +21,10 @@ struct Params {
     stride_c: u32,
     alpha: f32,
     beta: f32,
-    _pad: u32,
+    ldc: u32,
+    c_offset: u32,
+    bias_offset: u32,
+    _pad: [u32; 2],
 }
 
 fn check(what: &str, t: &GpuTensor, need: usize) -> Result<(), GpuError> {
@@ -48,7 +51,7 @@ pub fn encode(
     check("B", b, spec.b_len())?;
     check("C", c, spec.c_len())?;
     if let Some(bias) = bias {
-        check("bias", bias, spec.n)?;
+        check("bias", bias, spec.bias_offset + spec.n)?;
     }
     if spec.c_len() == 0 {
         return Ok(());
@@ -70,10 +73,13 @@ pub fn encode(
         has_bias: bias.is_some() as u32,
         stride_a: (spec.m * spec.k) as u32,
         stride_b: if spec.shared_b { 0 } else { (spec.k * spec.n) as u32 },
-        stride_c: (spec.m * spec.n) as u32,
+        stride_c: (spec.m * spec.ldc) as u32,
         alpha: spec.alpha,
         beta: spec.beta,
-        _pad: 0,
+        ldc: spec.ldc as u32,
+        c_offset: spec.c_offset as u32,
+        bias_offset: spec.bias_offset as u32,
+        _pad: [0; 2],
     };
     let pipeline = ctx.pipeline("matmul", SOURCE, "main", &[]);
     let uniform = ctx.uniform(&params);

@@ -7,8 +7,16 @@ mod context;
 mod tensor;
 
 pub mod add;
+pub mod attention;
+pub mod cross_entropy;
+pub mod embedding;
+pub mod gelu;
+pub mod layernorm;
 pub mod matmul;
+pub mod rmsnorm;
+pub mod rope;
 pub mod scale;
+pub mod silu_mul;
 pub mod sum_squares;
 
 pub use context::{AdapterSummary, GpuContext};
@@ -73,4 +81,33 @@ pub(crate) fn grid_1d(n: usize, max_per_dim: u32) -> (u32, u32) {
     let x = groups.min(max_per_dim as u64);
     let y = groups.div_ceil(x);
     (x as u32, y as u32)
+}
+
+/// Workgroup grid for `rows` workgroups (the row kernels: one workgroup per row), spilling into y
+/// like [`grid_1d`]; kernels rebuild the row as `workgroup_id.y · num_workgroups.x + workgroup_id.x`
+/// and the surplus workgroups of the last grid row exit at once.
+pub(crate) fn grid_rows(rows: usize, max_per_dim: u32) -> (u32, u32) {
+    let groups = rows.max(1) as u64;
+    let x = groups.min(max_per_dim as u64);
+    let y = groups.div_ceil(x);
+    (x as u32, y as u32)
+}
+
+/// `GpuError::Shape` for `op` unless `t` holds at least `need` values.
+pub(crate) fn check_len(op: &'static str, what: &str, t: &GpuTensor, need: usize) -> Result<(), GpuError> {
+    if t.len() < need {
+        return Err(GpuError::Shape {
+            op,
+            detail: format!("{what} has {} values (shape {:?}), needs {need}", t.len(), t.shape),
+        });
+    }
+    Ok(())
+}
+
+/// `GpuError::Shape` for `op` unless `n` (an index range a shader addresses) fits in a u32.
+pub(crate) fn check_u32(op: &'static str, what: &str, n: usize) -> Result<u32, GpuError> {
+    u32::try_from(n).map_err(|_| GpuError::Shape {
+        op,
+        detail: format!("{what} ({n}) is beyond the 2^32 a shader can index"),
+    })
 }

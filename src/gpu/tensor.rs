@@ -71,6 +71,17 @@ impl GpuContext {
         Ok(GpuTensor { buffer, shape: shape.to_vec() })
     }
 
+    /// Copy integer data (token ids, targets) to a new GPU buffer; WGSL reads it as `array<u32>`.
+    pub async fn upload_u32(&self, data: &[u32], shape: &[usize]) -> Result<GpuTensor, GpuError> {
+        let as_f32: &[f32] = bytemuck::cast_slice(data);
+        self.upload(as_f32, shape).await
+    }
+
+    /// Copy a u32 buffer (see `upload_u32`) back to the CPU.
+    pub async fn read_u32(&self, t: &GpuTensor) -> Result<Vec<u32>, GpuError> {
+        Ok(bytemuck::cast_slice(&self.read(t).await?).to_vec())
+    }
+
     /// Copy a tensor back to the CPU.
     pub async fn read(&self, t: &GpuTensor) -> Result<Vec<f32>, GpuError> {
         if t.is_empty() {

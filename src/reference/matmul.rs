@@ -1,14 +1,15 @@
-//! Reference for `shaders/matmul.wgsl`: C[b] = alpha · op(A[b])·op(B[b]) + beta · C[b] + bias.
+//! Reference for `shaders/matmul.wgsl`: C[b] = alpha · op(A[b])·op(B[b]) + beta · C[b] + bias,
+//! with C a block of `ldc`-wide rows starting at `c_offset` (see `ops::Matmul`).
 
 use crate::ops::Matmul;
 
 pub fn matmul(spec: &Matmul, a: &[f32], b: &[f32], bias: Option<&[f32]>, c: &mut [f32]) {
-    let Matmul { m, n, k, layout, batch, shared_b, alpha, beta } = *spec;
+    let Matmul { m, n, k, layout, batch, shared_b, alpha, beta, ldc, c_offset, bias_offset } = *spec;
     assert!(a.len() >= spec.a_len() && b.len() >= spec.b_len() && c.len() >= spec.c_len());
     for bt in 0..batch {
         let a = &a[bt * m * k..];
         let b = if shared_b { b } else { &b[bt * k * n..] };
-        let c = &mut c[bt * m * n..];
+        let c = &mut c[c_offset + bt * m * ldc..];
         for i in 0..m {
             for j in 0..n {
                 let mut sum = 0.0f32;
@@ -19,12 +20,12 @@ pub fn matmul(spec: &Matmul, a: &[f32], b: &[f32], bias: Option<&[f32]>, c: &mut
                 }
                 let mut v = alpha * sum;
                 if beta != 0.0 {
-                    v += beta * c[i * n + j];
+                    v += beta * c[i * ldc + j];
                 }
                 if let Some(bias) = bias {
-                    v += bias[j];
+                    v += bias[bias_offset + j];
                 }
-                c[i * n + j] = v;
+                c[i * ldc + j] = v;
             }
         }
     }

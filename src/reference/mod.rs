@@ -2,6 +2,15 @@
 //! One module per op, named like its shader and its launcher.
 
 pub mod add;
+pub mod attention;
+pub mod cross_entropy;
+pub mod embedding;
+pub mod gelu;
+pub mod layernorm;
 pub mod matmul;
+pub mod model;
+pub mod rmsnorm;
+pub mod rope;
 pub mod scale;
+pub mod silu_mul;
 pub mod sum_squares;

@@ -1,0 +1,51 @@
+// rmsnorm: per row r of x [rows, dim]: y = x · 1/sqrt(Σ x² / dim + eps) · weight   (Llama's RMSNorm)
+//
+// Layout: x, y [rows, dim] f32 row-major; weight [dim].
+// Dispatch: one workgroup of 256 threads per row (any dim: threads stride over the row); the grid is
+// 2-D (x ≤ the per-dimension limit, spilling into y) and the row index is rebuilt from num_workgroups.
+
+struct Params { rows: u32, dim: u32, eps: f32, _pad: u32 }
+
+@group(0) @binding(0) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read> weight: array<f32>;
+@group(0) @binding(2) var<storage, read_write> y: array<f32>;
+@group(0) @binding(3) var<uniform> p: Params;
+
+var<workgroup> scratch: array<f32, 256>;
+
+// Workgroup sum of each thread's v. Every thread must call it (barriers); all get the total.
+fn workgroup_sum(t: u32, v: f32) -> f32 {
+    scratch[t] = v;
+    for (var width = 128u; width > 0u; width = width / 2u) {
+        workgroupBarrier();
+        if (t < width) {
+            scratch[t] += scratch[t + width];
+        }
+    }
+    workgroupBarrier();
+    let total = scratch[0];
+    workgroupBarrier(); // everyone has read it before scratch is reused
+    return total;
+}
+
+@compute @workgroup_size(256)
+fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>,
+        @builtin(num_workgroups) groups: vec3<u32>) {
+    let row = wid.y * groups.x + wid.x;
+    if (row >= p.rows) {
+        return; // uniform per workgroup: the whole group leaves together
+    }
+    let base = row * p.dim;
+    let t = lid.x;
+
+    var q = 0.0;
+    for (var i = t; i < p.dim; i += 256u) {
+        let v = x[base + i];
+        q = fma(v, v, q);
+    }
+    let rstd = 1.0 / sqrt(workgroup_sum(t, q) / f32(p.dim) + p.eps);
+
+    for (var i = t; i < p.dim; i += 256u) {
+        y[base + i] = x[base + i] * rstd * weight[i];
+    }
+}

@@ -1,0 +1,90 @@
+//! Launcher for `shaders/attention.wgsl`: fused causal multi-head attention with grouped-query heads
+//! (scores, softmax, P·V), keeping the softmax probabilities for the backward pass.
+//! CPU reference: `reference::attention`.
+
+use super::{check_len, check_u32, grid_rows, GpuContext, GpuError, GpuTensor};
+use crate::reference::attention::Heads;
+
+const SOURCE: &str = include_str!("../../shaders/attention.wgsl");
+/// Largest head_dim the kernel handles (one workgroup of 256 threads holds a query row).
+pub const MAX_HEAD_DIM: usize = 256;
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    tokens: u32,
+    past: u32,
+    q_heads: u32,
+    kv_heads: u32,
+    head_dim: u32,
+    group: u32,
+    seq: u32,
+    scale: f32,
+}
+
+/// Values in the `probs` buffer: P [Hq, tokens, S] with S = past + tokens.
+pub fn probs_len(tokens: usize, past: usize, heads: &Heads) -> usize {
+    heads.q_heads * tokens * (past + tokens)
+}
+
+fn shape(detail: String) -> GpuError {
+    GpuError::Shape { op: "attention", detail }
+}
+
+/// Record attention for `tokens` new queries at positions `past .. past + tokens`:
+/// q [tokens, Hq·Dh]; k, v with at least S = past + tokens rows of [Hkv·Dh] (a KV cache may be
+/// longer; later rows are ignored); out [tokens, Hq·Dh]; probs (at least `probs_len` values)
+/// receives P[h, t, s] row-major [Hq, tokens, S], 0 beyond the causal mask (s > past + t).
+/// Any S works (the probabilities live in `probs`, not workgroup memory); Dh ≤ `MAX_HEAD_DIM`.
+#[allow(clippy::too_many_arguments)]
+pub fn encode(
+    ctx: &GpuContext,
+    encoder: &mut wgpu::CommandEncoder,
+    q: &GpuTensor,
+    k: &GpuTensor,
+    v: &GpuTensor,
+    out: &GpuTensor,
+    probs: &GpuTensor,
+    tokens: usize,
+    past: usize,
+    heads: &Heads,
+) -> Result<(), GpuError> {
+    let Heads { q_heads: hq, kv_heads: hkv, head_dim: dh } = *heads;
+    if hq == 0 || hkv == 0 || hq % hkv != 0 {
+        return Err(shape(format!("{hq} query heads are not a whole multiple of {hkv} key/value heads")));
+    }
+    if dh == 0 || dh > MAX_HEAD_DIM {
+        return Err(shape(format!("head_dim {dh} is outside the supported 1..={MAX_HEAD_DIM}")));
+    }
+    let seq = past + tokens;
+    check_len("attention", "q", q, tokens * hq * dh)?;
+    check_len("attention", "out", out, tokens * hq * dh)?;
+    check_len("attention", "k", k, seq * hkv * dh)?;
+    check_len("attention", "v", v, seq * hkv * dh)?;
+    check_len("attention", "probs", probs, probs_len(tokens, past, heads))?;
+    check_u32("attention", "the probabilities' length", probs_len(tokens, past, heads))?;
+    check_u32("attention", "k's length", seq * hkv * dh)?;
+    if tokens == 0 {
+        return Ok(());
+    }
+    let params = Params {
+        tokens: tokens as u32,
+        past: past as u32,
+        q_heads: hq as u32,
+        kv_heads: hkv as u32,
+        head_dim: dh as u32,
+        group: (hq / hkv) as u32,
+        seq: seq as u32,
+        // Exactly the reference's scale.
+        scale: 1.0 / (dh as f32).sqrt(),
+    };
+    let pipeline = ctx.pipeline("attention", SOURCE, "main", &[]);
+    let uniform = ctx.uniform(&params);
+    let bind = ctx.bind(
+        &pipeline,
+        &[&q.buffer, &k.buffer, &v.buffer, &out.buffer, &probs.buffer, &uniform],
+    );
+    let (gx, gy) = grid_rows(tokens * hq, ctx.limits().max_compute_workgroups_per_dimension);
+    ctx.dispatch(encoder, &pipeline, &bind, (gx, gy, 1));
+    Ok(())
+}

@@ -1,0 +1,37 @@
+//! Launcher for `shaders/gelu.wgsl`: out = gelu(x) element-wise (tanh approximation).
+//! CPU reference: `reference::gelu`.
+
+use super::{check_u32, grid_1d, GpuContext, GpuError, GpuTensor};
+
+const SOURCE: &str = include_str!("../../shaders/gelu.wgsl");
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    n: u32,
+}
+
+pub fn encode(
+    ctx: &GpuContext,
+    encoder: &mut wgpu::CommandEncoder,
+    x: &GpuTensor,
+    out: &GpuTensor,
+) -> Result<(), GpuError> {
+    let n = x.len();
+    if out.len() != n {
+        return Err(GpuError::Shape {
+            op: "gelu",
+            detail: format!("x {:?} and out {:?} must hold as many values", x.shape, out.shape),
+        });
+    }
+    let n = check_u32("gelu", "x's length", n)?;
+    if n == 0 {
+        return Ok(());
+    }
+    let pipeline = ctx.pipeline("gelu", SOURCE, "main", &[]);
+    let uniform = ctx.uniform(&Params { n });
+    let bind = ctx.bind(&pipeline, &[&x.buffer, &out.buffer, &uniform]);
+    let (gx, gy) = grid_1d(n as usize, ctx.limits().max_compute_workgroups_per_dimension);
+    ctx.dispatch(encoder, &pipeline, &bind, (gx, gy, 1));
+    Ok(())
+}

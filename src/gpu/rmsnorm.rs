@@ -1,0 +1,43 @@
+//! Launcher for `shaders/rmsnorm.wgsl`: per row, y = x / sqrt(mean(x²) + eps) · weight.
+//! CPU reference: `reference::rmsnorm`.
+
+use super::{check_len, check_u32, grid_rows, GpuContext, GpuError, GpuTensor};
+
+const SOURCE: &str = include_str!("../../shaders/rmsnorm.wgsl");
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    rows: u32,
+    dim: u32,
+    eps: f32,
+    _pad: u32,
+}
+
+/// Record `out = rmsnorm(x)` over `rows` rows of `dim` values (one workgroup per row, any dim).
+#[allow(clippy::too_many_arguments)]
+pub fn encode(
+    ctx: &GpuContext,
+    encoder: &mut wgpu::CommandEncoder,
+    x: &GpuTensor,
+    weight: &GpuTensor,
+    out: &GpuTensor,
+    rows: usize,
+    dim: usize,
+    eps: f32,
+) -> Result<(), GpuError> {
+    check_len("rmsnorm", "x", x, rows * dim)?;
+    check_len("rmsnorm", "out", out, rows * dim)?;
+    check_len("rmsnorm", "weight", weight, dim)?;
+    check_u32("rmsnorm", "rows · dim", rows * dim)?;
+    if rows * dim == 0 {
+        return Ok(());
+    }
+    let params = Params { rows: rows as u32, dim: dim as u32, eps, _pad: 0 };
+    let pipeline = ctx.pipeline("rmsnorm", SOURCE, "main", &[]);
+    let uniform = ctx.uniform(&params);
+    let bind = ctx.bind(&pipeline, &[&x.buffer, &weight.buffer, &out.buffer, &uniform]);
+    let (gx, gy) = grid_rows(rows, ctx.limits().max_compute_workgroups_per_dimension);
+    ctx.dispatch(encoder, &pipeline, &bind, (gx, gy, 1));
+    Ok(())
+}

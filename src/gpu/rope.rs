@@ -1,0 +1,69 @@
+//! Launcher for `shaders/rope.wgsl`: rotary position embedding applied in place ("rotate half").
+//! CPU reference: `reference::rope`.
+
+use super::{check_u32, grid_1d, GpuContext, GpuError, GpuTensor};
+
+const SOURCE: &str = include_str!("../../shaders/rope.wgsl");
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    n: u32,
+    half: u32,
+    head_dim: u32,
+    heads: u32,
+    pos0: u32,
+    theta: f32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+/// Record the rotation of `x` [tokens, heads, head_dim] in place, token t at position `pos0 + t`.
+#[allow(clippy::too_many_arguments)]
+pub fn encode(
+    ctx: &GpuContext,
+    encoder: &mut wgpu::CommandEncoder,
+    x: &GpuTensor,
+    tokens: usize,
+    heads: usize,
+    head_dim: usize,
+    pos0: usize,
+    theta: f32,
+) -> Result<(), GpuError> {
+    let need = tokens * heads * head_dim;
+    if x.len() != need {
+        return Err(GpuError::Shape {
+            op: "rope",
+            detail: format!(
+                "x {:?} must hold tokens · heads · head_dim = {tokens} · {heads} · {head_dim} values",
+                x.shape
+            ),
+        });
+    }
+    if !(theta > 0.0) {
+        return Err(GpuError::Shape { op: "rope", detail: format!("theta must be positive, got {theta}") });
+    }
+    check_u32("rope", "x's length", need)?;
+    check_u32("rope", "the last position", pos0 + tokens)?;
+    let half = head_dim / 2;
+    let n = tokens * heads * half;
+    if n == 0 {
+        return Ok(());
+    }
+    let params = Params {
+        n: n as u32,
+        half: half as u32,
+        head_dim: head_dim as u32,
+        heads: heads as u32,
+        pos0: pos0 as u32,
+        theta,
+        _pad0: 0,
+        _pad1: 0,
+    };
+    let pipeline = ctx.pipeline("rope", SOURCE, "main", &[]);
+    let uniform = ctx.uniform(&params);
+    let bind = ctx.bind(&pipeline, &[&x.buffer, &uniform]);
+    let (gx, gy) = grid_1d(n, ctx.limits().max_compute_workgroups_per_dimension);
+    ctx.dispatch(encoder, &pipeline, &bind, (gx, gy, 1));
+    Ok(())
+}

@@ -1,0 +1,297 @@
+//! The frozen forward pass on the GPU: [`GpuModel`] holds the weights in GPU buffers and a KV cache;
+//! `forward` encodes one pass over new tokens into a single command encoder, top to bottom:
+//! embed → [norm → q,k,v (+RoPE) → attention over the cache → o → residual → norm → MLP → residual]
+//! × L → norm → LM head.
+
+use super::*;
+use crate::gpu::{self, GpuContext, GpuTensor};
+use crate::ops::{Layout, Matmul};
+use crate::reference::attention::Heads;
+
+/// A [rows, cols] matrix kept as consecutive row blocks, each within the GPU's binding limit
+/// (GPT-2's 147 MiB token embedding does not fit a 128 MiB binding in one piece).
+pub struct RowParts {
+    /// (first row, rows) per block.
+    pub parts: Vec<(usize, GpuTensor)>,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+impl RowParts {
+    async fn upload(ctx: &GpuContext, t: &HostTensor) -> Result<Self, ModelError> {
+        let (rows, cols) = (t.shape[0], t.shape[1]);
+        let limits = ctx.limits();
+        let limit = limits.max_buffer_size.min(limits.max_storage_buffer_binding_size as u64);
+        let per_part = ((limit / 4) as usize / cols.max(1)).max(1);
+        let mut parts = Vec::new();
+        let mut row0 = 0;
+        while row0 < rows {
+            let n = per_part.min(rows - row0);
+            let data = &t.data[row0 * cols..(row0 + n) * cols];
+            parts.push((row0, ctx.upload(data, &[n, cols]).await?));
+            row0 += n;
+        }
+        Ok(Self { parts, rows, cols })
+    }
+}
+
+pub struct GpuLinear {
+    /// OutIn weights are split by output rows when large; InOut (Conv1D) weights are one part.
+    pub weight: RowParts,
+    pub bias: Option<GpuTensor>,
+    pub in_dim: usize,
+    pub out_dim: usize,
+    pub layout: WeightLayout,
+}
+
+impl GpuLinear {
+    async fn upload(ctx: &GpuContext, l: &Linear) -> Result<Self, ModelError> {
+        let weight = RowParts::upload(ctx, &l.weight).await?;
+        if l.layout == WeightLayout::InOut && weight.parts.len() > 1 {
+            return Err(GpuError::TooLarge {
+                what: "a Conv1D weight".into(),
+                bytes: (l.weight.data.len() * 4) as u64,
+                limit: ctx.limits().max_storage_buffer_binding_size as u64,
+            }
+            .into());
+        }
+        let bias = match &l.bias {
+            Some(b) => Some(ctx.upload(&b.data, &b.shape).await?),
+            None => None,
+        };
+        Ok(Self { weight, bias, in_dim: l.in_dim, out_dim: l.out_dim, layout: l.layout })
+    }
+
+    /// y [rows, out] = x [rows, in] · W (+ b), writing y from float `y_offset` with row pitch `ldy`.
+    fn encode_into(
+        &self,
+        ctx: &GpuContext,
+        enc: &mut wgpu::CommandEncoder,
+        x: &GpuTensor,
+        rows: usize,
+        y: &GpuTensor,
+        ldy: usize,
+        y_offset: usize,
+    ) -> Result<(), GpuError> {
+        for (row0, part) in &self.weight.parts {
+            let spec = match self.layout {
+                WeightLayout::InOut => Matmul::new(rows, self.out_dim, self.in_dim, Layout::XW),
+                WeightLayout::OutIn => Matmul::new(rows, part.shape[0], self.in_dim, Layout::XWt),
+            }
+            .into_block(ldy, y_offset, *row0);
+            gpu::matmul::encode(ctx, enc, &spec, x, part, self.bias.as_ref(), y)?;
+        }
+        Ok(())
+    }
+
+    fn encode(&self, ctx: &GpuContext, enc: &mut wgpu::CommandEncoder, x: &GpuTensor, rows: usize, y: &GpuTensor) -> Result<(), GpuError> {
+        self.encode_into(ctx, enc, x, rows, y, self.out_dim, 0)
+    }
+}
+
+pub struct GpuNorm {
+    pub weight: GpuTensor,
+    pub bias: Option<GpuTensor>,
+}
+
+pub enum GpuMlp {
+    Gelu { fc: GpuLinear, proj: GpuLinear },
+    SwiGlu { gate: GpuLinear, up: GpuLinear, down: GpuLinear },
+}
+
+pub struct GpuBlock {
+    pub attn_norm: GpuNorm,
+    pub q: GpuLinear,
+    pub k: GpuLinear,
+    pub v: GpuLinear,
+    pub o: GpuLinear,
+    pub mlp_norm: GpuNorm,
+    pub mlp: GpuMlp,
+    /// Keys and values of every position seen so far: [max_positions, kv_dim] each.
+    pub k_cache: GpuTensor,
+    pub v_cache: GpuTensor,
+}
+
+pub struct GpuModel {
+    pub config: Config,
+    pub token_embedding: RowParts,
+    pub position_embedding: Option<GpuTensor>,
+    pub blocks: Vec<GpuBlock>,
+    pub final_norm: GpuNorm,
+    /// None: tied to the token embedding.
+    pub lm_head: Option<GpuLinear>,
+}
+
+async fn upload_norm(ctx: &GpuContext, n: &Norm) -> Result<GpuNorm, ModelError> {
+    Ok(GpuNorm {
+        weight: ctx.upload(&n.weight.data, &n.weight.shape).await?,
+        bias: match &n.bias {
+            Some(b) => Some(ctx.upload(&b.data, &b.shape).await?),
+            None => None,
+        },
+    })
+}
+
+impl GpuModel {
+    /// Copy the frozen weights to the GPU and allocate the KV cache.
+    pub async fn upload(ctx: &GpuContext, model: &Model) -> Result<Self, ModelError> {
+        let c = &model.config;
+        let mut blocks = Vec::new();
+        for b in &model.blocks {
+            blocks.push(GpuBlock {
+                attn_norm: upload_norm(ctx, &b.attn_norm).await?,
+                q: GpuLinear::upload(ctx, &b.q).await?,
+                k: GpuLinear::upload(ctx, &b.k).await?,
+                v: GpuLinear::upload(ctx, &b.v).await?,
+                o: GpuLinear::upload(ctx, &b.o).await?,
+                mlp_norm: upload_norm(ctx, &b.mlp_norm).await?,
+                mlp: match &b.mlp {
+                    Mlp::Gelu { fc, proj } => GpuMlp::Gelu {
+                        fc: GpuLinear::upload(ctx, fc).await?,
+                        proj: GpuLinear::upload(ctx, proj).await?,
+                    },
+                    Mlp::SwiGlu { gate, up, down } => GpuMlp::SwiGlu {
+                        gate: GpuLinear::upload(ctx, gate).await?,
+                        up: GpuLinear::upload(ctx, up).await?,
+                        down: GpuLinear::upload(ctx, down).await?,
+                    },
+                },
+                k_cache: ctx.zeros(&[c.max_positions, c.kv_dim()]).await?,
+                v_cache: ctx.zeros(&[c.max_positions, c.kv_dim()]).await?,
+            });
+        }
+        Ok(Self {
+            config: c.clone(),
+            token_embedding: RowParts::upload(ctx, &model.token_embedding).await?,
+            position_embedding: match &model.position_embedding {
+                Some(p) => Some(ctx.upload(&p.data, &p.shape).await?),
+                None => None,
+            },
+            blocks,
+            final_norm: upload_norm(ctx, &model.final_norm).await?,
+            lm_head: match &model.lm_head {
+                Some(h) => Some(GpuLinear::upload(ctx, h).await?),
+                None => None,
+            },
+        })
+    }
+
+    fn norm(&self, ctx: &GpuContext, enc: &mut wgpu::CommandEncoder, x: &GpuTensor, n: &GpuNorm, rows: usize, out: &GpuTensor) -> Result<(), GpuError> {
+        let (d, eps) = (self.config.hidden_size, self.config.norm_eps);
+        match &n.bias {
+            Some(b) => gpu::layernorm::encode(ctx, enc, x, &n.weight, b, out, rows, d, eps),
+            None => gpu::rmsnorm::encode(ctx, enc, x, &n.weight, out, rows, d, eps),
+        }
+    }
+
+    /// Logits [tokens, vocab] for `tokens` at positions past..past+len, attending to the `past`
+    /// positions already in the KV cache (0 starts a new sequence).
+    pub async fn forward(&self, ctx: &GpuContext, tokens: &[u32], past: usize) -> Result<GpuTensor, ModelError> {
+        let c = &self.config;
+        let t = tokens.len();
+        if t == 0 {
+            return Err(ModelError::EmptyText);
+        }
+        if past + t > c.max_positions {
+            return Err(ModelError::TooLong { tokens: past + t, max: c.max_positions });
+        }
+        if let Some(&id) = tokens.iter().find(|&&id| id as usize >= c.vocab_size) {
+            return Err(ModelError::TokenOutOfRange { id, vocab: c.vocab_size });
+        }
+        let (d, f, qd, kvd) = (c.hidden_size, c.intermediate_size, c.q_dim(), c.kv_dim());
+        let heads = Heads { q_heads: c.num_heads, kv_heads: c.num_kv_heads, head_dim: c.head_dim };
+
+        // Activations for this call (the trainer keeps its own, allocated once).
+        let ids = ctx.upload_u32(tokens, &[t]).await?;
+        let positions: Vec<u32> = (past as u32..(past + t) as u32).collect();
+        let pos_ids = ctx.upload_u32(&positions, &[t]).await?;
+        let x = ctx.zeros(&[t, d]).await?;
+        let h = ctx.zeros(&[t, d]).await?;
+        let q = ctx.zeros(&[t, qd]).await?;
+        let k = ctx.zeros(&[t, kvd]).await?;
+        let v = ctx.zeros(&[t, kvd]).await?;
+        let att = ctx.zeros(&[t, qd]).await?;
+        let probs = ctx.zeros(&[gpu::attention::probs_len(t, past, &heads)]).await?;
+        let proj = ctx.zeros(&[t, d]).await?;
+        let ff1 = ctx.zeros(&[t, f]).await?;
+        let ff2 = ctx.zeros(&[t, f]).await?;
+        let ff3 = ctx.zeros(&[t, f]).await?;
+        let logits = ctx.zeros(&[t, c.vocab_size]).await?;
+
+        ctx.run(|enc| {
+            // x = token embedding (+ learned position embedding). Parts only write their own rows.
+            for (row0, part) in &self.token_embedding.parts {
+                gpu::embedding::encode(ctx, enc, part, d, *row0, &ids, &x, true)?;
+            }
+            if let Some(pos) = &self.position_embedding {
+                gpu::embedding::encode(ctx, enc, pos, d, 0, &pos_ids, &x, true)?;
+            }
+            for b in &self.blocks {
+                // Attention: project, rotate (Llama), append k and v to the cache, attend.
+                self.norm(ctx, enc, &x, &b.attn_norm, t, &h)?;
+                b.q.encode(ctx, enc, &h, t, &q)?;
+                b.k.encode(ctx, enc, &h, t, &k)?;
+                b.v.encode(ctx, enc, &h, t, &v)?;
+                if c.arch == Arch::Llama {
+                    gpu::rope::encode(ctx, enc, &q, t, c.num_heads, c.head_dim, past, c.rope_theta)?;
+                    gpu::rope::encode(ctx, enc, &k, t, c.num_kv_heads, c.head_dim, past, c.rope_theta)?;
+                }
+                let row_bytes = (kvd * 4) as u64;
+                enc.copy_buffer_to_buffer(&k.buffer, 0, &b.k_cache.buffer, past as u64 * row_bytes, t as u64 * row_bytes);
+                enc.copy_buffer_to_buffer(&v.buffer, 0, &b.v_cache.buffer, past as u64 * row_bytes, t as u64 * row_bytes);
+                gpu::attention::encode(ctx, enc, &q, &b.k_cache, &b.v_cache, &att, &probs, t, past, &heads)?;
+                b.o.encode(ctx, enc, &att, t, &proj)?;
+                gpu::add::encode(ctx, enc, &x, &proj, &h)?;
+                enc.copy_buffer_to_buffer(&h.buffer, 0, &x.buffer, 0, x.bytes());
+
+                // MLP.
+                self.norm(ctx, enc, &x, &b.mlp_norm, t, &h)?;
+                match &b.mlp {
+                    GpuMlp::Gelu { fc, proj: down } => {
+                        fc.encode(ctx, enc, &h, t, &ff1)?;
+                        gpu::gelu::encode(ctx, enc, &ff1, &ff2)?;
+                        down.encode(ctx, enc, &ff2, t, &proj)?;
+                    }
+                    GpuMlp::SwiGlu { gate, up, down } => {
+                        gate.encode(ctx, enc, &h, t, &ff1)?;
+                        up.encode(ctx, enc, &h, t, &ff2)?;
+                        gpu::silu_mul::encode(ctx, enc, &ff1, &ff2, &ff3)?;
+                        down.encode(ctx, enc, &ff3, t, &proj)?;
+                    }
+                }
+                gpu::add::encode(ctx, enc, &x, &proj, &h)?;
+                enc.copy_buffer_to_buffer(&h.buffer, 0, &x.buffer, 0, x.bytes());
+            }
+            self.norm(ctx, enc, &x, &self.final_norm, t, &h)?;
+            match &self.lm_head {
+                Some(head) => head.encode(ctx, enc, &h, t, &logits)?,
+                // Tied: logits = h · Eᵀ, one column block per embedding part.
+                None => {
+                    for (row0, part) in &self.token_embedding.parts {
+                        let spec = Matmul::new(t, part.shape[0], d, Layout::XWt).into_block(c.vocab_size, 0, *row0);
+                        gpu::matmul::encode(ctx, enc, &spec, &h, part, None, &logits)?;
+                    }
+                }
+            }
+            Ok(())
+        })
+        .await?;
+        Ok(logits)
+    }
+
+    /// Sum of next-token cross-entropies over `tokens` (a fresh sequence) and the number of predictions.
+    pub async fn loss_sum(&self, ctx: &GpuContext, tokens: &[u32]) -> Result<(f64, usize), ModelError> {
+        if tokens.len() < 2 {
+            return Err(ModelError::EmptyText);
+        }
+        let n = tokens.len() - 1;
+        let logits = self.forward(ctx, tokens, 0).await?;
+        let targets = ctx.upload_u32(&tokens[1..], &[n]).await?;
+        let losses = ctx.zeros(&[n]).await?;
+        // The last position predicts nothing: score only the first n rows.
+        ctx.run(|enc| gpu::cross_entropy::encode(ctx, enc, &logits, &targets, &losses, n, self.config.vocab_size))
+            .await?;
+        let values = ctx.read(&losses).await?;
+        Ok((values.iter().map(|&l| l as f64).sum(), n))
+    }
+}

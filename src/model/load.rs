@@ -1,0 +1,276 @@
+//! Reading a model folder: files → bytes ([`ModelFiles`], also what the browser gets from a drop) →
+//! named f32 tensors → [`Model`], checking every shape against config.json.
+
+use std::collections::HashMap;
+
+use super::*;
+
+/// The raw files of a model folder.
+pub struct ModelFiles {
+    pub config: String,
+    /// (file name, bytes) of model.safetensors or of every shard.
+    pub weights: Vec<(String, Vec<u8>)>,
+    pub tokenizer: Vec<u8>,
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+impl ModelFiles {
+    /// Read `dir`: config.json, tokenizer.json, and model.safetensors or the shards that
+    /// model.safetensors.index.json lists.
+    pub fn read_dir(dir: &std::path::Path) -> Result<Self, ModelError> {
+        let read = |name: &str| -> Result<Vec<u8>, ModelError> {
+            let path = dir.join(name);
+            std::fs::read(&path).map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => ModelError::MissingFile { path: path.display().to_string() },
+                _ => ModelError::Io { path: path.display().to_string(), reason: e.to_string() },
+            })
+        };
+        let config = String::from_utf8(read("config.json")?)
+            .map_err(|_| ModelError::Config("it is not UTF-8 text".into()))?;
+        let tokenizer = read("tokenizer.json")?;
+        let mut weights = Vec::new();
+        if dir.join("model.safetensors").exists() || !dir.join("model.safetensors.index.json").exists() {
+            weights.push(("model.safetensors".to_string(), read("model.safetensors")?));
+        } else {
+            let index: serde_json::Value = serde_json::from_slice(&read("model.safetensors.index.json")?)
+                .map_err(|e| ModelError::Safetensors {
+                    file: "model.safetensors.index.json".into(),
+                    reason: e.to_string(),
+                })?;
+            let map = index.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| {
+                ModelError::Safetensors {
+                    file: "model.safetensors.index.json".into(),
+                    reason: "it has no weight_map".into(),
+                }
+            })?;
+            let mut shards: Vec<&str> = map.values().filter_map(|v| v.as_str()).collect();
+            shards.sort();
+            shards.dedup();
+            for shard in shards {
+                if shard.contains('/') || shard.contains("..") {
+                    return Err(ModelError::Safetensors {
+                        file: "model.safetensors.index.json".into(),
+                        reason: format!("shard name `{shard}` points outside the folder"),
+                    });
+                }
+                weights.push((shard.to_string(), read(shard)?));
+            }
+        }
+        Ok(Self { config, weights, tokenizer })
+    }
+}
+
+/// Every tensor of one safetensors file, converted to f32.
+pub fn load_safetensors(file: &str, bytes: &[u8]) -> Result<HashMap<String, HostTensor>, ModelError> {
+    use safetensors::Dtype;
+    let st = safetensors::SafeTensors::deserialize(bytes)
+        .map_err(|e| ModelError::Safetensors { file: file.to_string(), reason: e.to_string() })?;
+    let mut out = HashMap::new();
+    for (name, view) in st.tensors() {
+        let data = view.data();
+        let values: Vec<f32> = match view.dtype() {
+            Dtype::F32 => data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+            Dtype::F16 => data
+                .chunks_exact(2)
+                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            Dtype::BF16 => data
+                .chunks_exact(2)
+                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            // Integer tensors (token ids in golden files, GPT-2's old causal-mask buffers) as f32.
+            Dtype::I64 => data
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")) as f32)
+                .collect(),
+            Dtype::I32 => data
+                .chunks_exact(4)
+                .map(|c| i32::from_le_bytes(c.try_into().expect("4 bytes")) as f32)
+                .collect(),
+            other => return Err(ModelError::UnsupportedDtype { name, dtype: format!("{other:?}") }),
+        };
+        out.insert(name, HostTensor::new(values, view.shape().to_vec()));
+    }
+    Ok(out)
+}
+
+/// Named tensors, taken one by one with the shape config.json implies.
+struct Tensors {
+    map: HashMap<String, HostTensor>,
+    prefixes: &'static [&'static str],
+    model_type: String,
+}
+
+impl Tensors {
+    fn find(&self, name: &str) -> Option<String> {
+        self.prefixes.iter().map(|p| format!("{p}{name}")).find(|k| self.map.contains_key(k))
+    }
+
+    fn take(&mut self, name: &str, shape: &[usize]) -> Result<HostTensor, ModelError> {
+        let key = self.find(name).ok_or_else(|| ModelError::MissingTensor {
+            name: format!("{}{name}", self.prefixes[0]),
+            model_type: self.model_type.clone(),
+        })?;
+        let t = self.map.remove(&key).expect("found above");
+        if t.shape != shape {
+            return Err(ModelError::ShapeMismatch { name: key, expected: shape.to_vec(), found: t.shape });
+        }
+        Ok(t)
+    }
+
+    fn take_opt(&mut self, name: &str, shape: &[usize]) -> Result<Option<HostTensor>, ModelError> {
+        if self.find(name).is_some() { self.take(name, shape).map(Some) } else { Ok(None) }
+    }
+
+    fn norm(&mut self, name: &str, dim: usize, with_bias: bool) -> Result<Norm, ModelError> {
+        Ok(Norm {
+            weight: self.take(&format!("{name}.weight"), &[dim])?,
+            bias: if with_bias { Some(self.take(&format!("{name}.bias"), &[dim])?) } else { None },
+        })
+    }
+
+    /// A torch.nn.Linear: weight [out, in].
+    fn linear(&mut self, name: &str, in_dim: usize, out_dim: usize, bias: bool) -> Result<Linear, ModelError> {
+        Ok(Linear {
+            weight: self.take(&format!("{name}.weight"), &[out_dim, in_dim])?,
+            bias: if bias { Some(self.take(&format!("{name}.bias"), &[out_dim])?) } else { None },
+            in_dim,
+            out_dim,
+            layout: WeightLayout::OutIn,
+        })
+    }
+
+    /// GPT-2's Conv1D: weight [in, out], always with a bias.
+    fn conv1d(&mut self, name: &str, in_dim: usize, out_dim: usize) -> Result<Linear, ModelError> {
+        Ok(Linear {
+            weight: self.take(&format!("{name}.weight"), &[in_dim, out_dim])?,
+            bias: Some(self.take(&format!("{name}.bias"), &[out_dim])?),
+            in_dim,
+            out_dim,
+            layout: WeightLayout::InOut,
+        })
+    }
+}
+
+/// Split GPT-2's fused c_attn (weight [in, 3·d], bias [3·d]) into q, k, v Conv1D layers.
+fn split_c_attn(fused: Linear, d: usize) -> [Linear; 3] {
+    let in_dim = fused.in_dim;
+    let bias = fused.bias.expect("c_attn has a bias");
+    std::array::from_fn(|part| {
+        let mut w = Vec::with_capacity(in_dim * d);
+        for row in fused.weight.data.chunks(3 * d) {
+            w.extend_from_slice(&row[part * d..(part + 1) * d]);
+        }
+        Linear {
+            weight: HostTensor::new(w, vec![in_dim, d]),
+            bias: Some(HostTensor::new(bias.data[part * d..(part + 1) * d].to_vec(), vec![d])),
+            in_dim,
+            out_dim: d,
+            layout: WeightLayout::InOut,
+        }
+    })
+}
+
+impl Model {
+    /// Build the model from its files and check the tokenizer against it.
+    pub fn from_files(files: &ModelFiles) -> Result<(Model, Tokenizer), ModelError> {
+        let config = Config::from_json(&files.config)?;
+        let mut map = HashMap::new();
+        for (name, bytes) in &files.weights {
+            map.extend(load_safetensors(name, bytes)?);
+        }
+        let model = Self::from_tensors(config, map)?;
+        let tokenizer = Tokenizer::from_bytes(&files.tokenizer)?;
+        if tokenizer.vocab_size() > model.config.vocab_size {
+            return Err(ModelError::VocabMismatch {
+                tokenizer: tokenizer.vocab_size(),
+                model: model.config.vocab_size,
+            });
+        }
+        Ok((model, tokenizer))
+    }
+
+    /// Read a model folder from disk.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn load_dir(dir: &std::path::Path) -> Result<(Model, Tokenizer), ModelError> {
+        Self::from_files(&ModelFiles::read_dir(dir)?)
+    }
+
+    /// Arrange named tensors (as transformers names them) into the model, checking every shape.
+    pub fn from_tensors(config: Config, map: HashMap<String, HostTensor>) -> Result<Model, ModelError> {
+        let c = &config;
+        let (d, v, f) = (c.hidden_size, c.vocab_size, c.intermediate_size);
+        match c.arch {
+            Arch::Gpt2 => {
+                // GPT2LMHeadModel prefixes "transformer."; a bare GPT2Model (the original gpt2 files) does not.
+                let mut t = Tensors { map, prefixes: &["transformer.", ""], model_type: c.model_type.clone() };
+                let token_embedding = t.take("wte.weight", &[v, d])?;
+                let position_embedding = Some(t.take("wpe.weight", &[c.max_positions, d])?);
+                let mut blocks = Vec::new();
+                for i in 0..c.num_layers {
+                    let p = format!("h.{i}");
+                    let [q, k, vv] = split_c_attn(t.conv1d(&format!("{p}.attn.c_attn"), d, 3 * d)?, d);
+                    blocks.push(Block {
+                        attn_norm: t.norm(&format!("{p}.ln_1"), d, true)?,
+                        q,
+                        k,
+                        v: vv,
+                        o: t.conv1d(&format!("{p}.attn.c_proj"), d, d)?,
+                        mlp_norm: t.norm(&format!("{p}.ln_2"), d, true)?,
+                        mlp: Mlp::Gelu {
+                            fc: t.conv1d(&format!("{p}.mlp.c_fc"), d, f)?,
+                            proj: t.conv1d(&format!("{p}.mlp.c_proj"), f, d)?,
+                        },
+                    });
+                }
+                let final_norm = t.norm("ln_f", d, true)?;
+                t.prefixes = &[""];
+                let lm_head = if c.tie_word_embeddings { None } else { Some(t.linear("lm_head", d, v, false)?) };
+                Ok(Model { config, token_embedding, position_embedding, blocks, final_norm, lm_head })
+            }
+            Arch::Llama => {
+                let mut t = Tensors { map, prefixes: &["model.", ""], model_type: c.model_type.clone() };
+                let token_embedding = t.take("embed_tokens.weight", &[v, d])?;
+                let (qd, kvd) = (c.q_dim(), c.kv_dim());
+                let mut blocks = Vec::new();
+                for i in 0..c.num_layers {
+                    let p = format!("layers.{i}");
+                    blocks.push(Block {
+                        attn_norm: t.norm(&format!("{p}.input_layernorm"), d, false)?,
+                        q: t.linear(&format!("{p}.self_attn.q_proj"), d, qd, c.qkv_bias)?,
+                        k: t.linear(&format!("{p}.self_attn.k_proj"), d, kvd, c.qkv_bias)?,
+                        v: t.linear(&format!("{p}.self_attn.v_proj"), d, kvd, c.qkv_bias)?,
+                        o: t.linear(&format!("{p}.self_attn.o_proj"), qd, d, c.o_bias)?,
+                        mlp_norm: t.norm(&format!("{p}.post_attention_layernorm"), d, false)?,
+                        mlp: Mlp::SwiGlu {
+                            gate: t.linear(&format!("{p}.mlp.gate_proj"), d, f, c.mlp_bias)?,
+                            up: t.linear(&format!("{p}.mlp.up_proj"), d, f, c.mlp_bias)?,
+                            down: t.linear(&format!("{p}.mlp.down_proj"), f, d, c.mlp_bias)?,
+                        },
+                    });
+                }
+                let final_norm = t.norm("norm", d, false)?;
+                t.prefixes = &[""];
+                // Tied checkpoints usually omit lm_head.weight; some store a copy anyway.
+                let lm_head = match t.take_opt("lm_head.weight", &[v, d])? {
+                    Some(w) if !c.tie_word_embeddings => Some(Linear {
+                        weight: w,
+                        bias: None,
+                        in_dim: d,
+                        out_dim: v,
+                        layout: WeightLayout::OutIn,
+                    }),
+                    Some(_) => None,
+                    None if c.tie_word_embeddings => None,
+                    None => {
+                        return Err(ModelError::MissingTensor {
+                            name: "lm_head.weight".into(),
+                            model_type: c.model_type.clone(),
+                        })
+                    }
+                };
+                Ok(Model { config, token_embedding, position_embedding: None, blocks, final_norm, lm_head })
+            }
+        }
+    }
+}
