@@ -5,6 +5,9 @@
 //   x'[i + half] = x[i + half] · cos a + x[i] · sin a
 // (an odd head_dim leaves its last value untouched, as the reference does).
 //
+// inv_freq comes from the launcher, computed on the CPU in f32 exactly like the reference (a GPU's pow
+// is only accurate to a few ulp, and the angle multiplies that error by the position); the angle
+// itself, its sine and its cosine are computed here.
 // a is reduced to [−π, π] before sin/cos (Cody–Waite, 2π split in three parts whose first two have
 // 11 significant bits, so k · part is exact for k < 8192, i.e. angles up to ~51000): WGSL only bounds
 // sin/cos errors on [−π, π], and GPU approximations degrade for large arguments.
@@ -12,7 +15,17 @@
 // Dispatch: one thread per (token, head, i) pair, n = tokens · heads · half, 256 threads per
 // workgroup over a 2-D grid (x ≤ the per-dimension limit, spilling into y).
 
-struct Params { n: u32, half: u32, head_dim: u32, heads: u32, pos0: u32, theta: f32, _pad0: u32, _pad1: u32 }
+struct Params {
+    n: u32,
+    half: u32,
+    head_dim: u32,
+    heads: u32,
+    pos0: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+    inv_freq: array<vec4<f32>, 128>,  // inv_freq_i at [i / 4][i % 4], i < half ≤ 512
+}
 
 @group(0) @binding(0) var<storage, read_write> x: array<f32>;
 @group(0) @binding(1) var<uniform> p: Params;
@@ -33,7 +46,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     let t = th / p.heads;
     let base = th * p.head_dim;
 
-    let inv_freq = 1.0 / pow(p.theta, f32(2u * i) / f32(p.head_dim));
+    let inv_freq = p.inv_freq[i / 4u][i % 4u];
     let a = f32(p.pos0 + t) * inv_freq;
     let k = round(a * INV_TWO_PI);
     var r = a - k * TWO_PI_1;

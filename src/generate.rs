@@ -52,16 +52,13 @@ pub async fn generate(
     if prompt.is_empty() {
         return Err(ModelError::EmptyText);
     }
-    let vocab = model.config.vocab_size;
     let mut rng = Rng::new(sampling.seed);
     let mut out = Vec::new();
     let mut past = 0;
     let mut next_input = prompt.to_vec();
     while out.len() < max_tokens && past + next_input.len() <= model.config.max_positions {
-        let logits = model.forward(ctx, &next_input, past).await?;
-        let all = ctx.read(&logits).await?;
-        let last = &all[(next_input.len() - 1) * vocab..];
-        let token = sample(last, sampling, &mut rng);
+        let last = model.last_logits(ctx, &next_input, past).await?;
+        let token = sample(&last, sampling, &mut rng);
         out.push(token);
         past += next_input.len();
         next_input = vec![token];

@@ -163,7 +163,8 @@ gpu_test! {
             let (weight, bias) = (rng.vec(dim), rng.vec(dim));
             let want = reference::layernorm::layernorm(&x, &weight, &bias, dim, 1e-5);
 
-            let (xg, wg, bg) = (upload(&ctx, &x).await, upload(&ctx, &weight).await, upload(&ctx, &bias).await);
+            let (xg, wg) = (upload(&ctx, &x).await, upload(&ctx, &weight).await);
+            let bg = upload(&ctx, &bias).await;
             let out = ctx.zeros(&[rows, dim]).await.unwrap();
             run(&ctx, |enc| ops::layernorm::encode(&ctx, enc, &xg, &wg, &bg, &out, rows, dim, 1e-5)).await;
             let got = ctx.read(&out).await.unwrap();
@@ -200,8 +201,9 @@ gpu_test! {
 }
 
 gpu_test! {
-    /// More rows than one grid row of workgroups holds: the row kernels spill into y.
-    async fn norms_beyond_one_grid_row() {
+    /// More rows than one grid row of workgroups holds: every row kernel (layernorm, rmsnorm,
+    /// cross_entropy, attention's (token, head) pairs) spills into y and must rebuild its row.
+    async fn row_kernels_beyond_one_grid_row() {
         let ctx = gpu().await;
         let max = ctx.limits().max_compute_workgroups_per_dimension as usize;
         if max > 65535 {
@@ -213,14 +215,35 @@ gpu_test! {
         let (weight, bias) = (rng.vec(dim), rng.vec(dim));
         let (xg, wg, bg) = (upload(&ctx, &x).await, upload(&ctx, &weight).await, upload(&ctx, &bias).await);
         let (o1, o2) = (ctx.zeros(&[rows, dim]).await.unwrap(), ctx.zeros(&[rows, dim]).await.unwrap());
+        // Cross-entropy over the same values as [rows, 2] logits.
+        let targets = random_ids(&mut rng, rows, dim);
+        let tg = ctx.upload_u32(&targets, &[rows]).await.unwrap();
+        let losses = ctx.zeros(&[rows]).await.unwrap();
+        // Attention with one query head per row: Dh = 1, one cached key and the new one.
+        let heads = Heads { q_heads: rows, kv_heads: 1, head_dim: 1 };
+        let (q, k, v) = (rng.vec(rows), rng.vec(2), rng.vec(2));
+        let (qg, kg, vg) = (upload(&ctx, &q).await, upload(&ctx, &k).await, upload(&ctx, &v).await);
+        let att = ctx.zeros(&[rows]).await.unwrap();
+        let probs = ctx.zeros(&[ops::attention::probs_len(1, 1, &heads)]).await.unwrap();
         run(&ctx, |enc| {
             ops::layernorm::encode(&ctx, enc, &xg, &wg, &bg, &o1, rows, dim, 1e-5)?;
-            ops::rmsnorm::encode(&ctx, enc, &xg, &wg, &o2, rows, dim, 1e-6)
+            ops::rmsnorm::encode(&ctx, enc, &xg, &wg, &o2, rows, dim, 1e-6)?;
+            ops::cross_entropy::encode(&ctx, enc, &xg, &tg, &losses, rows, dim)?;
+            ops::attention::encode(&ctx, enc, &qg, &kg, &vg, &att, &probs, 1, 1, &heads)
         })
         .await;
-        let e1 = max_error(&ctx.read(&o1).await.unwrap(), &reference::layernorm::layernorm(&x, &weight, &bias, dim, 1e-5));
-        let e2 = max_error(&ctx.read(&o2).await.unwrap(), &reference::rmsnorm::rmsnorm(&x, &weight, dim, 1e-6));
-        assert!(e1 <= TOL && e2 <= TOL, "layernorm {e1}, rmsnorm {e2}");
+        let want1 = reference::layernorm::layernorm(&x, &weight, &bias, dim, 1e-5);
+        let want2 = reference::rmsnorm::rmsnorm(&x, &weight, dim, 1e-6);
+        let want3 = reference::cross_entropy::cross_entropy(&x, dim, &targets);
+        let want4 = reference::attention::attention(&q, &k, &v, 1, &heads);
+        let e1 = max_error(&ctx.read(&o1).await.unwrap(), &want1);
+        let e2 = max_error(&ctx.read(&o2).await.unwrap(), &want2);
+        let e3 = max_error(&ctx.read(&losses).await.unwrap(), &want3);
+        let e4 = max_error(&ctx.read(&att).await.unwrap(), &want4);
+        assert!(
+            e1 <= TOL && e2 <= TOL && e3 <= TOL && e4 <= TOL,
+            "layernorm {e1}, rmsnorm {e2}, cross_entropy {e3}, attention {e4}"
+        );
     }
 }
 
@@ -228,7 +251,8 @@ gpu_test! {
 // gelu, silu_mul
 
 /// Values the exponentials must survive: large of both signs, tiny, zero.
-const EXTREMES: [f32; 13] = [-1000.0, -100.0, -88.0, -30.0, -10.0, -1e-3, 0.0, 1e-3, 10.0, 30.0, 88.0, 100.0, 1000.0];
+const EXTREMES: [f32; 13] =
+    [-1000.0, -100.0, -88.0, -30.0, -10.0, -1e-3, 0.0, 1e-3, 10.0, 30.0, 88.0, 100.0, 1000.0];
 
 gpu_test! {
     async fn gelu_matches_reference() {
@@ -281,8 +305,9 @@ gpu_test! {
 // rope
 
 gpu_test! {
-    /// Tolerance 1e-4: the GPU's pow (for the frequencies) and sin/cos are not correctly rounded like
-    /// Rust's, and an angle's error grows with the position (~1e-7 relative of angles up to ~1000).
+    /// The launcher computes the frequencies on the CPU exactly like the reference, so the f32 angles
+    /// are bit-identical and only sin/cos (after the shader's reduction to [−π, π]) differ: 1e-5 holds
+    /// even at positions past 2000, where the f32 angle itself is off by ~1e-4 from the exact one.
     async fn rope_matches_reference() {
         let ctx = gpu().await;
         let mut rng = Rng::new(40);
@@ -290,7 +315,7 @@ gpu_test! {
         for tokens in [1, 23] {
             for heads in [1, 3] {
                 for head_dim in [2, 7, 8, 12, 64] {
-                    for pos0 in [0, 5, 1000] {
+                    for pos0 in [0, 5, 1000, 2025] {
                         for theta in [10_000.0f32, 500_000.0] {
                             let x = rng.vec(tokens * heads * head_dim);
                             let mut want = x.clone();
@@ -302,8 +327,9 @@ gpu_test! {
                             .await;
                             let e = max_error(&ctx.read(&xg).await.unwrap(), &want);
                             assert!(
-                                e <= 1e-4,
-                                "tokens={tokens} heads={heads} head_dim={head_dim} pos0={pos0} theta={theta}: max error {e}"
+                                e <= TOL,
+                                "tokens={tokens} heads={heads} head_dim={head_dim} pos0={pos0} \
+                                 theta={theta}: max error {e}"
                             );
                             worst = worst.max(e);
                         }
@@ -329,7 +355,10 @@ fn reference_probs(q: &[f32], k: &[f32], tokens: usize, past: usize, h: &Heads) 
             let kvh = head / (hq / hkv);
             let qv = &q[(t * hq + head) * dh..][..dh];
             let scores: Vec<f32> = (0..=past + t)
-                .map(|s| qv.iter().zip(&k[(s * hkv + kvh) * dh..][..dh]).map(|(a, b)| a * b).sum::<f32>() * scale)
+                .map(|s| {
+                    let kv = &k[(s * hkv + kvh) * dh..][..dh];
+                    qv.iter().zip(kv).map(|(a, b)| a * b).sum::<f32>() * scale
+                })
                 .collect();
             let max = scores.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
             let sum: f32 = scores.iter().map(|s| (s - max).exp()).sum();
@@ -341,7 +370,14 @@ fn reference_probs(q: &[f32], k: &[f32], tokens: usize, past: usize, h: &Heads) 
     p
 }
 
-async fn check_attention(ctx: &GpuContext, heads: Heads, tokens: usize, past: usize, seed: u64) -> (f32, f32) {
+/// Attention output and probabilities against the reference: (max error of out, of probs).
+async fn check_attention(
+    ctx: &GpuContext,
+    heads: Heads,
+    tokens: usize,
+    past: usize,
+    seed: u64,
+) -> (f32, f32) {
     let mut rng = Rng::new(seed);
     let (hq, hkv, dh) = (heads.q_heads, heads.kv_heads, heads.head_dim);
     let seq = past + tokens;
@@ -377,10 +413,10 @@ async fn check_attention(ctx: &GpuContext, heads: Heads, tokens: usize, past: us
             assert!(row[visible..].iter().all(|&x| x == 0.0), "{what}: P[{h}, {t}] not 0 past the mask");
         }
     }
-    // 1e-4: exp and the summation order differ from the reference (a tree over 256 threads, then
-    // teams of Dh threads for P·V); observed errors are ~1e-6.
-    assert!(e_out <= 1e-4, "{what}: output max error {e_out}");
-    assert!(e_p <= 1e-4, "{what}: probabilities max error {e_p}");
+    // exp and the summation order differ from the reference (a tree over 256 threads for the softmax
+    // sum, teams of Dh threads for P·V), but only by ~3e-7 on these shapes: 1e-5 is enough.
+    assert!(e_out <= TOL, "{what}: output max error {e_out}");
+    assert!(e_p <= TOL, "{what}: probabilities max error {e_p}");
     (e_out, e_p)
 }
 
@@ -413,9 +449,8 @@ gpu_test! {
     async fn attention_large_heads_and_long_cache() {
         let ctx = gpu().await;
         let mut worst = (0.0f32, 0.0f32);
-        for (i, (hq, hkv, dh, tokens, past)) in
-            [(2, 1, 130, 7, 5), (1, 1, 256, 2, 3), (4, 2, 16, 3, 300), (2, 2, 36, 1, 600)].into_iter().enumerate()
-        {
+        let configs = [(2, 1, 130, 7, 5), (1, 1, 256, 2, 3), (4, 2, 16, 3, 300), (2, 2, 36, 1, 600)];
+        for (i, (hq, hkv, dh, tokens, past)) in configs.into_iter().enumerate() {
             let heads = Heads { q_heads: hq, kv_heads: hkv, head_dim: dh };
             let (a, b) = check_attention(&ctx, heads, tokens, past, 70 + i as u64).await;
             worst = (worst.0.max(a), worst.1.max(b));
@@ -487,7 +522,8 @@ gpu_test! {
         let ctx = gpu().await;
         let ctx = &ctx;
         let z = |n: usize| async move { ctx.zeros(&[n]).await };
-        let (x, w5, w6, out) = (z(12).await.unwrap(), z(5).await.unwrap(), z(6).await.unwrap(), z(12).await.unwrap());
+        let (x, out) = (z(12).await.unwrap(), z(12).await.unwrap());
+        let (w5, w6) = (z(5).await.unwrap(), z(6).await.unwrap());
         let err = |r: Result<(), GpuError>| r.unwrap_err().to_string();
 
         let e = err(ctx.run(|enc| ops::layernorm::encode(ctx, enc, &x, &w5, &w6, &out, 2, 6, 1e-5)).await);
@@ -500,7 +536,7 @@ gpu_test! {
         assert!(e.contains("embedding") && e.contains("dim 2"), "{e}");
 
         let e = err(ctx.run(|enc| ops::rope::encode(ctx, enc, &x, 2, 2, 4, 0, 10_000.0)).await);
-        assert!(e.contains("rope"), "{e}");
+        assert!(e.contains("rope") && e.contains("2 · 2 · 4"), "{e}");
 
         let e = err(ctx.run(|enc| ops::gelu::encode(ctx, enc, &x, &w6)).await);
         assert!(e.contains("gelu"), "{e}");
@@ -523,35 +559,3 @@ gpu_test! {
 }
 
 
-#[test]
-fn tmp_probe_rope() {
-    pollster::block_on(async {
-        let ctx = gpu().await;
-        let mut rng = Rng::new(40);
-        for head_dim in [2, 7, 8, 64] {
-            for pos0 in [1000, 2000] {
-                for theta in [10_000.0f32, 500_000.0] {
-                    let (tokens, heads) = (23, 1);
-                    let x = rng.vec(tokens * heads * head_dim);
-                    let mut want = x.clone();
-                    reference::rope::rope(&mut want, heads, head_dim, pos0, theta);
-                    // f64 exact
-                    let half = head_dim / 2;
-                    let mut ex = x.clone();
-                    for t in 0..tokens { for i in 0..half {
-                        let f = 1.0 / (theta as f64).powf((2 * i) as f64 / head_dim as f64);
-                        let a = (pos0 + t) as f64 * f;
-                        let (s, c) = a.sin_cos();
-                        let b = t * head_dim;
-                        let (x0, x1) = (x[b + i] as f64, x[b + i + half] as f64);
-                        ex[b + i] = (x0 * c - x1 * s) as f32; ex[b + i + half] = (x1 * c + x0 * s) as f32;
-                    }}
-                    let xg = ctx.upload(&x, &[tokens, heads, head_dim]).await.unwrap();
-                    run(&ctx, |enc| ops::rope::encode(&ctx, enc, &xg, tokens, heads, head_dim, pos0, theta)).await;
-                    let got = ctx.read(&xg).await.unwrap();
-                    eprintln!("ROPE hd={head_dim} pos0={pos0} theta={theta}: gpu-ref {:e} gpu-f64 {:e} ref-f64 {:e}", max_error(&got,&want), max_error(&got,&ex), max_error(&want,&ex));
-                }
-            }
-        }
-    })
-}

@@ -139,3 +139,55 @@ gpu_test! {
         }
     }
 }
+
+gpu_test! {
+    /// Weights over the per-binding cap are split by rows (GPT-2's 147 MiB embedding vs 128 MiB):
+    /// with a tiny cap the embeddings and LM heads come in several parts and the logits still match.
+    async fn split_weights_give_the_same_logits() {
+        let ctx = gpu().await;
+        ctx.set_max_binding(24 * 1024);
+        for f in [fixture!("gpt2-tiny"), fixture!("llama-tiny")] {
+            let (model, _) = f.load();
+            let gm = GpuModel::upload(&ctx, &model).await.unwrap();
+            assert!(gm.token_embedding.parts.len() >= 2, "{}: {} parts", f.name, gm.token_embedding.parts.len());
+            if let Some(head) = &gm.lm_head {
+                assert!(head.weight.parts.len() >= 3, "{} lm_head parts", head.weight.parts.len());
+            }
+            // The full [23, 300] logits exceed the cap: check each row block.
+            let tokens = f.ids("tokens");
+            let h = gm.hidden(&ctx, &tokens, 0).await.unwrap();
+            let want = f.golden("logits");
+            for row0 in (0..tokens.len()).step_by(10) {
+                let rows = 10.min(tokens.len() - row0);
+                let logits = ctx.read(&gm.logits(&ctx, &h, row0, rows).await.unwrap()).await.unwrap();
+                let worst = logits.iter().zip(&want[row0 * 300..]).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+                assert!(worst < 1e-4, "{} rows {row0}..: {worst}", f.name);
+            }
+        }
+    }
+}
+
+gpu_test! {
+    /// A Conv1D weight that cannot be split is refused with a sentence, not a GPU crash.
+    async fn too_large_conv1d_is_refused() {
+        let ctx = gpu().await;
+        ctx.set_max_binding(2 * 1024);
+        let (model, _) = fixture!("gpt2-tiny").load();
+        let err = GpuModel::upload(&ctx, &model).await.map(|_| ()).unwrap_err();
+        assert!(err.to_string().contains("more than this GPU allows"), "{err}");
+    }
+}
+
+gpu_test! {
+    /// With a cap below [tokens, vocab] floats, eval scores the logits a block of rows at a time.
+    async fn eval_in_row_blocks_matches_transformers() {
+        let ctx = gpu().await;
+        ctx.set_max_binding(64 * 1024); // 54 of the 63 rows of 300 logits per block
+        let f = fixture!("gpt2-tiny");
+        let (model, tokenizer) = f.load();
+        let gm = GpuModel::upload(&ctx, &model).await.unwrap();
+        let tokens = tokenizer.encode(EVAL_TEXT).unwrap();
+        let r = loratab::eval::eval(&ctx, &gm, &tokens, 64).await.unwrap();
+        assert!((r.loss - f.json("eval_loss_64")).abs() < 1e-4, "{} vs {}", r.loss, f.json("eval_loss_64"));
+    }
+}

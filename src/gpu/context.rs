@@ -26,6 +26,8 @@ pub struct GpuContext {
     pub queue: wgpu::Queue,
     adapter_info: wgpu::AdapterInfo,
     limits: wgpu::Limits,
+    /// Largest tensor we put in one buffer: the device's limit, or lower (see `set_max_binding`).
+    max_binding: std::sync::atomic::AtomicU64,
     modules: Mutex<HashMap<&'static str, wgpu::ShaderModule>>,
     pipelines: Mutex<HashMap<PipelineKey, wgpu::ComputePipeline>>,
     /// Set by the device-lost callback; every entry point checks it so a lost device becomes an error, not a hang.
@@ -87,6 +89,9 @@ impl GpuContext {
             device,
             queue,
             adapter_info: adapter.get_info(),
+            max_binding: std::sync::atomic::AtomicU64::new(
+                limits.max_buffer_size.min(limits.max_storage_buffer_binding_size as u64),
+            ),
             limits,
             modules: Mutex::new(HashMap::new()),
             pipelines: Mutex::new(HashMap::new()),
@@ -110,6 +115,18 @@ impl GpuContext {
 
     pub fn limits(&self) -> &wgpu::Limits {
         &self.limits
+    }
+
+    /// Bytes one tensor may occupy: one buffer bound whole as one storage binding.
+    pub fn max_binding(&self) -> u64 {
+        self.max_binding.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Lower the per-tensor cap below the device's, e.g. to WebGPU's default 128 MiB to check that
+    /// a model still loads in any browser, or tiny to exercise the splitting of large weights.
+    pub fn set_max_binding(&self, bytes: u64) {
+        let device = self.limits.max_buffer_size.min(self.limits.max_storage_buffer_binding_size as u64);
+        self.max_binding.store(bytes.min(device).max(4), std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Err if the device was lost or an error escaped every scope since the last check.

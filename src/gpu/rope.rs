@@ -4,6 +4,8 @@
 use super::{check_u32, grid_1d, GpuContext, GpuError, GpuTensor};
 
 const SOURCE: &str = include_str!("../../shaders/rope.wgsl");
+/// Largest head_dim: the uniform holds up to 512 frequencies.
+pub const MAX_HEAD_DIM: usize = 1025;
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -13,9 +15,14 @@ struct Params {
     head_dim: u32,
     heads: u32,
     pos0: u32,
-    theta: f32,
-    _pad0: u32,
-    _pad1: u32,
+    _pad: [u32; 3],
+    inv_freq: [[f32; 4]; 128],
+}
+
+/// The rotation frequencies 1 / theta^(2i / head_dim), i < head_dim / 2, in f32 exactly as
+/// `reference::rope::inv_freq` computes them.
+pub fn inv_freq(head_dim: usize, theta: f32) -> Vec<f32> {
+    (0..head_dim / 2).map(|i| 1.0 / theta.powf((2 * i) as f32 / head_dim as f32)).collect()
 }
 
 /// Record the rotation of `x` [tokens, heads, head_dim] in place, token t at position `pos0 + t`.
@@ -40,8 +47,14 @@ pub fn encode(
             ),
         });
     }
-    if !(theta > 0.0) {
+    if theta.is_nan() || theta <= 0.0 {
         return Err(GpuError::Shape { op: "rope", detail: format!("theta must be positive, got {theta}") });
+    }
+    if head_dim > MAX_HEAD_DIM {
+        return Err(GpuError::Shape {
+            op: "rope",
+            detail: format!("head_dim {head_dim} is beyond the supported {MAX_HEAD_DIM}"),
+        });
     }
     check_u32("rope", "x's length", need)?;
     check_u32("rope", "the last position", pos0 + tokens)?;
@@ -50,15 +63,18 @@ pub fn encode(
     if n == 0 {
         return Ok(());
     }
+    let mut freqs = [[0.0f32; 4]; 128];
+    for (i, f) in inv_freq(head_dim, theta).into_iter().enumerate() {
+        freqs[i / 4][i % 4] = f;
+    }
     let params = Params {
         n: n as u32,
         half: half as u32,
         head_dim: head_dim as u32,
         heads: heads as u32,
         pos0: pos0 as u32,
-        theta,
-        _pad0: 0,
-        _pad1: 0,
+        _pad: [0; 3],
+        inv_freq: freqs,
     };
     let pipeline = ctx.pipeline("rope", SOURCE, "main", &[]);
     let uniform = ctx.uniform(&params);

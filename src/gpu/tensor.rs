@@ -23,8 +23,7 @@ impl GpuTensor {
 
 impl GpuContext {
     fn check_size(&self, what: &str, bytes: u64) -> Result<(), GpuError> {
-        let limits = self.limits();
-        let limit = limits.max_buffer_size.min(limits.max_storage_buffer_binding_size as u64);
+        let limit = self.max_binding();
         if bytes > limit {
             return Err(GpuError::TooLarge { what: what.to_string(), bytes, limit });
         }

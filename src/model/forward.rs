@@ -20,9 +20,7 @@ pub struct RowParts {
 impl RowParts {
     async fn upload(ctx: &GpuContext, t: &HostTensor) -> Result<Self, ModelError> {
         let (rows, cols) = (t.shape[0], t.shape[1]);
-        let limits = ctx.limits();
-        let limit = limits.max_buffer_size.min(limits.max_storage_buffer_binding_size as u64);
-        let per_part = ((limit / 4) as usize / cols.max(1)).max(1);
+        let per_part = ((ctx.max_binding() / 4) as usize / cols.max(1)).max(1);
         let mut parts = Vec::new();
         let mut row0 = 0;
         while row0 < rows {
@@ -51,7 +49,7 @@ impl GpuLinear {
             return Err(GpuError::TooLarge {
                 what: "a Conv1D weight".into(),
                 bytes: (l.weight.data.len() * 4) as u64,
-                limit: ctx.limits().max_storage_buffer_binding_size as u64,
+                limit: ctx.max_binding(),
             }
             .into());
         }
@@ -184,9 +182,9 @@ impl GpuModel {
         }
     }
 
-    /// Logits [tokens, vocab] for `tokens` at positions past..past+len, attending to the `past`
-    /// positions already in the KV cache (0 starts a new sequence).
-    pub async fn forward(&self, ctx: &GpuContext, tokens: &[u32], past: usize) -> Result<GpuTensor, ModelError> {
+    /// Final hidden states [tokens, hidden] (after the last norm) for `tokens` at positions
+    /// past..past+len, attending to the `past` positions already in the KV cache (0 starts anew).
+    pub async fn hidden(&self, ctx: &GpuContext, tokens: &[u32], past: usize) -> Result<GpuTensor, ModelError> {
         let c = &self.config;
         let t = tokens.len();
         if t == 0 {
@@ -216,7 +214,7 @@ impl GpuModel {
         let ff1 = ctx.zeros(&[t, f]).await?;
         let ff2 = ctx.zeros(&[t, f]).await?;
         let ff3 = ctx.zeros(&[t, f]).await?;
-        let logits = ctx.zeros(&[t, c.vocab_size]).await?;
+        let out = ctx.zeros(&[t, d]).await?;
 
         ctx.run(|enc| {
             // x = token embedding (+ learned position embedding). Parts only write their own rows.
@@ -262,36 +260,73 @@ impl GpuModel {
                 gpu::add::encode(ctx, enc, &x, &proj, &h)?;
                 enc.copy_buffer_to_buffer(&h.buffer, 0, &x.buffer, 0, x.bytes());
             }
-            self.norm(ctx, enc, &x, &self.final_norm, t, &h)?;
-            match &self.lm_head {
-                Some(head) => head.encode(ctx, enc, &h, t, &logits)?,
-                // Tied: logits = h · Eᵀ, one column block per embedding part.
-                None => {
-                    for (row0, part) in &self.token_embedding.parts {
-                        let spec = Matmul::new(t, part.shape[0], d, Layout::XWt).into_block(c.vocab_size, 0, *row0);
-                        gpu::matmul::encode(ctx, enc, &spec, &h, part, None, &logits)?;
-                    }
+            self.norm(ctx, enc, &x, &self.final_norm, t, &out)
+        })
+        .await?;
+        Ok(out)
+    }
+
+    /// Record logits [rows, vocab] = LM head of `h` [rows, hidden].
+    fn encode_logits(&self, ctx: &GpuContext, enc: &mut wgpu::CommandEncoder, h: &GpuTensor, rows: usize, logits: &GpuTensor) -> Result<(), GpuError> {
+        let (d, v) = (self.config.hidden_size, self.config.vocab_size);
+        match &self.lm_head {
+            Some(head) => head.encode(ctx, enc, h, rows, logits),
+            // Tied: logits = h · Eᵀ, one column block per embedding part.
+            None => {
+                for (row0, part) in &self.token_embedding.parts {
+                    let spec = Matmul::new(rows, part.shape[0], d, Layout::XWt).into_block(v, 0, *row0);
+                    gpu::matmul::encode(ctx, enc, &spec, h, part, None, logits)?;
                 }
+                Ok(())
             }
-            Ok(())
+        }
+    }
+
+    /// Logits for rows row0..row0+rows of the hidden states `h`.
+    pub async fn logits(&self, ctx: &GpuContext, h: &GpuTensor, row0: usize, rows: usize) -> Result<GpuTensor, ModelError> {
+        let d = self.config.hidden_size;
+        let part = ctx.zeros(&[rows, d]).await?;
+        let logits = ctx.zeros(&[rows, self.config.vocab_size]).await?;
+        ctx.run(|enc| {
+            enc.copy_buffer_to_buffer(&h.buffer, (row0 * d * 4) as u64, &part.buffer, 0, (rows * d * 4) as u64);
+            self.encode_logits(ctx, enc, &part, rows, &logits)
         })
         .await?;
         Ok(logits)
     }
 
+    /// Logits [tokens, vocab] for `tokens` after `past` cached positions.
+    pub async fn forward(&self, ctx: &GpuContext, tokens: &[u32], past: usize) -> Result<GpuTensor, ModelError> {
+        let h = self.hidden(ctx, tokens, past).await?;
+        self.logits(ctx, &h, 0, tokens.len()).await
+    }
+
+    /// Logits of the last token only [vocab] (all that sampling needs).
+    pub async fn last_logits(&self, ctx: &GpuContext, tokens: &[u32], past: usize) -> Result<Vec<f32>, ModelError> {
+        let h = self.hidden(ctx, tokens, past).await?;
+        Ok(ctx.read(&self.logits(ctx, &h, tokens.len() - 1, 1).await?).await?)
+    }
+
     /// Sum of next-token cross-entropies over `tokens` (a fresh sequence) and the number of predictions.
+    /// Logits are made a block of rows at a time so [tokens, vocab] never has to fit one buffer
+    /// (1024 × 50257 floats is 196 MiB, over many GPUs' binding limit).
     pub async fn loss_sum(&self, ctx: &GpuContext, tokens: &[u32]) -> Result<(f64, usize), ModelError> {
         if tokens.len() < 2 {
             return Err(ModelError::EmptyText);
         }
         let n = tokens.len() - 1;
-        let logits = self.forward(ctx, tokens, 0).await?;
-        let targets = ctx.upload_u32(&tokens[1..], &[n]).await?;
-        let losses = ctx.zeros(&[n]).await?;
-        // The last position predicts nothing: score only the first n rows.
-        ctx.run(|enc| gpu::cross_entropy::encode(ctx, enc, &logits, &targets, &losses, n, self.config.vocab_size))
-            .await?;
-        let values = ctx.read(&losses).await?;
-        Ok((values.iter().map(|&l| l as f64).sum(), n))
+        let v = self.config.vocab_size;
+        let h = self.hidden(ctx, tokens, 0).await?;
+        let block = ((ctx.max_binding() / 4) as usize / v).clamp(1, n);
+        let mut sum = 0.0;
+        for row0 in (0..n).step_by(block) {
+            let rows = block.min(n - row0);
+            let logits = self.logits(ctx, &h, row0, rows).await?;
+            let targets = ctx.upload_u32(&tokens[row0 + 1..row0 + 1 + rows], &[rows]).await?;
+            let losses = ctx.zeros(&[rows]).await?;
+            ctx.run(|enc| gpu::cross_entropy::encode(ctx, enc, &logits, &targets, &losses, rows, v)).await?;
+            sum += ctx.read(&losses).await?.iter().map(|&l| l as f64).sum::<f64>();
+        }
+        Ok((sum, n))
     }
 }
