@@ -30,7 +30,7 @@ struct Params {
 @group(0) @binding(5) var<uniform> p: Params;
 
 const WG: u32 = 256u;
-const NEG_MAX: f32 = -3.40282347e38;
+const NEG_MAX: f32 = -0x1.fffffep+127f;  // -FLT_MAX (Chrome's Tint rejects decimal spellings that round past it)
 
 var<workgroup> scratch: array<f32, 256>;
 var<workgroup> q_row: array<f32, 256>;

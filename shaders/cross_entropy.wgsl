@@ -14,7 +14,7 @@ struct Params { rows: u32, vocab: u32 }
 @group(0) @binding(2) var<storage, read_write> losses: array<f32>;
 @group(0) @binding(3) var<uniform> p: Params;
 
-const NEG_MAX: f32 = -3.40282347e38;
+const NEG_MAX: f32 = -0x1.fffffep+127f;  // -FLT_MAX (Chrome's Tint rejects decimal spellings that round past it)
 
 var<workgroup> scratch: array<f32, 256>;
 

@@ -1,6 +1,9 @@
 //! The native CLI end to end: `loratab eval` prints transformers' loss for the fixture text, and
 //! errors come out as one sentence with a failing exit code.
 
+// Native only: these read files and run the CLI binary.
+#![cfg(not(target_arch = "wasm32"))]
+
 use std::path::Path;
 use std::process::Command;
 

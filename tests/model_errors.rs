@@ -1,6 +1,9 @@
 //! Bad model folders and inputs give typed errors whose sentences say what is wrong and what to do,
 //! never a panic. Ends with a mutation fuzz of the loading path.
 
+// Native only: these read files and run the CLI binary.
+#![cfg(not(target_arch = "wasm32"))]
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 

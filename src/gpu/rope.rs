@@ -25,7 +25,8 @@ pub fn inv_freq(head_dim: usize, theta: f32) -> Vec<f32> {
     (0..head_dim / 2).map(|i| 1.0 / theta.powf((2 * i) as f32 / head_dim as f32)).collect()
 }
 
-/// Record the rotation of `x` [tokens, heads, head_dim] in place, token t at position `pos0 + t`.
+/// Record the rotation of `x` [tokens, heads, head_dim] in place, token t at position `pos0 + t`
+/// (`x` may be longer; only its first tokens · heads · head_dim values are touched).
 #[allow(clippy::too_many_arguments)]
 pub fn encode(
     ctx: &GpuContext,
@@ -38,11 +39,11 @@ pub fn encode(
     theta: f32,
 ) -> Result<(), GpuError> {
     let need = tokens * heads * head_dim;
-    if x.len() != need {
+    if x.len() < need {
         return Err(GpuError::Shape {
             op: "rope",
             detail: format!(
-                "x {:?} must hold tokens · heads · head_dim = {tokens} · {heads} · {head_dim} values",
+                "x {:?} holds fewer than tokens · heads · head_dim = {tokens} · {heads} · {head_dim} values",
                 x.shape
             ),
         });
