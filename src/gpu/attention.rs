@@ -88,3 +88,138 @@ pub fn encode(
     ctx.dispatch(encoder, &pipeline, &bind, (gx, gy, 1));
     Ok(())
 }
+
+const BACKWARD_SOURCE: &str = include_str!("../../shaders/attention_backward.wgsl");
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct BackwardParams {
+    tokens: u32,
+    q_heads: u32,
+    kv_heads: u32,
+    head_dim: u32,
+    group: u32,
+    scale: f32,
+    _pad: [u32; 2],
+}
+
+/// Values in the scratch buffer [`encode_backward`] needs: dS [Hq, tokens, tokens].
+pub fn backward_scratch_len(tokens: usize, heads: &Heads) -> usize {
+    heads.q_heads * tokens * tokens
+}
+
+/// Bind `(binding, buffer)` pairs to group 0 of `pipeline` (each entry point of the backward shader
+/// uses its own subset of the bindings, and auto layouts hold only the bindings an entry point uses).
+fn bind_at(ctx: &GpuContext, pipeline: &wgpu::ComputePipeline, buffers: &[(u32, &wgpu::Buffer)]) -> wgpu::BindGroup {
+    let entries: Vec<wgpu::BindGroupEntry> = buffers
+        .iter()
+        .map(|&(binding, b)| wgpu::BindGroupEntry { binding, resource: b.as_entire_binding() })
+        .collect();
+    ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: None,
+        layout: &pipeline.get_bind_group_layout(0),
+        entries: &entries,
+    })
+}
+
+/// Record the backward of [`encode`] for training, without a KV cache (past = 0, S = tokens):
+/// given q [tokens, Hq·Dh], k, v [tokens, Hkv·Dh], the forward's `probs` [Hq, tokens, tokens] and
+/// the output gradient `dout` [tokens, Hq·Dh], write dq [tokens, Hq·Dh] and dk, dv
+/// [tokens, Hkv·Dh] (overwritten, not accumulated; the query heads of a group are summed into their
+/// key/value head). `scratch` (at least [`backward_scratch_len`] values, contents ignored) receives
+/// dS = P ⊙ (dP − rowsum(dP ⊙ P)) [Hq, tokens, tokens], 0 above the diagonal.
+/// `shaders/attention_backward.wgsl`, reference `reference::attention::attention_backward`.
+/// Two dispatches: dS and dq per (token, query head), then dk and dv per (token, key/value head).
+#[allow(clippy::too_many_arguments)]
+pub fn encode_backward(
+    ctx: &GpuContext,
+    encoder: &mut wgpu::CommandEncoder,
+    q: &GpuTensor,
+    k: &GpuTensor,
+    v: &GpuTensor,
+    probs: &GpuTensor,
+    dout: &GpuTensor,
+    dq: &GpuTensor,
+    dk: &GpuTensor,
+    dv: &GpuTensor,
+    scratch: &GpuTensor,
+    tokens: usize,
+    heads: &Heads,
+) -> Result<(), GpuError> {
+    const OP: &str = "attention_backward";
+    let shape = |detail: String| GpuError::Shape { op: OP, detail };
+    let Heads { q_heads: hq, kv_heads: hkv, head_dim: dh } = *heads;
+    if hq == 0 || hkv == 0 || hq % hkv != 0 {
+        return Err(shape(format!("{hq} query heads are not a whole multiple of {hkv} key/value heads")));
+    }
+    if dh == 0 || dh > MAX_HEAD_DIM {
+        return Err(shape(format!("head_dim {dh} is outside the supported 1..={MAX_HEAD_DIM}")));
+    }
+    let (q_len, kv_len) = (tokens * hq * dh, tokens * hkv * dh);
+    let p_len = backward_scratch_len(tokens, heads);
+    for (what, t, need) in [
+        ("q", q, q_len),
+        ("dout", dout, q_len),
+        ("dq", dq, q_len),
+        ("k", k, kv_len),
+        ("v", v, kv_len),
+        ("dk", dk, kv_len),
+        ("dv", dv, kv_len),
+        ("probs", probs, p_len),
+        ("scratch", scratch, p_len),
+    ] {
+        check_len(OP, what, t, need)?;
+    }
+    check_u32(OP, "the probabilities' length", p_len)?;
+    check_u32(OP, "q's length", q_len)?;
+    if tokens == 0 {
+        return Ok(());
+    }
+    let params = BackwardParams {
+        tokens: tokens as u32,
+        q_heads: hq as u32,
+        kv_heads: hkv as u32,
+        head_dim: dh as u32,
+        group: (hq / hkv) as u32,
+        // Exactly the forward's and the reference's scale.
+        scale: 1.0 / (dh as f32).sqrt(),
+        _pad: [0; 2],
+    };
+    let uniform = ctx.uniform(&params);
+    let max = ctx.limits().max_compute_workgroups_per_dimension;
+
+    let pipeline = ctx.pipeline("attention_backward", BACKWARD_SOURCE, "dq_main", &[]);
+    let bind = bind_at(
+        ctx,
+        &pipeline,
+        &[
+            (1, &k.buffer),
+            (2, &v.buffer),
+            (3, &probs.buffer),
+            (4, &dout.buffer),
+            (5, &scratch.buffer),
+            (6, &dq.buffer),
+            (9, &uniform),
+        ],
+    );
+    let (gx, gy) = grid_rows(tokens * hq, max);
+    ctx.dispatch(encoder, &pipeline, &bind, (gx, gy, 1));
+
+    let pipeline = ctx.pipeline("attention_backward", BACKWARD_SOURCE, "dkv_main", &[]);
+    let bind = bind_at(
+        ctx,
+        &pipeline,
+        &[
+            (0, &q.buffer),
+            (3, &probs.buffer),
+            (4, &dout.buffer),
+            (5, &scratch.buffer),
+            (7, &dk.buffer),
+            (8, &dv.buffer),
+            (9, &uniform),
+        ],
+    );
+    let (gx, gy) = grid_rows(tokens * hkv, max);
+    ctx.dispatch(encoder, &pipeline, &bind, (gx, gy, 1));
+    Ok(())
+}

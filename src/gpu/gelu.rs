@@ -35,3 +35,36 @@ pub fn encode(
     ctx.dispatch(encoder, &pipeline, &bind, (gx, gy, 1));
     Ok(())
 }
+
+const BACKWARD_SOURCE: &str = include_str!("../../shaders/gelu_backward.wgsl");
+
+/// Record `dx = dy · gelu'(x)` element-wise: `shaders/gelu_backward.wgsl`, reference
+/// `reference::gelu::gelu_backward`. x, dy and dx hold the same number of values.
+pub fn encode_backward(
+    ctx: &GpuContext,
+    encoder: &mut wgpu::CommandEncoder,
+    x: &GpuTensor,
+    dy: &GpuTensor,
+    dx: &GpuTensor,
+) -> Result<(), GpuError> {
+    let n = x.len();
+    if dy.len() != n || dx.len() != n {
+        return Err(GpuError::Shape {
+            op: "gelu_backward",
+            detail: format!(
+                "x {:?}, dy {:?} and dx {:?} must hold as many values",
+                x.shape, dy.shape, dx.shape
+            ),
+        });
+    }
+    let n = check_u32("gelu_backward", "x's length", n)?;
+    if n == 0 {
+        return Ok(());
+    }
+    let pipeline = ctx.pipeline("gelu_backward", BACKWARD_SOURCE, "main", &[]);
+    let uniform = ctx.uniform(&Params { n });
+    let bind = ctx.bind(&pipeline, &[&x.buffer, &dy.buffer, &dx.buffer, &uniform]);
+    let (gx, gy) = grid_1d(n as usize, ctx.limits().max_compute_workgroups_per_dimension);
+    ctx.dispatch(encoder, &pipeline, &bind, (gx, gy, 1));
+    Ok(())
+}

@@ -43,3 +43,38 @@ pub fn encode(
     ctx.dispatch(encoder, &pipeline, &bind, (gx, gy, 1));
     Ok(())
 }
+
+const BACKWARD_SOURCE: &str = include_str!("../../shaders/layernorm_backward.wgsl");
+
+/// Record `dx = ∂/∂x` of layernorm given the output gradient `dy` (weight and bias frozen; mean and
+/// variance recomputed from `x`): `shaders/layernorm_backward.wgsl`, reference
+/// `reference::layernorm::layernorm_backward`. x, dy, dx [rows, dim]; weight [dim].
+#[allow(clippy::too_many_arguments)]
+pub fn encode_backward(
+    ctx: &GpuContext,
+    encoder: &mut wgpu::CommandEncoder,
+    x: &GpuTensor,
+    weight: &GpuTensor,
+    dy: &GpuTensor,
+    dx: &GpuTensor,
+    rows: usize,
+    dim: usize,
+    eps: f32,
+) -> Result<(), GpuError> {
+    const OP: &str = "layernorm_backward";
+    check_len(OP, "x", x, rows * dim)?;
+    check_len(OP, "dy", dy, rows * dim)?;
+    check_len(OP, "dx", dx, rows * dim)?;
+    check_len(OP, "weight", weight, dim)?;
+    check_u32(OP, "rows · dim", rows * dim)?;
+    if rows * dim == 0 {
+        return Ok(());
+    }
+    let params = Params { rows: rows as u32, dim: dim as u32, eps, _pad: 0 };
+    let pipeline = ctx.pipeline("layernorm_backward", BACKWARD_SOURCE, "main", &[]);
+    let uniform = ctx.uniform(&params);
+    let bind = ctx.bind(&pipeline, &[&x.buffer, &weight.buffer, &dy.buffer, &dx.buffer, &uniform]);
+    let (gx, gy) = grid_rows(rows, ctx.limits().max_compute_workgroups_per_dimension);
+    ctx.dispatch(encoder, &pipeline, &bind, (gx, gy, 1));
+    Ok(())
+}

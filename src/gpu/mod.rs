@@ -6,6 +6,7 @@
 mod context;
 mod tensor;
 
+pub mod adamw;
 pub mod add;
 pub mod attention;
 pub mod cross_entropy;

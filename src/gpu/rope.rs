@@ -4,7 +4,7 @@
 use super::{check_u32, grid_1d, GpuContext, GpuError, GpuTensor};
 
 const SOURCE: &str = include_str!("../../shaders/rope.wgsl");
-/// Largest head_dim: the uniform holds up to 512 frequencies.
+/// Largest head_dim (a generous bound; real models use ≤ 256).
 pub const MAX_HEAD_DIM: usize = 1025;
 
 #[repr(C)]
@@ -16,7 +16,6 @@ struct Params {
     heads: u32,
     pos0: u32,
     _pad: [u32; 3],
-    inv_freq: [[f32; 4]; 128],
 }
 
 /// The rotation frequencies 1 / theta^(2i / head_dim), i < head_dim / 2, in f32 exactly as
@@ -38,10 +37,60 @@ pub fn encode(
     pos0: usize,
     theta: f32,
 ) -> Result<(), GpuError> {
+    let Some((params, table)) = rotation_params("rope", x, tokens, heads, head_dim, pos0, theta)? else {
+        return Ok(());
+    };
+    let n = params.n as usize;
+    let pipeline = ctx.pipeline("rope", SOURCE, "main", &[]);
+    let uniform = ctx.uniform(&params);
+    let table = cos_sin_buffer(ctx, &table);
+    let bind = ctx.bind(&pipeline, &[&x.buffer, &uniform, &table]);
+    let (gx, gy) = grid_1d(n, ctx.limits().max_compute_workgroups_per_dimension);
+    ctx.dispatch(encoder, &pipeline, &bind, (gx, gy, 1));
+    Ok(())
+}
+
+/// The (cos, sin) table as a storage buffer.
+fn cos_sin_buffer(ctx: &GpuContext, table: &[f32]) -> wgpu::Buffer {
+    use wgpu::util::DeviceExt;
+    ctx.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        label: Some("rope cos/sin"),
+        contents: bytemuck::cast_slice(table),
+        usage: wgpu::BufferUsages::STORAGE,
+    })
+}
+
+/// (cos a, sin a) for a = f32(pos0 + t) · inv_freq_i, [tokens, half] pairs, in f32 exactly as
+/// `reference::rope` computes them.
+pub fn cos_sin(tokens: usize, head_dim: usize, pos0: usize, theta: f32) -> Vec<f32> {
+    let freqs = inv_freq(head_dim, theta);
+    let mut table = Vec::with_capacity(tokens * freqs.len() * 2);
+    for t in 0..tokens {
+        let pos = (pos0 + t) as f32;
+        for f in &freqs {
+            let (sin, cos) = (pos * f).sin_cos();
+            table.extend([cos, sin]);
+        }
+    }
+    table
+}
+
+/// Validate a rotation of `x` and build its uniform and (cos, sin) table; None when there is nothing
+/// to rotate.
+#[allow(clippy::too_many_arguments)]
+fn rotation_params(
+    op: &'static str,
+    x: &GpuTensor,
+    tokens: usize,
+    heads: usize,
+    head_dim: usize,
+    pos0: usize,
+    theta: f32,
+) -> Result<Option<(Params, Vec<f32>)>, GpuError> {
     let need = tokens * heads * head_dim;
     if x.len() < need {
         return Err(GpuError::Shape {
-            op: "rope",
+            op,
             detail: format!(
                 "x {:?} holds fewer than tokens · heads · head_dim = {tokens} · {heads} · {head_dim} values",
                 x.shape
@@ -49,24 +98,20 @@ pub fn encode(
         });
     }
     if theta.is_nan() || theta <= 0.0 {
-        return Err(GpuError::Shape { op: "rope", detail: format!("theta must be positive, got {theta}") });
+        return Err(GpuError::Shape { op, detail: format!("theta must be positive, got {theta}") });
     }
     if head_dim > MAX_HEAD_DIM {
         return Err(GpuError::Shape {
-            op: "rope",
+            op,
             detail: format!("head_dim {head_dim} is beyond the supported {MAX_HEAD_DIM}"),
         });
     }
-    check_u32("rope", "x's length", need)?;
-    check_u32("rope", "the last position", pos0 + tokens)?;
+    check_u32(op, "x's length", need)?;
+    check_u32(op, "the last position", pos0 + tokens)?;
     let half = head_dim / 2;
     let n = tokens * heads * half;
     if n == 0 {
-        return Ok(());
-    }
-    let mut freqs = [[0.0f32; 4]; 128];
-    for (i, f) in inv_freq(head_dim, theta).into_iter().enumerate() {
-        freqs[i / 4][i % 4] = f;
+        return Ok(None);
     }
     let params = Params {
         n: n as u32,
@@ -75,12 +120,34 @@ pub fn encode(
         heads: heads as u32,
         pos0: pos0 as u32,
         _pad: [0; 3],
-        inv_freq: freqs,
     };
-    let pipeline = ctx.pipeline("rope", SOURCE, "main", &[]);
+    Ok(Some((params, cos_sin(tokens, head_dim, pos0, theta))))
+}
+
+const BACKWARD_SOURCE: &str = include_str!("../../shaders/rope_backward.wgsl");
+
+/// Record the backward of [`encode`]: rotate the gradient `dy` [tokens, heads, head_dim] back in place
+/// (by −angle, the same angles as the forward: frequencies computed on the CPU), leaving dx in `dy`.
+/// `shaders/rope_backward.wgsl`, reference `reference::rope::rope_backward`.
+#[allow(clippy::too_many_arguments)]
+pub fn encode_backward(
+    ctx: &GpuContext,
+    encoder: &mut wgpu::CommandEncoder,
+    dy: &GpuTensor,
+    tokens: usize,
+    heads: usize,
+    head_dim: usize,
+    pos0: usize,
+    theta: f32,
+) -> Result<(), GpuError> {
+    let Some((params, table)) = rotation_params("rope_backward", dy, tokens, heads, head_dim, pos0, theta)? else {
+        return Ok(());
+    };
+    let pipeline = ctx.pipeline("rope_backward", BACKWARD_SOURCE, "main", &[]);
     let uniform = ctx.uniform(&params);
-    let bind = ctx.bind(&pipeline, &[&x.buffer, &uniform]);
-    let (gx, gy) = grid_1d(n, ctx.limits().max_compute_workgroups_per_dimension);
+    let table = cos_sin_buffer(ctx, &table);
+    let bind = ctx.bind(&pipeline, &[&dy.buffer, &uniform, &table]);
+    let (gx, gy) = grid_1d(params.n as usize, ctx.limits().max_compute_workgroups_per_dimension);
     ctx.dispatch(encoder, &pipeline, &bind, (gx, gy, 1));
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! Plain-Rust f32 reference of every op: slow, obvious, and the oracle the GPU tests compare against.
 //! One module per op, named like its shader and its launcher.
 
+pub mod adamw;
 pub mod add;
 pub mod attention;
 pub mod cross_entropy;

@@ -12,3 +12,22 @@ pub fn rmsnorm(x: &[f32], weight: &[f32], dim: usize, eps: f32) -> Vec<f32> {
     }
     y
 }
+
+/// Backward of [`rmsnorm`] with respect to x (weight is frozen): per row, with
+/// rstd = 1/sqrt(mean(x²) + eps) recomputed from x and g = dy ⊙ weight,
+///   dx = rstd · g − x · rstd³ · mean(g ⊙ x).
+pub fn rmsnorm_backward(x: &[f32], weight: &[f32], dy: &[f32], dim: usize, eps: f32) -> Vec<f32> {
+    assert_eq!(x.len(), dy.len());
+    let mut dx = vec![0.0; x.len()];
+    for ((xr, dyr), dxr) in x.chunks(dim).zip(dy.chunks(dim)).zip(dx.chunks_mut(dim)) {
+        let n = dim as f32;
+        let ms = xr.iter().map(|v| v * v).sum::<f32>() / n;
+        let rstd = 1.0 / (ms + eps).sqrt();
+        let sum_gx: f32 = (0..dim).map(|i| dyr[i] * weight[i] * xr[i]).sum();
+        let c = rstd * rstd * rstd * (sum_gx / n);
+        for i in 0..dim {
+            dxr[i] = rstd * dyr[i] * weight[i] - xr[i] * c;
+        }
+    }
+    dx
+}

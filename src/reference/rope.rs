@@ -23,3 +23,23 @@ pub fn rope(x: &mut [f32], heads: usize, head_dim: usize, pos0: usize, theta: f3
         }
     }
 }
+
+/// Backward of [`rope`], in place like the forward: the rotation is orthogonal, so the gradient is
+/// rotated back by −a (same frequencies, same f32 angles):
+///   dx[i]        = dy[i] · cos a + dy[i + half] · sin a
+///   dx[i + half] = dy[i + half] · cos a − dy[i] · sin a
+pub fn rope_backward(dy: &mut [f32], heads: usize, head_dim: usize, pos0: usize, theta: f32) {
+    let half = head_dim / 2;
+    let freqs = inv_freq(head_dim, theta);
+    for (t, token) in dy.chunks_mut(heads * head_dim).enumerate() {
+        let pos = (pos0 + t) as f32;
+        for head in token.chunks_mut(head_dim) {
+            for i in 0..half {
+                let (sin, cos) = (pos * freqs[i]).sin_cos();
+                let (a, b) = (head[i], head[i + half]);
+                head[i] = a * cos + b * sin;
+                head[i + half] = b * cos - a * sin;
+            }
+        }
+    }
+}
