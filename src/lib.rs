@@ -4,6 +4,7 @@
 pub mod eval;
 pub mod generate;
 pub mod gpu;
+pub mod lora;
 pub mod model;
 pub mod ops;
 pub mod reference;

@@ -16,6 +16,7 @@ mod cli {
     use clap::{Parser, Subcommand};
     use loratab::generate::Sampling;
     use loratab::gpu::GpuContext;
+    use loratab::lora::{self, Adapter, LoraError};
     use loratab::model::{GpuModel, Model, ModelError, Tokenizer};
     use std::path::{Path, PathBuf};
     use std::process::ExitCode;
@@ -40,6 +41,18 @@ mod cli {
             /// Tokens per chunk (default: the model's context, at most 1024).
             #[arg(long)]
             seq_len: Option<usize>,
+            /// A LoRA adapter folder in PEFT's format, merged into the model before scoring.
+            #[arg(long)]
+            adapter: Option<PathBuf>,
+        },
+        /// Merge a PEFT LoRA adapter into its base model and write a model folder transformers loads.
+        Merge {
+            #[arg(long)]
+            model: PathBuf,
+            #[arg(long)]
+            adapter: PathBuf,
+            #[arg(long)]
+            out: PathBuf,
         },
         /// Continue a prompt with the model (KV cache; temperature 0 = greedy).
         Generate {
@@ -56,6 +69,9 @@ mod cli {
             top_k: usize,
             #[arg(long, default_value_t = 0)]
             seed: u64,
+            /// A LoRA adapter folder in PEFT's format, merged into the model first.
+            #[arg(long)]
+            adapter: Option<PathBuf>,
         },
         /// Show the GPU adapter loratab will use and run the GPU self-test against the CPU reference.
         Info {
@@ -69,15 +85,18 @@ mod cli {
         let cli = Cli::parse();
         match cli.command {
             Command::Info { json } => pollster::block_on(info(json)),
-            Command::Eval { model, text, seq_len } => report(pollster::block_on(eval(&model, &text, seq_len))),
-            Command::Generate { model, prompt, max_tokens, temperature, top_k, seed } => {
-                let sampling = Sampling { temperature, top_k, seed };
-                report(pollster::block_on(generate(&model, &prompt, max_tokens, &sampling)))
+            Command::Eval { model, text, seq_len, adapter } => {
+                report(pollster::block_on(eval(&model, adapter.as_deref(), &text, seq_len)))
             }
+            Command::Generate { model, prompt, max_tokens, temperature, top_k, seed, adapter } => {
+                let sampling = Sampling { temperature, top_k, seed };
+                report(pollster::block_on(generate(&model, adapter.as_deref(), &prompt, max_tokens, &sampling)))
+            }
+            Command::Merge { model, adapter, out } => report(merge(&model, &adapter, &out)),
         }
     }
 
-    fn report(result: Result<(), ModelError>) -> ExitCode {
+    fn report<E: std::fmt::Display>(result: Result<(), E>) -> ExitCode {
         match result {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -87,19 +106,39 @@ mod cli {
         }
     }
 
-    async fn open(dir: &Path) -> Result<(GpuContext, GpuModel, Tokenizer), ModelError> {
-        let (model, tokenizer) = Model::load_dir(dir)?;
-        let ctx = GpuContext::new().await?;
+    /// What the CLI can fail with, as one sentence.
+    #[derive(Debug, thiserror::Error)]
+    enum CliError {
+        #[error(transparent)]
+        Model(#[from] ModelError),
+        #[error(transparent)]
+        Lora(#[from] LoraError),
+        #[error("could not write {path}: {reason}")]
+        Write { path: String, reason: String },
+    }
+
+    fn load(dir: &Path, adapter: Option<&Path>) -> Result<(Model, Tokenizer), CliError> {
+        let (mut model, tokenizer) = Model::load_dir(dir)?;
+        if let Some(adapter) = adapter {
+            lora::merge(&mut model, &Adapter::load_dir(adapter)?)?;
+        }
+        Ok((model, tokenizer))
+    }
+
+    async fn open(dir: &Path, adapter: Option<&Path>) -> Result<(GpuContext, GpuModel, Tokenizer), CliError> {
+        let (model, tokenizer) = load(dir, adapter)?;
+        let ctx = GpuContext::new().await;
+        let ctx = ctx.map_err(ModelError::from)?;
         let gpu_model = GpuModel::upload(&ctx, &model).await?;
         Ok((ctx, gpu_model, tokenizer))
     }
 
-    async fn eval(dir: &Path, text: &Path, seq_len: Option<usize>) -> Result<(), ModelError> {
+    async fn eval(dir: &Path, adapter: Option<&Path>, text: &Path, seq_len: Option<usize>) -> Result<(), CliError> {
         let text = std::fs::read_to_string(text).map_err(|e| ModelError::Io {
             path: text.display().to_string(),
             reason: e.to_string(),
         })?;
-        let (ctx, model, tokenizer) = open(dir).await?;
+        let (ctx, model, tokenizer) = open(dir, adapter).await?;
         let tokens = tokenizer.encode(&text)?;
         let seq_len = seq_len.unwrap_or(loratab::eval::default_seq_len(model.config.max_positions));
         let r = loratab::eval::eval(&ctx, &model, &tokens, seq_len).await?;
@@ -107,11 +146,41 @@ mod cli {
         Ok(())
     }
 
-    async fn generate(dir: &Path, prompt: &str, max_tokens: usize, sampling: &Sampling) -> Result<(), ModelError> {
-        let (ctx, model, tokenizer) = open(dir).await?;
+    async fn generate(
+        dir: &Path,
+        adapter: Option<&Path>,
+        prompt: &str,
+        max_tokens: usize,
+        sampling: &Sampling,
+    ) -> Result<(), CliError> {
+        let (ctx, model, tokenizer) = open(dir, adapter).await?;
         let ids = tokenizer.encode(prompt)?;
         let out = loratab::generate::generate(&ctx, &model, &ids, max_tokens, sampling).await?;
         println!("{}{}", prompt, tokenizer.decode(&out)?);
+        Ok(())
+    }
+
+    /// Write `dir/config.json`, `tokenizer.json` (copied) and `model.safetensors` (merged, f32).
+    fn merge(model_dir: &Path, adapter: &Path, out: &Path) -> Result<(), CliError> {
+        let (model, _) = load(model_dir, Some(adapter))?;
+        let write = |name: &str, bytes: &[u8]| {
+            let path = out.join(name);
+            std::fs::write(&path, bytes).map_err(|e| CliError::Write { path: path.display().to_string(), reason: e.to_string() })
+        };
+        std::fs::create_dir_all(out).map_err(|e| CliError::Write { path: out.display().to_string(), reason: e.to_string() })?;
+        let mut config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(model_dir.join("config.json")).map_err(|e| ModelError::Io { path: "config.json".into(), reason: e.to_string() })?)
+            .map_err(|e| ModelError::Config(e.to_string()))?;
+        // The merged weights are f32 whatever the base stored.
+        for key in ["dtype", "torch_dtype"] {
+            if config.get(key).is_some() {
+                config[key] = "float32".into();
+            }
+        }
+        write("config.json", serde_json::to_string_pretty(&config).unwrap().as_bytes())?;
+        let tokenizer = std::fs::read(model_dir.join("tokenizer.json")).map_err(|e| ModelError::Io { path: "tokenizer.json".into(), reason: e.to_string() })?;
+        write("tokenizer.json", &tokenizer)?;
+        write("model.safetensors", &loratab::model::save_safetensors(&model.to_tensors())?)?;
+        println!("merged model written to {}", out.display());
         Ok(())
     }
 

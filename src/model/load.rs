@@ -274,3 +274,98 @@ impl Model {
         }
     }
 }
+
+impl Model {
+    /// The weights as transformers names and lays them out (GPT-2's q, k, v fused back into c_attn),
+    /// f32: what a merged model folder's model.safetensors holds.
+    pub fn to_tensors(&self) -> Vec<(String, HostTensor)> {
+        let c = &self.config;
+        let mut out = Vec::new();
+        let mut put = |name: String, t: &HostTensor| out.push((name, t.clone()));
+        fn linear(put: &mut dyn FnMut(String, &HostTensor), name: &str, l: &Linear) {
+            put(format!("{name}.weight"), &l.weight);
+            if let Some(b) = &l.bias {
+                put(format!("{name}.bias"), b);
+            }
+        }
+        let norm = |put: &mut dyn FnMut(String, &HostTensor), name: &str, n: &Norm| {
+            put(format!("{name}.weight"), &n.weight);
+            if let Some(b) = &n.bias {
+                put(format!("{name}.bias"), b);
+            }
+        };
+        match c.arch {
+            Arch::Gpt2 => {
+                put("transformer.wte.weight".into(), &self.token_embedding);
+                if let Some(p) = &self.position_embedding {
+                    put("transformer.wpe.weight".into(), p);
+                }
+                for (i, b) in self.blocks.iter().enumerate() {
+                    let p = format!("transformer.h.{i}");
+                    norm(&mut put, &format!("{p}.ln_1"), &b.attn_norm);
+                    // Re-fuse q, k, v ([in, d] each) into c_attn [in, 3d].
+                    let (d_in, d) = (b.q.in_dim, b.q.out_dim);
+                    let mut w = Vec::with_capacity(d_in * 3 * d);
+                    for row in 0..d_in {
+                        for part in [&b.q, &b.k, &b.v] {
+                            w.extend_from_slice(&part.weight.data[row * d..(row + 1) * d]);
+                        }
+                    }
+                    let bias: Vec<f32> = [&b.q, &b.k, &b.v]
+                        .iter()
+                        .flat_map(|l| l.bias.as_ref().map(|x| x.data.clone()).unwrap_or(vec![0.0; d]))
+                        .collect();
+                    put(format!("{p}.attn.c_attn.weight"), &HostTensor::new(w, vec![d_in, 3 * d]));
+                    put(format!("{p}.attn.c_attn.bias"), &HostTensor::new(bias, vec![3 * d]));
+                    linear(&mut put, &format!("{p}.attn.c_proj"), &b.o);
+                    norm(&mut put, &format!("{p}.ln_2"), &b.mlp_norm);
+                    if let Mlp::Gelu { fc, proj } = &b.mlp {
+                        linear(&mut put, &format!("{p}.mlp.c_fc"), fc);
+                        linear(&mut put, &format!("{p}.mlp.c_proj"), proj);
+                    }
+                }
+                norm(&mut put, "transformer.ln_f", &self.final_norm);
+            }
+            Arch::Llama => {
+                put("model.embed_tokens.weight".into(), &self.token_embedding);
+                for (i, b) in self.blocks.iter().enumerate() {
+                    let p = format!("model.layers.{i}");
+                    norm(&mut put, &format!("{p}.input_layernorm"), &b.attn_norm);
+                    linear(&mut put, &format!("{p}.self_attn.q_proj"), &b.q);
+                    linear(&mut put, &format!("{p}.self_attn.k_proj"), &b.k);
+                    linear(&mut put, &format!("{p}.self_attn.v_proj"), &b.v);
+                    linear(&mut put, &format!("{p}.self_attn.o_proj"), &b.o);
+                    norm(&mut put, &format!("{p}.post_attention_layernorm"), &b.mlp_norm);
+                    if let Mlp::SwiGlu { gate, up, down } = &b.mlp {
+                        linear(&mut put, &format!("{p}.mlp.gate_proj"), gate);
+                        linear(&mut put, &format!("{p}.mlp.up_proj"), up);
+                        linear(&mut put, &format!("{p}.mlp.down_proj"), down);
+                    }
+                }
+                norm(&mut put, "model.norm", &self.final_norm);
+            }
+        }
+        if let Some(head) = &self.lm_head {
+            linear(&mut put, "lm_head", head);
+        }
+        out
+    }
+}
+
+/// A safetensors file of f32 tensors (the format transformers reads).
+pub fn save_safetensors(tensors: &[(String, HostTensor)]) -> Result<Vec<u8>, ModelError> {
+    let bytes: Vec<Vec<u8>> = tensors.iter().map(|(_, t)| bytemuck::cast_slice(&t.data).to_vec()).collect();
+    let views = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|((name, t), b)| {
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, t.shape.clone(), b)
+                .map(|v| (name.clone(), v))
+                .map_err(|e| ModelError::Safetensors { file: "model.safetensors".into(), reason: e.to_string() })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut meta = HashMap::new();
+    meta.insert("format".to_string(), "pt".to_string());
+    safetensors::serialize(views, Some(meta))
+        .map_err(|e| ModelError::Safetensors { file: "model.safetensors".into(), reason: e.to_string() })
+}

@@ -1,0 +1,233 @@
+//! LoRA adapters in Hugging Face PEFT's format: `adapter_config.json` + `adapter_model.safetensors`
+//! with keys `base_model.model.<module>.lora_A.weight` (A [r, in]) and `…lora_B.weight` (B [out, r]).
+//! ΔW = s·B·A with s = α/r (α/√r with rsLoRA), per-module r and α from `rank_pattern`/`alpha_pattern`.
+//!
+//! GPT-2's fused `c_attn` (q, k, v in one Conv1D [in, 3d]) takes one adapter whose B [3d, r] covers
+//! the three projections; loratab's model splits c_attn into q, k, v, so B's rows are split the same way.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde_json::Value;
+
+use crate::model::{load_safetensors, Arch, HostTensor, Linear, Mlp, Model, WeightLayout};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoraError {
+    #[error("{path} is missing: an adapter folder needs adapter_config.json and adapter_model.safetensors")]
+    MissingFile { path: String },
+    #[error("adapter_config.json is not usable: {0}")]
+    Config(String),
+    #[error("adapter_model.safetensors is not usable: {0}")]
+    Weights(String),
+    #[error("the adapter targets `{module}`, which this {model_type} model does not have: the adapter was trained on another base model")]
+    UnknownModule { module: String, model_type: String },
+    #[error("the adapter for `{module}` has {found:?} but the base model needs {expected:?}: the adapter was trained on another base model")]
+    Shape { module: String, expected: Vec<usize>, found: Vec<usize> },
+}
+
+/// The subset of PEFT's LoraConfig that defines the adapter's math.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoraConfig {
+    pub r: usize,
+    pub lora_alpha: f32,
+    pub use_rslora: bool,
+    pub target_modules: Vec<String>,
+    pub rank_pattern: BTreeMap<String, usize>,
+    pub alpha_pattern: BTreeMap<String, f32>,
+    pub fan_in_fan_out: bool,
+}
+
+/// PEFT matches a pattern key against a module path by its trailing dotted components.
+fn pattern_matches(key: &str, module: &str) -> bool {
+    module == key || module.ends_with(&format!(".{key}"))
+}
+
+impl LoraConfig {
+    pub fn from_json(text: &str) -> Result<Self, LoraError> {
+        let v: Value = serde_json::from_str(text).map_err(|e| LoraError::Config(format!("not valid JSON ({e})")))?;
+        let peft_type = v.get("peft_type").and_then(Value::as_str).unwrap_or("LORA");
+        if peft_type != "LORA" {
+            return Err(LoraError::Config(format!("peft_type is {peft_type}; loratab reads LORA adapters")));
+        }
+        for flag in ["use_dora", "lora_bias"] {
+            if v.get(flag).and_then(Value::as_bool) == Some(true) {
+                return Err(LoraError::Config(format!("{flag} is set; loratab supports plain LoRA only")));
+            }
+        }
+        let r = v.get("r").and_then(Value::as_u64).filter(|&r| r > 0).ok_or_else(|| LoraError::Config("`r` is missing or not a positive whole number".into()))? as usize;
+        let target_modules = match v.get("target_modules") {
+            Some(Value::Array(a)) => a.iter().filter_map(|x| x.as_str().map(String::from)).collect(),
+            Some(Value::String(s)) => vec![s.clone()],
+            _ => return Err(LoraError::Config("`target_modules` is missing".into())),
+        };
+        let map_of = |key: &str| -> BTreeMap<String, f64> {
+            v.get(key)
+                .and_then(Value::as_object)
+                .map(|m| m.iter().filter_map(|(k, x)| x.as_f64().map(|f| (k.clone(), f))).collect())
+                .unwrap_or_default()
+        };
+        Ok(Self {
+            r,
+            lora_alpha: v.get("lora_alpha").and_then(Value::as_f64).unwrap_or(8.0) as f32,
+            use_rslora: v.get("use_rslora").and_then(Value::as_bool).unwrap_or(false),
+            target_modules,
+            rank_pattern: map_of("rank_pattern").into_iter().map(|(k, x)| (k, x as usize)).collect(),
+            alpha_pattern: map_of("alpha_pattern").into_iter().map(|(k, x)| (k, x as f32)).collect(),
+            fan_in_fan_out: v.get("fan_in_fan_out").and_then(Value::as_bool).unwrap_or(false),
+        })
+    }
+
+    pub fn rank_for(&self, module: &str) -> usize {
+        self.rank_pattern.iter().find(|(k, _)| pattern_matches(k, module)).map_or(self.r, |(_, &r)| r)
+    }
+
+    pub fn alpha_for(&self, module: &str) -> f32 {
+        self.alpha_pattern.iter().find(|(k, _)| pattern_matches(k, module)).map_or(self.lora_alpha, |(_, &a)| a)
+    }
+
+    /// s = α/r, or α/√r with rsLoRA.
+    pub fn scale_for(&self, module: &str) -> f32 {
+        let (r, alpha) = (self.rank_for(module) as f32, self.alpha_for(module));
+        if self.use_rslora { alpha / r.sqrt() } else { alpha / r }
+    }
+}
+
+/// One module's adapter.
+#[derive(Debug, Clone)]
+pub struct LoraPair {
+    /// [r, in]
+    pub a: HostTensor,
+    /// [out, r]
+    pub b: HostTensor,
+    pub scale: f32,
+}
+
+/// An adapter as PEFT saves it: module path (e.g. `model.layers.0.self_attn.q_proj`) → (A, B).
+#[derive(Debug, Clone)]
+pub struct Adapter {
+    pub config: LoraConfig,
+    pub modules: BTreeMap<String, LoraPair>,
+}
+
+const PREFIX: &str = "base_model.model.";
+
+impl Adapter {
+    pub fn from_files(config_json: &str, weights: &[u8]) -> Result<Self, LoraError> {
+        let config = LoraConfig::from_json(config_json)?;
+        let tensors = load_safetensors("adapter_model.safetensors", weights).map_err(|e| LoraError::Weights(e.to_string()))?;
+        let mut halves: HashMap<String, (Option<HostTensor>, Option<HostTensor>)> = HashMap::new();
+        for (key, t) in tensors {
+            let path = key.strip_prefix(PREFIX).unwrap_or(&key);
+            let (module, is_a) = if let Some(m) = path.strip_suffix(".lora_A.weight") {
+                (m, true)
+            } else if let Some(m) = path.strip_suffix(".lora_B.weight") {
+                (m, false)
+            } else {
+                return Err(LoraError::Weights(format!("unexpected tensor `{key}` (only LoRA A and B weights are supported)")));
+            };
+            let entry = halves.entry(module.to_string()).or_default();
+            if is_a { entry.0 = Some(t) } else { entry.1 = Some(t) }
+        }
+        let mut modules = BTreeMap::new();
+        for (module, pair) in halves {
+            let (Some(a), Some(b)) = pair else {
+                return Err(LoraError::Weights(format!("`{module}` has only one of lora_A and lora_B")));
+            };
+            let r = config.rank_for(&module);
+            if a.shape.len() != 2 || b.shape.len() != 2 || a.shape[0] != r || b.shape[1] != r {
+                return Err(LoraError::Shape { module, expected: vec![r], found: [a.shape, b.shape].concat() });
+            }
+            let scale = config.scale_for(&module);
+            modules.insert(module, LoraPair { a, b, scale });
+        }
+        Ok(Self { config, modules })
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn load_dir(dir: &std::path::Path) -> Result<Self, LoraError> {
+        let read = |name: &str| {
+            let path = dir.join(name);
+            std::fs::read(&path).map_err(|_| LoraError::MissingFile { path: path.display().to_string() })
+        };
+        let config = String::from_utf8(read("adapter_config.json")?).map_err(|_| LoraError::Config("not UTF-8".into()))?;
+        Self::from_files(&config, &read("adapter_model.safetensors")?)
+    }
+}
+
+/// Add s·(B·A)[rows] to a linear layer's weight (respecting its layout). `rows` selects the part of
+/// B that belongs to this layer (all of it, or one third of GPT-2's fused c_attn).
+fn merge_into(l: &mut Linear, pair: &LoraPair, row0: usize) {
+    let r = pair.a.shape[0];
+    let (in_dim, out_dim) = (l.in_dim, l.out_dim);
+    for o in 0..out_dim {
+        let b_row = &pair.b.data[(row0 + o) * r..(row0 + o + 1) * r];
+        for i in 0..in_dim {
+            let mut d = 0.0f32;
+            for (k, &bv) in b_row.iter().enumerate() {
+                d += bv * pair.a.data[k * in_dim + i];
+            }
+            let idx = match l.layout {
+                WeightLayout::OutIn => o * in_dim + i,
+                WeightLayout::InOut => i * out_dim + o,
+            };
+            l.weight.data[idx] += pair.scale * d;
+        }
+    }
+}
+
+/// The layers (with B's first row for each) that a PEFT module path names in this model.
+fn targets<'m>(model: &'m mut Model, module: &str) -> Option<Vec<(&'m mut Linear, usize)>> {
+    let arch = model.config.arch;
+    let d = model.config.hidden_size;
+    let path = module.strip_prefix("transformer.").or_else(|| module.strip_prefix("model.")).unwrap_or(module);
+    let rest = path.strip_prefix("h.").or_else(|| path.strip_prefix("layers."))?;
+    let (index, name) = rest.split_once('.')?;
+    let block = model.blocks.get_mut(index.parse::<usize>().ok()?)?;
+    Some(match (arch, name) {
+        (Arch::Gpt2, "attn.c_attn") => vec![(&mut block.q, 0), (&mut block.k, d), (&mut block.v, 2 * d)],
+        (Arch::Gpt2, "attn.c_proj") | (Arch::Llama, "self_attn.o_proj") => vec![(&mut block.o, 0)],
+        (Arch::Llama, "self_attn.q_proj") => vec![(&mut block.q, 0)],
+        (Arch::Llama, "self_attn.k_proj") => vec![(&mut block.k, 0)],
+        (Arch::Llama, "self_attn.v_proj") => vec![(&mut block.v, 0)],
+        (Arch::Gpt2, "mlp.c_fc") => match &mut block.mlp {
+            Mlp::Gelu { fc, .. } => vec![(fc, 0)],
+            _ => return None,
+        },
+        (Arch::Gpt2, "mlp.c_proj") => match &mut block.mlp {
+            Mlp::Gelu { proj, .. } => vec![(proj, 0)],
+            _ => return None,
+        },
+        (Arch::Llama, "mlp.gate_proj" | "mlp.up_proj" | "mlp.down_proj") => match &mut block.mlp {
+            Mlp::SwiGlu { gate, up, down } => match name {
+                "mlp.gate_proj" => vec![(gate, 0)],
+                "mlp.up_proj" => vec![(up, 0)],
+                _ => vec![(down, 0)],
+            },
+            _ => return None,
+        },
+        _ => return None,
+    })
+}
+
+/// W += s·B·A for every module of the adapter (on the CPU), checking shapes first.
+pub fn merge(model: &mut Model, adapter: &Adapter) -> Result<(), LoraError> {
+    let model_type = model.config.model_type.clone();
+    for (module, pair) in &adapter.modules {
+        let unknown = || LoraError::UnknownModule { module: module.clone(), model_type: model_type.clone() };
+        let layers = targets(model, module).ok_or_else(unknown)?;
+        let in_dim = layers[0].0.in_dim;
+        let out_total: usize = layers.iter().map(|(l, _)| l.out_dim).sum();
+        let r = pair.a.shape[0];
+        if pair.a.shape != [r, in_dim] || pair.b.shape != [out_total, r] {
+            return Err(LoraError::Shape {
+                module: module.clone(),
+                expected: vec![r, in_dim, out_total, r],
+                found: [pair.a.shape.clone(), pair.b.shape.clone()].concat(),
+            });
+        }
+        for (layer, row0) in layers {
+            merge_into(layer, pair, row0);
+        }
+    }
+    Ok(())
+}
