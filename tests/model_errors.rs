@@ -236,3 +236,39 @@ fn fuzz_loading_never_panics() {
         assert!(outcome.is_ok(), "iteration {i}: loading panicked");
     }
 }
+
+/// A checkpoint saved in shards (model.safetensors.index.json + several files) loads to the same
+/// model as the single file.
+#[test]
+fn sharded_checkpoint_loads() {
+    let dir = std::env::temp_dir().join(format!("loratab-shards-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["config.json", "tokenizer.json"] {
+        std::fs::copy(fixture("llama-tiny").join(f), dir.join(f)).unwrap();
+    }
+    let single = files("llama-tiny");
+    let tensors = load_safetensors("m", &single.weights[0].1).unwrap();
+    let mut names: Vec<_> = tensors.keys().cloned().collect();
+    names.sort();
+    let mut weight_map = serde_json::Map::new();
+    for (i, part) in names.chunks(names.len() / 2 + 1).enumerate() {
+        let file = format!("model-0000{}-of-00002.safetensors", i + 1);
+        let list: Vec<_> = part.iter().map(|k| (k.clone(), tensors[k].shape.clone(), tensors[k].data.clone())).collect();
+        std::fs::write(dir.join(&file), safetensors_bytes(&list)).unwrap();
+        for k in part {
+            weight_map.insert(k.clone(), file.clone().into());
+        }
+    }
+    let index = serde_json::json!({ "metadata": {}, "weight_map": weight_map });
+    std::fs::write(dir.join("model.safetensors.index.json"), index.to_string()).unwrap();
+
+    let (sharded, _) = Model::load_dir(&dir).unwrap();
+    let (whole, _) = Model::from_files(&single).unwrap();
+    let tokens = [5, 17, 42, 99, 3];
+    assert_eq!(loratab::reference::model::forward(&sharded, &tokens), loratab::reference::model::forward(&whole, &tokens));
+    // A shard the index names but the folder lacks is reported by name.
+    std::fs::remove_file(dir.join("model-00002-of-00002.safetensors")).unwrap();
+    let err = ModelFiles::read_dir(&dir).map(|_| ()).unwrap_err();
+    assert!(err.to_string().contains("model-00002-of-00002.safetensors is missing"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
