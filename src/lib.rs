@@ -10,6 +10,7 @@ pub mod ops;
 pub mod reference;
 pub mod rng;
 pub mod selftest;
+pub mod train;
 
 #[cfg(target_arch = "wasm32")]
 pub mod web;

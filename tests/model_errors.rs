@@ -272,3 +272,15 @@ fn sharded_checkpoint_loads() {
     assert!(err.to_string().contains("model-00002-of-00002.safetensors is missing"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Mistral's sliding window: the context is capped at the window (where full attention is exact);
+/// qwen2's `use_sliding_window: false` leaves it alone.
+#[test]
+fn sliding_window_caps_the_context() {
+    let llama = std::fs::read_to_string(fixture("llama-tiny").join("config.json")).unwrap();
+    let mistral = llama.replace("\"model_type\": \"llama\"", "\"model_type\": \"mistral\", \"sliding_window\": 16");
+    let c = loratab::model::Config::from_json(&mistral).unwrap();
+    assert_eq!((c.model_type.as_str(), c.max_positions), ("mistral", 16));
+    let off = mistral.replace("\"sliding_window\": 16", "\"sliding_window\": 16, \"use_sliding_window\": false");
+    assert_eq!(loratab::model::Config::from_json(&off).unwrap().max_positions, 64);
+}

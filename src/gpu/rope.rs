@@ -151,3 +151,66 @@ pub fn encode_backward(
     ctx.dispatch(encoder, &pipeline, &bind, (gx, gy, 1));
     Ok(())
 }
+
+/// The (cos, sin) table of `batch` sequences of `seq` tokens laid end to end, each at positions
+/// 0..seq (token t of the flat [batch · seq] rows sits at position t mod seq).
+fn batched_table(batch: usize, seq: usize, head_dim: usize, theta: f32) -> Vec<f32> {
+    cos_sin(seq, head_dim, 0, theta).repeat(batch)
+}
+
+/// [`encode`] over `batch` sequences of `seq` tokens stored back to back in `x`
+/// [batch · seq, heads, head_dim], every sequence at positions 0..seq (training without a KV cache).
+#[allow(clippy::too_many_arguments)]
+pub fn encode_batched(
+    ctx: &GpuContext,
+    encoder: &mut wgpu::CommandEncoder,
+    x: &GpuTensor,
+    batch: usize,
+    seq: usize,
+    heads: usize,
+    head_dim: usize,
+    theta: f32,
+) -> Result<(), GpuError> {
+    batched(ctx, encoder, "rope", SOURCE, x, batch, seq, heads, head_dim, theta)
+}
+
+/// [`encode_backward`] over `batch` sequences of `seq` tokens stored back to back (see
+/// [`encode_batched`]): rotates the gradient `dy` back in place.
+#[allow(clippy::too_many_arguments)]
+pub fn encode_backward_batched(
+    ctx: &GpuContext,
+    encoder: &mut wgpu::CommandEncoder,
+    dy: &GpuTensor,
+    batch: usize,
+    seq: usize,
+    heads: usize,
+    head_dim: usize,
+    theta: f32,
+) -> Result<(), GpuError> {
+    batched(ctx, encoder, "rope_backward", BACKWARD_SOURCE, dy, batch, seq, heads, head_dim, theta)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn batched(
+    ctx: &GpuContext,
+    encoder: &mut wgpu::CommandEncoder,
+    op: &'static str,
+    source: &'static str,
+    x: &GpuTensor,
+    batch: usize,
+    seq: usize,
+    heads: usize,
+    head_dim: usize,
+    theta: f32,
+) -> Result<(), GpuError> {
+    let Some((params, _)) = rotation_params(op, x, batch * seq, heads, head_dim, 0, theta)? else {
+        return Ok(());
+    };
+    let pipeline = ctx.pipeline(op, source, "main", &[]);
+    let uniform = ctx.uniform(&params);
+    let table = cos_sin_buffer(ctx, &batched_table(batch, seq, head_dim, theta));
+    let bind = ctx.bind(&pipeline, &[&x.buffer, &uniform, &table]);
+    let (gx, gy) = grid_1d(params.n as usize, ctx.limits().max_compute_workgroups_per_dimension);
+    ctx.dispatch(encoder, &pipeline, &bind, (gx, gy, 1));
+    Ok(())
+}

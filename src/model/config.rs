@@ -130,7 +130,14 @@ impl Config {
                 .map(|x| x as usize)
                 .unwrap_or(if heads > 0 { hidden / heads } else { 0 }),
             intermediate_size: get_usize(v, "intermediate_size")?,
-            max_positions: get_usize(v, "max_position_embeddings")?,
+            // Sliding-window attention (mistral) equals full causal attention while a sequence fits
+            // the window, so the usable context is capped at the window rather than computed wrongly.
+            max_positions: match v.get("sliding_window").and_then(Value::as_u64) {
+                Some(w) if get_bool(v, "use_sliding_window") != Some(false) => {
+                    get_usize(v, "max_position_embeddings")?.min(w as usize)
+                }
+                _ => get_usize(v, "max_position_embeddings")?,
+            },
             norm_eps: get_f32(v, "rms_norm_eps").unwrap_or(1e-6),
             rope_theta,
             tie_word_embeddings: get_bool(v, "tie_word_embeddings").unwrap_or(false),

@@ -9,7 +9,7 @@ mod load;
 mod tokenizer;
 
 pub use config::{Arch, Config};
-pub use forward::{GpuModel, RowParts};
+pub use forward::{GpuBlock, GpuLinear, GpuMlp, GpuModel, GpuNorm, RowParts};
 pub use load::{load_safetensors, save_safetensors, ModelFiles};
 pub use tokenizer::Tokenizer;
 

@@ -1,0 +1,233 @@
+//! LoRA training on the GPU: [`GpuLora`] holds a PEFT adapter's A and B matrices with their
+//! gradients and AdamW moments next to a frozen [`GpuModel`]; [`Trainer`] (`step.rs`) encodes one
+//! training step — forward keeping activations, mean next-token cross-entropy, backward through the
+//! frozen weights into every A and B, AdamW — into a single command encoder.
+//!
+//! For an adapted linear y = x·Wᵀ (+ b) + s·(x·Aᵀ)·Bᵀ (A [r, in], B [out, r]):
+//!   u = x·Aᵀ [rows, r] (kept from the forward), g = dy·B [rows, r],
+//!   dB = s·dyᵀ·u, dA = s·gᵀ·x, dx = dy·W + s·g·A.
+//! GPT-2's fused `c_attn` has one A and one B [3d, r]; loratab's model runs q, k and v as three
+//! linears, so B is kept as three row blocks (one per projection, each with its own gradient and
+//! moments — AdamW is element-wise, so this is the same optimiser), g sums the three parts' dy·B_p,
+//! and dA = s·gᵀ·x gets all three contributions, as PEFT's single A does. [`GpuLora::to_adapter`]
+//! and [`GpuLora::read_grads`] put the blocks back together in PEFT's layout.
+
+mod step;
+
+pub use step::Trainer;
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::gpu::{GpuContext, GpuError, GpuTensor};
+use crate::lora::{Adapter, LoraConfig, LoraError, LoraPair};
+use crate::model::{Arch, GpuBlock, GpuLinear, GpuMlp, GpuModel, HostTensor, ModelError};
+
+/// What can go wrong while setting up or running training.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error(transparent)]
+    Gpu(#[from] GpuError),
+    #[error(transparent)]
+    Lora(#[from] LoraError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error("the training batch is not usable: {0}")]
+    Batch(String),
+    #[error("{0} is not supported by the trainer yet")]
+    Unsupported(String),
+}
+
+/// Which linear layer of a block an adapter part feeds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Site {
+    Q,
+    K,
+    V,
+    O,
+    /// GPT-2's mlp.c_fc.
+    Fc,
+    /// GPT-2's mlp.c_proj.
+    Proj,
+    Gate,
+    Up,
+    Down,
+}
+
+impl Site {
+    /// The frozen layer of `block` at this site (None when the block's MLP has no such layer).
+    pub fn linear(self, block: &GpuBlock) -> Option<&GpuLinear> {
+        Some(match (self, &block.mlp) {
+            (Site::Q, _) => &block.q,
+            (Site::K, _) => &block.k,
+            (Site::V, _) => &block.v,
+            (Site::O, _) => &block.o,
+            (Site::Fc, GpuMlp::Gelu { fc, .. }) => fc,
+            (Site::Proj, GpuMlp::Gelu { proj, .. }) => proj,
+            (Site::Gate, GpuMlp::SwiGlu { gate, .. }) => gate,
+            (Site::Up, GpuMlp::SwiGlu { up, .. }) => up,
+            (Site::Down, GpuMlp::SwiGlu { down, .. }) => down,
+            _ => return None,
+        })
+    }
+}
+
+/// The block index and the sites (in B's row order) that a PEFT module path names
+/// (the same mapping as `lora::merge`).
+pub fn module_sites(arch: Arch, module: &str) -> Option<(usize, Vec<Site>)> {
+    let path = module.strip_prefix("transformer.").or_else(|| module.strip_prefix("model.")).unwrap_or(module);
+    let rest = path.strip_prefix("h.").or_else(|| path.strip_prefix("layers."))?;
+    let (index, name) = rest.split_once('.')?;
+    let index = index.parse::<usize>().ok()?;
+    let sites = match (arch, name) {
+        (Arch::Gpt2, "attn.c_attn") => vec![Site::Q, Site::K, Site::V],
+        (Arch::Gpt2, "attn.c_proj") | (Arch::Llama, "self_attn.o_proj") => vec![Site::O],
+        (Arch::Llama, "self_attn.q_proj") => vec![Site::Q],
+        (Arch::Llama, "self_attn.k_proj") => vec![Site::K],
+        (Arch::Llama, "self_attn.v_proj") => vec![Site::V],
+        (Arch::Gpt2, "mlp.c_fc") => vec![Site::Fc],
+        (Arch::Gpt2, "mlp.c_proj") => vec![Site::Proj],
+        (Arch::Llama, "mlp.gate_proj") => vec![Site::Gate],
+        (Arch::Llama, "mlp.up_proj") => vec![Site::Up],
+        (Arch::Llama, "mlp.down_proj") => vec![Site::Down],
+        _ => return None,
+    };
+    Some((index, sites))
+}
+
+/// A trainable tensor: value, gradient, and AdamW's first and second moments (all the same shape).
+pub struct Param {
+    pub value: GpuTensor,
+    pub grad: GpuTensor,
+    pub m: GpuTensor,
+    pub v: GpuTensor,
+}
+
+impl Param {
+    async fn new(ctx: &GpuContext, data: &[f32], shape: &[usize]) -> Result<Self, GpuError> {
+        Ok(Self {
+            value: ctx.upload(data, shape).await?,
+            grad: ctx.zeros(shape).await?,
+            m: ctx.zeros(shape).await?,
+            v: ctx.zeros(shape).await?,
+        })
+    }
+}
+
+/// One adapted module: A [r, in] and B split into row blocks, one per site it feeds.
+pub struct LoraModule {
+    /// PEFT's module path, e.g. `model.layers.0.self_attn.q_proj`.
+    pub name: String,
+    pub block: usize,
+    pub rank: usize,
+    pub in_dim: usize,
+    pub scale: f32,
+    pub a: Param,
+    /// (site, B rows for that site [out_site, r]) in B's row order.
+    pub parts: Vec<(Site, Param)>,
+}
+
+/// An adapter on the GPU for one [`GpuModel`].
+pub struct GpuLora {
+    pub config: LoraConfig,
+    pub modules: Vec<LoraModule>,
+    /// (block, site) → (module index, part index).
+    index: HashMap<(usize, Site), (usize, usize)>,
+    /// AdamW steps taken so far.
+    pub step: u32,
+}
+
+const PREFIX: &str = "base_model.model.";
+
+impl GpuLora {
+    /// Upload `adapter` for `model`, checking that every module exists and has the right shapes.
+    pub async fn new(ctx: &GpuContext, model: &GpuModel, adapter: &Adapter) -> Result<Self, TrainError> {
+        let c = &model.config;
+        let mut modules = Vec::new();
+        let mut index = HashMap::new();
+        for (name, pair) in &adapter.modules {
+            let unknown = || LoraError::UnknownModule { module: name.clone(), model_type: c.model_type.clone() };
+            let (block, sites) = module_sites(c.arch, name).ok_or_else(unknown)?;
+            let b = model.blocks.get(block).ok_or_else(unknown)?;
+            let layers: Vec<&GpuLinear> = sites.iter().map(|s| s.linear(b)).collect::<Option<_>>().ok_or_else(unknown)?;
+            let in_dim = layers[0].in_dim;
+            let out_total: usize = layers.iter().map(|l| l.out_dim).sum();
+            let r = pair.a.shape[0];
+            if pair.a.shape != [r, in_dim] || pair.b.shape != [out_total, r] {
+                return Err(LoraError::Shape {
+                    module: name.clone(),
+                    expected: vec![r, in_dim, out_total, r],
+                    found: [pair.a.shape.clone(), pair.b.shape.clone()].concat(),
+                }
+                .into());
+            }
+            let a = Param::new(ctx, &pair.a.data, &[r, in_dim]).await?;
+            let mut parts = Vec::new();
+            let mut row0 = 0;
+            for (p, (site, layer)) in sites.iter().zip(&layers).enumerate() {
+                let rows = layer.out_dim;
+                let data = &pair.b.data[row0 * r..(row0 + rows) * r];
+                parts.push((*site, Param::new(ctx, data, &[rows, r]).await?));
+                if index.insert((block, *site), (modules.len(), p)).is_some() {
+                    return Err(TrainError::Unsupported(format!("two adapters on one layer (`{name}`)")));
+                }
+                row0 += rows;
+            }
+            modules.push(LoraModule { name: name.clone(), block, rank: r, in_dim, scale: pair.scale, a, parts });
+        }
+        Ok(Self { config: adapter.config.clone(), modules, index, step: 0 })
+    }
+
+    /// The adapter part at (block, site): (module, part index).
+    pub fn at(&self, block: usize, site: Site) -> Option<(&LoraModule, usize)> {
+        self.index.get(&(block, site)).map(|&(m, p)| (&self.modules[m], p))
+    }
+
+    /// The largest rank of any module (0 without modules).
+    pub fn max_rank(&self) -> usize {
+        self.modules.iter().map(|m| m.rank).max().unwrap_or(0)
+    }
+
+    /// Read A and the (reassembled) B of every module: (module, A, B).
+    async fn read_pairs(&self, ctx: &GpuContext, grads: bool) -> Result<Vec<(String, HostTensor, HostTensor)>, GpuError> {
+        let mut out = Vec::new();
+        for m in &self.modules {
+            let a_t = if grads { &m.a.grad } else { &m.a.value };
+            let a = ctx.read(a_t).await?;
+            let mut b = Vec::new();
+            let mut rows = 0;
+            for (_, p) in &m.parts {
+                let t = if grads { &p.grad } else { &p.value };
+                b.extend(ctx.read(t).await?);
+                rows += t.shape[0];
+            }
+            out.push((
+                m.name.clone(),
+                HostTensor::new(a, vec![m.rank, m.in_dim]),
+                HostTensor::new(b, vec![rows, m.rank]),
+            ));
+        }
+        Ok(out)
+    }
+
+    /// The current A and B as a PEFT [`Adapter`] (same module paths, config and scales).
+    pub async fn to_adapter(&self, ctx: &GpuContext) -> Result<Adapter, GpuError> {
+        let mut modules = BTreeMap::new();
+        let scales: HashMap<&str, f32> = self.modules.iter().map(|m| (m.name.as_str(), m.scale)).collect();
+        for (name, a, b) in self.read_pairs(ctx, false).await? {
+            let scale = scales[name.as_str()];
+            modules.insert(name, LoraPair { a, b, scale });
+        }
+        Ok(Adapter { config: self.config.clone(), modules })
+    }
+
+    /// The gradients of the last backward pass, keyed like PEFT's saved tensors
+    /// (`base_model.model.<module>.lora_A.weight` / `.lora_B.weight`).
+    pub async fn read_grads(&self, ctx: &GpuContext) -> Result<BTreeMap<String, HostTensor>, GpuError> {
+        let mut out = BTreeMap::new();
+        for (name, a, b) in self.read_pairs(ctx, true).await? {
+            out.insert(format!("{PREFIX}{name}.lora_A.weight"), a);
+            out.insert(format!("{PREFIX}{name}.lora_B.weight"), b);
+        }
+        Ok(out)
+    }
+}

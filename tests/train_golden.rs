@@ -1,0 +1,201 @@
+//! The GPU LoRA training step against PEFT (tools/golden_lora.py wrote tests/fixtures/lora/<case>/):
+//! the loss of the golden batch, the gradient of every lora_A / lora_B, and a 3-step AdamW trajectory
+//! (losses and final adapters). Fixtures are compiled in, so the same tests run natively and in
+//! headless Chromium.
+
+mod common;
+use common::gpu;
+
+use loratab::gpu::adamw::AdamW;
+use loratab::lora::Adapter;
+use loratab::model::{load_safetensors, GpuModel, HostTensor, Model, ModelFiles};
+use loratab::train::{GpuLora, Trainer};
+use std::collections::HashMap;
+
+struct Case {
+    name: &'static str,
+    config: &'static str,
+    weights: &'static [u8],
+    tokenizer: &'static [u8],
+    adapter_config: &'static str,
+    adapter: &'static [u8],
+    golden: &'static [u8],
+}
+
+macro_rules! case {
+    ($name:literal, $base:literal) => {
+        Case {
+            name: $name,
+            config: include_str!(concat!("fixtures/", $base, "/config.json")),
+            weights: include_bytes!(concat!("fixtures/", $base, "/model.safetensors")),
+            tokenizer: include_bytes!(concat!("fixtures/", $base, "/tokenizer.json")),
+            adapter_config: include_str!(concat!("fixtures/lora/", $name, "/adapter/adapter_config.json")),
+            adapter: include_bytes!(concat!("fixtures/lora/", $name, "/adapter/adapter_model.safetensors")),
+            golden: include_bytes!(concat!("fixtures/lora/", $name, "/golden.safetensors")),
+        }
+    };
+}
+
+fn gpt2_cattn() -> Case {
+    case!("gpt2-cattn", "gpt2-tiny")
+}
+fn llama_qv() -> Case {
+    case!("llama-qv", "llama-tiny")
+}
+fn llama_all_rslora() -> Case {
+    case!("llama-all-rslora", "llama-tiny")
+}
+fn qwen2_qv() -> Case {
+    case!("qwen2-qv", "qwen2-tiny")
+}
+
+const BATCH: usize = 2;
+const SEQ: usize = 16;
+
+fn opt() -> AdamW {
+    AdamW { lr: 1e-2, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 }
+}
+
+/// ‖got − want‖ / ‖want‖.
+fn rel_error(got: &[f32], want: &[f32]) -> f64 {
+    assert_eq!(got.len(), want.len());
+    let diff: f64 = got.iter().zip(want).map(|(a, b)| ((a - b) as f64).powi(2)).sum();
+    let norm: f64 = want.iter().map(|&b| (b as f64).powi(2)).sum();
+    (diff / norm).sqrt()
+}
+
+impl Case {
+    fn golden(&self) -> HashMap<String, HostTensor> {
+        load_safetensors("golden.safetensors", self.golden).unwrap()
+    }
+
+    fn scalar(&self, key: &str) -> f32 {
+        self.golden()[key].data[0]
+    }
+
+    fn tokens(&self) -> Vec<u32> {
+        let t = &self.golden()["tokens"];
+        assert_eq!(t.shape, [BATCH, SEQ]);
+        t.data.iter().map(|&x| x as u32).collect()
+    }
+
+    async fn trainer(&self, ctx: &loratab::gpu::GpuContext) -> (GpuModel, Trainer) {
+        let files = ModelFiles {
+            config: self.config.to_string(),
+            weights: vec![("model.safetensors".into(), self.weights.to_vec())],
+            tokenizer: self.tokenizer.to_vec(),
+        };
+        let (model, _) = Model::from_files(&files).unwrap_or_else(|e| panic!("{}: {e}", self.name));
+        let adapter = Adapter::from_files(self.adapter_config, self.adapter).unwrap();
+        let gm = GpuModel::upload(ctx, &model).await.unwrap();
+        let lora = GpuLora::new(ctx, &gm, &adapter).await.unwrap();
+        let trainer = Trainer::new(ctx, &gm, lora, BATCH, SEQ).await.unwrap();
+        (gm, trainer)
+    }
+
+    /// (a) loss and (b) gradients of the golden batch.
+    async fn check_gradients(&self) {
+        let ctx = gpu().await;
+        let (gm, mut trainer) = self.trainer(&ctx).await;
+        trainer.compute_gradients(&ctx, &gm, &self.tokens()).await.unwrap();
+        let loss = trainer.read_loss(&ctx).await.unwrap();
+        let want = self.scalar("loss");
+        assert!((loss - want).abs() < 1e-4, "{}: loss {loss} vs PEFT {want}", self.name);
+        let golden = self.golden();
+        let grads = trainer.lora.read_grads(&ctx).await.unwrap();
+        let expected: Vec<&String> = golden.keys().filter(|k| k.starts_with("grad.")).collect();
+        assert_eq!(grads.len(), expected.len(), "{}: one gradient per PEFT tensor", self.name);
+        let mut worst = 0.0f64;
+        for (key, g) in &grads {
+            let want = &golden[&format!("grad.{key}")];
+            assert_eq!(g.shape, want.shape, "{} {key}", self.name);
+            let e = rel_error(&g.data, &want.data);
+            worst = worst.max(e);
+            assert!(e <= 1e-3, "{} {key}: relative gradient error {e}", self.name);
+        }
+        println!(
+            "{}: loss {loss} (PEFT {want}, error {:.2e}), worst relative gradient error {worst:.2e}",
+            self.name,
+            (loss - want).abs()
+        );
+    }
+
+    /// (c) three AdamW steps: the loss before each step and the adapters after the last.
+    async fn check_adamw(&self) {
+        let ctx = gpu().await;
+        let (gm, mut trainer) = self.trainer(&ctx).await;
+        let tokens = self.tokens();
+        let mut worst_loss = 0.0f32;
+        for step in 1..=3 {
+            trainer.train_step(&ctx, &gm, &tokens, &opt(), 1.0).await.unwrap();
+            let loss = trainer.read_loss(&ctx).await.unwrap();
+            let want = self.scalar(&format!("step{step}.loss"));
+            assert!((loss - want).abs() < 1e-4, "{}: step {step} loss {loss} vs PEFT {want}", self.name);
+            worst_loss = worst_loss.max((loss - want).abs());
+        }
+        let golden = self.golden();
+        let adapter = trainer.lora.to_adapter(&ctx).await.unwrap();
+        let mut worst = 0.0f64;
+        let mut n = 0;
+        for (module, pair) in &adapter.modules {
+            for (half, t) in [("lora_A", &pair.a), ("lora_B", &pair.b)] {
+                let key = format!("final.base_model.model.{module}.{half}.weight");
+                let want = &golden[&key];
+                assert_eq!(t.shape, want.shape, "{} {key}", self.name);
+                let e = rel_error(&t.data, &want.data);
+                worst = worst.max(e);
+                assert!(e <= 1e-3, "{} {key}: relative error {e}", self.name);
+                n += 1;
+            }
+        }
+        assert_eq!(n, golden.keys().filter(|k| k.starts_with("final.")).count(), "{}", self.name);
+        println!(
+            "{}: 3 AdamW steps match, worst step-loss error {worst_loss:.2e}, worst relative adapter error {worst:.2e}",
+            self.name
+        );
+    }
+}
+
+gpu_test! {
+    async fn llama_qv_loss_and_gradients() { llama_qv().check_gradients().await }
+}
+gpu_test! {
+    async fn llama_all_rslora_loss_and_gradients() { llama_all_rslora().check_gradients().await }
+}
+gpu_test! {
+    async fn qwen2_qv_loss_and_gradients() { qwen2_qv().check_gradients().await }
+}
+gpu_test! {
+    async fn gpt2_cattn_loss_and_gradients() { gpt2_cattn().check_gradients().await }
+}
+gpu_test! {
+    async fn llama_qv_adamw_trajectory() { llama_qv().check_adamw().await }
+}
+gpu_test! {
+    async fn llama_all_rslora_adamw_trajectory() { llama_all_rslora().check_adamw().await }
+}
+gpu_test! {
+    async fn qwen2_qv_adamw_trajectory() { qwen2_qv().check_adamw().await }
+}
+gpu_test! {
+    async fn gpt2_cattn_adamw_trajectory() { gpt2_cattn().check_adamw().await }
+}
+
+gpu_test! {
+    /// The adapter read back from the GPU is the one uploaded (same keys, shapes, values and scales;
+    /// GPT-2's fused c_attn B reassembled from its three row blocks).
+    async fn to_adapter_round_trips() {
+        let ctx = gpu().await;
+        for case in [gpt2_cattn(), llama_all_rslora()] {
+            let (_, trainer) = case.trainer(&ctx).await;
+            let original = Adapter::from_files(case.adapter_config, case.adapter).unwrap();
+            let back = trainer.lora.to_adapter(&ctx).await.unwrap();
+            assert_eq!(back.config, original.config);
+            assert_eq!(back.modules.keys().collect::<Vec<_>>(), original.modules.keys().collect::<Vec<_>>());
+            for (k, p) in &original.modules {
+                let q = &back.modules[k];
+                assert_eq!((&q.a, &q.b, q.scale), (&p.a, &p.b, p.scale), "{} {k}", case.name);
+            }
+        }
+    }
+}
