@@ -4,6 +4,7 @@
 //   X·W    trans_a = 0, trans_b = 0   A [M, K], B [K, N]
 //   X·Wᵀ   trans_a = 0, trans_b = 1   A [M, K], B [N, K]   (Linear forward, dX = dY·W)
 //   Xᵀ·G   trans_a = 1, trans_b = 0   A [K, M], B [K, N]   (weight gradients)
+//   Xᵀ·Wᵀ  trans_a = 1, trans_b = 1   A [K, M], B [N, K]   (LoRA merge into a Conv1D [in, out] weight)
 // C is [M, N] with row pitch ldc starting at c_offset (a block of columns of a wider matrix when
 // ldc > N, e.g. one part of a vocabulary split across buffers); bias is read at bias_offset + column.
 // Batches (workgroup_id.z) start at b * stride_{a,b,c}; a stride of 0 shares

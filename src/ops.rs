@@ -10,14 +10,16 @@ pub enum Layout {
     XWt,
     /// Xᵀ·G: A [K, M], B [K, N] (weight gradients: dW = Xᵀ·dY).
     XtG,
+    /// Xᵀ·Wᵀ: A [K, M], B [N, K] (merging a LoRA update into a Conv1D [in, out] weight: Aᵀ·Bᵀ).
+    XtWt,
 }
 
 impl Layout {
     pub fn trans_a(self) -> bool {
-        self == Layout::XtG
+        matches!(self, Layout::XtG | Layout::XtWt)
     }
     pub fn trans_b(self) -> bool {
-        self == Layout::XWt
+        matches!(self, Layout::XWt | Layout::XtWt)
     }
 }
 

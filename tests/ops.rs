@@ -37,6 +37,10 @@ gpu_test! {
 }
 
 gpu_test! {
+    async fn matmul_xtwt_all_odd_shapes() { all_shapes(Layout::XtWt).await }
+}
+
+gpu_test! {
     /// Bias, alpha and accumulation (beta = 1) together, in every layout.
     async fn matmul_bias_scale_accumulate() {
         let ctx = gpu().await;

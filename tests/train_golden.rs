@@ -199,3 +199,52 @@ gpu_test! {
         }
     }
 }
+
+impl Case {
+    /// Merge on the GPU: the merged model's loss equals the unmerged adapter's (1e-5), its logits
+    /// equal a CPU merge's, and unmerging restores the base logits.
+    async fn check_merge(&self) {
+        let ctx = gpu().await;
+        let (gm, mut trainer) = self.trainer(&ctx).await;
+        let tokens = self.tokens();
+        trainer.compute_gradients(&ctx, &gm, &tokens).await.unwrap();
+        let unmerged = trainer.read_loss(&ctx).await.unwrap() as f64;
+        let base_logits = ctx.read(&gm.forward(&ctx, &tokens[..SEQ], 0).await.unwrap()).await.unwrap();
+
+        trainer.lora.merge_into(&ctx, &gm).await.unwrap();
+        let (mut sum, mut n) = (0.0, 0);
+        for seq in tokens.chunks(SEQ) {
+            let (s, k) = gm.loss_sum(&ctx, seq).await.unwrap();
+            sum += s;
+            n += k;
+        }
+        let merged = sum / n as f64;
+        assert!((merged - unmerged).abs() < 1e-5, "{}: merged {merged} vs unmerged {unmerged}", self.name);
+
+        let files = ModelFiles {
+            config: self.config.to_string(),
+            weights: vec![("model.safetensors".into(), self.weights.to_vec())],
+            tokenizer: self.tokenizer.to_vec(),
+        };
+        let (mut cpu_merged, _) = Model::from_files(&files).unwrap();
+        loratab::lora::merge(&mut cpu_merged, &Adapter::from_files(self.adapter_config, self.adapter).unwrap()).unwrap();
+        let cpu_gm = GpuModel::upload(&ctx, &cpu_merged).await.unwrap();
+        let want = ctx.read(&cpu_gm.forward(&ctx, &tokens[..SEQ], 0).await.unwrap()).await.unwrap();
+        let got = ctx.read(&gm.forward(&ctx, &tokens[..SEQ], 0).await.unwrap()).await.unwrap();
+        let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert!(worst < 1e-5, "{}: GPU vs CPU merge logits differ by {worst}", self.name);
+
+        trainer.lora.unmerge_from(&ctx, &gm).await.unwrap();
+        let back = ctx.read(&gm.forward(&ctx, &tokens[..SEQ], 0).await.unwrap()).await.unwrap();
+        let worst = back.iter().zip(&base_logits).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert!(worst < 1e-5, "{}: unmerged logits differ from the base by {worst}", self.name);
+    }
+}
+
+gpu_test! {
+    async fn gpu_merge_and_unmerge_match() {
+        for case in [gpt2_cattn(), llama_qv(), llama_all_rslora(), qwen2_qv()] {
+            case.check_merge().await;
+        }
+    }
+}
