@@ -12,6 +12,9 @@ fn main() -> std::process::ExitCode {
 }
 
 #[cfg(not(target_arch = "wasm32"))]
+mod train_cli;
+
+#[cfg(not(target_arch = "wasm32"))]
 mod cli {
     use clap::{Parser, Subcommand};
     use loratab::generate::Sampling;
@@ -79,6 +82,8 @@ mod cli {
             #[arg(long)]
             json: bool,
         },
+        /// Train a LoRA adapter on a text file and write it in PEFT's format.
+        Train(crate::train_cli::TrainArgs),
     }
 
     pub fn main() -> ExitCode {
@@ -93,6 +98,7 @@ mod cli {
                 report(pollster::block_on(generate(&model, adapter.as_deref(), &prompt, max_tokens, &sampling)))
             }
             Command::Merge { model, adapter, out } => report(merge(&model, &adapter, &out)),
+            Command::Train(args) => report(crate::train_cli::run(args)),
         }
     }
 

@@ -5,11 +5,15 @@
 //! GPT-2's fused `c_attn` (q, k, v in one Conv1D [in, 3d]) takes one adapter whose B [3d, r] covers
 //! the three projections; loratab's model splits c_attn into q, k, v, so B's rows are split the same way.
 
+mod options;
+
+pub use options::{Init, LoraOptions, Target};
+
 use std::collections::{BTreeMap, HashMap};
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
-use crate::model::{load_safetensors, Arch, HostTensor, Linear, Mlp, Model, WeightLayout};
+use crate::model::{load_safetensors, save_safetensors, Arch, HostTensor, Linear, Mlp, Model, WeightLayout};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoraError {
@@ -17,6 +21,9 @@ pub enum LoraError {
     MissingFile { path: String },
     #[error("adapter_config.json is not usable: {0}")]
     Config(String),
+    /// Settings for a new adapter that cannot work (rank 0, an unknown target, …).
+    #[error("{0}")]
+    Options(String),
     #[error("adapter_model.safetensors is not usable: {0}")]
     Weights(String),
     #[error("the adapter targets `{module}`, which this {model_type} model does not have: the adapter was trained on another base model")]
@@ -35,6 +42,9 @@ pub struct LoraConfig {
     pub rank_pattern: BTreeMap<String, usize>,
     pub alpha_pattern: BTreeMap<String, f32>,
     pub fan_in_fan_out: bool,
+    /// Saved for PEFT; loratab trains without dropout.
+    pub lora_dropout: f32,
+    pub base_model_name_or_path: Option<String>,
 }
 
 /// PEFT matches a pattern key against a module path by its trailing dotted components.
@@ -74,7 +84,41 @@ impl LoraConfig {
             rank_pattern: map_of("rank_pattern").into_iter().map(|(k, x)| (k, x as usize)).collect(),
             alpha_pattern: map_of("alpha_pattern").into_iter().map(|(k, x)| (k, x as f32)).collect(),
             fan_in_fan_out: v.get("fan_in_fan_out").and_then(Value::as_bool).unwrap_or(false),
+            lora_dropout: v.get("lora_dropout").and_then(Value::as_f64).unwrap_or(0.0) as f32,
+            base_model_name_or_path: v.get("base_model_name_or_path").and_then(Value::as_str).map(String::from),
         })
+    }
+
+    /// `adapter_config.json` as PEFT (0.21) writes and loads it: a plain LoRA adapter for a causal
+    /// language model, in inference mode.
+    pub fn to_json(&self) -> String {
+        // Whole numbers as JSON integers, as PEFT writes them.
+        let num = |x: f32| if x.fract() == 0.0 && x.abs() < 1e9 { json!(x as i64) } else { json!(x) };
+        let alpha_pattern: serde_json::Map<String, Value> = self.alpha_pattern.iter().map(|(k, &a)| (k.clone(), num(a))).collect();
+        let v = json!({
+            "peft_type": "LORA",
+            "task_type": "CAUSAL_LM",
+            "base_model_name_or_path": self.base_model_name_or_path,
+            "revision": null,
+            "r": self.r,
+            "lora_alpha": num(self.lora_alpha),
+            "lora_dropout": self.lora_dropout as f64,
+            "target_modules": self.target_modules,
+            "exclude_modules": null,
+            "fan_in_fan_out": self.fan_in_fan_out,
+            "bias": "none",
+            "use_rslora": self.use_rslora,
+            "use_dora": false,
+            "lora_bias": false,
+            "modules_to_save": null,
+            "init_lora_weights": true,
+            "layers_to_transform": null,
+            "layers_pattern": null,
+            "rank_pattern": self.rank_pattern,
+            "alpha_pattern": alpha_pattern,
+            "inference_mode": true,
+        });
+        serde_json::to_string_pretty(&v).expect("a JSON value serialises")
     }
 
     pub fn rank_for(&self, module: &str) -> usize {
@@ -141,6 +185,33 @@ impl Adapter {
             modules.insert(module, LoraPair { a, b, scale });
         }
         Ok(Self { config, modules })
+    }
+
+    /// PEFT's two files: (`adapter_config.json` text, `adapter_model.safetensors` bytes), keys
+    /// `base_model.model.<module>.lora_A.weight` (A [r, in]) and `….lora_B.weight` (B [out, r]).
+    pub fn to_files(&self) -> Result<(String, Vec<u8>), LoraError> {
+        let mut tensors = Vec::new();
+        for (module, pair) in &self.modules {
+            tensors.push((format!("{PREFIX}{module}.lora_A.weight"), pair.a.clone()));
+            tensors.push((format!("{PREFIX}{module}.lora_B.weight"), pair.b.clone()));
+        }
+        let bytes = save_safetensors(&tensors).map_err(|e| LoraError::Weights(e.to_string()))?;
+        Ok((self.config.to_json(), bytes))
+    }
+
+    /// Write `adapter_config.json` and `adapter_model.safetensors` into `dir` (created if needed).
+    /// Each file is written next to its place and renamed over it, so an interrupted save leaves the
+    /// previous adapter whole.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn save_dir(&self, dir: &std::path::Path) -> std::io::Result<()> {
+        let (config, weights) = self.to_files().map_err(std::io::Error::other)?;
+        std::fs::create_dir_all(dir)?;
+        for (name, bytes) in [("adapter_model.safetensors", weights.as_slice()), ("adapter_config.json", config.as_bytes())] {
+            let tmp = dir.join(format!(".{name}.tmp"));
+            std::fs::write(&tmp, bytes)?;
+            std::fs::rename(&tmp, dir.join(name))?;
+        }
+        Ok(())
     }
 
     #[cfg(not(target_arch = "wasm32"))]

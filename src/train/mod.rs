@@ -12,9 +12,13 @@
 //! and dA = s·gᵀ·x gets all three contributions, as PEFT's single A does. [`GpuLora::to_adapter`]
 //! and [`GpuLora::read_grads`] put the blocks back together in PEFT's layout.
 
+pub mod data;
 mod merge;
+mod run;
 mod step;
 
+pub use data::Dataset;
+pub use run::{new_lora, validate_lora, Decay, Schedule, Session, StepReport, TrainSettings, TrainingState};
 pub use step::Trainer;
 
 use std::collections::{BTreeMap, HashMap};
@@ -36,6 +40,15 @@ pub enum TrainError {
     Batch(String),
     #[error("{0} is not supported by the trainer yet")]
     Unsupported(String),
+    #[error("the text has {tokens} tokens, too short for training with --seq-len {seq_len}: it needs at least {needed} (one window to train on and one to validate on); give more text or a smaller --seq-len")]
+    TextTooShort { tokens: usize, seq_len: usize, needed: usize },
+    /// A training setting that cannot work (rank 0, a learning rate ≤ 0, …): the sentence says which.
+    #[error("{message}")]
+    InvalidSetting { setting: &'static str, message: String },
+    #[error("the saved training state is not usable: {0}")]
+    State(String),
+    #[error("could not write {path}: {reason}")]
+    Write { path: String, reason: String },
 }
 
 /// Which linear layer of a block an adapter part feeds.
@@ -125,6 +138,8 @@ pub struct LoraModule {
     pub a: Param,
     /// (site, B rows for that site [out_site, r]) in B's row order.
     pub parts: Vec<(Site, Param)>,
+    /// Per part: frozen (no gradient, no update; see [`GpuLora::freeze`]).
+    pub frozen: Vec<bool>,
 }
 
 /// An adapter on the GPU for one [`GpuModel`].
@@ -173,9 +188,35 @@ impl GpuLora {
                 }
                 row0 += rows;
             }
-            modules.push(LoraModule { name: name.clone(), block, rank: r, in_dim, scale: pair.scale, a, parts });
+            let frozen = vec![false; parts.len()];
+            modules.push(LoraModule { name: name.clone(), block, rank: r, in_dim, scale: pair.scale, a, parts, frozen });
         }
         Ok(Self { config: adapter.config.clone(), modules, index, step: 0 })
+    }
+
+    /// Keep the B rows of `sites` as they are (zero for a new adapter): their gradient is never
+    /// formed and AdamW skips them. For GPT-2's fused c_attn when only some of q, k, v are targets.
+    pub fn freeze(&mut self, sites: &[Site]) {
+        for m in &mut self.modules {
+            for (p, (site, _)) in m.parts.iter().enumerate() {
+                if sites.contains(site) {
+                    m.frozen[p] = true;
+                }
+            }
+        }
+    }
+
+    /// The sites frozen in any module (what [`GpuLora::freeze`] was given, as far as it applied).
+    pub fn frozen_sites(&self) -> Vec<Site> {
+        let mut out = Vec::new();
+        for m in &self.modules {
+            for ((site, _), &f) in m.parts.iter().zip(&m.frozen) {
+                if f && !out.contains(site) {
+                    out.push(*site);
+                }
+            }
+        }
+        out
     }
 
     /// The adapter part at (block, site): (module, part index).

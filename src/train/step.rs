@@ -8,6 +8,8 @@
 //! module u = x·Aᵀ. The gradient of the embeddings is never formed: nothing before the first block
 //! is trainable, and the first block's input gradient is skipped too.
 
+use std::cell::Cell;
+
 use super::{GpuLora, Site, TrainError};
 use crate::gpu::{self, adamw::AdamW, GpuContext, GpuError, GpuTensor};
 use crate::model::{Arch, Config, GpuBlock, GpuLinear, GpuMlp, GpuModel, GpuNorm, WeightLayout};
@@ -57,7 +59,11 @@ pub struct Trainer {
     dlogits: GpuTensor,
     losses: GpuTensor,
     ones: GpuTensor,
+    /// Σ of the mean batch losses of the forwards since the last [`Trainer::read_loss`].
     loss: GpuTensor,
+    /// How many batch losses `loss` holds, and the last value read (returned if none since).
+    loss_terms: Cell<u32>,
+    last_loss: Cell<f32>,
     /// Per adapter module: u = x·Aᵀ and g = Σ_parts dy·B_p, [N, r] each.
     u: Vec<GpuTensor>,
     g: Vec<GpuTensor>,
@@ -258,6 +264,8 @@ impl Trainer {
             losses: z(vec![n]).await?,
             ones: ctx.upload(&vec![1.0; n], &[n]).await?,
             loss: z(vec![1]).await?,
+            loss_terms: Cell::new(0),
+            last_loss: Cell::new(f32::NAN),
             u,
             g,
             proj: z(vec![n, d]).await?,
@@ -307,6 +315,35 @@ impl Trainer {
         Ok(())
     }
 
+    /// Score `chunks` (each 2..=T tokens, at most B of them) with the adapter, each on its own:
+    /// (Σ next-token cross-entropy, predicted positions). Shorter chunks and unused windows are padded
+    /// and their positions ignored (attention is causal, so padding after a chunk cannot change it).
+    /// The training loss (`read_loss`) is left alone.
+    pub async fn loss_sum(&self, ctx: &GpuContext, model: &GpuModel, chunks: &[&[u32]]) -> Result<(f64, usize), TrainError> {
+        let vocab = model.config.vocab_size;
+        if chunks.len() > self.batch || chunks.iter().any(|c| c.len() < 2 || c.len() > self.seq) {
+            return Err(TrainError::Batch(format!(
+                "scoring takes at most {} chunks of 2..={} tokens",
+                self.batch, self.seq
+            )));
+        }
+        let mut ids = vec![0u32; self.rows];
+        let mut targets = vec![IGNORE; self.rows];
+        for (w, chunk) in chunks.iter().enumerate() {
+            if let Some(&id) = chunk.iter().find(|&&id| id as usize >= vocab) {
+                return Err(crate::model::ModelError::TokenOutOfRange { id, vocab }.into());
+            }
+            ids[w * self.seq..w * self.seq + chunk.len()].copy_from_slice(chunk);
+            targets[w * self.seq..w * self.seq + chunk.len() - 1].copy_from_slice(&chunk[1..]);
+        }
+        ctx.queue.write_buffer(&self.ids.buffer, 0, bytemuck::cast_slice(&ids));
+        ctx.queue.write_buffer(&self.targets.buffer, 0, bytemuck::cast_slice(&targets));
+        ctx.run(|enc| self.encode_forward(ctx, enc, model, false)).await?;
+        let losses = ctx.read(&self.losses).await?;
+        let sum = losses.iter().zip(&targets).filter(|(_, &t)| t != IGNORE).map(|(&l, _)| l as f64).sum();
+        Ok((sum, chunks.iter().map(|c| c.len() - 1).sum()))
+    }
+
     /// One training step on `tokens` (B windows of T tokens, back to back): forward, loss, backward
     /// and an AdamW update of every A and B with gradient · `grad_scale`, in one command encoder.
     /// The loss (of the adapter before the update) stays on the GPU: see [`Trainer::read_loss`].
@@ -323,29 +360,58 @@ impl Trainer {
         let step = self.lora.step;
         let this = &*self;
         ctx.run(|enc| {
-            this.encode_forward(ctx, enc, model)?;
-            this.encode_backward(ctx, enc, model)?;
+            this.encode_forward(ctx, enc, model, true)?;
+            this.encode_backward(ctx, enc, model, 0.0)?;
             this.encode_update(ctx, enc, opt, step, grad_scale)
         })
         .await?;
         Ok(())
     }
 
-    /// Forward, loss and backward only (the gradients land in the adapter's `grad` buffers; nothing
-    /// is updated): for checking gradients, or accumulating them by hand.
-    pub async fn compute_gradients(&mut self, ctx: &GpuContext, model: &GpuModel, tokens: &[u32]) -> Result<(), TrainError> {
+    /// Forward, loss and backward of one micro-batch, adding its gradients to those already in the
+    /// adapter's `grad` buffers when `accumulate` (else overwriting them). Nothing is updated.
+    pub async fn accumulate_gradients(
+        &mut self,
+        ctx: &GpuContext,
+        model: &GpuModel,
+        tokens: &[u32],
+        accumulate: bool,
+    ) -> Result<(), TrainError> {
         self.set_batch(ctx, model, tokens)?;
+        let acc = if accumulate { 1.0 } else { 0.0 };
         ctx.run(|enc| {
-            self.encode_forward(ctx, enc, model)?;
-            self.encode_backward(ctx, enc, model)
+            self.encode_forward(ctx, enc, model, true)?;
+            self.encode_backward(ctx, enc, model, acc)
         })
         .await?;
         Ok(())
     }
 
-    /// The mean next-token loss of the last step's batch (before its update).
+    /// One AdamW step of every trainable A and B with the gradients in their `grad` buffers ·
+    /// `grad_scale` (clipping and 1/k accumulation averaging folded in).
+    pub async fn update(&mut self, ctx: &GpuContext, opt: &AdamW, grad_scale: f32) -> Result<(), TrainError> {
+        self.lora.step += 1;
+        let step = self.lora.step;
+        ctx.run(|enc| self.encode_update(ctx, enc, opt, step, grad_scale)).await?;
+        Ok(())
+    }
+
+    /// Forward, loss and backward only (the gradients land in the adapter's `grad` buffers; nothing
+    /// is updated): for checking gradients, or accumulating them by hand.
+    pub async fn compute_gradients(&mut self, ctx: &GpuContext, model: &GpuModel, tokens: &[u32]) -> Result<(), TrainError> {
+        self.accumulate_gradients(ctx, model, tokens, false).await
+    }
+
+    /// The mean next-token loss of the batches run since the last call (each before its update):
+    /// the batch losses add up on the GPU, so reading them only every N steps costs one read-back
+    /// per N steps. With no batch since the last call, the last value again.
     pub async fn read_loss(&self, ctx: &GpuContext) -> Result<f32, GpuError> {
-        Ok(ctx.read(&self.loss).await?[0])
+        let terms = self.loss_terms.get();
+        if terms > 0 {
+            self.last_loss.set(ctx.read(&self.loss).await?[0] / terms as f32);
+            self.loss_terms.set(0);
+        }
+        Ok(self.last_loss.get())
     }
 
     /// The block input of layer `l` (`x_final` after the last block).
@@ -384,12 +450,15 @@ impl Trainer {
     }
 
     /// Backward of [`Trainer::linear`] given dy: the adapter's dB (and, at its last part, dA), and
-    /// dx = beta·dx + dy·∂y/∂x (+ the adapter's s·g·A) when `dx` is given.
+    /// dx = beta·dx + dy·∂y/∂x (+ the adapter's s·g·A) when `dx` is given. `acc` is 1 to add the
+    /// adapter's gradients to those already in its `grad` buffers (accumulation), 0 to overwrite.
+    /// A frozen part (see [`GpuLora::freeze`]) gets no dB: its gradient stays zero.
     #[allow(clippy::too_many_arguments)]
     fn linear_backward(
         &self,
         ctx: &GpuContext,
         enc: &mut wgpu::CommandEncoder,
+        acc: f32,
         l: usize,
         block: &GpuBlock,
         site: Site,
@@ -408,15 +477,17 @@ impl Trainer {
         let module = &self.lora.modules[m];
         let (r, s, u, g) = (module.rank, module.scale, &self.u[m], &self.g[m]);
         let part = &module.parts[p].1;
-        // dB_p = s·dyᵀ·u
-        let spec = Matmul::new(lin.out_dim, r, n, Layout::XtG).scaled(s, 0.0);
-        gpu::matmul::encode(ctx, enc, &spec, dy, u, None, &part.grad)?;
+        // dB_p (+)= s·dyᵀ·u
+        if !module.frozen[p] {
+            let spec = Matmul::new(lin.out_dim, r, n, Layout::XtG).scaled(s, acc);
+            gpu::matmul::encode(ctx, enc, &spec, dy, u, None, &part.grad)?;
+        }
         // g (+)= dy·B_p
         let spec = Matmul::new(n, r, lin.out_dim, Layout::XW).scaled(1.0, if p == 0 { 0.0 } else { 1.0 });
         gpu::matmul::encode(ctx, enc, &spec, dy, &part.value, None, g)?;
         if p + 1 == module.parts.len() {
-            // dA = s·gᵀ·x
-            let spec = Matmul::new(r, module.in_dim, n, Layout::XtG).scaled(s, 0.0);
+            // dA (+)= s·gᵀ·x
+            let spec = Matmul::new(r, module.in_dim, n, Layout::XtG).scaled(s, acc);
             gpu::matmul::encode(ctx, enc, &spec, g, x, None, &module.a.grad)?;
             // dx += s·g·A
             if let Some((dx, _)) = dx {
@@ -427,7 +498,9 @@ impl Trainer {
         Ok(())
     }
 
-    fn encode_forward(&self, ctx: &GpuContext, enc: &mut wgpu::CommandEncoder, model: &GpuModel) -> Result<(), GpuError> {
+    /// The forward pass and per-row losses; with `count_loss`, the batch's mean loss is added to
+    /// `loss` (see [`Trainer::read_loss`]).
+    fn encode_forward(&self, ctx: &GpuContext, enc: &mut wgpu::CommandEncoder, model: &GpuModel, count_loss: bool) -> Result<(), GpuError> {
         let c = &model.config;
         let (n, t, d, qd, kvd, v) = (self.rows, self.seq, c.hidden_size, c.q_dim(), c.kv_dim(), c.vocab_size);
         let heads = heads(c);
@@ -486,12 +559,20 @@ impl Trainer {
             }
         }
         gpu::cross_entropy::encode(ctx, enc, &self.logits, &self.targets, &self.losses, n, v)?;
-        // loss = (1 / count) · Σ losses (ignored rows are 0), as a [1, N]·[N, 1] product.
-        let spec = Matmul::new(1, 1, n, Layout::XW).scaled(1.0 / self.count as f32, 0.0);
-        gpu::matmul::encode(ctx, enc, &spec, &self.ones, &self.losses, None, &self.loss)
+        if !count_loss {
+            return Ok(());
+        }
+        // loss (+)= (1 / count) · Σ losses (ignored rows are 0), as a [1, N]·[N, 1] product.
+        let terms = self.loss_terms.get();
+        let beta = if terms == 0 { 0.0 } else { 1.0 };
+        let spec = Matmul::new(1, 1, n, Layout::XW).scaled(1.0 / self.count as f32, beta);
+        gpu::matmul::encode(ctx, enc, &spec, &self.ones, &self.losses, None, &self.loss)?;
+        self.loss_terms.set(terms + 1);
+        Ok(())
     }
 
-    fn encode_backward(&self, ctx: &GpuContext, enc: &mut wgpu::CommandEncoder, model: &GpuModel) -> Result<(), GpuError> {
+    /// The backward pass; `acc` = 1 adds the adapter's gradients to its `grad` buffers, 0 overwrites.
+    fn encode_backward(&self, ctx: &GpuContext, enc: &mut wgpu::CommandEncoder, model: &GpuModel, acc: f32) -> Result<(), GpuError> {
         let c = &model.config;
         let (n, t, d, qd, kvd, v) = (self.rows, self.seq, c.hidden_size, c.q_dim(), c.kv_dim(), c.vocab_size);
         let heads = heads(c);
@@ -516,15 +597,15 @@ impl Trainer {
             // MLP: x_out = x_mid + mlp(mlp_norm(x_mid)).
             match &b.mlp {
                 GpuMlp::Gelu { .. } => {
-                    self.linear_backward(ctx, enc, l, b, Site::Proj, &a.ff2, cur, Some((&self.dff2, 0.0)))?;
+                    self.linear_backward(ctx, enc, acc, l, b, Site::Proj, &a.ff2, cur, Some((&self.dff2, 0.0)))?;
                     gpu::gelu::encode_backward(ctx, enc, &a.ff1, &self.dff2, &self.dff1)?;
-                    self.linear_backward(ctx, enc, l, b, Site::Fc, &a.h2, &self.dff1, Some((&self.dh, 0.0)))?;
+                    self.linear_backward(ctx, enc, acc, l, b, Site::Fc, &a.h2, &self.dff1, Some((&self.dh, 0.0)))?;
                 }
                 GpuMlp::SwiGlu { .. } => {
-                    self.linear_backward(ctx, enc, l, b, Site::Down, &a.ff3, cur, Some((&self.dff3, 0.0)))?;
+                    self.linear_backward(ctx, enc, acc, l, b, Site::Down, &a.ff3, cur, Some((&self.dff3, 0.0)))?;
                     gpu::silu_mul::encode_backward(ctx, enc, &a.ff1, &a.ff2, &self.dff3, &self.dff1, &self.dff2)?;
-                    self.linear_backward(ctx, enc, l, b, Site::Gate, &a.h2, &self.dff1, Some((&self.dh, 0.0)))?;
-                    self.linear_backward(ctx, enc, l, b, Site::Up, &a.h2, &self.dff2, Some((&self.dh, 1.0)))?;
+                    self.linear_backward(ctx, enc, acc, l, b, Site::Gate, &a.h2, &self.dff1, Some((&self.dh, 0.0)))?;
+                    self.linear_backward(ctx, enc, acc, l, b, Site::Up, &a.h2, &self.dff2, Some((&self.dh, 1.0)))?;
                 }
             }
             norm_backward(ctx, enc, c, &b.mlp_norm, &a.x_mid, &self.dh, n, &self.dtmp)?;
@@ -532,7 +613,7 @@ impl Trainer {
             std::mem::swap(&mut cur, &mut other);
 
             // Attention: x_mid = x_in + o(attention(q, k, v of attn_norm(x_in))).
-            self.linear_backward(ctx, enc, l, b, Site::O, &a.att, cur, Some((&self.d_att, 0.0)))?;
+            self.linear_backward(ctx, enc, acc, l, b, Site::O, &a.att, cur, Some((&self.d_att, 0.0)))?;
             for s in 0..self.batch {
                 copy_rows(enc, &a.q, s * t, &self.qs, 0, t, qd);
                 copy_rows(enc, &a.k, s * t, &self.ks, 0, t, kvd);
@@ -553,9 +634,9 @@ impl Trainer {
             // The first block's input gradient would only reach the (frozen) embeddings.
             let first = l == 0;
             let dx = |beta| if first { None } else { Some((&self.dh, beta)) };
-            self.linear_backward(ctx, enc, l, b, Site::Q, &a.h1, &self.dq, dx(0.0))?;
-            self.linear_backward(ctx, enc, l, b, Site::K, &a.h1, &self.dk, dx(1.0))?;
-            self.linear_backward(ctx, enc, l, b, Site::V, &a.h1, &self.dv, dx(1.0))?;
+            self.linear_backward(ctx, enc, acc, l, b, Site::Q, &a.h1, &self.dq, dx(0.0))?;
+            self.linear_backward(ctx, enc, acc, l, b, Site::K, &a.h1, &self.dk, dx(1.0))?;
+            self.linear_backward(ctx, enc, acc, l, b, Site::V, &a.h1, &self.dv, dx(1.0))?;
             if !first {
                 norm_backward(ctx, enc, c, &b.attn_norm, &a.x_in, &self.dh, n, &self.dtmp)?;
                 gpu::add::encode(ctx, enc, cur, &self.dtmp, other)?;
@@ -567,7 +648,8 @@ impl Trainer {
 
     fn encode_update(&self, ctx: &GpuContext, enc: &mut wgpu::CommandEncoder, opt: &AdamW, step: u32, grad_scale: f32) -> Result<(), GpuError> {
         for m in &self.lora.modules {
-            for p in std::iter::once(&m.a).chain(m.parts.iter().map(|(_, p)| p)) {
+            let trainable = m.parts.iter().zip(&m.frozen).filter(|(_, &f)| !f).map(|((_, p), _)| p);
+            for p in std::iter::once(&m.a).chain(trainable) {
                 gpu::adamw::encode(ctx, enc, &p.value, &p.grad, &p.m, &p.v, opt, step, grad_scale)?;
             }
         }

@@ -1,0 +1,471 @@
+//! The training loop. [`Session::new`] and [`Session::step`] read top to bottom as the whole recipe:
+//!
+//! text tokens → windows and a held-out split ([`Dataset`]) → per optimizer step, k micro-batches of
+//! B windows drawn with the seed, each run forward → loss → backward with its gradients summed in the
+//! adapter's grad buffers → global-norm clipping of the mean gradient → AdamW at the schedule's
+//! learning rate → every N steps one read-back of the mean loss since the last read.
+//!
+//! Clipping: the sum of squares of every trainable LoRA gradient is reduced on the GPU
+//! (`gpu::sum_squares`, one value per tensor into one small buffer), and that buffer — P floats — is
+//! read back each step; the CPU takes norm = √Σ / k (the norm of the mean gradient) and passes
+//! grad_scale = min(1, max_norm / norm) / k to AdamW, which applies it to the summed gradients. That
+//! read-back is one synchronisation per step (the loss is not read then); computing the scale on the
+//! GPU would need AdamW to read it from a buffer, which it does not yet. With `max_grad_norm: None`
+//! there is no read-back at all until the loss is read.
+//!
+//! Schedule ([`Schedule`]): linear warmup, then cosine (default) or linear decay to 0 at the end.
+//! Everything random comes from the seed, so a run is reproducible; a resumed run (adapter + AdamW
+//! moments + step from [`TrainingState`]) fast-forwards the batch sampler and continues exactly.
+
+use std::collections::HashMap;
+
+use super::data::{Dataset, Sampler};
+use super::{GpuLora, Site, TrainError, Trainer};
+use crate::eval::{self, EvalResult};
+use crate::gpu::{self, adamw::AdamW, GpuContext, GpuTensor};
+use crate::lora::{Adapter, LoraOptions, Target};
+use crate::model::{load_safetensors, Config, GpuModel, HostTensor};
+
+/// How the learning rate falls after the warmup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Decay {
+    #[default]
+    Cosine,
+    Linear,
+    Constant,
+}
+
+/// Linear warmup then decay, over `total` optimizer steps.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Schedule {
+    pub peak: f32,
+    pub warmup: usize,
+    pub total: usize,
+    pub decay: Decay,
+}
+
+impl Schedule {
+    /// The learning rate of optimizer step `step` (counting from 1). With s = step − 1: during the
+    /// warmup (s < warmup) peak·(s + 1)/warmup, so the last warmup step reaches the peak; after it,
+    /// with p = (s − warmup)/(total − warmup) ∈ [0, 1): cosine peak·½(1 + cos πp), linear
+    /// peak·(1 − p), constant peak. (Transformers' schedules, shifted by one step so the first step
+    /// does not have a learning rate of 0.)
+    pub fn lr(&self, step: usize) -> f32 {
+        let s = step.saturating_sub(1);
+        if s < self.warmup {
+            return self.peak * (s + 1) as f32 / self.warmup as f32;
+        }
+        let span = self.total.saturating_sub(self.warmup).max(1);
+        let p = ((s - self.warmup) as f64 / span as f64).min(1.0);
+        let f = match self.decay {
+            Decay::Cosine => 0.5 * (1.0 + (std::f64::consts::PI * p).cos()),
+            Decay::Linear => 1.0 - p,
+            Decay::Constant => 1.0,
+        };
+        (self.peak as f64 * f) as f32
+    }
+}
+
+/// Everything about a training run except the adapter's shape.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainSettings {
+    /// Optimizer steps of the whole run (a resumed run continues up to this).
+    pub steps: usize,
+    /// Peak learning rate.
+    pub lr: f32,
+    /// Windows per micro-batch.
+    pub batch: usize,
+    /// Tokens per window.
+    pub seq_len: usize,
+    pub warmup: usize,
+    pub decay: Decay,
+    /// Micro-batches per optimizer step (their gradients are summed, then scaled by 1/k).
+    pub grad_accum: usize,
+    /// Global gradient-norm clipping (None: off).
+    pub max_grad_norm: Option<f32>,
+    /// AdamW's decoupled weight decay (0, as transformers' Trainer).
+    pub weight_decay: f32,
+    /// Read the loss back every this many steps.
+    pub log_every: usize,
+    /// Batch sampling seed.
+    pub seed: u64,
+}
+
+impl Default for TrainSettings {
+    fn default() -> Self {
+        Self {
+            steps: 200,
+            lr: 1e-3,
+            batch: 4,
+            seq_len: 128,
+            warmup: 0,
+            decay: Decay::Cosine,
+            grad_accum: 1,
+            max_grad_norm: Some(1.0),
+            weight_decay: 0.0,
+            log_every: 10,
+            seed: 0,
+        }
+    }
+}
+
+fn invalid(setting: &'static str, message: String) -> TrainError {
+    TrainError::InvalidSetting { setting, message }
+}
+
+impl TrainSettings {
+    /// Check every setting against the model; each problem is one sentence.
+    pub fn validate(&self, model: &Config) -> Result<(), TrainError> {
+        if self.steps == 0 {
+            return Err(invalid("steps", "the number of training steps must be at least 1".into()));
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return Err(invalid("lr", format!("the learning rate must be a positive number, got {}", self.lr)));
+        }
+        if self.batch == 0 {
+            return Err(invalid("batch", "the batch size must be at least 1 window".into()));
+        }
+        if self.seq_len < 2 || self.seq_len > model.max_positions {
+            return Err(invalid(
+                "seq_len",
+                format!(
+                    "the sequence length must be between 2 and the model's context of {} tokens, got {}",
+                    model.max_positions, self.seq_len
+                ),
+            ));
+        }
+        if self.grad_accum == 0 {
+            return Err(invalid("grad_accum", "gradient accumulation needs at least 1 micro-batch per step".into()));
+        }
+        if self.warmup > self.steps {
+            return Err(invalid("warmup", format!("the warmup ({} steps) is longer than the run ({} steps)", self.warmup, self.steps)));
+        }
+        if let Some(m) = self.max_grad_norm {
+            if !(m.is_finite() && m > 0.0) {
+                return Err(invalid("max_grad_norm", format!("the gradient-norm limit must be a positive number, got {m}")));
+            }
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return Err(invalid("weight_decay", format!("weight decay must be 0 or more, got {}", self.weight_decay)));
+        }
+        if self.log_every == 0 {
+            return Err(invalid("log_every", "the loss must be read every 1 or more steps".into()));
+        }
+        Ok(())
+    }
+
+    pub fn schedule(&self) -> Schedule {
+        Schedule { peak: self.lr, warmup: self.warmup, total: self.steps, decay: self.decay }
+    }
+}
+
+/// Check a new adapter's options (the sentences a user sees for rank 0 and friends).
+pub fn validate_lora(opts: &LoraOptions) -> Result<(), TrainError> {
+    if opts.rank == 0 {
+        return Err(invalid("rank", "the LoRA rank must be at least 1".into()));
+    }
+    if !(opts.alpha.is_finite() && opts.alpha > 0.0) {
+        return Err(invalid("alpha", format!("LoRA's alpha must be a positive number, got {}", opts.alpha)));
+    }
+    if opts.targets.is_empty() {
+        return Err(invalid("targets", "choose at least one target layer (q, k, v, o, up, gate, down)".into()));
+    }
+    Ok(())
+}
+
+/// A new adapter on the GPU from user options ([`Adapter::from_options`]), with GPT-2's unchosen
+/// q/k/v rows of c_attn frozen.
+pub async fn new_lora(ctx: &GpuContext, model: &GpuModel, opts: &LoraOptions) -> Result<GpuLora, TrainError> {
+    validate_lora(opts)?;
+    let adapter = Adapter::from_options(&model.config, opts)?;
+    let mut lora = GpuLora::new(ctx, model, &adapter).await?;
+    let frozen: Vec<Site> = opts
+        .frozen(model.config.arch)
+        .into_iter()
+        .map(|t| match t {
+            Target::Q => Site::Q,
+            Target::K => Site::K,
+            _ => Site::V,
+        })
+        .collect();
+    lora.freeze(&frozen);
+    Ok(lora)
+}
+
+/// What one optimizer step reports.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepReport {
+    /// Optimizer steps done, this one included.
+    pub step: usize,
+    pub lr: f32,
+    /// Norm of the mean gradient before clipping (None when clipping is off).
+    pub grad_norm: Option<f32>,
+    /// Mean training loss of the steps since the last read (Some every `log_every` steps and at the end).
+    pub loss: Option<f32>,
+    /// Tokens run forward and backward in this step.
+    pub tokens: usize,
+}
+
+/// A training run on the GPU: the data, the trainer with its adapter, and the batch sampler.
+pub struct Session {
+    pub settings: TrainSettings,
+    pub data: Dataset,
+    pub trainer: Trainer,
+    schedule: Schedule,
+    sampler: Sampler,
+    /// Clipping scratch: sum_squares partials, one result, and one Σg² per trainable tensor.
+    partials: GpuTensor,
+    square: GpuTensor,
+    squares: GpuTensor,
+}
+
+impl Session {
+    /// Set up training `lora` on `tokens` (the whole text, tokenized once) with `settings`. If the
+    /// adapter has taken steps already (resumed), the sampler skips the batches those steps drew.
+    pub async fn new(
+        ctx: &GpuContext,
+        model: &GpuModel,
+        tokens: Vec<u32>,
+        lora: GpuLora,
+        settings: TrainSettings,
+    ) -> Result<Self, TrainError> {
+        settings.validate(&model.config)?;
+        let data = Dataset::new(tokens, settings.seq_len)?;
+        let mut sampler = data.sampler(settings.seed);
+        sampler.skip(lora.step as usize * settings.grad_accum * settings.batch);
+        let trainer = Trainer::new(ctx, model, lora, settings.batch, settings.seq_len).await?;
+        let tensors = trainable(&trainer.lora);
+        let work = tensors.iter().map(|t| gpu::sum_squares::workspace_len(t.len())).max().unwrap_or(1);
+        Ok(Self {
+            schedule: settings.schedule(),
+            partials: ctx.zeros(&[work]).await?,
+            square: ctx.zeros(&[1]).await?,
+            squares: ctx.zeros(&[tensors.len().max(1)]).await?,
+            settings,
+            data,
+            trainer,
+            sampler,
+        })
+    }
+
+    /// Optimizer steps taken so far (including those of a resumed adapter).
+    pub fn steps_done(&self) -> usize {
+        self.trainer.lora.step as usize
+    }
+
+    /// True once `settings.steps` steps are done.
+    pub fn finished(&self) -> bool {
+        self.steps_done() >= self.settings.steps
+    }
+
+    /// One optimizer step: the whole loop body.
+    pub async fn step(&mut self, ctx: &GpuContext, model: &GpuModel) -> Result<StepReport, TrainError> {
+        let s = &self.settings;
+        let k = s.grad_accum;
+        // 1. k micro-batches: forward → loss → backward; their gradients add up in the grad buffers.
+        for micro in 0..k {
+            let tokens = self.sampler.next_batch(&self.data, s.batch);
+            self.trainer.accumulate_gradients(ctx, model, &tokens, micro > 0).await?;
+        }
+        // 2. Clip the mean gradient (Σ / k) to a global norm of max_grad_norm.
+        let (grad_norm, clip) = match s.max_grad_norm {
+            Some(max) => {
+                let norm = self.gradient_norm(ctx).await? / k as f32;
+                (Some(norm), if norm > max { max / norm } else { 1.0 })
+            }
+            None => (None, 1.0),
+        };
+        // 3. AdamW at this step's learning rate, on the summed gradients · clip / k.
+        let step = self.steps_done() + 1;
+        let lr = self.schedule.lr(step);
+        let opt = AdamW { lr, weight_decay: s.weight_decay, ..AdamW::default() };
+        self.trainer.update(ctx, &opt, clip / k as f32).await?;
+        // 4. Every N steps (and at the end), read back the mean loss of the batches since the last read.
+        let loss = if step % s.log_every == 0 || step >= s.steps {
+            Some(self.trainer.read_loss(ctx).await?)
+        } else {
+            None
+        };
+        Ok(StepReport { step, lr, grad_norm, loss, tokens: k * s.batch * s.seq_len })
+    }
+
+    /// √(Σ g²) over every trainable gradient tensor: one sum_squares per tensor on the GPU, one read.
+    async fn gradient_norm(&self, ctx: &GpuContext) -> Result<f32, TrainError> {
+        let tensors = trainable(&self.trainer.lora);
+        ctx.run(|enc| {
+            for (i, g) in tensors.iter().enumerate() {
+                gpu::sum_squares::encode(ctx, enc, g, &self.partials, &self.square)?;
+                enc.copy_buffer_to_buffer(&self.square.buffer, 0, &self.squares.buffer, 4 * i as u64, 4);
+            }
+            Ok(())
+        })
+        .await?;
+        let squares = ctx.read(&self.squares).await?;
+        Ok(squares.iter().map(|&x| x as f64).sum::<f64>().sqrt() as f32)
+    }
+
+    /// `eval`'s loss of `tokens` with the adapter as it is now (chunks of `seq_len`, each on its own).
+    pub async fn eval_tokens(&self, ctx: &GpuContext, model: &GpuModel, tokens: &[u32]) -> Result<EvalResult, TrainError> {
+        let chunks: Vec<&[u32]> = eval::chunks(tokens, self.settings.seq_len).collect();
+        let (mut sum, mut count) = (0.0, 0);
+        for group in chunks.chunks(self.settings.batch) {
+            let (s, n) = self.trainer.loss_sum(ctx, model, group).await?;
+            sum += s;
+            count += n;
+        }
+        if count == 0 {
+            return Err(crate::model::ModelError::EmptyText.into());
+        }
+        let loss = sum / count as f64;
+        Ok(EvalResult { loss, ppl: loss.exp(), tokens: count })
+    }
+
+    /// The validation loss: `eval`'s loss of the held-out span.
+    pub async fn validation_loss(&self, ctx: &GpuContext, model: &GpuModel) -> Result<f64, TrainError> {
+        Ok(self.eval_tokens(ctx, model, self.data.validation_tokens()).await?.loss)
+    }
+
+    /// The adapter as trained so far, in PEFT's layout.
+    pub async fn adapter(&self, ctx: &GpuContext) -> Result<Adapter, TrainError> {
+        Ok(self.trainer.lora.to_adapter(ctx).await?)
+    }
+
+    /// AdamW's moments, the step count and the frozen sites, to resume from.
+    pub async fn state(&self, ctx: &GpuContext) -> Result<TrainingState, TrainError> {
+        TrainingState::read(ctx, &self.trainer.lora).await
+    }
+}
+
+/// Every trainable gradient tensor: each module's dA and its unfrozen dB parts.
+fn trainable(lora: &GpuLora) -> Vec<&GpuTensor> {
+    let mut out = Vec::new();
+    for m in &lora.modules {
+        out.push(&m.a.grad);
+        for ((_, p), &frozen) in m.parts.iter().zip(&m.frozen) {
+            if !frozen {
+                out.push(&p.grad);
+            }
+        }
+    }
+    out
+}
+
+/// AdamW's first (`exp_avg`) or second (`exp_avg_sq`) moment of `p`.
+fn moment<'p>(p: &'p super::Param, which: &str) -> &'p GpuTensor {
+    if which == "exp_avg" { &p.m } else { &p.v }
+}
+
+fn site_name(s: Site) -> &'static str {
+    match s {
+        Site::Q => "q",
+        Site::K => "k",
+        Site::V => "v",
+        Site::O => "o",
+        Site::Fc => "fc",
+        Site::Proj => "proj",
+        Site::Gate => "gate",
+        Site::Up => "up",
+        Site::Down => "down",
+    }
+}
+
+fn site_from(name: &str) -> Option<Site> {
+    [Site::Q, Site::K, Site::V, Site::O, Site::Fc, Site::Proj, Site::Gate, Site::Up, Site::Down]
+        .into_iter()
+        .find(|&s| site_name(s) == name)
+}
+
+/// What resuming needs besides the adapter (`training_state.safetensors`): AdamW's first and second
+/// moments of every A and B (keys `<module>.lora_A.exp_avg` / `.exp_avg_sq`, same for lora_B, in
+/// PEFT's shapes), and in the metadata the optimizer step and the frozen sites.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainingState {
+    pub step: u32,
+    pub frozen: Vec<Site>,
+    pub moments: HashMap<String, HostTensor>,
+}
+
+impl TrainingState {
+    async fn read(ctx: &GpuContext, lora: &GpuLora) -> Result<Self, TrainError> {
+        let mut moments = HashMap::new();
+        for m in &lora.modules {
+            for suffix in ["exp_avg", "exp_avg_sq"] {
+                let get = |p| moment(p, suffix);
+                let a = ctx.read(get(&m.a)).await?;
+                moments.insert(format!("{}.lora_A.{suffix}", m.name), HostTensor::new(a, vec![m.rank, m.in_dim]));
+                let (mut b, mut rows) = (Vec::new(), 0);
+                for (_, p) in &m.parts {
+                    b.extend(ctx.read(get(p)).await?);
+                    rows += p.value.shape[0];
+                }
+                moments.insert(format!("{}.lora_B.{suffix}", m.name), HostTensor::new(b, vec![rows, m.rank]));
+            }
+        }
+        Ok(Self { step: lora.step, frozen: lora.frozen_sites(), moments })
+    }
+
+    /// The file's bytes.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, TrainError> {
+        let mut names: Vec<&String> = self.moments.keys().collect();
+        names.sort();
+        let bytes: Vec<&[u8]> = names.iter().map(|n| bytemuck::cast_slice(&self.moments[*n].data)).collect();
+        let views = names
+            .iter()
+            .zip(&bytes)
+            .map(|(n, b)| {
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, self.moments[*n].shape.clone(), b)
+                    .map(|v| (n.to_string(), v))
+                    .map_err(|e| TrainError::State(e.to_string()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let frozen: Vec<&str> = self.frozen.iter().map(|&s| site_name(s)).collect();
+        let meta = HashMap::from([
+            ("format".to_string(), "pt".to_string()),
+            ("step".to_string(), self.step.to_string()),
+            ("frozen".to_string(), frozen.join(",")),
+        ]);
+        safetensors::serialize(views, Some(meta)).map_err(|e| TrainError::State(e.to_string()))
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, TrainError> {
+        let (_, meta) = safetensors::SafeTensors::read_metadata(bytes).map_err(|e| TrainError::State(e.to_string()))?;
+        let meta = meta.metadata().clone().unwrap_or_default();
+        let step = meta.get("step").and_then(|s| s.parse().ok()).ok_or_else(|| TrainError::State("it has no step count".into()))?;
+        let frozen = meta
+            .get("frozen")
+            .map(|f| f.split(',').filter(|s| !s.is_empty()).map(|s| site_from(s).ok_or_else(|| TrainError::State(format!("unknown site `{s}`")))).collect())
+            .transpose()?
+            .unwrap_or_default();
+        let moments = load_safetensors("training_state.safetensors", bytes)?;
+        Ok(Self { step, frozen, moments })
+    }
+
+    /// Put the moments, step and frozen sites into `lora` (the adapter loaded from the same folder).
+    pub fn apply(&self, ctx: &GpuContext, lora: &mut GpuLora) -> Result<(), TrainError> {
+        lora.freeze(&self.frozen);
+        for m in &lora.modules {
+            for suffix in ["exp_avg", "exp_avg_sq"] {
+                let get = |p| &moment(p, suffix).buffer;
+                let find = |key: String, shape: Vec<usize>| -> Result<&HostTensor, TrainError> {
+                    let t = self.moments.get(&key).ok_or_else(|| TrainError::State(format!("`{key}` is missing: it belongs to another adapter")))?;
+                    if t.shape != shape {
+                        return Err(TrainError::State(format!("`{key}` has shape {:?}, the adapter needs {shape:?}", t.shape)));
+                    }
+                    Ok(t)
+                };
+                let a = find(format!("{}.lora_A.{suffix}", m.name), vec![m.rank, m.in_dim])?;
+                ctx.queue.write_buffer(&get(&m.a), 0, bytemuck::cast_slice(&a.data));
+                let rows: usize = m.parts.iter().map(|(_, p)| p.value.shape[0]).sum();
+                let b = find(format!("{}.lora_B.{suffix}", m.name), vec![rows, m.rank])?;
+                let mut row0 = 0;
+                for (_, p) in &m.parts {
+                    let n = p.value.shape[0];
+                    ctx.queue.write_buffer(&get(p), 0, bytemuck::cast_slice(&b.data[row0 * m.rank..(row0 + n) * m.rank]));
+                    row0 += n;
+                }
+            }
+        }
+        lora.step = self.step;
+        Ok(())
+    }
+}

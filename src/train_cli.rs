@@ -1,0 +1,288 @@
+//! `loratab train`: fine-tune a LoRA adapter on a text file and write it in PEFT's format.
+//!
+//! The loop itself is `train::Session::step`; this file only wires files, the progress bar,
+//! validation, checkpoints and Ctrl-C around it. The adapter is written at the end, every
+//! `--save-every` steps, and when Ctrl-C stops the run (after the step in flight), together with
+//! `training_state.safetensors` (AdamW's moments and the step) so `--resume DIR` continues exactly.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use clap::{Args, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use loratab::gpu::GpuContext;
+use loratab::lora::{Adapter, Init, LoraError, LoraOptions, Target};
+use loratab::model::{GpuModel, Model, ModelError};
+use loratab::train::{self, Decay, GpuLora, Session, TrainError, TrainSettings, TrainingState};
+
+const STATE_FILE: &str = "training_state.safetensors";
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum DecayArg {
+    Cosine,
+    Linear,
+    Constant,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum InitArg {
+    /// PEFT's default: A ~ U(−1/√in, 1/√in), B = 0.
+    Kaiming,
+    /// A ~ N(0, σ = 1/r), B = 0.
+    Gaussian,
+}
+
+#[derive(Args)]
+pub struct TrainArgs {
+    /// A Hugging Face model folder (config.json, model.safetensors, tokenizer.json).
+    #[arg(long)]
+    model: PathBuf,
+    /// The text to train on (the last ~10% of its windows are held out for validation).
+    #[arg(long)]
+    text: PathBuf,
+    /// Where to write the adapter (adapter_config.json, adapter_model.safetensors, training_state.safetensors).
+    #[arg(long)]
+    out: PathBuf,
+    /// LoRA rank.
+    #[arg(long, default_value_t = 8)]
+    rank: usize,
+    /// LoRA alpha (scale = alpha / rank, or alpha / √rank with --rslora).
+    #[arg(long, default_value_t = 16.0)]
+    alpha: f32,
+    /// Layers to adapt, comma-separated, among q,k,v,o,up,gate,down (GPT-2: q/k/v share c_attn, no gate).
+    #[arg(long, default_value = "q,v")]
+    targets: String,
+    /// Per-target ranks, e.g. `o=4,up=16` (PEFT's rank_pattern).
+    #[arg(long)]
+    rank_pattern: Option<String>,
+    /// Rank-stabilised LoRA: scale = alpha / √rank.
+    #[arg(long)]
+    rslora: bool,
+    #[arg(long, value_enum, default_value = "kaiming")]
+    init: InitArg,
+    /// Optimizer steps of the whole run (a resumed run continues up to this).
+    #[arg(long, default_value_t = 200)]
+    steps: usize,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f32,
+    /// Windows per micro-batch.
+    #[arg(long, default_value_t = 4)]
+    batch: usize,
+    /// Tokens per window (default: the model's context, at most 128).
+    #[arg(long)]
+    seq_len: Option<usize>,
+    /// Seed of the adapter's initialisation and of batch sampling.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Continue training the adapter in this folder (with its training_state.safetensors if present).
+    #[arg(long)]
+    resume: Option<PathBuf>,
+    /// Linear warmup steps (default: 5% of --steps).
+    #[arg(long)]
+    warmup: Option<usize>,
+    #[arg(long, value_enum, default_value = "cosine")]
+    decay: DecayArg,
+    /// Micro-batches per optimizer step (gradients summed, then averaged).
+    #[arg(long, default_value_t = 1)]
+    grad_accum: usize,
+    /// Clip the gradient's global norm to this (0 = no clipping).
+    #[arg(long, default_value_t = 1.0)]
+    max_grad_norm: f32,
+    /// AdamW weight decay.
+    #[arg(long, default_value_t = 0.0)]
+    weight_decay: f32,
+    /// Read the training loss back every N steps.
+    #[arg(long, default_value_t = 10)]
+    log_every: usize,
+    /// Compute the validation loss every N steps (0 = only at the start and the end).
+    #[arg(long, default_value_t = 50)]
+    eval_every: usize,
+    /// Write the adapter every N steps (0 = only at the end or on Ctrl-C).
+    #[arg(long, default_value_t = 0)]
+    save_every: usize,
+}
+
+/// What `train` can fail with, as one sentence.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainCliError {
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Lora(#[from] LoraError),
+    #[error(transparent)]
+    Train(#[from] TrainError),
+    #[error("{0}")]
+    Usage(String),
+}
+
+impl From<loratab::gpu::GpuError> for TrainCliError {
+    fn from(e: loratab::gpu::GpuError) -> Self {
+        TrainError::from(e).into()
+    }
+}
+
+fn rank_pattern(s: &str) -> Result<std::collections::BTreeMap<Target, usize>, TrainCliError> {
+    let mut out = std::collections::BTreeMap::new();
+    for item in s.split(',').filter(|x| !x.trim().is_empty()) {
+        let (t, r) = item
+            .split_once('=')
+            .ok_or_else(|| TrainCliError::Usage(format!("--rank-pattern takes target=rank pairs like o=4, got `{item}`")))?;
+        let r = r.trim().parse().map_err(|_| TrainCliError::Usage(format!("`{r}` in --rank-pattern is not a whole number")))?;
+        out.insert(Target::parse(t)?, r);
+    }
+    Ok(out)
+}
+
+/// Write the adapter and the training state into `dir`.
+async fn save(ctx: &GpuContext, session: &Session, base: &Path, dir: &Path) -> Result<(), TrainCliError> {
+    let mut adapter = session.adapter(ctx).await?;
+    adapter.config.base_model_name_or_path = Some(base.display().to_string());
+    let write_err = |e: std::io::Error| TrainError::Write { path: dir.display().to_string(), reason: e.to_string() };
+    adapter.save_dir(dir).map_err(write_err)?;
+    let state = session.state(ctx).await?.to_bytes()?;
+    let tmp = dir.join(format!(".{STATE_FILE}.tmp"));
+    std::fs::write(&tmp, state).and_then(|()| std::fs::rename(&tmp, dir.join(STATE_FILE))).map_err(write_err)?;
+    Ok(())
+}
+
+pub fn run(args: TrainArgs) -> Result<(), TrainCliError> {
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        // If a handler cannot be installed, Ctrl-C simply ends the process as usual.
+        let _ = ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst));
+    }
+    pollster::block_on(train(args, stop))
+}
+
+async fn train(args: TrainArgs, stop: Arc<AtomicBool>) -> Result<(), TrainCliError> {
+    let text = std::fs::read_to_string(&args.text)
+        .map_err(|e| ModelError::Io { path: args.text.display().to_string(), reason: e.to_string() })?;
+    let (model, tokenizer) = Model::load_dir(&args.model)?;
+    let tokens = tokenizer.encode(&text)?;
+    let settings = TrainSettings {
+        steps: args.steps,
+        lr: args.lr,
+        batch: args.batch,
+        seq_len: args.seq_len.unwrap_or(model.config.max_positions.min(128)),
+        warmup: args.warmup.unwrap_or(args.steps / 20),
+        decay: match args.decay {
+            DecayArg::Cosine => Decay::Cosine,
+            DecayArg::Linear => Decay::Linear,
+            DecayArg::Constant => Decay::Constant,
+        },
+        grad_accum: args.grad_accum,
+        max_grad_norm: (args.max_grad_norm > 0.0).then_some(args.max_grad_norm),
+        weight_decay: args.weight_decay,
+        log_every: args.log_every,
+        seed: args.seed,
+    };
+    settings.validate(&model.config)?;
+    let ctx = GpuContext::new().await.map_err(ModelError::from)?;
+    let gm = GpuModel::upload(&ctx, &model).await?;
+
+    let lora = match &args.resume {
+        Some(dir) => {
+            let adapter = Adapter::load_dir(dir)?;
+            let mut lora = GpuLora::new(&ctx, &gm, &adapter).await?;
+            match std::fs::read(dir.join(STATE_FILE)) {
+                Ok(bytes) => TrainingState::from_bytes(&bytes)?.apply(&ctx, &mut lora)?,
+                Err(_) => eprintln!("note: {} has no {STATE_FILE}: AdamW starts afresh at step 0", dir.display()),
+            }
+            if lora.step as usize >= settings.steps {
+                return Err(TrainCliError::Usage(format!(
+                    "the adapter in {} has already taken {} steps: give --steps above that to train on",
+                    dir.display(),
+                    lora.step
+                )));
+            }
+            lora
+        }
+        None => {
+            let opts = LoraOptions {
+                rank: args.rank,
+                alpha: args.alpha,
+                rslora: args.rslora,
+                targets: Target::parse_list(&args.targets)?,
+                rank_override: args.rank_pattern.as_deref().map(rank_pattern).transpose()?.unwrap_or_default(),
+                init: match args.init {
+                    InitArg::Kaiming => Init::Kaiming,
+                    InitArg::Gaussian => Init::Gaussian,
+                },
+                seed: args.seed,
+            };
+            train::new_lora(&ctx, &gm, &opts).await?
+        }
+    };
+    let mut session = Session::new(&ctx, &gm, tokens, lora, settings).await?;
+    let s = session.settings.clone();
+    let first = session.steps_done();
+
+    let bar = ProgressBar::new(s.steps as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30.cyan/blue} step {pos}/{len} {msg} [{elapsed_precise} < {eta_precise}]")
+            .expect("a valid template"),
+    );
+    bar.set_position(first as u64);
+    let mut val = session.validation_loss(&ctx, &gm).await?;
+    bar.suspend(|| {
+        eprintln!(
+            "training {} tokens ({} windows of {}, {} held out) from step {first}; validation loss {val:.4}",
+            session.data.tokens.len(),
+            session.data.train_windows,
+            s.seq_len,
+            session.data.validation_windows
+        )
+    });
+    let start = Instant::now();
+    let (mut tokens_run, mut loss) = (0usize, f32::NAN);
+    let mut interrupted = false;
+    while !session.finished() {
+        let r = session.step(&ctx, &gm).await?;
+        tokens_run += r.tokens;
+        if let Some(l) = r.loss {
+            loss = l;
+        }
+        let at_eval = args.eval_every > 0 && r.step % args.eval_every == 0;
+        if at_eval || session.finished() {
+            val = session.validation_loss(&ctx, &gm).await?;
+        }
+        let rate = tokens_run as f64 / start.elapsed().as_secs_f64().max(1e-9);
+        bar.set_message(format!("loss {loss:.4} val {val:.4} lr {:.2e} {rate:.0} tok/s", r.lr));
+        bar.set_position(r.step as u64);
+        if at_eval {
+            bar.suspend(|| eprintln!("step {}: loss {loss:.4}, validation loss {val:.4}, {rate:.0} tokens/s", r.step));
+        }
+        if args.save_every > 0 && r.step % args.save_every == 0 && !session.finished() {
+            save(&ctx, &session, &args.model, &args.out).await?;
+        }
+        if stop.load(Ordering::SeqCst) {
+            interrupted = true;
+            break;
+        }
+    }
+    bar.finish_and_clear();
+    save(&ctx, &session, &args.model, &args.out).await?;
+    let done = session.steps_done();
+    if interrupted {
+        eprintln!(
+            "interrupted at step {done}: adapter saved to {} (continue with --resume {0})",
+            args.out.display()
+        );
+    } else {
+        eprintln!("adapter saved to {}", args.out.display());
+    }
+    let summary = serde_json::json!({
+        "steps": done,
+        "loss": loss,
+        "val_loss": val,
+        "tokens_per_s": tokens_run as f64 / start.elapsed().as_secs_f64().max(1e-9),
+        "out": args.out.display().to_string(),
+        "interrupted": interrupted,
+    });
+    println!("{summary}");
+    Ok(())
+}
