@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde_json::{json, Value};
 
-use crate::model::{load_safetensors, save_safetensors, Arch, HostTensor, Linear, Mlp, Model, WeightLayout};
+use crate::model::{load_safetensors, save_safetensors, Arch, Block, HostTensor, Linear, Mlp, Model, WeightLayout};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoraError {
@@ -246,38 +246,61 @@ fn merge_into(l: &mut Linear, pair: &LoraPair, row0: usize) {
     }
 }
 
-/// The layers (with B's first row for each) that a PEFT module path names in this model.
-fn targets<'m>(model: &'m mut Model, module: &str) -> Option<Vec<(&'m mut Linear, usize)>> {
-    let arch = model.config.arch;
-    let d = model.config.hidden_size;
+/// Which linear layer of a block an adapter part feeds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Site {
+    Q,
+    K,
+    V,
+    O,
+    /// GPT-2's mlp.c_fc.
+    Fc,
+    /// GPT-2's mlp.c_proj.
+    Proj,
+    Gate,
+    Up,
+    Down,
+}
+
+/// The block index and the sites (in B's row order) that a PEFT module path names
+/// (used by the CPU merge and by the GPU trainer).
+pub fn module_sites(arch: Arch, module: &str) -> Option<(usize, Vec<Site>)> {
     let path = module.strip_prefix("transformer.").or_else(|| module.strip_prefix("model.")).unwrap_or(module);
     let rest = path.strip_prefix("h.").or_else(|| path.strip_prefix("layers."))?;
     let (index, name) = rest.split_once('.')?;
-    let block = model.blocks.get_mut(index.parse::<usize>().ok()?)?;
-    Some(match (arch, name) {
-        (Arch::Gpt2, "attn.c_attn") => vec![(&mut block.q, 0), (&mut block.k, d), (&mut block.v, 2 * d)],
-        (Arch::Gpt2, "attn.c_proj") | (Arch::Llama, "self_attn.o_proj") => vec![(&mut block.o, 0)],
-        (Arch::Llama, "self_attn.q_proj") => vec![(&mut block.q, 0)],
-        (Arch::Llama, "self_attn.k_proj") => vec![(&mut block.k, 0)],
-        (Arch::Llama, "self_attn.v_proj") => vec![(&mut block.v, 0)],
-        (Arch::Gpt2, "mlp.c_fc") => match &mut block.mlp {
-            Mlp::Gelu { fc, .. } => vec![(fc, 0)],
-            _ => return None,
-        },
-        (Arch::Gpt2, "mlp.c_proj") => match &mut block.mlp {
-            Mlp::Gelu { proj, .. } => vec![(proj, 0)],
-            _ => return None,
-        },
-        (Arch::Llama, "mlp.gate_proj" | "mlp.up_proj" | "mlp.down_proj") => match &mut block.mlp {
-            Mlp::SwiGlu { gate, up, down } => match name {
-                "mlp.gate_proj" => vec![(gate, 0)],
-                "mlp.up_proj" => vec![(up, 0)],
-                _ => vec![(down, 0)],
-            },
-            _ => return None,
-        },
+    let index = index.parse::<usize>().ok()?;
+    let sites = match (arch, name) {
+        (Arch::Gpt2, "attn.c_attn") => vec![Site::Q, Site::K, Site::V],
+        (Arch::Gpt2, "attn.c_proj") | (Arch::Llama, "self_attn.o_proj") => vec![Site::O],
+        (Arch::Llama, "self_attn.q_proj") => vec![Site::Q],
+        (Arch::Llama, "self_attn.k_proj") => vec![Site::K],
+        (Arch::Llama, "self_attn.v_proj") => vec![Site::V],
+        (Arch::Gpt2, "mlp.c_fc") => vec![Site::Fc],
+        (Arch::Gpt2, "mlp.c_proj") => vec![Site::Proj],
+        (Arch::Llama, "mlp.gate_proj") => vec![Site::Gate],
+        (Arch::Llama, "mlp.up_proj") => vec![Site::Up],
+        (Arch::Llama, "mlp.down_proj") => vec![Site::Down],
         _ => return None,
-    })
+    };
+    Some((index, sites))
+}
+
+impl Site {
+    /// The layer of a host-side `block` at this site (None when its MLP has no such layer).
+    pub fn linear_mut(self, block: &mut Block) -> Option<&mut Linear> {
+        Some(match (self, &mut block.mlp) {
+            (Site::Q, _) => &mut block.q,
+            (Site::K, _) => &mut block.k,
+            (Site::V, _) => &mut block.v,
+            (Site::O, _) => &mut block.o,
+            (Site::Fc, Mlp::Gelu { fc, .. }) => fc,
+            (Site::Proj, Mlp::Gelu { proj, .. }) => proj,
+            (Site::Gate, Mlp::SwiGlu { gate, .. }) => gate,
+            (Site::Up, Mlp::SwiGlu { up, .. }) => up,
+            (Site::Down, Mlp::SwiGlu { down, .. }) => down,
+            _ => return None,
+        })
+    }
 }
 
 /// W += s·B·A for every module of the adapter (on the CPU), checking shapes first.
@@ -285,9 +308,15 @@ pub fn merge(model: &mut Model, adapter: &Adapter) -> Result<(), LoraError> {
     let model_type = model.config.model_type.clone();
     for (module, pair) in &adapter.modules {
         let unknown = || LoraError::UnknownModule { module: module.clone(), model_type: model_type.clone() };
-        let layers = targets(model, module).ok_or_else(unknown)?;
-        let in_dim = layers[0].0.in_dim;
-        let out_total: usize = layers.iter().map(|(l, _)| l.out_dim).sum();
+        let (index, sites) = module_sites(model.config.arch, module).ok_or_else(unknown)?;
+        let block = model.blocks.get_mut(index).ok_or_else(unknown)?;
+        let mut dims = Vec::new();
+        for site in &sites {
+            let l = site.linear_mut(block).ok_or_else(unknown)?;
+            dims.push((l.in_dim, l.out_dim));
+        }
+        let in_dim = dims[0].0;
+        let out_total: usize = dims.iter().map(|d| d.1).sum();
         let r = pair.a.shape[0];
         if pair.a.shape != [r, in_dim] || pair.b.shape != [out_total, r] {
             return Err(LoraError::Shape {
@@ -296,8 +325,11 @@ pub fn merge(model: &mut Model, adapter: &Adapter) -> Result<(), LoraError> {
                 found: [pair.a.shape.clone(), pair.b.shape.clone()].concat(),
             });
         }
-        for (layer, row0) in layers {
-            merge_into(layer, pair, row0);
+        // B's row blocks feed the sites in order (q, k, v for GPT-2's fused c_attn).
+        let mut row0 = 0;
+        for (site, (_, out)) in sites.iter().zip(dims) {
+            merge_into(site.linear_mut(block).expect("checked above"), pair, row0);
+            row0 += out;
         }
     }
     Ok(())

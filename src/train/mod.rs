@@ -24,8 +24,9 @@ pub use step::Trainer;
 use std::collections::{BTreeMap, HashMap};
 
 use crate::gpu::{GpuContext, GpuError, GpuTensor};
+pub use crate::lora::{module_sites, Site};
 use crate::lora::{Adapter, LoraConfig, LoraError, LoraPair};
-use crate::model::{Arch, GpuBlock, GpuLinear, GpuMlp, GpuModel, HostTensor, ModelError};
+use crate::model::{GpuBlock, GpuLinear, GpuMlp, GpuModel, HostTensor, ModelError};
 
 /// What can go wrong while setting up or running training.
 #[derive(Debug, thiserror::Error)]
@@ -51,22 +52,6 @@ pub enum TrainError {
     Write { path: String, reason: String },
 }
 
-/// Which linear layer of a block an adapter part feeds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Site {
-    Q,
-    K,
-    V,
-    O,
-    /// GPT-2's mlp.c_fc.
-    Fc,
-    /// GPT-2's mlp.c_proj.
-    Proj,
-    Gate,
-    Up,
-    Down,
-}
-
 impl Site {
     /// The frozen layer of `block` at this site (None when the block's MLP has no such layer).
     pub fn linear(self, block: &GpuBlock) -> Option<&GpuLinear> {
@@ -83,29 +68,6 @@ impl Site {
             _ => return None,
         })
     }
-}
-
-/// The block index and the sites (in B's row order) that a PEFT module path names
-/// (the same mapping as `lora::merge`).
-pub fn module_sites(arch: Arch, module: &str) -> Option<(usize, Vec<Site>)> {
-    let path = module.strip_prefix("transformer.").or_else(|| module.strip_prefix("model.")).unwrap_or(module);
-    let rest = path.strip_prefix("h.").or_else(|| path.strip_prefix("layers."))?;
-    let (index, name) = rest.split_once('.')?;
-    let index = index.parse::<usize>().ok()?;
-    let sites = match (arch, name) {
-        (Arch::Gpt2, "attn.c_attn") => vec![Site::Q, Site::K, Site::V],
-        (Arch::Gpt2, "attn.c_proj") | (Arch::Llama, "self_attn.o_proj") => vec![Site::O],
-        (Arch::Llama, "self_attn.q_proj") => vec![Site::Q],
-        (Arch::Llama, "self_attn.k_proj") => vec![Site::K],
-        (Arch::Llama, "self_attn.v_proj") => vec![Site::V],
-        (Arch::Gpt2, "mlp.c_fc") => vec![Site::Fc],
-        (Arch::Gpt2, "mlp.c_proj") => vec![Site::Proj],
-        (Arch::Llama, "mlp.gate_proj") => vec![Site::Gate],
-        (Arch::Llama, "mlp.up_proj") => vec![Site::Up],
-        (Arch::Llama, "mlp.down_proj") => vec![Site::Down],
-        _ => return None,
-    };
-    Some((index, sites))
 }
 
 /// A trainable tensor: value, gradient, and AdamW's first and second moments (all the same shape).
