@@ -267,6 +267,7 @@ gpu_test! {
 }
 
 /// Train `steps` steps; (base loss of the training span, trained loss of it, last reported loss).
+#[cfg(not(target_arch = "wasm32"))] // its two callers are native only
 async fn memorize(ctx: &GpuContext, f: &Fixture, targets: &str, steps: usize) -> (f64, f64, f32) {
     let s = TrainSettings { warmup: 5, log_every: 25, ..settings(steps, 1e-2) };
     let (gm, mut session) = session(ctx, f, &opts(targets, 1), s).await;
