@@ -174,15 +174,10 @@ mod cli {
             std::fs::write(&path, bytes).map_err(|e| CliError::Write { path: path.display().to_string(), reason: e.to_string() })
         };
         std::fs::create_dir_all(out).map_err(|e| CliError::Write { path: out.display().to_string(), reason: e.to_string() })?;
-        let mut config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(model_dir.join("config.json")).map_err(|e| ModelError::Io { path: "config.json".into(), reason: e.to_string() })?)
-            .map_err(|e| ModelError::Config(e.to_string()))?;
+        let config = std::fs::read_to_string(model_dir.join("config.json")).map_err(|e| ModelError::Io { path: "config.json".into(), reason: e.to_string() })?;
         // The merged weights are f32 whatever the base stored.
-        for key in ["dtype", "torch_dtype"] {
-            if config.get(key).is_some() {
-                config[key] = "float32".into();
-            }
-        }
-        write("config.json", serde_json::to_string_pretty(&config).unwrap().as_bytes())?;
+        let config = loratab::model::config_json_f32(&config)?;
+        write("config.json", config.as_bytes())?;
         let tokenizer = std::fs::read(model_dir.join("tokenizer.json")).map_err(|e| ModelError::Io { path: "tokenizer.json".into(), reason: e.to_string() })?;
         write("tokenizer.json", &tokenizer)?;
         write("model.safetensors", &loratab::model::save_safetensors(&model.to_tensors())?)?;

@@ -8,7 +8,7 @@ mod forward;
 mod load;
 mod tokenizer;
 
-pub use config::{Arch, Config};
+pub use config::{config_json_f32, Arch, Config};
 pub use forward::{GpuBlock, GpuLinear, GpuMlp, GpuModel, GpuNorm, RowParts};
 pub use load::{load_safetensors, save_safetensors, ModelFiles};
 pub use tokenizer::Tokenizer;
