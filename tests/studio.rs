@@ -81,7 +81,7 @@ gpu_test! {
 gpu_test! {
     async fn train_export_compare_merge_resume() {
         let studio = Studio::load(gpu().await, files(), "llama-tiny").await.unwrap();
-        let mut run = studio.start(TEXT, &opts(4), settings(6)).await.unwrap();
+        let mut run = studio.start(TEXT, &opts(4), TrainSettings { lr: 3e-2, batch: 4, ..settings(6) }).await.unwrap();
         let before = studio.validation_loss(&run).await.unwrap();
         let base_text = studio.generate("the ", 8, &GREEDY, None).await.unwrap();
         let mut losses = Vec::new();
@@ -90,8 +90,9 @@ gpu_test! {
         }
         assert_eq!(losses.len(), 6);
         let after = studio.validation_loss(&run).await.unwrap();
-        assert!(losses[5] < losses[0], "training loss {losses:?}");
-        assert!(after.is_finite() && before.is_finite());
+        // Each logged loss is one batch's, so it is noisy; the held-out loss is the same text each time.
+        assert!(after < before, "validation loss {before} → {after}");
+        assert!(losses.iter().all(|l| l.is_finite()), "{losses:?}");
 
         // The zip holds PEFT's two files and the state; reading it back gives the same adapter.
         let saved = studio.snapshot(&run).await.unwrap();

@@ -320,7 +320,8 @@ impl AppState {
         self.total_steps.set(total);
         self.step.set(run.steps_done());
         self.train_status.set(TrainStatus::Running);
-        let eval_every = (total / 10).max(1);
+        // Validation and the host snapshot wait for the GPU: about five times a run, never every step.
+        let eval_every = (total / 5).max(5);
         let result: Result<(), StudioError> = async {
             if self.points.with_untracked(Vec::is_empty) {
                 let val = studio.validation_loss(&run).await?;
