@@ -161,7 +161,8 @@ test('paste → train → compare → download on the default model', async () =
     assert.deepEqual(names(mergedHeader), names(base));
     assert.equal(JSON.parse(merged['config.json']).model_type, config.model_type);
 
-    await page.screenshot({ path: path.join(ARTIFACTS, 'app.png'), fullPage: true });
+    // The first screen (panels 1–6) is the README's picture.
+    await page.screenshot({ path: path.join(ARTIFACTS, 'app.png') });
     assert.deepEqual(errors.filter((e) => !e.includes('favicon')), [], 'no errors in the console');
   } finally {
     await browser.close();
