@@ -15,7 +15,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use loratab::gpu::GpuContext;
 use loratab::lora::{Adapter, Init, LoraError, LoraOptions, Target};
 use loratab::model::{GpuModel, Model, ModelError};
-use loratab::train::{self, Decay, GpuLora, Session, TrainError, TrainSettings, TrainingState};
+use loratab::train::{self, memory, Decay, GpuLora, Session, TrainError, TrainSettings, TrainingState};
 
 const STATE_FILE: &str = "training_state.safetensors";
 
@@ -220,6 +220,18 @@ async fn train(args: TrainArgs, stop: Arc<AtomicBool>) -> Result<(), TrainCliErr
     let mut session = Session::new(&ctx, &gm, tokens, lora, settings).await?;
     let s = session.settings.clone();
     let first = session.steps_done();
+    // What training holds on the GPU, measured, against the budget worked out from the shapes.
+    let measured = ctx.memory().live();
+    let budget = memory::estimate(&model.config, &session.adapter(&ctx).await?, &s);
+    eprintln!(
+        "GPU memory: weights {} + activations {} + adapter {} + AdamW moments {} = {} (measured {})",
+        memory::human(budget.weights),
+        memory::human(budget.activations),
+        memory::human(budget.adapter),
+        memory::human(budget.optimizer),
+        memory::human(budget.total()),
+        memory::human(measured)
+    );
 
     let bar = ProgressBar::new(s.steps as u64);
     bar.set_style(
@@ -282,6 +294,15 @@ async fn train(args: TrainArgs, stop: Arc<AtomicBool>) -> Result<(), TrainCliErr
         "tokens_per_s": tokens_run as f64 / start.elapsed().as_secs_f64().max(1e-9),
         "out": args.out.display().to_string(),
         "interrupted": interrupted,
+        "gpu_memory": {
+            "weights": budget.weights,
+            "activations": budget.activations,
+            "adapter": budget.adapter,
+            "optimizer": budget.optimizer,
+            "budget": budget.total(),
+            "measured": measured,
+            "peak": ctx.memory().peak(),
+        },
     });
     println!("{summary}");
     Ok(())

@@ -21,7 +21,7 @@ pub mod silu_mul;
 pub mod sum_squares;
 
 pub use context::{AdapterSummary, GpuContext};
-pub use tensor::GpuTensor;
+pub use tensor::{GpuTensor, MemoryCounter};
 
 /// Everything that can go wrong on the GPU, as a sentence saying what happened and what to do.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

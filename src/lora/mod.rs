@@ -286,6 +286,16 @@ pub fn module_sites(arch: Arch, module: &str) -> Option<(usize, Vec<Site>)> {
 }
 
 impl Site {
+    /// Output width of the layer at this site.
+    pub fn out_dim(self, c: &crate::model::Config) -> usize {
+        match self {
+            Site::Q => c.q_dim(),
+            Site::K | Site::V => c.kv_dim(),
+            Site::O | Site::Proj | Site::Down => c.hidden_size,
+            Site::Fc | Site::Gate | Site::Up => c.intermediate_size,
+        }
+    }
+
     /// The layer of a host-side `block` at this site (None when its MLP has no such layer).
     pub fn linear_mut(self, block: &mut Block) -> Option<&mut Linear> {
         Some(match (self, &mut block.mlp) {

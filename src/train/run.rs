@@ -235,12 +235,15 @@ impl Session {
         sampler.skip(lora.step as usize * settings.grad_accum * settings.batch);
         let trainer = Trainer::new(ctx, model, lora, settings.batch, settings.seq_len).await?;
         let tensors = trainable(&trainer.lora);
+        let all_tensors: usize = trainer.lora.modules.iter().map(|m| 1 + m.parts.len()).sum();
         let work = tensors.iter().map(|t| gpu::sum_squares::workspace_len(t.len())).max().unwrap_or(1);
         Ok(Self {
             schedule: settings.schedule(),
             partials: ctx.zeros(&[work]).await?,
             square: ctx.zeros(&[1]).await?,
-            squares: ctx.zeros(&[tensors.len().max(1)]).await?,
+            // One slot per adapter tensor, frozen ones included, so `memory::estimate` needs no
+            // knowledge of which B rows are frozen.
+            squares: ctx.zeros(&[all_tensors.max(1)]).await?,
             settings,
             data,
             trainer,

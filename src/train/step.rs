@@ -219,6 +219,8 @@ impl Trainer {
         }
         let (n, d, f, qd, kvd, v) = (batch * seq, c.hidden_size, c.intermediate_size, c.q_dim(), c.kv_dim(), c.vocab_size);
         let hq = c.num_heads;
+        // GPT-2's MLP has no third activation (Llama's silu(gate)·up).
+        let f3 = if c.arch == Arch::Llama { f } else { 0 };
         let z = |shape: Vec<usize>| async move { ctx.zeros(&shape).await };
         let mut layers = Vec::new();
         for _ in &model.blocks {
@@ -238,7 +240,7 @@ impl Trainer {
                 h2: z(vec![n, d]).await?,
                 ff1: z(vec![n, f]).await?,
                 ff2: z(vec![n, f]).await?,
-                ff3: z(vec![n, f]).await?,
+                ff3: z(vec![n, f3]).await?,
             });
         }
         let positions: Vec<u32> = (0..n).map(|i| (i % seq) as u32).collect();
@@ -279,7 +281,7 @@ impl Trainer {
             dv: z(vec![n, kvd]).await?,
             dff1: z(vec![n, f]).await?,
             dff2: z(vec![n, f]).await?,
-            dff3: z(vec![n, f]).await?,
+            dff3: z(vec![n, f3]).await?,
             qs: z(vec![seq, qd]).await?,
             ks: z(vec![seq, kvd]).await?,
             vs: z(vec![seq, kvd]).await?,
