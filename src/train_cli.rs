@@ -60,6 +60,9 @@ pub struct TrainArgs {
     /// Rank-stabilised LoRA: scale = alpha / √rank.
     #[arg(long)]
     rslora: bool,
+    /// LoRA dropout: probability of zeroing each adapter input while training (0 = off).
+    #[arg(long, default_value_t = 0.0)]
+    dropout: f32,
     #[arg(long, value_enum, default_value = "kaiming")]
     init: InitArg,
     /// Optimizer steps of the whole run (a resumed run continues up to this).
@@ -213,6 +216,7 @@ async fn train(args: TrainArgs, stop: Arc<AtomicBool>) -> Result<(), TrainCliErr
                     InitArg::Gaussian => Init::Gaussian,
                 },
                 seed: args.seed,
+                dropout: args.dropout,
             };
             train::new_lora(&ctx, &gm, &opts).await?
         }

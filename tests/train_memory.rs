@@ -23,9 +23,15 @@ macro_rules! files {
 }
 
 async fn check(files: ModelFiles, targets: &str, rank: usize, batch: usize, seq_len: usize) {
+    let opts = LoraOptions { rank, alpha: 2.0 * rank as f32, targets: Target::parse_list(targets).unwrap(), ..LoraOptions::default() };
+    check_with(files, opts, batch, seq_len).await
+}
+
+async fn check_with(files: ModelFiles, opts: LoraOptions, batch: usize, seq_len: usize) {
     let ctx = gpu().await;
     let (model, tok) = Model::from_files(&files).unwrap();
-    let opts = LoraOptions { rank, alpha: 2.0 * rank as f32, targets: Target::parse_list(targets).unwrap(), ..LoraOptions::default() };
+    let targets: Vec<&str> = opts.targets.iter().map(|t| t.name()).collect();
+    let (targets, rank) = (targets.join(","), opts.rank);
     let settings = TrainSettings { steps: 3, batch, seq_len, log_every: 1, ..TrainSettings::default() };
     let adapter = Adapter::from_options(&model.config, &opts).unwrap();
     let budget = memory::estimate(&model.config, &adapter, &settings);
@@ -79,5 +85,20 @@ gpu_test! {
 gpu_test! {
     async fn qwen2_memory_matches_budget() {
         check(files!("qwen2-tiny"), "q,k,v,o", 4, 2, 24).await;
+    }
+}
+
+gpu_test! {
+    async fn dropout_memory_matches_budget() {
+        // Dropout turns the one-word placeholder into a [B·T, widest in] buffer (down's in = ffn).
+        let ctx_files = files!("llama-tiny");
+        let (model, _) = Model::from_files(&ctx_files).unwrap();
+        let plain = LoraOptions { targets: Target::parse_list("q,v,down").unwrap(), ..LoraOptions::default() };
+        let dropped = LoraOptions { dropout: 0.1, ..plain.clone() };
+        let s = TrainSettings { batch: 2, seq_len: 16, ..TrainSettings::default() };
+        let a = memory::estimate(&model.config, &Adapter::from_options(&model.config, &plain).unwrap(), &s);
+        let b = memory::estimate(&model.config, &Adapter::from_options(&model.config, &dropped).unwrap(), &s);
+        assert_eq!(b.activations - a.activations, 4 * 32 * model.config.intermediate_size as u64 - 4);
+        check_with(files!("llama-tiny"), dropped, 2, 16).await;
     }
 }

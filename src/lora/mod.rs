@@ -42,7 +42,7 @@ pub struct LoraConfig {
     pub rank_pattern: BTreeMap<String, usize>,
     pub alpha_pattern: BTreeMap<String, f32>,
     pub fan_in_fan_out: bool,
-    /// Saved for PEFT; loratab trains without dropout.
+    /// PEFT's dropout on the adapter input while training (0: off).
     pub lora_dropout: f32,
     pub base_model_name_or_path: Option<String>,
 }

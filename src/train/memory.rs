@@ -67,11 +67,15 @@ pub fn estimate(c: &Config, adapter: &Adapter, settings: &TrainSettings) -> Memo
     }
     let adapter_values: u64 = values.iter().map(|&n| tensor(n)).sum();
     let ranks: Vec<usize> = adapter.modules.values().map(|m| m.a.shape[0]).collect();
+    // Dropout keeps the dropped input of one module at a time.
+    let max_in = adapter.modules.values().map(|m| m.a.shape[1]).max().unwrap_or(0);
+    let dropout = if adapter.config.lora_dropout > 0.0 { max_in } else { 0 };
     MemoryBudget {
         weights: weights(c),
         adapter: 2 * adapter_values,
         optimizer: 2 * adapter_values,
-        activations: activations(c, &ranks, settings.batch, settings.seq_len, &values),
+        activations: activations(c, &ranks, settings.batch, settings.seq_len, &values)
+            + tensor(settings.batch * settings.seq_len * dropout),
     }
 }
 
