@@ -380,6 +380,11 @@ fn non_llama_files_are_refused() {
     let (meta, mut tensors) = tiny_parts();
     tensors.retain(|t| t.0 != "blk.1.attn_v.weight");
     assert_eq!(import_err(&write_gguf(&meta, &tensors)), "tensor `blk.1.attn_v.weight` is missing");
+    let (mut meta, tensors) = tiny_parts();
+    if let Some(Value::Array(tokens)) = meta.get_mut("tokenizer.ggml.tokens") {
+        tokens.push(Value::Str("<|extra|>".into()));
+    }
+    assert!(import_err(&write_gguf(&meta, &tensors)).contains("it has 401 tokens but token_embd.weight has only 400 rows"));
     let (meta, mut tensors) = tiny_parts();
     tensors.push(("rope_freqs.weight".into(), vec![8], 0, vec![0; 32]));
     assert!(import_err(&write_gguf(&meta, &tensors)).contains("tensor `rope_freqs.weight` is not part of a llama model"));

@@ -273,7 +273,7 @@ pub fn import(bytes: &[u8]) -> Result<Imported, GgufError> {
         "torch_dtype": "float32",
     });
     let generation_config = json!({ "bos_token_id": bos, "eos_token_id": eos, "pad_token_id": pad });
-    let (tokenizer, tokenizer_config) = tokenizer::convert(&m, context)?;
+    let (tokenizer, tokenizer_config) = tokenizer::convert(&m, vocab, context)?;
     // Whatever loads the folder later must be able to read this.
     Tokenizer::from_bytes(&serde_json::to_vec(&tokenizer).expect("JSON values serialize"))
         .map_err(|e| GgufError::Tokenizer(e.to_string()))?;

@@ -55,7 +55,8 @@ fn strings<'v>(items: &'v [Value], key: &str) -> Result<Vec<&'v str>, GgufError>
 }
 
 /// tokenizer.json and tokenizer_config.json for the file's vocabulary.
-pub(super) fn convert(m: &Meta, context: usize) -> Result<(Json, Json), GgufError> {
+/// `rows`: the embedding's; a vocabulary longer than that would index past it.
+pub(super) fn convert(m: &Meta, rows: usize, context: usize) -> Result<(Json, Json), GgufError> {
     let model = m.str("tokenizer.ggml.model")?;
     if model != "gpt2" {
         return Err(GgufError::Tokenizer(format!(
@@ -72,6 +73,12 @@ pub(super) fn convert(m: &Meta, context: usize) -> Result<(Json, Json), GgufErro
             .map(|v| v.as_int().ok_or_else(|| GgufError::KeyType { key: "tokenizer.ggml.token_type".into(), expected: "an array of integers" }))
             .collect::<Result<_, _>>()?,
     };
+    if tokens.len() > rows {
+        return Err(GgufError::Tokenizer(format!(
+            "it has {} tokens but token_embd.weight has only {rows} rows",
+            tokens.len()
+        )));
+    }
     if types.len() != tokens.len() {
         return Err(GgufError::Tokenizer(format!("{} token types for {} tokens", types.len(), tokens.len())));
     }
