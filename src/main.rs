@@ -18,6 +18,7 @@ mod train_cli;
 mod cli {
     use clap::{Parser, Subcommand};
     use loratab::generate::Sampling;
+    use loratab::gguf::GgufError;
     use loratab::gpu::GpuContext;
     use loratab::lora::{self, Adapter, LoraError};
     use loratab::model::{GpuModel, Model, ModelError, Tokenizer};
@@ -84,6 +85,18 @@ mod cli {
         },
         /// Train a LoRA adapter on a text file and write it in PEFT's format.
         Train(crate::train_cli::TrainArgs),
+        /// Convert a llama GGUF file (F32/F16/BF16/Q8_0/Q4_0/Q4_1 tensors, byte-level BPE vocabulary)
+        /// into a Hugging Face model folder: dequantized weights, config.json, tokenizer.json.
+        ImportGguf {
+            /// The .gguf file.
+            file: PathBuf,
+            /// The folder to write (created if missing).
+            #[arg(long)]
+            out: PathBuf,
+            /// Store the weights as f16 instead of f32.
+            #[arg(long)]
+            f16: bool,
+        },
     }
 
     pub fn main() -> ExitCode {
@@ -99,6 +112,7 @@ mod cli {
             }
             Command::Merge { model, adapter, out } => report(merge(&model, &adapter, &out)),
             Command::Train(args) => report(crate::train_cli::run(args)),
+            Command::ImportGguf { file, out, f16 } => report(import_gguf(&file, &out, f16)),
         }
     }
 
@@ -121,6 +135,8 @@ mod cli {
         Lora(#[from] LoraError),
         #[error("could not write {path}: {reason}")]
         Write { path: String, reason: String },
+        #[error("{path}: {source}")]
+        Gguf { path: String, source: GgufError },
     }
 
     fn load(dir: &Path, adapter: Option<&Path>) -> Result<(Model, Tokenizer), CliError> {
@@ -187,6 +203,33 @@ mod cli {
         write("tokenizer.json", &tokenizer)?;
         write("model.safetensors", &loratab::model::save_safetensors(&model.to_tensors())?)?;
         println!("merged model written to {}", out.display());
+        Ok(())
+    }
+
+    /// Dequantize `file` into the model folder `out` and print a one-line summary.
+    fn import_gguf(file: &Path, out: &Path, f16: bool) -> Result<(), CliError> {
+        let gguf_error = |source| CliError::Gguf { path: file.display().to_string(), source };
+        let bytes = std::fs::read(file)
+            .map_err(|e| ModelError::Io { path: file.display().to_string(), reason: e.to_string() })?;
+        let imported = loratab::gguf::import(&bytes).map_err(gguf_error)?;
+        drop(bytes);
+        let write_error = |path: &Path, e: std::io::Error| CliError::Write { path: path.display().to_string(), reason: e.to_string() };
+        std::fs::create_dir_all(out).map_err(|e| write_error(out, e))?;
+        for (name, content) in imported.files(f16).map_err(gguf_error)? {
+            let path = out.join(name);
+            std::fs::write(&path, content).map_err(|e| write_error(&path, e))?;
+        }
+        let kinds: Vec<String> = imported.kinds.iter().map(|(k, n)| format!("{n} {k}")).collect();
+        println!(
+            "imported {}{:.1}M parameters, {} layers, vocabulary {} (tensors: {}) into {} as {}",
+            imported.name.as_deref().map(|n| format!("{n}: ")).unwrap_or_default(),
+            imported.num_params() as f64 / 1e6,
+            imported.config["num_hidden_layers"],
+            imported.config["vocab_size"],
+            kinds.join(", "),
+            out.display(),
+            if f16 { "f16" } else { "f32" },
+        );
         Ok(())
     }
 

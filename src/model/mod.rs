@@ -10,7 +10,7 @@ mod tokenizer;
 
 pub use config::{Arch, Config};
 pub use forward::{GpuBlock, GpuLinear, GpuMlp, GpuModel, GpuNorm, RowParts};
-pub use load::{load_safetensors, save_safetensors, ModelFiles};
+pub use load::{load_safetensors, save_safetensors, save_safetensors_f16, ModelFiles};
 pub use tokenizer::Tokenizer;
 
 use crate::gpu::GpuError;
