@@ -254,7 +254,35 @@ def cmd_export(args):
         "torch": torch.__version__,
     }
     json.dump(prov, open(os.path.join(OUT, "provenance.json"), "w"), indent=1)
+    write_golden(shipped, tok)
     print(json.dumps({k: v for k, v in prov.items() if k != "history"}, indent=1))
+
+
+def write_golden(model, tok):
+    """Golden data for tests/default_model.rs: transformers' loss on held-out text with `loratab
+    eval`'s definition (consecutive chunks of 128 tokens, each scored on its own, mean over every
+    predicted position) and the tokenizer's ids, so the Rust loader, tokenizer and GPU forward are
+    checked against the reference on the model as shipped."""
+    import torch
+    text = open(os.path.join(WORK, "val.txt")).read()[:3000]
+    text = text[: text.rfind(" ")]
+    ids = tok.encode(text).ids
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(ids), 128):
+            chunk = ids[start:start + 128]
+            if len(chunk) < 2:
+                continue
+            x = torch.tensor([chunk])
+            logits = model(input_ids=x).logits[0, :-1].double()
+            total += float(torch.nn.functional.cross_entropy(logits, x[0, 1:], reduction="sum"))
+            count += len(chunk) - 1
+    folder = os.path.join(ROOT, "tests", "fixtures", "default-model")
+    os.makedirs(folder, exist_ok=True)
+    open(os.path.join(folder, "heldout.txt"), "w").write(text)
+    json.dump({"seq_len": 128, "loss": total / count, "tokens": count, "ids": ids},
+              open(os.path.join(folder, "golden.json"), "w"))
+    print("golden held-out loss", total / count, "over", count, "tokens")
 
 
 def main():

@@ -7,6 +7,7 @@ mod config;
 mod forward;
 mod load;
 mod tokenizer;
+pub mod default;
 
 pub use config::{Arch, Config};
 pub use forward::{GpuBlock, GpuLinear, GpuMlp, GpuModel, GpuNorm, RowParts};
