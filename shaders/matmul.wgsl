@@ -5,6 +5,8 @@
 //   X·Wᵀ   trans_a = 0, trans_b = 1   A [M, K], B [N, K]   (Linear forward, dX = dY·W)
 //   Xᵀ·G   trans_a = 1, trans_b = 0   A [K, M], B [K, N]   (weight gradients)
 //   Xᵀ·Wᵀ  trans_a = 1, trans_b = 1   A [K, M], B [N, K]   (LoRA merge into a Conv1D [in, out] weight)
+// A (when not transposed) is [M, K] with row pitch lda starting at a_offset: a block of columns of a
+// wider matrix when lda > K (the logits' gradient for one part of a split vocabulary).
 // C is [M, N] with row pitch ldc starting at c_offset (a block of columns of a wider matrix when
 // ldc > N, e.g. one part of a vocabulary split across buffers); bias is read at bias_offset + column.
 // Batches (workgroup_id.z) start at b * stride_{a,b,c}; a stride of 0 shares
@@ -31,8 +33,8 @@ struct Params {
     ldc: u32,
     c_offset: u32,
     bias_offset: u32,
-    _pad0: u32,
-    _pad1: u32,
+    lda: u32,
+    a_offset: u32,
 }
 
 @group(0) @binding(0) var<storage, read> a: array<f32>;
@@ -52,7 +54,7 @@ var<workgroup> tile_b: array<f32, 1024>;  // [SLICE][TILE]: tile_b[k * 64 + n]
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
     let row0 = wid.y * TILE;
     let col0 = wid.x * TILE;
-    let base_a = wid.z * p.stride_a;
+    let base_a = p.a_offset + wid.z * p.stride_a;
     let base_b = wid.z * p.stride_b;
     let base_c = p.c_offset + wid.z * p.stride_c;
     let tid = lid.y * 16u + lid.x;
@@ -74,7 +76,7 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
             let gk = k0 + kk;
             var v = 0.0;
             if (gm < p.m && gk < p.k) {
-                let idx = select(gm * p.k + gk, gk * p.m + gm, p.trans_a == 1u);
+                let idx = select(gm * p.lda + gk, gk * p.m + gm, p.trans_a == 1u);
                 v = a[base_a + idx];
             }
             tile_a[kk * TILE + m] = v;

@@ -3,6 +3,7 @@
 
 pub mod eval;
 pub mod generate;
+pub mod gguf;
 pub mod gpu;
 pub mod lora;
 pub mod model;

@@ -14,10 +14,20 @@ fn main() -> std::process::ExitCode {
 #[cfg(not(target_arch = "wasm32"))]
 mod train_cli;
 
+/// The files of the model folder `dir`, or of the embedded default model when none is given.
+#[cfg(not(target_arch = "wasm32"))]
+fn model_files(dir: Option<&std::path::Path>) -> Result<loratab::model::ModelFiles, loratab::model::ModelError> {
+    match dir {
+        Some(dir) => loratab::model::ModelFiles::read_dir(dir),
+        None => Ok(loratab::model::default::files()),
+    }
+}
+
 #[cfg(not(target_arch = "wasm32"))]
 mod cli {
     use clap::{Parser, Subcommand};
     use loratab::generate::Sampling;
+    use loratab::gguf::GgufError;
     use loratab::gpu::GpuContext;
     use loratab::lora::{self, Adapter, LoraError};
     use loratab::model::{GpuModel, Model, ModelError, Tokenizer};
@@ -35,9 +45,10 @@ mod cli {
     enum Command {
         /// Score a text file: mean next-token cross-entropy over consecutive chunks (one JSON line).
         Eval {
-            /// A Hugging Face model folder (config.json, model.safetensors, tokenizer.json).
+            /// A Hugging Face model folder (config.json, model.safetensors, tokenizer.json);
+            /// default: the embedded austen-5m.
             #[arg(long)]
-            model: PathBuf,
+            model: Option<PathBuf>,
             /// The text file to score.
             #[arg(long)]
             text: PathBuf,
@@ -50,8 +61,9 @@ mod cli {
         },
         /// Merge a PEFT LoRA adapter into its base model and write a model folder transformers loads.
         Merge {
+            /// The base model folder (default: the embedded austen-5m).
             #[arg(long)]
-            model: PathBuf,
+            model: Option<PathBuf>,
             #[arg(long)]
             adapter: PathBuf,
             #[arg(long)]
@@ -59,8 +71,9 @@ mod cli {
         },
         /// Continue a prompt with the model (KV cache; temperature 0 = greedy).
         Generate {
+            /// The model folder (default: the embedded austen-5m).
             #[arg(long)]
-            model: PathBuf,
+            model: Option<PathBuf>,
             #[arg(long)]
             prompt: String,
             #[arg(long, default_value_t = 50)]
@@ -84,6 +97,18 @@ mod cli {
         },
         /// Train a LoRA adapter on a text file and write it in PEFT's format.
         Train(crate::train_cli::TrainArgs),
+        /// Convert a llama GGUF file (F32/F16/BF16/Q8_0/Q4_0/Q4_1 tensors, byte-level BPE vocabulary)
+        /// into a Hugging Face model folder: dequantized weights, config.json, tokenizer.json.
+        ImportGguf {
+            /// The .gguf file.
+            file: PathBuf,
+            /// The folder to write (created if missing).
+            #[arg(long)]
+            out: PathBuf,
+            /// Store the weights as f16 instead of f32.
+            #[arg(long)]
+            f16: bool,
+        },
     }
 
     pub fn main() -> ExitCode {
@@ -91,14 +116,15 @@ mod cli {
         match cli.command {
             Command::Info { json } => pollster::block_on(info(json)),
             Command::Eval { model, text, seq_len, adapter } => {
-                report(pollster::block_on(eval(&model, adapter.as_deref(), &text, seq_len)))
+                report(pollster::block_on(eval(model.as_deref(), adapter.as_deref(), &text, seq_len)))
             }
             Command::Generate { model, prompt, max_tokens, temperature, top_k, seed, adapter } => {
                 let sampling = Sampling { temperature, top_k, seed };
-                report(pollster::block_on(generate(&model, adapter.as_deref(), &prompt, max_tokens, &sampling)))
+                report(pollster::block_on(generate(model.as_deref(), adapter.as_deref(), &prompt, max_tokens, &sampling)))
             }
-            Command::Merge { model, adapter, out } => report(merge(&model, &adapter, &out)),
+            Command::Merge { model, adapter, out } => report(merge(model.as_deref(), &adapter, &out)),
             Command::Train(args) => report(crate::train_cli::run(args)),
+            Command::ImportGguf { file, out, f16 } => report(import_gguf(&file, &out, f16)),
         }
     }
 
@@ -121,17 +147,19 @@ mod cli {
         Lora(#[from] LoraError),
         #[error("could not write {path}: {reason}")]
         Write { path: String, reason: String },
+        #[error("{path}: {source}")]
+        Gguf { path: String, source: GgufError },
     }
 
-    fn load(dir: &Path, adapter: Option<&Path>) -> Result<(Model, Tokenizer), CliError> {
-        let (mut model, tokenizer) = Model::load_dir(dir)?;
+    fn load(dir: Option<&Path>, adapter: Option<&Path>) -> Result<(Model, Tokenizer), CliError> {
+        let (mut model, tokenizer) = Model::from_files(&crate::model_files(dir)?)?;
         if let Some(adapter) = adapter {
             lora::merge(&mut model, &Adapter::load_dir(adapter)?)?;
         }
         Ok((model, tokenizer))
     }
 
-    async fn open(dir: &Path, adapter: Option<&Path>) -> Result<(GpuContext, GpuModel, Tokenizer), CliError> {
+    async fn open(dir: Option<&Path>, adapter: Option<&Path>) -> Result<(GpuContext, GpuModel, Tokenizer), CliError> {
         let (model, tokenizer) = load(dir, adapter)?;
         let ctx = GpuContext::new().await;
         let ctx = ctx.map_err(ModelError::from)?;
@@ -139,7 +167,7 @@ mod cli {
         Ok((ctx, gpu_model, tokenizer))
     }
 
-    async fn eval(dir: &Path, adapter: Option<&Path>, text: &Path, seq_len: Option<usize>) -> Result<(), CliError> {
+    async fn eval(dir: Option<&Path>, adapter: Option<&Path>, text: &Path, seq_len: Option<usize>) -> Result<(), CliError> {
         let text = std::fs::read_to_string(text).map_err(|e| ModelError::Io {
             path: text.display().to_string(),
             reason: e.to_string(),
@@ -153,7 +181,7 @@ mod cli {
     }
 
     async fn generate(
-        dir: &Path,
+        dir: Option<&Path>,
         adapter: Option<&Path>,
         prompt: &str,
         max_tokens: usize,
@@ -167,21 +195,47 @@ mod cli {
     }
 
     /// Write `dir/config.json`, `tokenizer.json` (copied) and `model.safetensors` (merged, f32).
-    fn merge(model_dir: &Path, adapter: &Path, out: &Path) -> Result<(), CliError> {
-        let (model, _) = load(model_dir, Some(adapter))?;
+    fn merge(model_dir: Option<&Path>, adapter: &Path, out: &Path) -> Result<(), CliError> {
+        let files = crate::model_files(model_dir)?;
+        let (mut model, _) = Model::from_files(&files)?;
+        lora::merge(&mut model, &Adapter::load_dir(adapter)?)?;
         let write = |name: &str, bytes: &[u8]| {
             let path = out.join(name);
             std::fs::write(&path, bytes).map_err(|e| CliError::Write { path: path.display().to_string(), reason: e.to_string() })
         };
         std::fs::create_dir_all(out).map_err(|e| CliError::Write { path: out.display().to_string(), reason: e.to_string() })?;
-        let config = std::fs::read_to_string(model_dir.join("config.json")).map_err(|e| ModelError::Io { path: "config.json".into(), reason: e.to_string() })?;
         // The merged weights are f32 whatever the base stored.
-        let config = loratab::model::config_json_f32(&config)?;
-        write("config.json", config.as_bytes())?;
-        let tokenizer = std::fs::read(model_dir.join("tokenizer.json")).map_err(|e| ModelError::Io { path: "tokenizer.json".into(), reason: e.to_string() })?;
-        write("tokenizer.json", &tokenizer)?;
+        write("config.json", loratab::model::config_json_f32(&files.config)?.as_bytes())?;
+        write("tokenizer.json", &files.tokenizer)?;
         write("model.safetensors", &loratab::model::save_safetensors(&model.to_tensors())?)?;
         println!("merged model written to {}", out.display());
+        Ok(())
+    }
+
+    /// Dequantize `file` into the model folder `out` and print a one-line summary.
+    fn import_gguf(file: &Path, out: &Path, f16: bool) -> Result<(), CliError> {
+        let gguf_error = |source| CliError::Gguf { path: file.display().to_string(), source };
+        let bytes = std::fs::read(file)
+            .map_err(|e| ModelError::Io { path: file.display().to_string(), reason: e.to_string() })?;
+        let imported = loratab::gguf::import(&bytes).map_err(gguf_error)?;
+        drop(bytes);
+        let write_error = |path: &Path, e: std::io::Error| CliError::Write { path: path.display().to_string(), reason: e.to_string() };
+        std::fs::create_dir_all(out).map_err(|e| write_error(out, e))?;
+        for (name, content) in imported.files(f16).map_err(gguf_error)? {
+            let path = out.join(name);
+            std::fs::write(&path, content).map_err(|e| write_error(&path, e))?;
+        }
+        let kinds: Vec<String> = imported.kinds.iter().map(|(k, n)| format!("{n} {k}")).collect();
+        println!(
+            "imported {}{:.1}M parameters, {} layers, vocabulary {} (tensors: {}) into {} as {}",
+            imported.name.as_deref().map(|n| format!("{n}: ")).unwrap_or_default(),
+            imported.num_params() as f64 / 1e6,
+            imported.config["num_hidden_layers"],
+            imported.config["vocab_size"],
+            kinds.join(", "),
+            out.display(),
+            if f16 { "f16" } else { "f32" },
+        );
         Ok(())
     }
 

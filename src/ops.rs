@@ -42,12 +42,16 @@ pub struct Matmul {
     /// plus `bias_offset`.
     pub c_offset: usize,
     pub bias_offset: usize,
+    /// Row pitch of A (≥ k) when A is [M, K] (not transposed): A may be a block of columns too.
+    pub lda: usize,
+    /// Where A starts inside its buffer (in floats).
+    pub a_offset: usize,
 }
 
 impl Matmul {
     /// A plain single matmul: C = op(A)·op(B).
     pub fn new(m: usize, n: usize, k: usize, layout: Layout) -> Self {
-        Self { m, n, k, layout, batch: 1, shared_b: false, alpha: 1.0, beta: 0.0, ldc: n, c_offset: 0, bias_offset: 0 }
+        Self { m, n, k, layout, batch: 1, shared_b: false, alpha: 1.0, beta: 0.0, ldc: n, c_offset: 0, bias_offset: 0, lda: k, a_offset: 0 }
     }
     pub fn batched(self, batch: usize, shared_b: bool) -> Self {
         Self { batch, shared_b, ..self }
@@ -60,8 +64,14 @@ impl Matmul {
     pub fn into_block(self, ldc: usize, c_offset: usize, col0: usize) -> Self {
         Self { ldc, c_offset: c_offset + col0, bias_offset: col0, ..self }
     }
+    /// Read A [M, K] as columns `col0..col0 + k` of a matrix with `lda` columns (layouts X·W and
+    /// X·Wᵀ only: a transposed A keeps its plain [K, M] storage).
+    pub fn from_block(self, lda: usize, col0: usize) -> Self {
+        assert!(!self.layout.trans_a() && lda >= self.k, "from_block needs a row-major A no wider than lda");
+        Self { lda, a_offset: col0, ..self }
+    }
     pub fn a_len(&self) -> usize {
-        self.batch * self.m * self.k
+        if self.batch * self.m * self.k == 0 { 0 } else { self.a_offset + (self.batch * self.m - 1) * self.lda + self.k }
     }
     pub fn b_len(&self) -> usize {
         if self.shared_b { self.k * self.n } else { self.batch * self.k * self.n }

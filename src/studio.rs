@@ -9,6 +9,7 @@ use crate::generate::{self, Sampling};
 use crate::gpu::{GpuContext, GpuError};
 use crate::lora::{self, Adapter, LoraError, LoraOptions};
 use crate::model::{config_json_f32, save_safetensors, Arch, Config, GpuModel, Model, ModelError, ModelFiles, Tokenizer};
+use crate::train::memory::MemoryBudget;
 use crate::train::{self, Dataset, GpuLora, Session, StepReport, TrainError, TrainSettings, TrainingState};
 use crate::zip::{self, ZipError};
 
@@ -97,43 +98,6 @@ pub struct AdapterSize {
     pub bytes: usize,
     /// params / the base model's parameters.
     pub fraction: f64,
-    /// Σ rank over adapted modules (the per-row scratch of the LoRA forward and backward).
-    pub rank_sum: usize,
-}
-
-/// Estimated GPU bytes of a training run.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct MemoryEstimate {
-    /// Frozen weights (f32 on the GPU) and the generation KV cache.
-    pub weights: u64,
-    /// Activations kept for the backward pass, logits and their gradient, scratch.
-    pub activations: u64,
-    /// LoRA values and gradients.
-    pub adapter: u64,
-    /// AdamW's two moments.
-    pub optimizer: u64,
-}
-
-impl MemoryEstimate {
-    pub fn total(&self) -> u64 {
-        self.weights + self.activations + self.adapter + self.optimizer
-    }
-}
-
-/// Training GPU memory: what [`train::Trainer::new`] and [`GpuModel::upload`] allocate, counted
-/// from the shapes (f32 everywhere).
-pub fn training_memory(c: &Config, base_params: usize, adapter: &AdapterSize, s: &TrainSettings) -> MemoryEstimate {
-    let (n, d, f, qd, kvd) = (s.batch * s.seq_len, c.hidden_size, c.intermediate_size, c.q_dim(), c.kv_dim());
-    let per_layer = n * (5 * d + 2 * qd + 2 * kvd + 3 * f) + s.batch * c.num_heads * s.seq_len * s.seq_len;
-    let global = 2 * n * c.vocab_size + n * (7 * d + 3 * qd + 2 * kvd + 3 * f) + s.seq_len * (4 * qd + 4 * kvd);
-    let lora_rows = 2 * n * adapter.rank_sum;
-    let kv_cache = 2 * c.num_layers * c.max_positions * kvd;
-    MemoryEstimate {
-        weights: 4 * (base_params + kv_cache) as u64,
-        activations: 4 * (c.num_layers * per_layer + global + lora_rows) as u64,
-        adapter: 8 * adapter.params as u64,
-        optimizer: 8 * adapter.params as u64,
-    }
 }
 
 /// A training run on the studio's model.
@@ -357,20 +321,20 @@ impl Studio {
         train::validate_lora(opts)?;
         let adapter = Adapter::from_options(self.config(), opts)?;
         let params: usize = adapter.modules.values().map(|p| p.a.data.len() + p.b.data.len()).sum();
-        let rank_sum = adapter.modules.values().map(|p| p.a.shape[0]).sum();
         let (config, weights) = adapter.to_files()?;
         Ok(AdapterSize {
             params,
             bytes: config.len() + weights.len(),
             fraction: params as f64 / self.info.params as f64,
-            rank_sum,
         })
     }
 
-    /// Estimated training memory for `opts` and `settings`.
-    pub fn memory(&self, opts: &LoraOptions, settings: &TrainSettings) -> Result<MemoryEstimate, StudioError> {
-        let size = self.adapter_size(opts)?;
-        Ok(training_memory(self.config(), self.info.params, &size, settings))
+    /// Training GPU memory for `opts` and `settings`, worked out before anything is allocated
+    /// (`train::memory`: equal to what the run allocates, as tests/train_memory.rs checks).
+    pub fn memory(&self, opts: &LoraOptions, settings: &TrainSettings) -> Result<MemoryBudget, StudioError> {
+        train::validate_lora(opts)?;
+        let adapter = Adapter::from_options(self.config(), opts)?;
+        Ok(train::memory::estimate(self.config(), &adapter, settings))
     }
 
     /// A new adapter with `opts`, ready to train on `text` with `settings`.

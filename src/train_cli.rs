@@ -15,7 +15,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use loratab::gpu::GpuContext;
 use loratab::lora::{Adapter, Init, LoraError, LoraOptions, Target};
 use loratab::model::{GpuModel, Model, ModelError};
-use loratab::train::{self, Decay, GpuLora, Session, TrainError, TrainSettings, TrainingState};
+use loratab::train::{self, memory, Decay, GpuLora, Session, TrainError, TrainSettings, TrainingState};
 
 const STATE_FILE: &str = "training_state.safetensors";
 
@@ -36,9 +36,10 @@ pub enum InitArg {
 
 #[derive(Args)]
 pub struct TrainArgs {
-    /// A Hugging Face model folder (config.json, model.safetensors, tokenizer.json).
+    /// A Hugging Face model folder (config.json, model.safetensors, tokenizer.json); default: the
+    /// embedded austen-5m.
     #[arg(long)]
-    model: PathBuf,
+    model: Option<PathBuf>,
     /// The text to train on (the last ~10% of its windows are held out for validation).
     #[arg(long)]
     text: PathBuf,
@@ -60,6 +61,9 @@ pub struct TrainArgs {
     /// Rank-stabilised LoRA: scale = alpha / √rank.
     #[arg(long)]
     rslora: bool,
+    /// LoRA dropout: probability of zeroing each adapter input while training (0 = off).
+    #[arg(long, default_value_t = 0.0)]
+    dropout: f32,
     #[arg(long, value_enum, default_value = "kaiming")]
     init: InitArg,
     /// Optimizer steps of the whole run (a resumed run continues up to this).
@@ -161,7 +165,9 @@ pub fn run(args: TrainArgs) -> Result<(), TrainCliError> {
 async fn train(args: TrainArgs, stop: Arc<AtomicBool>) -> Result<(), TrainCliError> {
     let text = std::fs::read_to_string(&args.text)
         .map_err(|e| ModelError::Io { path: args.text.display().to_string(), reason: e.to_string() })?;
-    let (model, tokenizer) = Model::load_dir(&args.model)?;
+    let (model, tokenizer) = Model::from_files(&crate::model_files(args.model.as_deref())?)?;
+    // Recorded in the adapter's config as PEFT's base_model_name_or_path.
+    let base = args.model.clone().unwrap_or_else(|| PathBuf::from(loratab::model::default::PATH));
     let tokens = tokenizer.encode(&text)?;
     let settings = TrainSettings {
         steps: args.steps,
@@ -213,6 +219,7 @@ async fn train(args: TrainArgs, stop: Arc<AtomicBool>) -> Result<(), TrainCliErr
                     InitArg::Gaussian => Init::Gaussian,
                 },
                 seed: args.seed,
+                dropout: args.dropout,
             };
             train::new_lora(&ctx, &gm, &opts).await?
         }
@@ -220,6 +227,18 @@ async fn train(args: TrainArgs, stop: Arc<AtomicBool>) -> Result<(), TrainCliErr
     let mut session = Session::new(&ctx, &gm, tokens, lora, settings).await?;
     let s = session.settings.clone();
     let first = session.steps_done();
+    // What training holds on the GPU, measured, against the budget worked out from the shapes.
+    let measured = ctx.memory().live();
+    let budget = memory::estimate(&model.config, &session.adapter(&ctx).await?, &s);
+    eprintln!(
+        "GPU memory: weights {} + activations {} + adapter {} + AdamW moments {} = {} (measured {})",
+        memory::human(budget.weights),
+        memory::human(budget.activations),
+        memory::human(budget.adapter),
+        memory::human(budget.optimizer),
+        memory::human(budget.total()),
+        memory::human(measured)
+    );
 
     let bar = ProgressBar::new(s.steps as u64);
     bar.set_style(
@@ -257,7 +276,7 @@ async fn train(args: TrainArgs, stop: Arc<AtomicBool>) -> Result<(), TrainCliErr
             bar.suspend(|| eprintln!("step {}: loss {loss:.4}, validation loss {val:.4}, {rate:.0} tokens/s", r.step));
         }
         if args.save_every > 0 && r.step % args.save_every == 0 && !session.finished() {
-            save(&ctx, &session, &args.model, &args.out).await?;
+            save(&ctx, &session, &base, &args.out).await?;
         }
         if stop.load(Ordering::SeqCst) {
             interrupted = true;
@@ -265,7 +284,7 @@ async fn train(args: TrainArgs, stop: Arc<AtomicBool>) -> Result<(), TrainCliErr
         }
     }
     bar.finish_and_clear();
-    save(&ctx, &session, &args.model, &args.out).await?;
+    save(&ctx, &session, &base, &args.out).await?;
     let done = session.steps_done();
     if interrupted {
         eprintln!(
@@ -282,6 +301,15 @@ async fn train(args: TrainArgs, stop: Arc<AtomicBool>) -> Result<(), TrainCliErr
         "tokens_per_s": tokens_run as f64 / start.elapsed().as_secs_f64().max(1e-9),
         "out": args.out.display().to_string(),
         "interrupted": interrupted,
+        "gpu_memory": {
+            "weights": budget.weights,
+            "activations": budget.activations,
+            "adapter": budget.adapter,
+            "optimizer": budget.optimizer,
+            "budget": budget.total(),
+            "measured": measured,
+            "peak": ctx.memory().peak(),
+        },
     });
     println!("{summary}");
     Ok(())

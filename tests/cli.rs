@@ -66,3 +66,24 @@ fn errors_are_sentences() {
     assert!(err.contains("outside 2..=64"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+#[test]
+fn import_gguf_writes_a_folder_eval_scores_like_transformers() {
+    let out = std::env::temp_dir().join(format!("loratab-import-gguf-{}", std::process::id()));
+    let out_str = out.to_str().unwrap();
+    let (ok, stdout, err) = loratab(&["import-gguf", "tests/fixtures/gguf/tiny.gguf", "--out", out_str]);
+    assert!(ok, "{err}");
+    assert!(stdout.starts_with("imported loratab tiny llama: 0.1M parameters, 2 layers, vocabulary 400"), "{stdout}");
+    assert!(stdout.contains("4 Q4_0, 4 Q4_1, 4 Q8_0"), "{stdout}");
+    let (ok, stdout, err) = loratab(&["eval", "--model", out_str, "--text", "tests/fixtures/eval.txt", "--seq-len", "512"]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let loss = golden("gguf", "loss");
+    assert!((v["loss"].as_f64().unwrap() - loss).abs() < 1e-4, "{stdout} vs transformers {loss}");
+    std::fs::remove_dir_all(&out).unwrap();
+
+    let (ok, _, err) = loratab(&["import-gguf", "tests/fixtures/eval.txt", "--out", out_str]);
+    assert!(!ok);
+    assert_eq!(err.trim(), "error: tests/fixtures/eval.txt: not a GGUF file: it starts with \"Ever\" instead of \"GGUF\"");
+    assert!(!out.exists());
+}

@@ -55,6 +55,24 @@ gpu_test! {
 }
 
 gpu_test! {
+    /// A read as a block of columns of a wider matrix (one vocabulary part of the logits' gradient),
+    /// also into a block of C, and batched.
+    async fn matmul_reads_a_column_block() {
+        let ctx = gpu().await;
+        for layout in [Layout::XW, Layout::XWt] {
+            for (m, n, k, lda, col0) in [(1, 7, 33, 40, 7), (65, 33, 70, 300, 130), (130, 1, 1, 2, 1)] {
+                let spec = Matmul::new(m, n, k, layout).from_block(lda, col0).scaled(1.0, 1.0);
+                let e = check_matmul(&ctx, &spec, false, 5).await.unwrap();
+                assert!(e <= MATMUL_TOLERANCE, "{spec:?}: max error {e}");
+                let spec = Matmul::new(m, n, k, layout).from_block(lda, col0).into_block(n + 3, 0, 2).batched(2, true);
+                let e = check_matmul(&ctx, &spec, false, 6).await.unwrap();
+                assert!(e <= MATMUL_TOLERANCE, "{spec:?}: max error {e}");
+            }
+        }
+    }
+}
+
+gpu_test! {
     /// Batched: per-entry operands (attention heads) and a B shared across the batch (a weight).
     async fn matmul_batched() {
         let ctx = gpu().await;
@@ -166,5 +184,37 @@ gpu_test! {
         reference::matmul::matmul(&spec, &a, &w, Some(&bias), &mut full);
         assert!(max_error(&want, &full) <= 1e-6);
         assert_eq!(&got[..5], &c0[..5], "columns before the block are untouched");
+    }
+}
+
+gpu_test! {
+    /// The GPU mask is the reference's bit for bit (overwrite and accumulate), keeps about 1 − p of
+    /// the elements, differs between seeds, and keeps the mean (inverted dropout).
+    async fn dropout_matches_reference() {
+        let ctx = gpu().await;
+        let mut rng = Rng::new(9);
+        for (n, p, seed) in [(1, 0.5, 1), (257, 0.1, 2), (70_001, 0.25, 3), (4096, 0.0, 4)] {
+            let x: Vec<f32> = rng.vec(n).iter().map(|v| v + 2.0).collect();
+            let base = rng.vec(n);
+            let (gx, gout) = (ctx.upload(&x, &[n]).await.unwrap(), ctx.upload(&base, &[n]).await.unwrap());
+            ctx.run(|enc| loratab::gpu::dropout::encode(&ctx, enc, &gx, &gout, n, p, seed, 1.0)).await.unwrap();
+            let got = ctx.read(&gout).await.unwrap();
+            let mut want = base.clone();
+            reference::dropout::dropout(&x, p, seed, 1.0, &mut want);
+            assert_eq!(got, want, "accumulate n={n} p={p}");
+            ctx.run(|enc| loratab::gpu::dropout::encode(&ctx, enc, &gx, &gout, n, p, seed, 0.0)).await.unwrap();
+            let got = ctx.read(&gout).await.unwrap();
+            reference::dropout::dropout(&x, p, seed, 0.0, &mut want);
+            assert_eq!(got, want, "overwrite n={n} p={p}");
+            if n >= 4096 {
+                let kept = got.iter().filter(|&&v| v != 0.0).count() as f64 / n as f64;
+                assert!((kept - (1.0 - p as f64)).abs() < 0.02, "n={n} p={p}: kept {kept}");
+                let mean = |v: &[f32]| v.iter().map(|&a| a as f64).sum::<f64>() / n as f64;
+                assert!((mean(&got) - mean(&x)).abs() < 0.05 * mean(&x), "inverted dropout keeps the mean");
+            }
+        }
+        let a: Vec<bool> = (0..1000).map(|i| reference::dropout::keep(1, i, 0.5)).collect();
+        let b: Vec<bool> = (0..1000).map(|i| reference::dropout::keep(2, i, 0.5)).collect();
+        assert!(a.iter().zip(&b).filter(|(x, y)| x != y).count() > 400, "seeds give different masks");
     }
 }

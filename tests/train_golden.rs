@@ -80,13 +80,18 @@ impl Case {
     }
 
     async fn trainer(&self, ctx: &loratab::gpu::GpuContext) -> (GpuModel, Trainer) {
+        self.trainer_with_dropout(ctx, 0.0).await
+    }
+
+    async fn trainer_with_dropout(&self, ctx: &loratab::gpu::GpuContext, dropout: f32) -> (GpuModel, Trainer) {
         let files = ModelFiles {
             config: self.config.to_string(),
             weights: vec![("model.safetensors".into(), self.weights.to_vec())],
             tokenizer: self.tokenizer.to_vec(),
         };
         let (model, _) = Model::from_files(&files).unwrap_or_else(|e| panic!("{}: {e}", self.name));
-        let adapter = Adapter::from_files(self.adapter_config, self.adapter).unwrap();
+        let mut adapter = Adapter::from_files(self.adapter_config, self.adapter).unwrap();
+        adapter.config.lora_dropout = dropout;
         let gm = GpuModel::upload(ctx, &model).await.unwrap();
         let lora = GpuLora::new(ctx, &gm, &adapter).await.unwrap();
         let trainer = Trainer::new(ctx, &gm, lora, BATCH, SEQ).await.unwrap();
@@ -96,13 +101,43 @@ impl Case {
     /// (a) loss and (b) gradients of the golden batch.
     async fn check_gradients(&self) {
         let ctx = gpu().await;
-        let (gm, mut trainer) = self.trainer(&ctx).await;
-        trainer.compute_gradients(&ctx, &gm, &self.tokens()).await.unwrap();
-        let loss = trainer.read_loss(&ctx).await.unwrap();
-        let want = self.scalar("loss");
-        assert!((loss - want).abs() < 1e-4, "{}: loss {loss} vs PEFT {want}", self.name);
-        let golden = self.golden();
-        let grads = trainer.lora.read_grads(&ctx).await.unwrap();
+        let (gm, trainer) = self.trainer(&ctx).await;
+        self.compare_gradients(&ctx, &gm, trainer, &self.golden(), "").await;
+    }
+
+    /// The same with the vocabulary split across buffers (as GPT-2's on a 128 MiB-per-binding GPU):
+    /// the LM head's backward then sums over row blocks of the (tied or untied) head.
+    async fn check_split_vocabulary(&self) {
+        let ctx = gpu().await;
+        ctx.set_max_binding(40_000);
+        let (gm, trainer) = self.trainer(&ctx).await;
+        let parts = gm.lm_head.as_ref().map_or(&gm.token_embedding, |h| &h.weight).parts.len();
+        assert!(parts > 1, "{}: the head should be split, has {parts} part", self.name);
+        self.compare_gradients(&ctx, &gm, trainer, &self.golden(), " with a split vocabulary").await;
+    }
+
+    /// The same with PEFT's lora_dropout at the golden p, PEFT using loratab's mask
+    /// (tools/golden_dropout.py); evaluation of the same batch stays dropout-free.
+    async fn check_dropout(&self, golden: &[u8]) {
+        let golden = load_safetensors("dropout.safetensors", golden).unwrap();
+        let (p, seed) = (golden["p"].data[0], golden["seed"].data[0] as u32);
+        let ctx = gpu().await;
+        let (gm, mut trainer) = self.trainer_with_dropout(&ctx, p).await;
+        trainer.dropout_seed = seed;
+        let chunks: Vec<Vec<u32>> = self.tokens().chunks(SEQ).map(|c| c.to_vec()).collect();
+        let refs: Vec<&[u32]> = chunks.iter().map(|c| c.as_slice()).collect();
+        let (sum, count) = trainer.loss_sum(&ctx, &gm, &refs).await.unwrap();
+        let plain = self.scalar("loss");
+        assert!(((sum / count as f64) as f32 - plain).abs() < 1e-4, "{}: evaluation must not drop", self.name);
+        self.compare_gradients(&ctx, &gm, trainer, &golden, " with dropout").await;
+    }
+
+    async fn compare_gradients(&self, ctx: &loratab::gpu::GpuContext, gm: &GpuModel, mut trainer: Trainer, golden: &HashMap<String, HostTensor>, what: &str) {
+        trainer.compute_gradients(ctx, gm, &self.tokens()).await.unwrap();
+        let loss = trainer.read_loss(ctx).await.unwrap();
+        let want = golden["loss"].data[0];
+        assert!((loss - want).abs() < 1e-4, "{}{what}: loss {loss} vs PEFT {want}", self.name);
+        let grads = trainer.lora.read_grads(ctx).await.unwrap();
         let expected: Vec<&String> = golden.keys().filter(|k| k.starts_with("grad.")).collect();
         assert_eq!(grads.len(), expected.len(), "{}: one gradient per PEFT tensor", self.name);
         let mut worst = 0.0f64;
@@ -111,10 +146,10 @@ impl Case {
             assert_eq!(g.shape, want.shape, "{} {key}", self.name);
             let e = rel_error(&g.data, &want.data);
             worst = worst.max(e);
-            assert!(e <= 1e-3, "{} {key}: relative gradient error {e}", self.name);
+            assert!(e <= 1e-3, "{}{what} {key}: relative gradient error {e}", self.name);
         }
         println!(
-            "{}: loss {loss} (PEFT {want}, error {:.2e}), worst relative gradient error {worst:.2e}",
+            "{}{what}: loss {loss} (PEFT {want}, error {:.2e}), worst relative gradient error {worst:.2e}",
             self.name,
             (loss - want).abs()
         );
@@ -167,6 +202,22 @@ gpu_test! {
 }
 gpu_test! {
     async fn gpt2_cattn_loss_and_gradients() { gpt2_cattn().check_gradients().await }
+}
+gpu_test! {
+    async fn llama_qv_split_vocabulary_gradients() { llama_qv().check_split_vocabulary().await }
+}
+gpu_test! {
+    async fn gpt2_cattn_split_vocabulary_gradients() { gpt2_cattn().check_split_vocabulary().await }
+}
+gpu_test! {
+    async fn llama_qv_dropout_gradients() {
+        llama_qv().check_dropout(include_bytes!("fixtures/lora/llama-qv/dropout.safetensors")).await
+    }
+}
+gpu_test! {
+    async fn gpt2_cattn_dropout_gradients() {
+        gpt2_cattn().check_dropout(include_bytes!("fixtures/lora/gpt2-cattn/dropout.safetensors")).await
+    }
 }
 gpu_test! {
     async fn llama_qv_adamw_trajectory() { llama_qv().check_adamw().await }

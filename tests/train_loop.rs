@@ -390,16 +390,17 @@ gpu_test! {
 
 gpu_test! {
     /// Resuming from the adapter + training state after 3 steps continues exactly as an
-    /// uninterrupted 6-step run.
+    /// uninterrupted 6-step run, dropout masks included (saved as PEFT's lora_dropout).
     async fn resume_continues_exactly() {
         let ctx = gpu().await;
         let f = gpt2();
         let s6 = settings(6, 1e-2);
-        let (gm, mut whole) = session(&ctx, &f, &opts("q,v", 9), s6.clone()).await;
+        let o = LoraOptions { dropout: 0.1, ..opts("q,v", 9) };
+        let (gm, mut whole) = session(&ctx, &f, &o, s6.clone()).await;
         run(&ctx, &gm, &mut whole).await;
 
         // Steps 1–3 of the same 6-step schedule, then stop.
-        let (_, mut first) = session(&ctx, &f, &opts("q,v", 9), s6.clone()).await;
+        let (_, mut first) = session(&ctx, &f, &o, s6.clone()).await;
         for _ in 0..3 {
             first.step(&ctx, &gm).await.unwrap();
         }

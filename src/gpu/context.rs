@@ -34,6 +34,8 @@ pub struct GpuContext {
     lost: Arc<Mutex<Option<String>>>,
     /// Errors outside any error scope (wgpu's default handler would panic on them).
     uncaptured: Arc<Mutex<Option<GpuError>>>,
+    /// Bytes of live tensors (see `tensor.rs`).
+    pub(super) memory: Arc<super::tensor::MemoryCounter>,
 }
 
 impl GpuContext {
@@ -97,6 +99,7 @@ impl GpuContext {
             pipelines: Mutex::new(HashMap::new()),
             lost,
             uncaptured,
+            memory: Arc::default(),
         })
     }
 

@@ -24,7 +24,8 @@ struct Params {
     ldc: u32,
     c_offset: u32,
     bias_offset: u32,
-    _pad: [u32; 2],
+    lda: u32,
+    a_offset: u32,
 }
 
 fn check(what: &str, t: &GpuTensor, need: usize) -> Result<(), GpuError> {
@@ -71,7 +72,7 @@ pub fn encode(
         trans_a: spec.layout.trans_a() as u32,
         trans_b: spec.layout.trans_b() as u32,
         has_bias: bias.is_some() as u32,
-        stride_a: (spec.m * spec.k) as u32,
+        stride_a: (spec.m * spec.lda) as u32,
         stride_b: if spec.shared_b { 0 } else { (spec.k * spec.n) as u32 },
         stride_c: (spec.m * spec.ldc) as u32,
         alpha: spec.alpha,
@@ -79,7 +80,8 @@ pub fn encode(
         ldc: spec.ldc as u32,
         c_offset: spec.c_offset as u32,
         bias_offset: spec.bias_offset as u32,
-        _pad: [0; 2],
+        lda: spec.lda as u32,
+        a_offset: spec.a_offset as u32,
     };
     let pipeline = ctx.pipeline("matmul", SOURCE, "main", &[]);
     let uniform = ctx.uniform(&params);

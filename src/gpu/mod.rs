@@ -10,6 +10,7 @@ pub mod adamw;
 pub mod add;
 pub mod attention;
 pub mod cross_entropy;
+pub mod dropout;
 pub mod embedding;
 pub mod gelu;
 pub mod layernorm;
@@ -21,7 +22,7 @@ pub mod silu_mul;
 pub mod sum_squares;
 
 pub use context::{AdapterSummary, GpuContext};
-pub use tensor::GpuTensor;
+pub use tensor::{GpuTensor, MemoryCounter};
 
 /// Everything that can go wrong on the GPU, as a sentence saying what happened and what to do.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

@@ -1,10 +1,59 @@
 //! `GpuTensor`: an f32 storage buffer and its row-major shape.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
 use super::{GpuContext, GpuError};
 
+/// Clones share the buffer (wgpu buffers are reference counted) and its [`Allocation`], so the
+/// bytes are counted once and released when the last clone goes.
+#[derive(Clone)]
 pub struct GpuTensor {
     pub buffer: wgpu::Buffer,
     pub shape: Vec<usize>,
+    _alloc: Arc<Allocation>,
+}
+
+/// Live and peak bytes of every tensor a [`GpuContext`] has allocated: the measured side of the
+/// training memory budget (`train::memory`). Transient uniform and staging buffers are not counted.
+#[derive(Debug, Default)]
+pub struct MemoryCounter {
+    live: AtomicU64,
+    peak: AtomicU64,
+}
+
+impl MemoryCounter {
+    pub fn live(&self) -> u64 {
+        self.live.load(Ordering::Relaxed)
+    }
+
+    /// The most bytes live at once since the last [`MemoryCounter::reset_peak`].
+    pub fn peak(&self) -> u64 {
+        self.peak.load(Ordering::Relaxed)
+    }
+
+    pub fn reset_peak(&self) {
+        self.peak.store(self.live(), Ordering::Relaxed);
+    }
+}
+
+struct Allocation {
+    bytes: u64,
+    counter: Arc<MemoryCounter>,
+}
+
+impl Allocation {
+    fn new(counter: &Arc<MemoryCounter>, bytes: u64) -> Arc<Self> {
+        let live = counter.live.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        counter.peak.fetch_max(live, Ordering::Relaxed);
+        Arc::new(Self { bytes, counter: counter.clone() })
+    }
+}
+
+impl Drop for Allocation {
+    fn drop(&mut self) {
+        self.counter.live.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
 }
 
 impl GpuTensor {
@@ -42,12 +91,22 @@ impl GpuContext {
         })
     }
 
+    fn tensor(&self, buffer: wgpu::Buffer, shape: &[usize]) -> GpuTensor {
+        let alloc = Allocation::new(&self.memory, buffer.size());
+        GpuTensor { buffer, shape: shape.to_vec(), _alloc: alloc }
+    }
+
+    /// Bytes of tensors live on this device now, and at most since the last peak reset.
+    pub fn memory(&self) -> &MemoryCounter {
+        &self.memory
+    }
+
     /// A tensor of `shape` filled with zeros (WebGPU zero-initialises new buffers).
     pub async fn zeros(&self, shape: &[usize]) -> Result<GpuTensor, GpuError> {
         let bytes = (shape.iter().product::<usize>() * 4) as u64;
         self.check_size("a tensor", bytes)?;
         let buffer = self.scoped(|| Ok(self.storage_buffer("tensor", bytes))).await?;
-        Ok(GpuTensor { buffer, shape: shape.to_vec() })
+        Ok(self.tensor(buffer, shape))
     }
 
     /// Copy `data` (row-major, `shape`) to a new GPU tensor.
@@ -67,7 +126,7 @@ impl GpuContext {
                 Ok(buffer)
             })
             .await?;
-        Ok(GpuTensor { buffer, shape: shape.to_vec() })
+        Ok(self.tensor(buffer, shape))
     }
 
     /// Copy integer data (token ids, targets) to a new GPU buffer; WGSL reads it as `array<u32>`.

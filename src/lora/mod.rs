@@ -42,7 +42,7 @@ pub struct LoraConfig {
     pub rank_pattern: BTreeMap<String, usize>,
     pub alpha_pattern: BTreeMap<String, f32>,
     pub fan_in_fan_out: bool,
-    /// Saved for PEFT; loratab trains without dropout.
+    /// PEFT's dropout on the adapter input while training (0: off).
     pub lora_dropout: f32,
     pub base_model_name_or_path: Option<String>,
 }
@@ -92,8 +92,15 @@ impl LoraConfig {
     /// `adapter_config.json` as PEFT (0.21) writes and loads it: a plain LoRA adapter for a causal
     /// language model, in inference mode.
     pub fn to_json(&self) -> String {
-        // Whole numbers as JSON integers, as PEFT writes them.
-        let num = |x: f32| if x.fract() == 0.0 && x.abs() < 1e9 { json!(x as i64) } else { json!(x) };
+        // Whole numbers as JSON integers, as PEFT writes them; others by their shortest f32
+        // spelling (0.1, not 0.10000000149011612).
+        let num = |x: f32| {
+            if x.fract() == 0.0 && x.abs() < 1e9 {
+                json!(x as i64)
+            } else {
+                json!(x.to_string().parse::<f64>().unwrap_or(x as f64))
+            }
+        };
         let alpha_pattern: serde_json::Map<String, Value> = self.alpha_pattern.iter().map(|(k, &a)| (k.clone(), num(a))).collect();
         let v = json!({
             "peft_type": "LORA",
@@ -102,7 +109,7 @@ impl LoraConfig {
             "revision": null,
             "r": self.r,
             "lora_alpha": num(self.lora_alpha),
-            "lora_dropout": self.lora_dropout as f64,
+            "lora_dropout": if self.lora_dropout == 0.0 { json!(0.0) } else { num(self.lora_dropout) },
             "target_modules": self.target_modules,
             "exclude_modules": null,
             "fan_in_fan_out": self.fan_in_fan_out,
@@ -286,6 +293,16 @@ pub fn module_sites(arch: Arch, module: &str) -> Option<(usize, Vec<Site>)> {
 }
 
 impl Site {
+    /// Output width of the layer at this site.
+    pub fn out_dim(self, c: &crate::model::Config) -> usize {
+        match self {
+            Site::Q => c.q_dim(),
+            Site::K | Site::V => c.kv_dim(),
+            Site::O | Site::Proj | Site::Down => c.hidden_size,
+            Site::Fc | Site::Gate | Site::Up => c.intermediate_size,
+        }
+    }
+
     /// The layer of a host-side `block` at this site (None when its MLP has no such layer).
     pub fn linear_mut(self, block: &mut Block) -> Option<&mut Linear> {
         Some(match (self, &mut block.mlp) {

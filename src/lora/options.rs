@@ -22,8 +22,8 @@
 //! a = √5, i.e. U(−1/√in, 1/√in), and B = 0; `gaussian` draws A ~ N(0, σ = 1/r) (PEFT's
 //! `nn.init.normal_(A, std=1/r)`) and B = 0. Either way the new adapter starts as the identity
 //! (ΔW = s·B·A = 0). Values come from [`crate::rng::Rng`] with the seed, module after module in name
-//! order, A row-major, so one seed gives one adapter natively and in wasm. Dropout is not
-//! implemented (`lora_dropout` is 0).
+//! order, A row-major, so one seed gives one adapter natively and in wasm. `dropout` is PEFT's
+//! `lora_dropout` (off by default): see `shaders/dropout.wgsl` for how the trainer applies it.
 
 use std::collections::BTreeMap;
 
@@ -149,6 +149,8 @@ pub struct LoraOptions {
     pub rank_override: BTreeMap<Target, usize>,
     pub init: Init,
     pub seed: u64,
+    /// Probability of zeroing each adapter input while training (PEFT's `lora_dropout`), in [0, 1).
+    pub dropout: f32,
 }
 
 impl Default for LoraOptions {
@@ -161,6 +163,7 @@ impl Default for LoraOptions {
             rank_override: BTreeMap::new(),
             init: Init::Kaiming,
             seed: 0,
+            dropout: 0.0,
         }
     }
 }
@@ -188,6 +191,9 @@ impl LoraConfig {
         }
         if opts.targets.is_empty() {
             return Err(LoraError::Options("no target given: choose among q, k, v, o, up, gate, down".into()));
+        }
+        if !(0.0..1.0).contains(&opts.dropout) {
+            return Err(LoraError::Options(format!("dropout must be at least 0 and below 1, got {}", opts.dropout)));
         }
         let mut target_modules: Vec<String> = Vec::new();
         for t in &opts.targets {
@@ -224,7 +230,7 @@ impl LoraConfig {
             rank_pattern,
             alpha_pattern: BTreeMap::new(),
             fan_in_fan_out: model.arch == Arch::Gpt2,
-            lora_dropout: 0.0,
+            lora_dropout: opts.dropout,
             base_model_name_or_path: None,
         })
     }

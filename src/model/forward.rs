@@ -105,10 +105,10 @@ pub struct GpuBlock {
     pub o: GpuLinear,
     pub mlp_norm: GpuNorm,
     pub mlp: GpuMlp,
-    /// Keys and values of every position seen so far: [max_positions, kv_dim] each.
-    pub k_cache: GpuTensor,
-    pub v_cache: GpuTensor,
 }
+
+/// Keys and values of every position seen so far, per block: [max_positions, kv_dim] each.
+type KvCache = Vec<(GpuTensor, GpuTensor)>;
 
 pub struct GpuModel {
     pub config: Config,
@@ -118,6 +118,9 @@ pub struct GpuModel {
     pub final_norm: GpuNorm,
     /// None: tied to the token embedding.
     pub lm_head: Option<GpuLinear>,
+    /// Allocated by the first `hidden` call: training never needs it, so it is not part of the
+    /// training memory budget.
+    kv_cache: std::sync::Mutex<Option<KvCache>>,
 }
 
 async fn upload_norm(ctx: &GpuContext, n: &Norm) -> Result<GpuNorm, ModelError> {
@@ -131,7 +134,7 @@ async fn upload_norm(ctx: &GpuContext, n: &Norm) -> Result<GpuNorm, ModelError> 
 }
 
 impl GpuModel {
-    /// Copy the frozen weights to the GPU and allocate the KV cache.
+    /// Copy the frozen weights to the GPU (the KV cache comes with the first forward).
     pub async fn upload(ctx: &GpuContext, model: &Model) -> Result<Self, ModelError> {
         let c = &model.config;
         let mut blocks = Vec::new();
@@ -154,8 +157,6 @@ impl GpuModel {
                         down: GpuLinear::upload(ctx, down).await?,
                     },
                 },
-                k_cache: ctx.zeros(&[c.max_positions, c.kv_dim()]).await?,
-                v_cache: ctx.zeros(&[c.max_positions, c.kv_dim()]).await?,
             });
         }
         Ok(Self {
@@ -171,7 +172,22 @@ impl GpuModel {
                 Some(h) => Some(GpuLinear::upload(ctx, h).await?),
                 None => None,
             },
+            kv_cache: Default::default(),
         })
+    }
+
+    /// The KV cache (handles to the same buffers), allocated on first use.
+    async fn kv_cache(&self, ctx: &GpuContext) -> Result<KvCache, GpuError> {
+        if let Some(cache) = self.kv_cache.lock().unwrap().as_ref() {
+            return Ok(cache.clone());
+        }
+        let shape = [self.config.max_positions, self.config.kv_dim()];
+        let mut cache = Vec::new();
+        for _ in &self.blocks {
+            cache.push((ctx.zeros(&shape).await?, ctx.zeros(&shape).await?));
+        }
+        *self.kv_cache.lock().unwrap() = Some(cache.clone());
+        Ok(cache)
     }
 
     fn norm(&self, ctx: &GpuContext, enc: &mut wgpu::CommandEncoder, x: &GpuTensor, n: &GpuNorm, rows: usize, out: &GpuTensor) -> Result<(), GpuError> {
@@ -199,6 +215,7 @@ impl GpuModel {
         let (d, f, qd, kvd) = (c.hidden_size, c.intermediate_size, c.q_dim(), c.kv_dim());
         let heads = Heads { q_heads: c.num_heads, kv_heads: c.num_kv_heads, head_dim: c.head_dim };
 
+        let cache = self.kv_cache(ctx).await?;
         // Activations for this call (the trainer keeps its own, allocated once).
         let ids = ctx.upload_u32(tokens, &[t]).await?;
         let positions: Vec<u32> = (past as u32..(past + t) as u32).collect();
@@ -224,7 +241,7 @@ impl GpuModel {
             if let Some(pos) = &self.position_embedding {
                 gpu::embedding::encode(ctx, enc, pos, d, 0, &pos_ids, &x, true)?;
             }
-            for b in &self.blocks {
+            for (b, (k_cache, v_cache)) in self.blocks.iter().zip(&cache) {
                 // Attention: project, rotate (Llama), append k and v to the cache, attend.
                 self.norm(ctx, enc, &x, &b.attn_norm, t, &h)?;
                 b.q.encode(ctx, enc, &h, t, &q)?;
@@ -235,9 +252,9 @@ impl GpuModel {
                     gpu::rope::encode(ctx, enc, &k, t, c.num_kv_heads, c.head_dim, past, c.rope_theta)?;
                 }
                 let row_bytes = (kvd * 4) as u64;
-                enc.copy_buffer_to_buffer(&k.buffer, 0, &b.k_cache.buffer, past as u64 * row_bytes, t as u64 * row_bytes);
-                enc.copy_buffer_to_buffer(&v.buffer, 0, &b.v_cache.buffer, past as u64 * row_bytes, t as u64 * row_bytes);
-                gpu::attention::encode(ctx, enc, &q, &b.k_cache, &b.v_cache, &att, &probs, t, past, &heads)?;
+                enc.copy_buffer_to_buffer(&k.buffer, 0, &k_cache.buffer, past as u64 * row_bytes, t as u64 * row_bytes);
+                enc.copy_buffer_to_buffer(&v.buffer, 0, &v_cache.buffer, past as u64 * row_bytes, t as u64 * row_bytes);
+                gpu::attention::encode(ctx, enc, &q, k_cache, v_cache, &att, &probs, t, past, &heads)?;
                 b.o.encode(ctx, enc, &att, t, &proj)?;
                 gpu::add::encode(ctx, enc, &x, &proj, &h)?;
                 enc.copy_buffer_to_buffer(&h.buffer, 0, &x.buffer, 0, x.bytes());

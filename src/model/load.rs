@@ -354,12 +354,27 @@ impl Model {
 
 /// A safetensors file of f32 tensors (the format transformers reads).
 pub fn save_safetensors(tensors: &[(String, HostTensor)]) -> Result<Vec<u8>, ModelError> {
-    let bytes: Vec<Vec<u8>> = tensors.iter().map(|(_, t)| bytemuck::cast_slice(&t.data).to_vec()).collect();
+    serialize(tensors, safetensors::Dtype::F32, |data| bytemuck::cast_slice(data).to_vec())
+}
+
+/// The same in f16 (half the size; values beyond ±65504 become infinite).
+pub fn save_safetensors_f16(tensors: &[(String, HostTensor)]) -> Result<Vec<u8>, ModelError> {
+    serialize(tensors, safetensors::Dtype::F16, |data| {
+        data.iter().flat_map(|&x| half::f16::from_f32(x).to_le_bytes()).collect()
+    })
+}
+
+fn serialize(
+    tensors: &[(String, HostTensor)],
+    dtype: safetensors::Dtype,
+    encode: impl Fn(&[f32]) -> Vec<u8>,
+) -> Result<Vec<u8>, ModelError> {
+    let bytes: Vec<Vec<u8>> = tensors.iter().map(|(_, t)| encode(&t.data)).collect();
     let views = tensors
         .iter()
         .zip(&bytes)
         .map(|((name, t), b)| {
-            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, t.shape.clone(), b)
+            safetensors::tensor::TensorView::new(dtype, t.shape.clone(), b)
                 .map(|v| (name.clone(), v))
                 .map_err(|e| ModelError::Safetensors { file: "model.safetensors".into(), reason: e.to_string() })
         })

@@ -14,6 +14,7 @@
 
 pub mod data;
 mod merge;
+pub mod memory;
 mod run;
 mod step;
 

@@ -170,6 +170,9 @@ pub fn validate_lora(opts: &LoraOptions) -> Result<(), TrainError> {
     if opts.targets.is_empty() {
         return Err(invalid("targets", "choose at least one target layer (q, k, v, o, up, gate, down)".into()));
     }
+    if !(0.0..1.0).contains(&opts.dropout) {
+        return Err(invalid("dropout", format!("LoRA dropout is a probability below 1 (0 turns it off), got {}", opts.dropout)));
+    }
     Ok(())
 }
 
@@ -233,14 +236,18 @@ impl Session {
         let data = Dataset::new(tokens, settings.seq_len)?;
         let mut sampler = data.sampler(settings.seed);
         sampler.skip(lora.step as usize * settings.grad_accum * settings.batch);
-        let trainer = Trainer::new(ctx, model, lora, settings.batch, settings.seq_len).await?;
+        let mut trainer = Trainer::new(ctx, model, lora, settings.batch, settings.seq_len).await?;
+        trainer.dropout_seed = settings.seed as u32 ^ (settings.seed >> 32) as u32;
         let tensors = trainable(&trainer.lora);
+        let all_tensors: usize = trainer.lora.modules.iter().map(|m| 1 + m.parts.len()).sum();
         let work = tensors.iter().map(|t| gpu::sum_squares::workspace_len(t.len())).max().unwrap_or(1);
         Ok(Self {
             schedule: settings.schedule(),
             partials: ctx.zeros(&[work]).await?,
             square: ctx.zeros(&[1]).await?,
-            squares: ctx.zeros(&[tensors.len().max(1)]).await?,
+            // One slot per adapter tensor, frozen ones included, so `memory::estimate` needs no
+            // knowledge of which B rows are frozen.
+            squares: ctx.zeros(&[all_tensors.max(1)]).await?,
             settings,
             data,
             trainer,

@@ -64,6 +64,15 @@ pub struct Trainer {
     /// How many batch losses `loss` holds, and the last value read (returned if none since).
     loss_terms: Cell<u32>,
     last_loss: Cell<f32>,
+    /// LoRA dropout on the adapters' input (PEFT's `lora_dropout`): p, and whether the forward being
+    /// encoded is a training one (evaluation never drops). Masks are regenerated from
+    /// (`dropout_seed`, step, micro-batch, module) in the backward, never stored.
+    dropout: f32,
+    pub dropout_seed: u32,
+    training: Cell<bool>,
+    micro: Cell<u32>,
+    /// dropout(x) [N, max in] of the module being run (only when dropout is on).
+    xd: GpuTensor,
     /// Per adapter module: u = x·Aᵀ and g = Σ_parts dy·B_p, [N, r] each.
     u: Vec<GpuTensor>,
     g: Vec<GpuTensor>,
@@ -200,12 +209,16 @@ impl Trainer {
         if seq > c.max_positions {
             return Err(TrainError::Batch(format!("windows of {seq} tokens do not fit the model's context of {}", c.max_positions)));
         }
-        let lm_parts = match &model.lm_head {
-            Some(h) => h.weight.parts.len(),
-            None => model.token_embedding.parts.len(),
-        };
-        if lm_parts > 1 {
-            return Err(TrainError::Unsupported("an LM head split into several buffers (a vocabulary this large)".into()));
+        // The logits of a whole micro-batch live in one buffer (a 50k vocabulary makes them the
+        // largest activation by far).
+        let logit_bytes = (batch * seq * c.vocab_size * 4) as u64;
+        if logit_bytes > ctx.max_binding() {
+            return Err(TrainError::Batch(format!(
+                "{batch} windows of {seq} tokens need {} of logits ({} per token), over this GPU's {} per buffer: use a smaller batch or seq-len",
+                super::memory::human(logit_bytes),
+                super::memory::human((c.vocab_size * 4) as u64),
+                super::memory::human(ctx.max_binding())
+            )));
         }
         for b in &model.blocks {
             let mut layers = vec![&b.q, &b.k, &b.v, &b.o];
@@ -219,6 +232,8 @@ impl Trainer {
         }
         let (n, d, f, qd, kvd, v) = (batch * seq, c.hidden_size, c.intermediate_size, c.q_dim(), c.kv_dim(), c.vocab_size);
         let hq = c.num_heads;
+        // GPT-2's MLP has no third activation (Llama's silu(gate)·up).
+        let f3 = if c.arch == Arch::Llama { f } else { 0 };
         let z = |shape: Vec<usize>| async move { ctx.zeros(&shape).await };
         let mut layers = Vec::new();
         for _ in &model.blocks {
@@ -238,10 +253,16 @@ impl Trainer {
                 h2: z(vec![n, d]).await?,
                 ff1: z(vec![n, f]).await?,
                 ff2: z(vec![n, f]).await?,
-                ff3: z(vec![n, f]).await?,
+                ff3: z(vec![n, f3]).await?,
             });
         }
         let positions: Vec<u32> = (0..n).map(|i| (i % seq) as u32).collect();
+        let dropout = lora.config.lora_dropout;
+        if !(0.0..1.0).contains(&dropout) {
+            return Err(TrainError::InvalidSetting { setting: "dropout", message: format!("LoRA dropout must be in [0, 1), not {dropout}") });
+        }
+        let max_in = lora.modules.iter().map(|m| m.in_dim).max().unwrap_or(0);
+        let xd = z(vec![n, if dropout > 0.0 { max_in } else { 0 }]).await?;
         let mut u = Vec::new();
         let mut g = Vec::new();
         for m in &lora.modules {
@@ -266,6 +287,11 @@ impl Trainer {
             loss: z(vec![1]).await?,
             loss_terms: Cell::new(0),
             last_loss: Cell::new(f32::NAN),
+            dropout,
+            dropout_seed: 0,
+            training: Cell::new(false),
+            micro: Cell::new(0),
+            xd,
             u,
             g,
             proj: z(vec![n, d]).await?,
@@ -279,7 +305,7 @@ impl Trainer {
             dv: z(vec![n, kvd]).await?,
             dff1: z(vec![n, f]).await?,
             dff2: z(vec![n, f]).await?,
-            dff3: z(vec![n, f]).await?,
+            dff3: z(vec![n, f3]).await?,
             qs: z(vec![seq, qd]).await?,
             ks: z(vec![seq, kvd]).await?,
             vs: z(vec![seq, kvd]).await?,
@@ -357,6 +383,7 @@ impl Trainer {
     ) -> Result<(), TrainError> {
         self.set_batch(ctx, model, tokens)?;
         self.lora.step += 1;
+        self.micro.set(0);
         let step = self.lora.step;
         let this = &*self;
         ctx.run(|enc| {
@@ -379,6 +406,7 @@ impl Trainer {
     ) -> Result<(), TrainError> {
         self.set_batch(ctx, model, tokens)?;
         let acc = if accumulate { 1.0 } else { 0.0 };
+        self.micro.set(if accumulate { self.micro.get() + 1 } else { 0 });
         ctx.run(|enc| {
             self.encode_forward(ctx, enc, model, true)?;
             self.encode_backward(ctx, enc, model, acc)
@@ -421,6 +449,27 @@ impl Trainer {
 
     /// y = frozen layer (+ its adapter part, if any) of x.
     #[allow(clippy::too_many_arguments)]
+    fn dropping(&self) -> bool {
+        self.dropout > 0.0 && self.training.get()
+    }
+
+    /// The seed of module `m`'s mask in this micro-batch: the same in its forward and backward,
+    /// different for every module, micro-batch and step (and so exactly repeated on resume).
+    fn mask_seed(&self, m: usize) -> u32 {
+        use crate::reference::dropout::pcg;
+        pcg(pcg(pcg(self.dropout_seed ^ self.lora.step) ^ self.micro.get()) ^ m as u32)
+    }
+
+    /// Module `m`'s adapter input: `x` itself, or dropout(x) in `xd` while training with dropout.
+    fn dropped<'a>(&'a self, ctx: &GpuContext, enc: &mut wgpu::CommandEncoder, m: usize, x: &'a GpuTensor) -> Result<&'a GpuTensor, GpuError> {
+        if !self.dropping() {
+            return Ok(x);
+        }
+        let n = self.rows * self.lora.modules[m].in_dim;
+        gpu::dropout::encode(ctx, enc, x, &self.xd, n, self.dropout, self.mask_seed(m), 0.0)?;
+        Ok(&self.xd)
+    }
+
     fn linear(
         &self,
         ctx: &GpuContext,
@@ -439,6 +488,7 @@ impl Trainer {
             let (r, u) = (module.rank, &self.u[m]);
             if p == 0 {
                 // u = x·Aᵀ (shared by every part of a fused module, which all read the same x).
+                let x = self.dropped(ctx, enc, m, x)?;
                 let spec = Matmul::new(n, r, module.in_dim, Layout::XWt);
                 gpu::matmul::encode(ctx, enc, &spec, x, &module.a.value, None, u)?;
             }
@@ -486,13 +536,20 @@ impl Trainer {
         let spec = Matmul::new(n, r, lin.out_dim, Layout::XW).scaled(1.0, if p == 0 { 0.0 } else { 1.0 });
         gpu::matmul::encode(ctx, enc, &spec, dy, &part.value, None, g)?;
         if p + 1 == module.parts.len() {
-            // dA (+)= s·gᵀ·x
+            // dA (+)= s·gᵀ·dropout(x), with the forward's mask.
+            let xm = self.dropped(ctx, enc, m, x)?;
             let spec = Matmul::new(r, module.in_dim, n, Layout::XtG).scaled(s, acc);
-            gpu::matmul::encode(ctx, enc, &spec, g, x, None, &module.a.grad)?;
-            // dx += s·g·A
+            gpu::matmul::encode(ctx, enc, &spec, g, xm, None, &module.a.grad)?;
+            // dx += s·g·A, through the same mask when dropout is on.
             if let Some((dx, _)) = dx {
-                let spec = Matmul::new(n, module.in_dim, r, Layout::XW).scaled(s, 1.0);
-                gpu::matmul::encode(ctx, enc, &spec, g, &module.a.value, None, dx)?;
+                if self.dropping() {
+                    let spec = Matmul::new(n, module.in_dim, r, Layout::XW).scaled(s, 0.0);
+                    gpu::matmul::encode(ctx, enc, &spec, g, &module.a.value, None, &self.xd)?;
+                    gpu::dropout::encode(ctx, enc, &self.xd, dx, n * module.in_dim, self.dropout, self.mask_seed(m), 1.0)?;
+                } else {
+                    let spec = Matmul::new(n, module.in_dim, r, Layout::XW).scaled(s, 1.0);
+                    gpu::matmul::encode(ctx, enc, &spec, g, &module.a.value, None, dx)?;
+                }
             }
         }
         Ok(())
@@ -501,6 +558,8 @@ impl Trainer {
     /// The forward pass and per-row losses; with `count_loss`, the batch's mean loss is added to
     /// `loss` (see [`Trainer::read_loss`]).
     fn encode_forward(&self, ctx: &GpuContext, enc: &mut wgpu::CommandEncoder, model: &GpuModel, count_loss: bool) -> Result<(), GpuError> {
+        // Only training forwards (those whose loss counts) drop adapter inputs.
+        self.training.set(count_loss);
         let c = &model.config;
         let (n, t, d, qd, kvd, v) = (self.rows, self.seq, c.hidden_size, c.q_dim(), c.kv_dim(), c.vocab_size);
         let heads = heads(c);
@@ -574,18 +633,28 @@ impl Trainer {
     /// The backward pass; `acc` = 1 adds the adapter's gradients to its `grad` buffers, 0 overwrites.
     fn encode_backward(&self, ctx: &GpuContext, enc: &mut wgpu::CommandEncoder, model: &GpuModel, acc: f32) -> Result<(), GpuError> {
         let c = &model.config;
-        let (n, t, d, qd, kvd, v) = (self.rows, self.seq, c.hidden_size, c.q_dim(), c.kv_dim(), c.vocab_size);
-        let heads = heads(c);
+        let (n, d, v) = (self.rows, c.hidden_size, c.vocab_size);
         gpu::cross_entropy::encode_backward(ctx, enc, &self.logits, &self.targets, &self.dlogits, n, v, 1.0 / self.count as f32)?;
-        // LM head: input gradient only.
+        // LM head: input gradient only, dh = dlogits·W summed over W's row blocks (a vocabulary
+        // split across buffers: each part reads its own columns of dlogits).
         match &model.lm_head {
-            Some(head) => linear_input_grad(ctx, enc, head, &self.dlogits, n, &self.dh, 0.0)?,
-            None => {
-                let (_, e) = &model.token_embedding.parts[0];
-                let spec = Matmul::new(n, d, v, Layout::XW);
-                gpu::matmul::encode(ctx, enc, &spec, &self.dlogits, e, None, &self.dh)?;
+            Some(head) if head.layout == WeightLayout::InOut => linear_input_grad(ctx, enc, head, &self.dlogits, n, &self.dh, 0.0)?,
+            head => {
+                let parts = head.as_ref().map_or(&model.token_embedding.parts, |h| &h.weight.parts);
+                for (i, (row0, part)) in parts.iter().enumerate() {
+                    let spec = Matmul::new(n, d, part.shape[0], Layout::XW).from_block(v, *row0).scaled(1.0, if i == 0 { 0.0 } else { 1.0 });
+                    gpu::matmul::encode(ctx, enc, &spec, &self.dlogits, part, None, &self.dh)?;
+                }
             }
         }
+        self.encode_blocks_backward(ctx, enc, model, acc)
+    }
+
+    /// The backward from dh (the final norm's output gradient) down through every block.
+    fn encode_blocks_backward(&self, ctx: &GpuContext, enc: &mut wgpu::CommandEncoder, model: &GpuModel, acc: f32) -> Result<(), GpuError> {
+        let c = &model.config;
+        let (n, t, qd, kvd) = (self.rows, self.seq, c.q_dim(), c.kv_dim());
+        let heads = heads(c);
         if model.blocks.is_empty() {
             return Ok(());
         }
