@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """The PyTorch + PEFT side of `loratab bench`: the same cases (written by loratab as JSON), in f32.
 
-    python tools/bench_torch.py CASES.json OUT.json [--device cpu|cuda] [--attn sdpa|eager]
+    python tools/bench_torch.py CASES.json OUT.json [--device cpu|cuda] [--attn sdpa|eager] [--threads N]
+
+(`--threads` defaults to $BENCH_TORCH_THREADS, else torch's default.)
 
 `loratab bench --torch PYTHON` runs this itself; run it by hand to re-measure one side. Each
 result row uses loratab's key, so the table puts the two figures side by side:
@@ -19,6 +21,7 @@ On CUDA, TF32 is off (torch.backends.*.allow_tf32 = False): an f32 against f32 c
 """
 
 import argparse
+import os
 import json
 import platform
 import statistics
@@ -193,7 +196,12 @@ def main():
     ap.add_argument("out")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"])
+    # On a CPU shared with other work, torch's OpenMP threads spin against each other: one thread can
+    # be several times faster than two there (measured: 45 ms vs 100–950 ms for one forward).
+    ap.add_argument("--threads", type=int, default=int(os.environ.get("BENCH_TORCH_THREADS", "0")))
     args = ap.parse_args()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     if args.device == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
