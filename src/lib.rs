@@ -13,7 +13,9 @@ pub mod ops;
 pub mod reference;
 pub mod rng;
 pub mod selftest;
+pub mod studio;
 pub mod train;
+pub mod zip;
 
 #[cfg(target_arch = "wasm32")]
 pub mod web;

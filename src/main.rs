@@ -14,6 +14,15 @@ fn main() -> std::process::ExitCode {
 #[cfg(not(target_arch = "wasm32"))]
 mod train_cli;
 
+/// The files of the model folder `dir`, or of the embedded default model when none is given.
+#[cfg(not(target_arch = "wasm32"))]
+fn model_files(dir: Option<&std::path::Path>) -> Result<loratab::model::ModelFiles, loratab::model::ModelError> {
+    match dir {
+        Some(dir) => loratab::model::ModelFiles::read_dir(dir),
+        None => Ok(loratab::model::default::files()),
+    }
+}
+
 #[cfg(not(target_arch = "wasm32"))]
 mod bench_cli;
 
@@ -39,9 +48,10 @@ mod cli {
     enum Command {
         /// Score a text file: mean next-token cross-entropy over consecutive chunks (one JSON line).
         Eval {
-            /// A Hugging Face model folder (config.json, model.safetensors, tokenizer.json).
+            /// A Hugging Face model folder (config.json, model.safetensors, tokenizer.json);
+            /// default: the embedded austen-5m.
             #[arg(long)]
-            model: PathBuf,
+            model: Option<PathBuf>,
             /// The text file to score.
             #[arg(long)]
             text: PathBuf,
@@ -54,8 +64,9 @@ mod cli {
         },
         /// Merge a PEFT LoRA adapter into its base model and write a model folder transformers loads.
         Merge {
+            /// The base model folder (default: the embedded austen-5m).
             #[arg(long)]
-            model: PathBuf,
+            model: Option<PathBuf>,
             #[arg(long)]
             adapter: PathBuf,
             #[arg(long)]
@@ -63,8 +74,9 @@ mod cli {
         },
         /// Continue a prompt with the model (KV cache; temperature 0 = greedy).
         Generate {
+            /// The model folder (default: the embedded austen-5m).
             #[arg(long)]
-            model: PathBuf,
+            model: Option<PathBuf>,
             #[arg(long)]
             prompt: String,
             #[arg(long, default_value_t = 50)]
@@ -110,13 +122,13 @@ mod cli {
         match cli.command {
             Command::Info { json } => pollster::block_on(info(json)),
             Command::Eval { model, text, seq_len, adapter } => {
-                report(pollster::block_on(eval(&model, adapter.as_deref(), &text, seq_len)))
+                report(pollster::block_on(eval(model.as_deref(), adapter.as_deref(), &text, seq_len)))
             }
             Command::Generate { model, prompt, max_tokens, temperature, top_k, seed, adapter } => {
                 let sampling = Sampling { temperature, top_k, seed };
-                report(pollster::block_on(generate(&model, adapter.as_deref(), &prompt, max_tokens, &sampling)))
+                report(pollster::block_on(generate(model.as_deref(), adapter.as_deref(), &prompt, max_tokens, &sampling)))
             }
-            Command::Merge { model, adapter, out } => report(merge(&model, &adapter, &out)),
+            Command::Merge { model, adapter, out } => report(merge(model.as_deref(), &adapter, &out)),
             Command::Train(args) => report(crate::train_cli::run(args)),
             Command::Bench(args) => report(crate::bench_cli::run(args)),
             Command::ImportGguf { file, out, f16 } => report(import_gguf(&file, &out, f16)),
@@ -146,15 +158,15 @@ mod cli {
         Gguf { path: String, source: GgufError },
     }
 
-    fn load(dir: &Path, adapter: Option<&Path>) -> Result<(Model, Tokenizer), CliError> {
-        let (mut model, tokenizer) = Model::load_dir(dir)?;
+    fn load(dir: Option<&Path>, adapter: Option<&Path>) -> Result<(Model, Tokenizer), CliError> {
+        let (mut model, tokenizer) = Model::from_files(&crate::model_files(dir)?)?;
         if let Some(adapter) = adapter {
             lora::merge(&mut model, &Adapter::load_dir(adapter)?)?;
         }
         Ok((model, tokenizer))
     }
 
-    async fn open(dir: &Path, adapter: Option<&Path>) -> Result<(GpuContext, GpuModel, Tokenizer), CliError> {
+    async fn open(dir: Option<&Path>, adapter: Option<&Path>) -> Result<(GpuContext, GpuModel, Tokenizer), CliError> {
         let (model, tokenizer) = load(dir, adapter)?;
         let ctx = GpuContext::new().await;
         let ctx = ctx.map_err(ModelError::from)?;
@@ -162,7 +174,7 @@ mod cli {
         Ok((ctx, gpu_model, tokenizer))
     }
 
-    async fn eval(dir: &Path, adapter: Option<&Path>, text: &Path, seq_len: Option<usize>) -> Result<(), CliError> {
+    async fn eval(dir: Option<&Path>, adapter: Option<&Path>, text: &Path, seq_len: Option<usize>) -> Result<(), CliError> {
         let text = std::fs::read_to_string(text).map_err(|e| ModelError::Io {
             path: text.display().to_string(),
             reason: e.to_string(),
@@ -176,7 +188,7 @@ mod cli {
     }
 
     async fn generate(
-        dir: &Path,
+        dir: Option<&Path>,
         adapter: Option<&Path>,
         prompt: &str,
         max_tokens: usize,
@@ -190,24 +202,18 @@ mod cli {
     }
 
     /// Write `dir/config.json`, `tokenizer.json` (copied) and `model.safetensors` (merged, f32).
-    fn merge(model_dir: &Path, adapter: &Path, out: &Path) -> Result<(), CliError> {
-        let (model, _) = load(model_dir, Some(adapter))?;
+    fn merge(model_dir: Option<&Path>, adapter: &Path, out: &Path) -> Result<(), CliError> {
+        let files = crate::model_files(model_dir)?;
+        let (mut model, _) = Model::from_files(&files)?;
+        lora::merge(&mut model, &Adapter::load_dir(adapter)?)?;
         let write = |name: &str, bytes: &[u8]| {
             let path = out.join(name);
             std::fs::write(&path, bytes).map_err(|e| CliError::Write { path: path.display().to_string(), reason: e.to_string() })
         };
         std::fs::create_dir_all(out).map_err(|e| CliError::Write { path: out.display().to_string(), reason: e.to_string() })?;
-        let mut config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(model_dir.join("config.json")).map_err(|e| ModelError::Io { path: "config.json".into(), reason: e.to_string() })?)
-            .map_err(|e| ModelError::Config(e.to_string()))?;
         // The merged weights are f32 whatever the base stored.
-        for key in ["dtype", "torch_dtype"] {
-            if config.get(key).is_some() {
-                config[key] = "float32".into();
-            }
-        }
-        write("config.json", serde_json::to_string_pretty(&config).unwrap().as_bytes())?;
-        let tokenizer = std::fs::read(model_dir.join("tokenizer.json")).map_err(|e| ModelError::Io { path: "tokenizer.json".into(), reason: e.to_string() })?;
-        write("tokenizer.json", &tokenizer)?;
+        write("config.json", loratab::model::config_json_f32(&files.config)?.as_bytes())?;
+        write("tokenizer.json", &files.tokenizer)?;
         write("model.safetensors", &loratab::model::save_safetensors(&model.to_tensors())?)?;
         println!("merged model written to {}", out.display());
         Ok(())

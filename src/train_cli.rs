@@ -36,9 +36,10 @@ pub enum InitArg {
 
 #[derive(Args)]
 pub struct TrainArgs {
-    /// A Hugging Face model folder (config.json, model.safetensors, tokenizer.json).
+    /// A Hugging Face model folder (config.json, model.safetensors, tokenizer.json); default: the
+    /// embedded austen-5m.
     #[arg(long)]
-    model: PathBuf,
+    model: Option<PathBuf>,
     /// The text to train on (the last ~10% of its windows are held out for validation).
     #[arg(long)]
     text: PathBuf,
@@ -164,7 +165,9 @@ pub fn run(args: TrainArgs) -> Result<(), TrainCliError> {
 async fn train(args: TrainArgs, stop: Arc<AtomicBool>) -> Result<(), TrainCliError> {
     let text = std::fs::read_to_string(&args.text)
         .map_err(|e| ModelError::Io { path: args.text.display().to_string(), reason: e.to_string() })?;
-    let (model, tokenizer) = Model::load_dir(&args.model)?;
+    let (model, tokenizer) = Model::from_files(&crate::model_files(args.model.as_deref())?)?;
+    // Recorded in the adapter's config as PEFT's base_model_name_or_path.
+    let base = args.model.clone().unwrap_or_else(|| PathBuf::from(loratab::model::default::PATH));
     let tokens = tokenizer.encode(&text)?;
     let settings = TrainSettings {
         steps: args.steps,
@@ -273,7 +276,7 @@ async fn train(args: TrainArgs, stop: Arc<AtomicBool>) -> Result<(), TrainCliErr
             bar.suspend(|| eprintln!("step {}: loss {loss:.4}, validation loss {val:.4}, {rate:.0} tokens/s", r.step));
         }
         if args.save_every > 0 && r.step % args.save_every == 0 && !session.finished() {
-            save(&ctx, &session, &args.model, &args.out).await?;
+            save(&ctx, &session, &base, &args.out).await?;
         }
         if stop.load(Ordering::SeqCst) {
             interrupted = true;
@@ -281,7 +284,7 @@ async fn train(args: TrainArgs, stop: Arc<AtomicBool>) -> Result<(), TrainCliErr
         }
     }
     bar.finish_and_clear();
-    save(&ctx, &session, &args.model, &args.out).await?;
+    save(&ctx, &session, &base, &args.out).await?;
     let done = session.steps_done();
     if interrupted {
         eprintln!(

@@ -7,6 +7,7 @@ the seed and resumable from the last checkpoint:
     python tools/pretrain.py data        # Debian r-cran-janeaustenr -> work/{train,val}.txt
     python tools/pretrain.py tokenizer   # byte-level BPE, 4096 tokens -> work/tokenizer.json
     python tools/pretrain.py train --minutes 60   # resumes from work/ckpt.pt if present
+                                                  # (--device cuda on a GPU machine: same steps)
     python tools/pretrain.py export      # -> models/austen-5m/ (f16 safetensors + provenance)
 
 Data: the novels ship as R lazy-load databases (data/Rdata.rdb/.rdx); PyPI `rdata` decodes them.
@@ -125,8 +126,9 @@ def evaluate(model, ids, seq_len):
         x = torch.from_numpy(ids[: n * seq_len + 1].astype("int64"))
         for i in range(0, n, 32):
             rows = range(i, min(n, i + 32))
-            inp = torch.stack([x[r * seq_len:(r + 1) * seq_len] for r in rows])
-            tgt = torch.stack([x[r * seq_len + 1:(r + 1) * seq_len + 1] for r in rows])
+            dev = next(model.parameters()).device
+            inp = torch.stack([x[r * seq_len:(r + 1) * seq_len] for r in rows]).to(dev)
+            tgt = torch.stack([x[r * seq_len + 1:(r + 1) * seq_len + 1] for r in rows]).to(dev)
             logits = model(input_ids=inp).logits
             loss = torch.nn.functional.cross_entropy(
                 logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1), reduction="sum")
@@ -140,9 +142,13 @@ def cmd_train(args):
     import numpy as np
     import torch
     torch.set_num_threads(args.threads)
+    if args.device == "cuda":
+        # Plain f32 on the GPU too (no TF32), so a run can move between CPU and GPU sessions.
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
     train_ids, val_ids = load_ids("train"), load_ids("val")
     t = TRAIN
-    model = build_model()
+    model = build_model().to(args.device)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": t["weight_decay"]},
@@ -152,7 +158,7 @@ def cmd_train(args):
     step, history = 0, []
     gen = np.random.default_rng(SEED)
     if os.path.exists(ckpt_path):
-        ck = torch.load(ckpt_path, weights_only=False)
+        ck = torch.load(ckpt_path, weights_only=False, map_location=args.device)
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["opt"])
         step, history = ck["step"], ck["history"]
@@ -164,14 +170,16 @@ def cmd_train(args):
     seq = t["seq_len"]
 
     def save():
-        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step,
+        # Saved on the CPU so the checkpoint resumes anywhere.
+        cpu = lambda sd: {k: v.cpu() if hasattr(v, "cpu") else v for k, v in sd.items()}
+        torch.save({"model": cpu(model.state_dict()), "opt": opt.state_dict(), "step": step,
                     "history": history, "rng": gen.bit_generator.state}, ckpt_path + ".tmp")
         os.replace(ckpt_path + ".tmp", ckpt_path)
 
     t0, tokens = time.time(), 0
     while step < t["total_steps"] and time.time() < deadline:
         starts = gen.integers(0, len(train_ids) - seq - 1, size=t["batch"])
-        batch = torch.from_numpy(np.stack([train_ids[s:s + seq + 1] for s in starts]).astype("int64"))
+        batch = torch.from_numpy(np.stack([train_ids[s:s + seq + 1] for s in starts]).astype("int64")).to(args.device)
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
         logits = model(input_ids=batch[:, :-1]).logits
@@ -254,7 +262,35 @@ def cmd_export(args):
         "torch": torch.__version__,
     }
     json.dump(prov, open(os.path.join(OUT, "provenance.json"), "w"), indent=1)
+    write_golden(shipped, tok)
     print(json.dumps({k: v for k, v in prov.items() if k != "history"}, indent=1))
+
+
+def write_golden(model, tok):
+    """Golden data for tests/default_model.rs: transformers' loss on held-out text with `loratab
+    eval`'s definition (consecutive chunks of 128 tokens, each scored on its own, mean over every
+    predicted position) and the tokenizer's ids, so the Rust loader, tokenizer and GPU forward are
+    checked against the reference on the model as shipped."""
+    import torch
+    text = open(os.path.join(WORK, "val.txt")).read()[:3000]
+    text = text[: text.rfind(" ")]
+    ids = tok.encode(text).ids
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(ids), 128):
+            chunk = ids[start:start + 128]
+            if len(chunk) < 2:
+                continue
+            x = torch.tensor([chunk])
+            logits = model(input_ids=x).logits[0, :-1].double()
+            total += float(torch.nn.functional.cross_entropy(logits, x[0, 1:], reduction="sum"))
+            count += len(chunk) - 1
+    folder = os.path.join(ROOT, "tests", "fixtures", "default-model")
+    os.makedirs(folder, exist_ok=True)
+    open(os.path.join(folder, "heldout.txt"), "w").write(text)
+    json.dump({"seq_len": 128, "loss": total / count, "tokens": count, "ids": ids},
+              open(os.path.join(folder, "golden.json"), "w"))
+    print("golden held-out loss", total / count, "over", count, "tokens")
 
 
 def main():
@@ -265,6 +301,7 @@ def main():
     tr = sub.add_parser("train")
     tr.add_argument("--minutes", type=float, default=60)
     tr.add_argument("--threads", type=int, default=2)
+    tr.add_argument("--device", default="cpu")
     sub.add_parser("export")
     args = ap.parse_args()
     {"data": cmd_data, "tokenizer": cmd_tokenizer, "train": cmd_train, "export": cmd_export}[args.cmd](args)

@@ -92,8 +92,15 @@ impl LoraConfig {
     /// `adapter_config.json` as PEFT (0.21) writes and loads it: a plain LoRA adapter for a causal
     /// language model, in inference mode.
     pub fn to_json(&self) -> String {
-        // Whole numbers as JSON integers, as PEFT writes them.
-        let num = |x: f32| if x.fract() == 0.0 && x.abs() < 1e9 { json!(x as i64) } else { json!(x) };
+        // Whole numbers as JSON integers, as PEFT writes them; others by their shortest f32
+        // spelling (0.1, not 0.10000000149011612).
+        let num = |x: f32| {
+            if x.fract() == 0.0 && x.abs() < 1e9 {
+                json!(x as i64)
+            } else {
+                json!(x.to_string().parse::<f64>().unwrap_or(x as f64))
+            }
+        };
         let alpha_pattern: serde_json::Map<String, Value> = self.alpha_pattern.iter().map(|(k, &a)| (k.clone(), num(a))).collect();
         let v = json!({
             "peft_type": "LORA",
@@ -102,7 +109,7 @@ impl LoraConfig {
             "revision": null,
             "r": self.r,
             "lora_alpha": num(self.lora_alpha),
-            "lora_dropout": self.lora_dropout as f64,
+            "lora_dropout": if self.lora_dropout == 0.0 { json!(0.0) } else { num(self.lora_dropout) },
             "target_modules": self.target_modules,
             "exclude_modules": null,
             "fan_in_fan_out": self.fan_in_fan_out,

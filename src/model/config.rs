@@ -179,3 +179,15 @@ impl Config {
         self.num_kv_heads * self.head_dim
     }
 }
+
+/// config.json for weights saved as f32 (a merged model): the same JSON with `dtype` /
+/// `torch_dtype` set to float32, so transformers loads the saved tensors at their real precision.
+pub fn config_json_f32(text: &str) -> Result<String, ModelError> {
+    let mut config: Value = serde_json::from_str(text).map_err(|e| ModelError::Config(format!("it is not valid JSON ({e})")))?;
+    for key in ["dtype", "torch_dtype"] {
+        if config.get(key).is_some() {
+            config[key] = "float32".into();
+        }
+    }
+    Ok(serde_json::to_string_pretty(&config).expect("a JSON value serialises"))
+}

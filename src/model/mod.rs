@@ -7,8 +7,9 @@ mod config;
 mod forward;
 mod load;
 mod tokenizer;
+pub mod default;
 
-pub use config::{Arch, Config};
+pub use config::{config_json_f32, Arch, Config};
 pub use forward::{GpuBlock, GpuLinear, GpuMlp, GpuModel, GpuNorm, RowParts};
 pub use load::{load_safetensors, save_safetensors, save_safetensors_f16, ModelFiles};
 pub use tokenizer::Tokenizer;

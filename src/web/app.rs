@@ -1,17 +1,51 @@
 use leptos::prelude::*;
+use leptos::task::spawn_local;
 
-use super::GpuPanel;
+use super::state::AppState;
+use super::{AdapterPanel, ComparePanel, GpuPanel, ModelPanel, RankDemo, SettingsPanel, TextPanel, TrainPanel};
 
-/// The whole page.
+/// The whole page: the state is created here and shared with every panel; the default model
+/// starts loading at once.
 #[component]
 pub fn App() -> impl IntoView {
+    let state = AppState::new().provide();
+    spawn_local(state.load_default());
+    let (opened, set_opened) = signal(false);
     view! {
         <main>
-            <h1>"loratab"</h1>
-            <p class="tagline">
-                "Fine-tune a small transformer with LoRA on your own GPU, in this tab, and download only the adapter."
-            </p>
-            <GpuPanel/>
+            <header>
+                <h1>"loratab"</h1>
+                <p class="tagline">
+                    "Fine-tune a small transformer with LoRA on your own GPU, in this tab, and download only the adapter."
+                </p>
+            </header>
+            {move || state.alert.get().map(|a| view! { <p class="alert status-failed" role="alert" data-testid="alert">{a}</p> })}
+            <Panels/>
+            // The self-test opens a second GPU device, so it runs only when asked for.
+            <details class="gpu" on:toggle=move |_| set_opened.set(true)>
+                <summary data-testid="gpu-summary">"GPU self-test"</summary>
+                {move || opened.get().then(|| view! { <GpuPanel/> })}
+            </details>
         </main>
+    }
+}
+
+/// Every panel, in the order a user goes through them (also what component tests mount).
+#[component]
+pub fn Panels() -> impl IntoView {
+    view! {
+        <div class="columns">
+            <div>
+                <ModelPanel/>
+                <TextPanel/>
+                <SettingsPanel/>
+            </div>
+            <div>
+                <TrainPanel/>
+                <ComparePanel/>
+                <AdapterPanel/>
+            </div>
+        </div>
+        <RankDemo/>
     }
 }

@@ -1,0 +1,423 @@
+//! The engine behind the web app, platform-neutral so it is tested natively and in the browser:
+//! a [`Studio`] holds the GPU, one model on it, its tokenizer and the files it came from, and offers
+//! what the page needs as plain async calls — text statistics and the train/validation split,
+//! adapter sizes and a memory estimate for the settings, training runs ([`Run`]) step by step,
+//! validation loss, generation with or without the adapter, the adapter's PEFT files (or one zip)
+//! and the merged model. The page's components only call these; they never touch GPU buffers.
+
+use crate::generate::{self, Sampling};
+use crate::gpu::{GpuContext, GpuError};
+use crate::lora::{self, Adapter, LoraError, LoraOptions};
+use crate::model::{config_json_f32, save_safetensors, Arch, Config, GpuModel, Model, ModelError, ModelFiles, Tokenizer};
+use crate::train::memory::MemoryBudget;
+use crate::train::{self, Dataset, GpuLora, Session, StepReport, TrainError, TrainSettings, TrainingState};
+use crate::zip::{self, ZipError};
+
+/// Everything the page can fail with, as one sentence.
+#[derive(Debug, thiserror::Error)]
+pub enum StudioError {
+    #[error(transparent)]
+    Gpu(#[from] GpuError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Lora(#[from] LoraError),
+    #[error(transparent)]
+    Train(TrainError),
+    #[error(transparent)]
+    Zip(#[from] ZipError),
+    /// A set of chosen files that is not a model or an adapter: the sentence says what is missing.
+    #[error("{0}")]
+    Files(String),
+    #[error(
+        "the text has {tokens} tokens, too short for one training window and one validation window of \
+         {seq_len} tokens (it needs at least {needed}): paste more text or lower the sequence length"
+    )]
+    TextTooShort { tokens: usize, seq_len: usize, needed: usize },
+    #[error("{0}")]
+    TooBig(String),
+    #[error("the adapter has already taken {done} steps: set the number of steps above {done} to train it further")]
+    AlreadyTrained { done: usize },
+}
+
+impl From<TrainError> for StudioError {
+    fn from(e: TrainError) -> Self {
+        match e {
+            // The CLI's sentence names --seq-len; the page has a field instead.
+            TrainError::TextTooShort { tokens, seq_len, needed } => StudioError::TextTooShort { tokens, seq_len, needed },
+            e => StudioError::Train(e),
+        }
+    }
+}
+
+impl StudioError {
+    /// The GPU error underneath, if any (the page treats a lost device specially).
+    pub fn gpu(&self) -> Option<&GpuError> {
+        match self {
+            StudioError::Gpu(e) | StudioError::Model(ModelError::Gpu(e)) => Some(e),
+            StudioError::Train(TrainError::Gpu(e) | TrainError::Model(ModelError::Gpu(e))) => Some(e),
+            _ => None,
+        }
+    }
+
+    pub fn is_device_lost(&self) -> bool {
+        matches!(self.gpu(), Some(GpuError::DeviceLost(_)))
+    }
+}
+
+/// What the page shows about a model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelInfo {
+    pub name: String,
+    /// config.json's `architectures[0]` (e.g. LlamaForCausalLM), else its model_type.
+    pub architecture: String,
+    pub model_type: String,
+    pub params: usize,
+    pub layers: usize,
+    pub hidden: usize,
+    pub vocab: usize,
+    pub context: usize,
+}
+
+/// Token count and the train/validation split of a text at one sequence length.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TextStats {
+    pub tokens: usize,
+    pub seq_len: usize,
+    pub train_windows: usize,
+    pub validation_windows: usize,
+    /// Held-out tokens (the validation windows plus the short tail).
+    pub validation_tokens: usize,
+}
+
+/// A new adapter's size for given options.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdapterSize {
+    pub params: usize,
+    /// Bytes of adapter_model.safetensors (f32) plus adapter_config.json.
+    pub bytes: usize,
+    /// params / the base model's parameters.
+    pub fraction: f64,
+}
+
+/// A training run on the studio's model.
+pub struct Run {
+    pub session: Session,
+}
+
+impl Run {
+    pub fn steps_done(&self) -> usize {
+        self.session.steps_done()
+    }
+
+    pub fn finished(&self) -> bool {
+        self.session.finished()
+    }
+
+    pub fn data(&self) -> &Dataset {
+        &self.session.data
+    }
+}
+
+/// An adapter on the host: what a download holds and what survives a lost GPU.
+#[derive(Debug, Clone)]
+pub struct SavedAdapter {
+    pub adapter: Adapter,
+    /// AdamW's moments and the step, for an exact continuation (absent in plain PEFT folders).
+    pub state: Option<TrainingState>,
+}
+
+const ADAPTER_CONFIG: &str = "adapter_config.json";
+const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
+const STATE: &str = "training_state.safetensors";
+
+/// The file name without any folder (a picked folder gives `dir/name`).
+fn base_name(name: &str) -> &str {
+    name.rsplit(['/', '\\']).next().unwrap_or(name)
+}
+
+/// `files` with every zip among them replaced by its contents.
+fn unzip_all(files: Vec<(String, Vec<u8>)>) -> Result<Vec<(String, Vec<u8>)>, StudioError> {
+    let mut out = Vec::new();
+    for (name, bytes) in files {
+        if name.to_ascii_lowercase().ends_with(".zip") {
+            out.extend(zip::read(&bytes)?);
+        } else {
+            out.push((name, bytes));
+        }
+    }
+    Ok(out)
+}
+
+fn take(files: &mut Vec<(String, Vec<u8>)>, name: &str) -> Option<Vec<u8>> {
+    let i = files.iter().position(|(n, _)| base_name(n) == name)?;
+    Some(files.swap_remove(i).1)
+}
+
+impl SavedAdapter {
+    /// The step the adapter was saved at (0 without a training state).
+    pub fn step(&self) -> usize {
+        self.state.as_ref().map_or(0, |s| s.step as usize)
+    }
+
+    /// PEFT's two files: (adapter_config.json, adapter_model.safetensors).
+    pub fn peft_files(&self) -> Result<(String, Vec<u8>), StudioError> {
+        Ok(self.adapter.to_files()?)
+    }
+
+    /// One zip: PEFT's two files, plus training_state.safetensors when there is one (PEFT ignores it).
+    pub fn zip(&self) -> Result<Vec<u8>, StudioError> {
+        let (config, weights) = self.peft_files()?;
+        let state = self.state.as_ref().map(|s| s.to_bytes()).transpose()?;
+        let mut files: Vec<(&str, &[u8])> = vec![(ADAPTER_CONFIG, config.as_bytes()), (ADAPTER_WEIGHTS, weights.as_slice())];
+        if let Some(state) = &state {
+            files.push((STATE, state.as_slice()));
+        }
+        Ok(zip::store(&files)?)
+    }
+
+    /// An adapter from chosen files: adapter_config.json + adapter_model.safetensors (+ optional
+    /// training_state.safetensors), or a zip holding them.
+    pub fn from_files(files: Vec<(String, Vec<u8>)>) -> Result<Self, StudioError> {
+        let mut files = unzip_all(files)?;
+        let (Some(config), Some(weights)) = (take(&mut files, ADAPTER_CONFIG), take(&mut files, ADAPTER_WEIGHTS)) else {
+            return Err(StudioError::Files(
+                "an adapter needs adapter_config.json and adapter_model.safetensors (or a zip holding them)".into(),
+            ));
+        };
+        let config = String::from_utf8(config).map_err(|_| LoraError::Config("it is not UTF-8 text".into()))?;
+        let adapter = Adapter::from_files(&config, &weights)?;
+        let state = take(&mut files, STATE).map(|b| TrainingState::from_bytes(&b)).transpose()?;
+        Ok(Self { adapter, state })
+    }
+}
+
+/// A model from chosen files (a picked folder, several files, or a zip): config.json,
+/// tokenizer.json, and model.safetensors or model.safetensors.index.json with its shards.
+pub fn model_files(files: Vec<(String, Vec<u8>)>) -> Result<ModelFiles, StudioError> {
+    let mut files = unzip_all(files)?;
+    let missing = |what: &str| {
+        StudioError::Files(format!(
+            "{what} is missing: choose a Hugging Face model folder (or its files) with config.json, model.safetensors and tokenizer.json"
+        ))
+    };
+    let config = take(&mut files, "config.json").ok_or_else(|| missing("config.json"))?;
+    let config = String::from_utf8(config).map_err(|_| ModelError::Config("it is not UTF-8 text".into()))?;
+    let tokenizer = take(&mut files, "tokenizer.json").ok_or_else(|| missing("tokenizer.json"))?;
+    let weights = if let Some(w) = take(&mut files, "model.safetensors") {
+        vec![("model.safetensors".to_string(), w)]
+    } else if let Some(index) = take(&mut files, "model.safetensors.index.json") {
+        let bad = |reason: String| ModelError::Safetensors { file: "model.safetensors.index.json".into(), reason };
+        let index: serde_json::Value = serde_json::from_slice(&index).map_err(|e| bad(e.to_string()))?;
+        let map = index.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| bad("it has no weight_map".into()))?;
+        let mut shards: Vec<&str> = map.values().filter_map(|v| v.as_str()).collect();
+        shards.sort();
+        shards.dedup();
+        let mut weights = Vec::new();
+        for shard in shards {
+            weights.push((shard.to_string(), take(&mut files, shard).ok_or_else(|| missing(shard))?));
+        }
+        weights
+    } else {
+        return Err(missing("model.safetensors"));
+    };
+    Ok(ModelFiles { config, weights, tokenizer })
+}
+
+/// Refuse, before uploading, a model whose training would not fit this GPU's buffer limits: the
+/// trainer keeps the output layer and each block's weights in one storage binding each.
+fn check_fits(ctx: &GpuContext, c: &Config) -> Result<(), StudioError> {
+    let limit = ctx.max_binding();
+    let mib = |b: u64| format!("{:.0} MiB", b as f64 / (1u64 << 20) as f64);
+    let head = 4 * (c.vocab_size * c.hidden_size) as u64;
+    if head > limit {
+        return Err(StudioError::TooBig(format!(
+            "this model's output layer ({} tokens × {} = {}) is larger than the largest buffer this GPU allows ({}): \
+             training needs it in one buffer, so choose a smaller model",
+            c.vocab_size,
+            c.hidden_size,
+            mib(head),
+            mib(limit)
+        )));
+    }
+    let layer = 4 * (c.hidden_size.max(c.q_dim()) * c.intermediate_size.max(3 * c.hidden_size)) as u64;
+    if layer > limit {
+        return Err(StudioError::TooBig(format!(
+            "one layer of this model ({}) is larger than the largest buffer this GPU allows ({}): choose a smaller model",
+            mib(layer),
+            mib(limit)
+        )));
+    }
+    Ok(())
+}
+
+/// The GPU, one model on it and everything the page asks of it.
+pub struct Studio {
+    pub ctx: GpuContext,
+    pub model: GpuModel,
+    pub tokenizer: Tokenizer,
+    pub info: ModelInfo,
+    /// The files as loaded (f16 stays f16), to rebuild the host model for a merged download.
+    files: ModelFiles,
+}
+
+impl Studio {
+    /// Open the GPU and load `files` onto it.
+    pub async fn open(files: ModelFiles, name: &str) -> Result<Self, StudioError> {
+        let ctx = GpuContext::new().await?;
+        Self::load(ctx, files, name).await
+    }
+
+    /// Load `files` onto the GPU of `ctx`; `name` is what the page calls the model.
+    pub async fn load(ctx: GpuContext, files: ModelFiles, name: &str) -> Result<Self, StudioError> {
+        let (model, tokenizer) = Model::from_files(&files)?;
+        let c = &model.config;
+        check_fits(&ctx, c)?;
+        let architecture = serde_json::from_str::<serde_json::Value>(&files.config)
+            .ok()
+            .and_then(|v| v.get("architectures")?.get(0)?.as_str().map(String::from))
+            .unwrap_or_else(|| c.model_type.clone());
+        let info = ModelInfo {
+            name: name.to_string(),
+            architecture,
+            model_type: c.model_type.clone(),
+            params: model.num_params(),
+            layers: c.num_layers,
+            hidden: c.hidden_size,
+            vocab: c.vocab_size,
+            context: c.max_positions,
+        };
+        let model = GpuModel::upload(&ctx, &model).await?;
+        Ok(Self { ctx, model, tokenizer, info, files })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.model.config
+    }
+
+    pub fn tokenize(&self, text: &str) -> Result<Vec<u32>, StudioError> {
+        Ok(self.tokenizer.encode(text)?)
+    }
+
+    /// Token count and split of `text` at `seq_len` (errors: empty text, too short for two windows).
+    pub fn text_stats(&self, text: &str, seq_len: usize) -> Result<TextStats, StudioError> {
+        let tokens = self.tokenize(text)?;
+        if tokens.is_empty() {
+            return Err(ModelError::EmptyText.into());
+        }
+        let n = tokens.len();
+        let data = Dataset::new(tokens, seq_len)?;
+        Ok(TextStats {
+            tokens: n,
+            seq_len,
+            train_windows: data.train_windows,
+            validation_windows: data.validation_windows,
+            validation_tokens: data.validation_tokens().len(),
+        })
+    }
+
+    /// Trainable parameters and file size of a new adapter with `opts` on this model.
+    pub fn adapter_size(&self, opts: &LoraOptions) -> Result<AdapterSize, StudioError> {
+        train::validate_lora(opts)?;
+        let adapter = Adapter::from_options(self.config(), opts)?;
+        let params: usize = adapter.modules.values().map(|p| p.a.data.len() + p.b.data.len()).sum();
+        let (config, weights) = adapter.to_files()?;
+        Ok(AdapterSize {
+            params,
+            bytes: config.len() + weights.len(),
+            fraction: params as f64 / self.info.params as f64,
+        })
+    }
+
+    /// Training GPU memory for `opts` and `settings`, worked out before anything is allocated
+    /// (`train::memory`: equal to what the run allocates, as tests/train_memory.rs checks).
+    pub fn memory(&self, opts: &LoraOptions, settings: &TrainSettings) -> Result<MemoryBudget, StudioError> {
+        train::validate_lora(opts)?;
+        let adapter = Adapter::from_options(self.config(), opts)?;
+        Ok(train::memory::estimate(self.config(), &adapter, settings))
+    }
+
+    /// A new adapter with `opts`, ready to train on `text` with `settings`.
+    pub async fn start(&self, text: &str, opts: &LoraOptions, settings: TrainSettings) -> Result<Run, StudioError> {
+        settings.validate(self.config())?;
+        let tokens = self.tokenize(text)?;
+        Dataset::new(tokens.clone(), settings.seq_len)?;
+        let lora = train::new_lora(&self.ctx, &self.model, opts).await?;
+        Ok(Run { session: Session::new(&self.ctx, &self.model, tokens, lora, settings).await? })
+    }
+
+    /// Continue training `saved` on `text` up to `settings.steps` (exactly, when it has its training state).
+    pub async fn resume(&self, text: &str, saved: &SavedAdapter, settings: TrainSettings) -> Result<Run, StudioError> {
+        if saved.step() >= settings.steps {
+            return Err(StudioError::AlreadyTrained { done: saved.step() });
+        }
+        self.load_adapter(text, saved, settings).await
+    }
+
+    /// `saved` on the GPU as a run on `text` (finished already when it has taken `settings.steps`):
+    /// to compare with, or to train further.
+    pub async fn load_adapter(&self, text: &str, saved: &SavedAdapter, settings: TrainSettings) -> Result<Run, StudioError> {
+        settings.validate(self.config())?;
+        let tokens = self.tokenize(text)?;
+        Dataset::new(tokens.clone(), settings.seq_len)?;
+        let mut lora = GpuLora::new(&self.ctx, &self.model, &saved.adapter).await?;
+        if let Some(state) = &saved.state {
+            state.apply(&self.ctx, &mut lora)?;
+        }
+        Ok(Run { session: Session::new(&self.ctx, &self.model, tokens, lora, settings).await? })
+    }
+
+    /// One optimizer step of `run`.
+    pub async fn step(&self, run: &mut Run) -> Result<StepReport, StudioError> {
+        Ok(run.session.step(&self.ctx, &self.model).await?)
+    }
+
+    /// The loss of the held-out text with the adapter as trained so far.
+    pub async fn validation_loss(&self, run: &Run) -> Result<f64, StudioError> {
+        Ok(run.session.validation_loss(&self.ctx, &self.model).await?)
+    }
+
+    /// The adapter and optimizer state of `run`, copied to the host.
+    pub async fn snapshot(&self, run: &Run) -> Result<SavedAdapter, StudioError> {
+        let mut adapter = run.session.adapter(&self.ctx).await?;
+        adapter.config.base_model_name_or_path = Some(self.info.name.clone());
+        Ok(SavedAdapter { adapter, state: Some(run.session.state(&self.ctx).await?) })
+    }
+
+    /// Continue `prompt` by up to `max_tokens` tokens, with `run`'s adapter merged in when given.
+    pub async fn generate(&self, prompt: &str, max_tokens: usize, sampling: &Sampling, adapter: Option<&Run>) -> Result<String, StudioError> {
+        let ids = self.tokenize(prompt)?;
+        if ids.len() >= self.config().max_positions {
+            return Err(ModelError::TooLong { tokens: ids.len(), max: self.config().max_positions }.into());
+        }
+        let lora = adapter.map(|r| &r.session.trainer.lora);
+        if let Some(lora) = lora {
+            lora.merge_into(&self.ctx, &self.model).await?;
+        }
+        let out = generate::generate(&self.ctx, &self.model, &ids, max_tokens, sampling).await;
+        // Take the adapter out again even if generation failed, so the base model stays the base.
+        if let Some(lora) = lora {
+            lora.unmerge_from(&self.ctx, &self.model).await?;
+        }
+        Ok(self.tokenizer.decode(&out?)?)
+    }
+
+    /// A zip of the merged model folder (config.json, tokenizer.json, model.safetensors in f32) that
+    /// transformers loads without PEFT.
+    pub fn merged_model_zip(&self, adapter: &Adapter) -> Result<Vec<u8>, StudioError> {
+        let (mut model, _) = Model::from_files(&self.files)?;
+        lora::merge(&mut model, adapter)?;
+        let weights = save_safetensors(&model.to_tensors())?;
+        let config = config_json_f32(&self.files.config)?;
+        Ok(zip::store(&[
+            ("config.json", config.as_bytes()),
+            ("tokenizer.json", self.files.tokenizer.as_slice()),
+            ("model.safetensors", weights.as_slice()),
+        ])?)
+    }
+
+    /// True for GPT-2-style models, where q, k and v share one fused adapter.
+    pub fn fused_qkv(&self) -> bool {
+        self.config().arch == Arch::Gpt2
+    }
+}

@@ -1,0 +1,449 @@
+//! The page's state (signals shared by every component through Leptos context) and the actions
+//! that drive the engine: load a model, train step by step with yields to the browser, compare,
+//! snapshot the adapter. Only [`crate::studio`] touches the GPU; this module only calls it.
+//!
+//! Nothing the user typed or trained lives in the engine alone: the text and the settings are
+//! signals, and after every validation point the adapter is copied to the host ([`SavedAdapter`]),
+//! so a failed step, a lost device or a failed model load leaves them in place.
+
+use std::rc::Rc;
+
+use leptos::prelude::*;
+use leptos::task::spawn_local;
+
+use super::browser;
+use crate::generate::Sampling;
+use crate::gpu::GpuError;
+use crate::lora::{LoraOptions, Target};
+use crate::model::{Config, ModelFiles};
+use crate::studio::{Run, SavedAdapter, Studio, StudioError, TextStats};
+use crate::train::TrainSettings;
+
+/// The model the page loads with no user action, shipped next to the page by Trunk.
+pub const DEFAULT_MODEL: &str = "austen-5m";
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ModelStatus {
+    Loading(String),
+    Ready,
+    Failed(String),
+}
+
+impl ModelStatus {
+    /// "loading", "ready" or "failed" (for data attributes and styles).
+    pub fn label(&self) -> &'static str {
+        match self {
+            ModelStatus::Loading(_) => "loading",
+            ModelStatus::Ready => "ready",
+            ModelStatus::Failed(_) => "failed",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum TrainStatus {
+    Idle,
+    Preparing,
+    Running,
+    Stopped,
+    Finished,
+    Failed(String),
+}
+
+impl TrainStatus {
+    pub fn label(&self) -> &'static str {
+        match self {
+            TrainStatus::Idle => "idle",
+            TrainStatus::Preparing => "preparing",
+            TrainStatus::Running => "running",
+            TrainStatus::Stopped => "stopped",
+            TrainStatus::Finished => "finished",
+            TrainStatus::Failed(_) => "failed",
+        }
+    }
+}
+
+/// One point of the loss chart: a training loss read back, a validation loss, or both.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LossPoint {
+    pub step: usize,
+    pub train: Option<f32>,
+    pub val: Option<f64>,
+}
+
+/// The settings as typed (strings, so a half-typed number is not lost), parsed on demand.
+#[derive(Clone, Copy)]
+pub struct SettingsForm {
+    pub rank: RwSignal<String>,
+    pub alpha: RwSignal<String>,
+    pub targets: RwSignal<Vec<Target>>,
+    pub lr: RwSignal<String>,
+    pub steps: RwSignal<String>,
+    pub batch: RwSignal<String>,
+    pub seq_len: RwSignal<String>,
+    pub seed: RwSignal<String>,
+}
+
+fn number<T: std::str::FromStr>(what: &str, s: &str) -> Result<T, String> {
+    s.trim().parse().map_err(|_| format!("{what} must be a number, got “{}”", s.trim()))
+}
+
+impl SettingsForm {
+    fn new() -> Self {
+        Self {
+            rank: RwSignal::new("8".into()),
+            alpha: RwSignal::new("16".into()),
+            targets: RwSignal::new(vec![Target::Q, Target::V]),
+            lr: RwSignal::new("0.002".into()),
+            steps: RwSignal::new("60".into()),
+            batch: RwSignal::new("4".into()),
+            seq_len: RwSignal::new("128".into()),
+            seed: RwSignal::new("0".into()),
+        }
+    }
+
+    /// The sequence length as typed (None while it is not a number).
+    pub fn seq_len(&self) -> Option<usize> {
+        self.seq_len.get().trim().parse().ok()
+    }
+
+    /// Parse and check every field; the error is one sentence naming the field.
+    pub fn parse(&self, config: &Config) -> Result<(LoraOptions, TrainSettings), String> {
+        let steps: usize = number("Steps", &self.steps.get())?;
+        let seed: u64 = number("The seed", &self.seed.get())?;
+        let opts = LoraOptions {
+            rank: number("The rank", &self.rank.get())?,
+            alpha: number("Alpha", &self.alpha.get())?,
+            targets: self.targets.get(),
+            seed,
+            ..LoraOptions::default()
+        };
+        let settings = TrainSettings {
+            steps,
+            lr: number("The learning rate", &self.lr.get())?,
+            batch: number("The batch size", &self.batch.get())?,
+            seq_len: number("The sequence length", &self.seq_len.get())?,
+            // As the CLI: 5% warmup; read the loss back about 100 times per run (each read waits for the GPU).
+            warmup: steps / 20,
+            log_every: (steps / 100).max(1),
+            seed,
+            ..TrainSettings::default()
+        };
+        crate::train::validate_lora(&opts).map_err(|e| e.to_string())?;
+        for t in &opts.targets {
+            t.module(config.arch).map_err(|e| e.to_string())?;
+        }
+        settings.validate(config).map_err(|e| e.to_string())?;
+        Ok((opts, settings))
+    }
+}
+
+#[derive(Clone, Copy)]
+pub struct AppState {
+    pub studio: RwSignal<Option<Rc<Studio>>, LocalStorage>,
+    pub model_status: RwSignal<ModelStatus>,
+    pub text: RwSignal<String>,
+    /// Token count and split of the text at the current sequence length (or why not).
+    pub stats: RwSignal<Option<Result<TextStats, String>>>,
+    pub form: SettingsForm,
+    pub train_status: RwSignal<TrainStatus>,
+    pub points: RwSignal<Vec<LossPoint>>,
+    pub step: RwSignal<usize>,
+    pub total_steps: RwSignal<usize>,
+    pub tokens_per_s: RwSignal<Option<f64>>,
+    pub eta_s: RwSignal<Option<f64>>,
+    /// The run on the GPU (taken out while a task uses it, so two tasks never share it).
+    pub run: StoredValue<Option<Run>, LocalStorage>,
+    /// The adapter as of the last snapshot, on the host: downloadable whatever happens to the GPU.
+    pub saved: RwSignal<Option<Rc<SavedAdapter>>, LocalStorage>,
+    pub stop: RwSignal<bool>,
+    /// What the GPU is doing now (one task at a time), for disabling buttons.
+    pub busy: RwSignal<Option<&'static str>>,
+    /// A sentence about the last GPU-wide problem (device lost), shown at the top.
+    pub alert: RwSignal<Option<String>>,
+}
+
+impl AppState {
+    pub fn new() -> Self {
+        Self {
+            studio: RwSignal::new_local(None),
+            model_status: RwSignal::new(ModelStatus::Loading(format!("Loading the default model ({DEFAULT_MODEL})…"))),
+            text: RwSignal::new(super::examples::EXAMPLES[0].text.to_string()),
+            stats: RwSignal::new(None),
+            form: SettingsForm::new(),
+            train_status: RwSignal::new(TrainStatus::Idle),
+            points: RwSignal::new(Vec::new()),
+            step: RwSignal::new(0),
+            total_steps: RwSignal::new(0),
+            tokens_per_s: RwSignal::new(None),
+            eta_s: RwSignal::new(None),
+            run: StoredValue::new_local(None),
+            saved: RwSignal::new_local(None),
+            stop: RwSignal::new(false),
+            busy: RwSignal::new(None),
+            alert: RwSignal::new(None),
+        }
+    }
+
+    /// Provide this state to every component below.
+    pub fn provide(self) -> Self {
+        provide_context(self);
+        self
+    }
+
+    pub fn get() -> Self {
+        expect_context::<AppState>()
+    }
+
+    /// Mark the GPU busy with `what`; false (and nothing changes) if it already is.
+    pub fn claim(&self, what: &'static str) -> bool {
+        if self.busy.get_untracked().is_some() {
+            return false;
+        }
+        self.busy.set(Some(what));
+        true
+    }
+
+    pub fn release(&self) {
+        self.busy.set(None);
+    }
+
+    /// Note a GPU-wide failure: a lost device makes the studio unusable (until reloaded) but keeps
+    /// the text, the settings and the last snapshot.
+    pub fn gpu_failed(&self, e: &StudioError) {
+        if e.is_device_lost() {
+            let saved = self.saved.get_untracked().map(|s| s.step());
+            let keep = match saved {
+                Some(step) => format!(" The adapter as of step {step} is still downloadable below."),
+                None => String::new(),
+            };
+            self.alert.set(Some(format!("{e}{keep} Your text and settings are kept; “Reload the model” opens a new device.")));
+            self.studio.set(None);
+            self.run.set_value(None);
+            self.model_status.set(ModelStatus::Failed("The GPU device was lost.".into()));
+        }
+    }
+
+    /// Load model files onto a new GPU device; the previous model stays if this fails.
+    pub async fn load_model(self, files: ModelFiles, name: String) {
+        if !self.claim("loading a model") {
+            return;
+        }
+        self.model_status.set(ModelStatus::Loading(format!("Loading {name} onto the GPU…")));
+        match Studio::open(files, &name).await {
+            Ok(studio) => {
+                self.studio.set(Some(Rc::new(studio)));
+                // An adapter on the GPU belongs to the old model; the host snapshot stays downloadable.
+                self.run.set_value(None);
+                self.points.set(Vec::new());
+                self.train_status.set(TrainStatus::Idle);
+                self.alert.set(None);
+                self.model_status.set(ModelStatus::Ready);
+            }
+            Err(e) => {
+                let keep = if self.studio.get_untracked().is_some() { " The previous model stays loaded." } else { "" };
+                let why = match e.gpu() {
+                    // Not the model's fault: the sentence alone says what to do.
+                    Some(GpuError::WebGpuUnavailable) => e.to_string(),
+                    _ => format!("Could not load {name}: {e}.{keep}"),
+                };
+                self.model_status.set(ModelStatus::Failed(why));
+            }
+        }
+        self.release();
+    }
+
+    /// Fetch the default model from next to the page and load it.
+    pub async fn load_default(self) {
+        let base = format!("models/{DEFAULT_MODEL}");
+        let fetched = async {
+            Ok::<_, String>(ModelFiles {
+                config: String::from_utf8_lossy(&browser::fetch_bytes(&format!("{base}/config.json")).await?).into_owned(),
+                weights: vec![("model.safetensors".into(), browser::fetch_bytes(&format!("{base}/model.safetensors")).await?)],
+                tokenizer: browser::fetch_bytes(&format!("{base}/tokenizer.json")).await?,
+            })
+        };
+        match fetched.await {
+            Ok(files) => self.load_model(files, DEFAULT_MODEL.into()).await,
+            Err(e) => self.model_status.set(ModelStatus::Failed(format!("The default model could not be loaded: {e}."))),
+        }
+    }
+
+    /// Start a new run from the settings, or continue the current one (after Stop, or with more steps).
+    pub fn train(self, fresh: bool) {
+        let Some(studio) = self.studio.get_untracked() else { return };
+        let (opts, settings) = match self.form.parse(studio.config()) {
+            Ok(p) => p,
+            Err(e) => return self.train_status.set(TrainStatus::Failed(e)),
+        };
+        if !self.claim("training") {
+            return;
+        }
+        let text = self.text.get_untracked();
+        self.stop.set(false);
+        spawn_local(async move {
+            let current = self.run.try_update_value(|r| r.take()).flatten();
+            let run = match (fresh, current) {
+                (false, Some(run)) if !run.finished() => Ok(run),
+                (false, Some(run)) => {
+                    // Finished: continue from a snapshot with the new number of steps.
+                    let more = async {
+                        let saved = studio.snapshot(&run).await?;
+                        studio.resume(&text, &saved, TrainSettings { steps: settings.steps, ..run.session.settings.clone() }).await
+                    };
+                    let r = more.await;
+                    if r.is_err() {
+                        self.run.set_value(Some(run));
+                    }
+                    r
+                }
+                (_, _) => {
+                    self.train_status.set(TrainStatus::Preparing);
+                    self.points.set(Vec::new());
+                    studio.start(&text, &opts, settings).await
+                }
+            };
+            match run {
+                Ok(run) => self.drive(studio, run).await,
+                Err(e) => {
+                    self.train_status.set(TrainStatus::Failed(e.to_string()));
+                    self.gpu_failed(&e);
+                }
+            }
+            self.release();
+        });
+    }
+
+    /// Step `run` until it finishes or Stop is pressed, yielding to the page between steps.
+    async fn drive(self, studio: Rc<Studio>, mut run: Run) {
+        let total = run.session.settings.steps;
+        self.total_steps.set(total);
+        self.step.set(run.steps_done());
+        self.train_status.set(TrainStatus::Running);
+        // Validation and the host snapshot wait for the GPU: about five times a run, never every step.
+        let eval_every = (total / 5).max(5);
+        let result: Result<(), StudioError> = async {
+            if self.points.with_untracked(Vec::is_empty) {
+                let val = studio.validation_loss(&run).await?;
+                self.points.update(|p| p.push(LossPoint { step: run.steps_done(), train: None, val: Some(val) }));
+            }
+            let (t0, mut tokens) = (browser::now_ms(), 0usize);
+            while !run.finished() && !self.stop.get_untracked() {
+                let r = studio.step(&mut run).await?;
+                tokens += r.tokens;
+                let secs = (browser::now_ms() - t0) / 1000.0;
+                if secs > 0.0 {
+                    let rate = tokens as f64 / secs;
+                    self.tokens_per_s.set(Some(rate));
+                    let left = (total - r.step) as f64 * r.tokens as f64 / rate;
+                    self.eta_s.set(Some(left));
+                }
+                self.step.set(r.step);
+                let at_eval = r.step % eval_every == 0 || run.finished();
+                let val = if at_eval { Some(studio.validation_loss(&run).await?) } else { None };
+                if r.loss.is_some() || val.is_some() {
+                    self.points.update(|p| p.push(LossPoint { step: r.step, train: r.loss, val }));
+                }
+                if at_eval {
+                    self.saved.set(Some(Rc::new(studio.snapshot(&run).await?)));
+                }
+                browser::yield_now().await;
+            }
+            if !run.finished() {
+                // Stopped between evaluations: keep what was trained.
+                self.saved.set(Some(Rc::new(studio.snapshot(&run).await?)));
+            }
+            Ok(())
+        }
+        .await;
+        self.eta_s.set(None);
+        match result {
+            Ok(()) => {
+                self.train_status.set(if run.finished() { TrainStatus::Finished } else { TrainStatus::Stopped });
+                self.run.set_value(Some(run));
+            }
+            Err(e) => {
+                let step = self.saved.get_untracked().map(|s| s.step());
+                let kept = step.map(|s| format!(" The adapter as of step {s} stays downloadable.")).unwrap_or_default();
+                self.train_status.set(TrainStatus::Failed(format!("Training stopped: {e}.{kept}")));
+                if !e.is_device_lost() {
+                    self.run.set_value(Some(run));
+                }
+                self.gpu_failed(&e);
+            }
+        }
+    }
+
+    /// Generate from `prompt` with the base model and with the current adapter (same seed).
+    pub async fn compare(self, prompt: String, max_tokens: usize, sampling: Sampling) -> Result<(String, Option<String>), String> {
+        let studio = self.studio.get_untracked().ok_or("No model is loaded.")?;
+        if !self.claim("generating") {
+            return Err("The GPU is busy; try again when it is done.".into());
+        }
+        let run = self.run.try_update_value(|r| r.take()).flatten();
+        let result = async {
+            let base = studio.generate(&prompt, max_tokens, &sampling, None).await?;
+            let tuned = match &run {
+                Some(run) => Some(studio.generate(&prompt, max_tokens, &sampling, Some(run)).await?),
+                None => None,
+            };
+            Ok::<_, StudioError>((base, tuned))
+        }
+        .await;
+        self.run.set_value(run);
+        self.release();
+        result.map_err(|e| {
+            self.gpu_failed(&e);
+            e.to_string()
+        })
+    }
+
+    /// Use an adapter from files: it becomes the current run (to compare, or to train further).
+    pub async fn use_adapter(self, files: Vec<(String, Vec<u8>)>) -> Result<usize, String> {
+        let studio = self.studio.get_untracked().ok_or("Load a model first.")?;
+        let saved = SavedAdapter::from_files(files).map_err(|e| e.to_string())?;
+        let (_, settings) = self.form.parse(studio.config())?;
+        if !self.claim("loading an adapter") {
+            return Err("The GPU is busy; try again when it is done.".into());
+        }
+        let text = self.text.get_untracked();
+        let steps = settings.steps.max(saved.step());
+        let result = studio.load_adapter(&text, &saved, TrainSettings { steps, ..settings }).await;
+        self.release();
+        let run = result.map_err(|e| {
+            self.gpu_failed(&e);
+            e.to_string()
+        })?;
+        let done = run.steps_done();
+        self.run.set_value(Some(run));
+        self.saved.set(Some(Rc::new(saved)));
+        self.points.set(Vec::new());
+        self.step.set(done);
+        self.total_steps.set(steps);
+        self.train_status.set(if done >= steps { TrainStatus::Finished } else { TrainStatus::Stopped });
+        Ok(done)
+    }
+
+    /// Snapshot the current run now if the GPU is free (downloads then hold the newest adapter).
+    pub async fn fresh_snapshot(self) -> Option<Rc<SavedAdapter>> {
+        if let Some(studio) = self.studio.get_untracked() {
+            if self.claim("saving") {
+                let run = self.run.try_update_value(|r| r.take()).flatten();
+                if let Some(run) = &run {
+                    if let Ok(s) = studio.snapshot(run).await {
+                        self.saved.set(Some(Rc::new(s)));
+                    }
+                }
+                self.run.set_value(run);
+                self.release();
+            }
+        }
+        self.saved.get_untracked()
+    }
+}
+
+impl Default for AppState {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,77 @@
+//! The embedded default model (models/austen-5m, tools/pretrain.py) as shipped: it fits the 12 MB
+//! budget, its tokenizer gives the ids Python's `tokenizers` gave, and the GPU scores the held-out
+//! text as transformers did (tests/fixtures/default-model/golden.json, written by the export).
+//! Natively and in headless Chromium; the CLI test at the end is native only.
+
+mod common;
+use common::gpu;
+
+use loratab::model::{GpuModel, Model, ModelFiles};
+
+const CONFIG: &str = include_str!("../models/austen-5m/config.json");
+const WEIGHTS: &[u8] = include_bytes!("../models/austen-5m/model.safetensors");
+const TOKENIZER: &[u8] = include_bytes!("../models/austen-5m/tokenizer.json");
+const HELDOUT: &str = include_str!("fixtures/default-model/heldout.txt");
+const GOLDEN: &str = include_str!("fixtures/default-model/golden.json");
+
+fn files() -> ModelFiles {
+    ModelFiles {
+        config: CONFIG.to_string(),
+        weights: vec![("model.safetensors".into(), WEIGHTS.to_vec())],
+        tokenizer: TOKENIZER.to_vec(),
+    }
+}
+
+fn golden() -> serde_json::Value {
+    serde_json::from_str(GOLDEN).unwrap()
+}
+
+gpu_test! {
+    async fn default_model_is_small_and_tokenizes_like_python() {
+        let bytes = CONFIG.len() + WEIGHTS.len() + TOKENIZER.len();
+        assert!(bytes <= 12_000_000, "the default model takes {bytes} bytes, over 12 MB");
+        let (model, tok) = Model::from_files(&files()).unwrap();
+        assert_eq!(model.config.model_type, "llama");
+        assert_eq!(model.config.vocab_size, 4096);
+        assert!((4_000_000..7_000_000).contains(&model.num_params()), "{} parameters", model.num_params());
+        let want: Vec<u32> = golden()["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        assert_eq!(tok.encode(HELDOUT).unwrap(), want);
+    }
+}
+
+gpu_test! {
+    async fn default_model_scores_heldout_text_like_transformers() {
+        let ctx = gpu().await;
+        let (model, tok) = Model::from_files(&files()).unwrap();
+        let gm = GpuModel::upload(&ctx, &model).await.unwrap();
+        let g = golden();
+        let tokens = tok.encode(HELDOUT).unwrap();
+        let r = loratab::eval::eval(&ctx, &gm, &tokens, g["seq_len"].as_u64().unwrap() as usize).await.unwrap();
+        let want = g["loss"].as_f64().unwrap();
+        assert_eq!(r.tokens as u64, g["tokens"].as_u64().unwrap());
+        assert!((r.loss - want).abs() <= 1e-4, "loratab {} vs transformers {want}", r.loss);
+    }
+}
+
+/// `loratab train` with no --model trains the embedded default; the adapter names it as its base.
+#[cfg(not(target_arch = "wasm32"))]
+#[test]
+fn cli_trains_the_default_model_without_model_flag() {
+    let out = std::env::temp_dir().join(format!("loratab-default-{}", std::process::id()));
+    let text = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/default-model/heldout.txt");
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_loratab"))
+        .args(["train", "--text", text, "--out", out.to_str().unwrap(), "--steps", "2", "--batch", "1", "--seq-len", "32"])
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(config["base_model_name_or_path"], "models/austen-5m");
+    assert_eq!(config["target_modules"], serde_json::json!(["q_proj", "v_proj"]));
+    let eval = std::process::Command::new(env!("CARGO_BIN_EXE_loratab"))
+        .args(["eval", "--text", text, "--seq-len", "128"])
+        .output()
+        .unwrap();
+    let line: serde_json::Value = serde_json::from_slice(&eval.stdout).unwrap();
+    assert!((line["loss"].as_f64().unwrap() - golden()["loss"].as_f64().unwrap()).abs() <= 1e-4);
+    std::fs::remove_dir_all(&out).ok();
+}

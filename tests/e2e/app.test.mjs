@@ -1,0 +1,170 @@
+// The whole flow on the default model in headless Chromium with real WebGPU (SwiftShader): the model
+// loads by itself, the user pastes text and picks tiny settings, trains a few steps, sees the loss
+// plotted and falling, compares base and adapter, and downloads the adapter and the merged model.
+// The downloads are checked here, independently of the app's code: the zip is read with Node's own
+// CRC-32, the adapter's safetensors header against the shapes config.json implies.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import zlib from 'node:zlib';
+import { serve, launch, watchErrors, ARTIFACTS, DIST } from './harness.mjs';
+
+const MODEL = path.join(DIST, 'models/austen-5m');
+// A third of the ship's log: enough windows, and a short held-out part (validation is the slow bit on SwiftShader).
+const TEXT = fs.readFileSync(new URL('../../web/examples/ships_log.txt', import.meta.url), 'utf8').slice(0, 2400);
+const RANK = 4;
+const STEPS = 8;
+
+let site;
+before(async () => {
+  site = await serve();
+  fs.mkdirSync(ARTIFACTS, { recursive: true });
+});
+after(async () => site?.close());
+
+/** The files of a stored (uncompressed) zip, by its central directory; each CRC is checked. */
+function unzip(buf) {
+  const eocd = buf.lastIndexOf(Buffer.from([0x50, 0x4b, 0x05, 0x06]));
+  assert.ok(eocd >= 0, 'the download is a zip file');
+  const count = buf.readUInt16LE(eocd + 10);
+  let at = buf.readUInt32LE(eocd + 16);
+  const files = {};
+  for (let i = 0; i < count; i++) {
+    assert.equal(buf.readUInt32LE(at), 0x02014b50);
+    const [method, crc, size, nameLen, extra, comment, local] = [
+      buf.readUInt16LE(at + 10), buf.readUInt32LE(at + 16), buf.readUInt32LE(at + 20),
+      buf.readUInt16LE(at + 28), buf.readUInt16LE(at + 30), buf.readUInt16LE(at + 32), buf.readUInt32LE(at + 42),
+    ];
+    const name = buf.toString('utf8', at + 46, at + 46 + nameLen);
+    assert.equal(method, 0, `${name} is stored`);
+    const start = local + 30 + buf.readUInt16LE(local + 26) + buf.readUInt16LE(local + 28);
+    const data = buf.subarray(start, start + size);
+    assert.equal(zlib.crc32(data), crc, `${name}'s CRC-32`);
+    files[name] = data;
+    at += 46 + nameLen + extra + comment;
+  }
+  return files;
+}
+
+/** The JSON header of a safetensors file (8-byte little-endian length, then JSON). */
+function safetensorsHeader(buf) {
+  const n = Number(buf.readBigUInt64LE(0));
+  const header = JSON.parse(buf.toString('utf8', 8, 8 + n));
+  const ends = Object.entries(header).filter(([k]) => k !== '__metadata__').map(([, t]) => t.data_offsets[1]);
+  assert.equal(Math.max(...ends), buf.length - 8 - n, 'the tensors fill the file');
+  return header;
+}
+
+async function setField(page, label, value) {
+  await page.getByLabel(label, { exact: true }).fill(String(value));
+}
+
+async function waitFor(page, testid, attr, wanted, timeout) {
+  await page.waitForFunction(
+    ([id, a, w]) => {
+      const v = document.querySelector(`[data-testid="${id}"]`)?.getAttribute(`data-${a}`);
+      return w === null ? v : v === w || v === 'failed';
+    },
+    [testid, attr, wanted],
+    { timeout },
+  );
+  return page.getByTestId(testid).getAttribute(`data-${attr}`);
+}
+
+async function download(page, testid) {
+  const [dl] = await Promise.all([page.waitForEvent('download', { timeout: 60_000 }), page.getByTestId(testid).click()]);
+  const file = path.join(ARTIFACTS, dl.suggestedFilename());
+  await dl.saveAs(file);
+  return { name: dl.suggestedFilename(), bytes: fs.readFileSync(file) };
+}
+
+test('paste → train → compare → download on the default model', async () => {
+  const config = JSON.parse(fs.readFileSync(path.join(MODEL, 'config.json'), 'utf8'));
+  const [layers, hidden, heads] = [config.num_hidden_layers, config.hidden_size, config.num_attention_heads];
+  const headDim = config.head_dim ?? hidden / heads;
+  const [qDim, kvDim] = [heads * headDim, (config.num_key_value_heads ?? heads) * headDim];
+
+  const browser = await launch();
+  try {
+    const page = await browser.newPage({ acceptDownloads: true, viewport: { width: 1400, height: 1000 } });
+    const errors = watchErrors(page);
+    await page.goto(site.url);
+    const loaded = await waitFor(page, 'model-status', 'state', 'ready', 180_000);
+    assert.equal(loaded, 'ready', `${await page.getByTestId('model-status').textContent()}\n${errors.join('\n')}`);
+
+    await page.getByLabel('Training text').fill(TEXT);
+    await setField(page, 'Rank r', RANK);
+    await setField(page, 'Alpha α', 2 * RANK);
+    await setField(page, 'Learning rate', 0.03);
+    await setField(page, 'Steps', STEPS);
+    await setField(page, 'Batch', 4);
+    await setField(page, 'Sequence length', 32);
+    // The default targets are q and v: params = layers · r · ((d + q_dim) + (d + kv_dim)).
+    await page.waitForFunction(
+      (p) => document.querySelector('[data-testid="adapter-size"]')?.dataset.params === String(p),
+      layers * RANK * (2 * hidden + qDim + kvDim),
+      { timeout: 10_000 },
+    );
+    await page.waitForFunction(() => document.querySelector('[data-testid="text-stats"]')?.textContent.includes('windows of 32 tokens'), null, { timeout: 30_000 });
+    assert.ok(Number(await page.getByTestId('text-stats').getAttribute('data-tokens')) > 64);
+
+    await page.getByTestId('train').click();
+    const state = await waitFor(page, 'train-status', 'state', 'finished', 600_000);
+    assert.equal(state, 'finished', `${await page.getByTestId('train-status').textContent()}\n${errors.join('\n')}`);
+    assert.match(await page.getByTestId('step').textContent(), new RegExp(`Step ${STEPS} of ${STEPS}`));
+    const chart = page.getByTestId('loss-chart');
+    const train = (await chart.getAttribute('data-train')).split(',').map(Number);
+    const val = (await chart.getAttribute('data-val')).split(',').map(Number);
+    assert.equal(train.length, STEPS, `one training loss per step: ${train}`);
+    assert.ok(train.every(Number.isFinite) && val.every(Number.isFinite));
+    // Each training loss is one batch's (noisy); the held-out text is the same at every point.
+    assert.ok(val.length >= 2 && val.at(-1) < val[0], `the validation loss falls: ${val}`);
+    const plotted = await chart.locator('g.series-train circle').count();
+    assert.equal(plotted, STEPS, 'every training loss is plotted');
+
+    await page.getByLabel('Prompt').fill('Day 3. Wind');
+    await setField(page, 'New tokens', 12);
+    await page.getByTestId('generate').click();
+    await page.waitForFunction(() => document.querySelector('[data-testid="compare-tuned"]')?.textContent.length > 0, null, { timeout: 120_000 });
+    for (const id of ['compare-base', 'compare-tuned']) {
+      assert.match(await page.getByTestId(id).textContent(), /^Day 3\. Wind./s);
+    }
+
+    const adapter = await download(page, 'download-zip');
+    assert.match(adapter.name, new RegExp(`^loratab-adapter-r${RANK}-step${STEPS}\\.zip$`));
+    const files = unzip(adapter.bytes);
+    assert.deepEqual(Object.keys(files).sort(), ['adapter_config.json', 'adapter_model.safetensors', 'training_state.safetensors']);
+    const peft = JSON.parse(files['adapter_config.json']);
+    assert.equal(peft.peft_type, 'LORA');
+    assert.equal(peft.r, RANK);
+    assert.equal(peft.lora_alpha, 2 * RANK);
+    assert.deepEqual([...peft.target_modules].sort(), ['q_proj', 'v_proj']);
+    const header = safetensorsHeader(files['adapter_model.safetensors']);
+    const expected = {};
+    for (let i = 0; i < layers; i++) {
+      for (const [m, out] of [['q_proj', qDim], ['v_proj', kvDim]]) {
+        const key = `base_model.model.model.layers.${i}.self_attn.${m}`;
+        expected[`${key}.lora_A.weight`] = [RANK, hidden];
+        expected[`${key}.lora_B.weight`] = [out, RANK];
+      }
+    }
+    const shapes = Object.fromEntries(Object.entries(header).filter(([k]) => k !== '__metadata__').map(([k, t]) => [k, t.shape]));
+    assert.deepEqual(shapes, expected);
+    assert.ok(Object.values(header).filter((t) => t.dtype).every((t) => t.dtype === 'F32'));
+
+    // The merged model has the base model's tensors, in f32.
+    const merged = unzip((await download(page, 'download-merged')).bytes);
+    const base = safetensorsHeader(fs.readFileSync(path.join(MODEL, 'model.safetensors')));
+    const mergedHeader = safetensorsHeader(merged['model.safetensors']);
+    const names = (h) => Object.keys(h).filter((k) => k !== '__metadata__').sort();
+    assert.deepEqual(names(mergedHeader), names(base));
+    assert.equal(JSON.parse(merged['config.json']).model_type, config.model_type);
+
+    // The first screen (panels 1–6) is the README's picture.
+    await page.screenshot({ path: path.join(ARTIFACTS, 'app.png') });
+    assert.deepEqual(errors.filter((e) => !e.includes('favicon')), [], 'no errors in the console');
+  } finally {
+    await browser.close();
+  }
+});

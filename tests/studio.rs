@@ -1,0 +1,150 @@
+//! The web app's engine (`studio::Studio`) on the llama-tiny fixture, natively and in headless
+//! Chromium: text split, adapter sizes, a short training run, export and re-import of the adapter
+//! (PEFT files and zip), generation with the adapter against a CPU-merged model, the merged-model
+//! download against the run's own validation loss, resuming, and the error sentences.
+
+mod common;
+use common::gpu;
+
+use loratab::generate::Sampling;
+use loratab::lora::{self, LoraOptions, Target};
+use loratab::model::{GpuModel, Model, ModelFiles};
+use loratab::studio::{model_files, SavedAdapter, Studio, StudioError};
+use loratab::train::TrainSettings;
+use loratab::zip;
+
+const TEXT: &str = include_str!("fixtures/eval.txt");
+const CONFIG: &str = include_str!("fixtures/llama-tiny/config.json");
+const WEIGHTS: &[u8] = include_bytes!("fixtures/llama-tiny/model.safetensors");
+const TOKENIZER: &[u8] = include_bytes!("fixtures/llama-tiny/tokenizer.json");
+
+fn files() -> ModelFiles {
+    ModelFiles {
+        config: CONFIG.to_string(),
+        weights: vec![("model.safetensors".into(), WEIGHTS.to_vec())],
+        tokenizer: TOKENIZER.to_vec(),
+    }
+}
+
+fn opts(rank: usize) -> LoraOptions {
+    LoraOptions { rank, alpha: 2.0 * rank as f32, targets: vec![Target::Q, Target::V], ..LoraOptions::default() }
+}
+
+fn settings(steps: usize) -> TrainSettings {
+    TrainSettings { steps, lr: 1e-2, batch: 2, seq_len: 16, log_every: 1, ..TrainSettings::default() }
+}
+
+const GREEDY: Sampling = Sampling { temperature: 0.0, top_k: 0, seed: 0 };
+
+gpu_test! {
+    async fn zip_crc_and_round_trip() {
+        // The standard CRC-32 check value.
+        assert_eq!(zip::crc32(b"123456789"), 0xCBF4_3926);
+        let archive = zip::store(&[("a.txt", b"hello".as_slice()), ("dir/b.bin", &[0u8, 1, 2, 255][..])]).unwrap();
+        let back = zip::read(&archive).unwrap();
+        assert_eq!(back, vec![("a.txt".to_string(), b"hello".to_vec()), ("dir/b.bin".to_string(), vec![0, 1, 2, 255])]);
+        let mut damaged = archive.clone();
+        damaged[36] ^= 1; // a byte of "hello" (after the 30-byte header and the name)
+        assert!(matches!(zip::read(&damaged), Err(zip::ZipError::Corrupt(_))));
+    }
+}
+
+gpu_test! {
+    async fn model_info_split_and_adapter_size() {
+        let studio = Studio::load(gpu().await, files(), "llama-tiny").await.unwrap();
+        // Parameters: every element of every tensor in the file.
+        let st = safetensors::SafeTensors::deserialize(WEIGHTS).unwrap();
+        let elements: usize = st.tensors().iter().map(|(_, v)| v.shape().iter().product::<usize>()).sum();
+        assert_eq!(studio.info.params, elements);
+        assert_eq!(studio.info.architecture, "LlamaForCausalLM");
+
+        let n = studio.tokenize(TEXT).unwrap().len();
+        let s = studio.text_stats(TEXT, 16).unwrap();
+        let windows = n / 16;
+        assert_eq!((s.tokens, s.train_windows + s.validation_windows), (n, windows));
+        assert_eq!(s.validation_windows, ((windows as f64 / 10.0).round() as usize).max(1));
+        assert_eq!(s.validation_tokens, n - s.train_windows * 16);
+
+        // q: 48 → 48, v: 48 → 16 (2 kv heads of 8), 2 layers: 2 · r · ((48 + 48) + (48 + 16)).
+        let size = studio.adapter_size(&opts(4)).unwrap();
+        assert_eq!(size.params, 2 * 4 * (96 + 64));
+        assert!(size.bytes > 4 * size.params && size.bytes < 4 * size.params + 4096, "{size:?}");
+        assert!((size.fraction - size.params as f64 / elements as f64).abs() < 1e-12);
+        let bigger = studio.adapter_size(&opts(8)).unwrap();
+        assert_eq!(bigger.params, 2 * size.params);
+        let mem = studio.memory(&opts(4), &settings(1)).unwrap();
+        assert_eq!(mem.optimizer, 8 * size.params as u64);
+        assert_eq!(mem.weights, 4 * elements as u64);
+    }
+}
+
+gpu_test! {
+    async fn train_export_compare_merge_resume() {
+        let studio = Studio::load(gpu().await, files(), "llama-tiny").await.unwrap();
+        let mut run = studio.start(TEXT, &opts(4), TrainSettings { lr: 3e-2, batch: 4, ..settings(6) }).await.unwrap();
+        let before = studio.validation_loss(&run).await.unwrap();
+        let base_text = studio.generate("the ", 8, &GREEDY, None).await.unwrap();
+        let mut losses = Vec::new();
+        while !run.finished() {
+            losses.extend(studio.step(&mut run).await.unwrap().loss);
+        }
+        assert_eq!(losses.len(), 6);
+        let after = studio.validation_loss(&run).await.unwrap();
+        // Each logged loss is one batch's, so it is noisy; the held-out loss is the same text each time.
+        assert!(after < before, "validation loss {before} → {after}");
+        assert!(losses.iter().all(|l| l.is_finite()), "{losses:?}");
+
+        // The zip holds PEFT's two files and the state; reading it back gives the same adapter.
+        let saved = studio.snapshot(&run).await.unwrap();
+        let archive = saved.zip().unwrap();
+        let names: Vec<String> = zip::read(&archive).unwrap().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["adapter_config.json", "adapter_model.safetensors", "training_state.safetensors"]);
+        let back = SavedAdapter::from_files(vec![("adapter.zip".into(), archive)]).unwrap();
+        assert_eq!(back.step(), 6);
+        for (name, pair) in &saved.adapter.modules {
+            assert_eq!(back.adapter.modules[name].b.data, pair.b.data, "{name}");
+        }
+        assert_eq!(back.adapter.config.r, 4);
+
+        // Generation with the adapter equals generation by the CPU-merged model; the base is restored.
+        let tuned = studio.generate("the ", 8, &GREEDY, Some(&run)).await.unwrap();
+        let (mut merged, tok) = Model::from_files(&files()).unwrap();
+        lora::merge(&mut merged, &saved.adapter).unwrap();
+        let merged_gpu = GpuModel::upload(&studio.ctx, &merged).await.unwrap();
+        let ids = loratab::generate::generate(&studio.ctx, &merged_gpu, &tok.encode("the ").unwrap(), 8, &GREEDY).await.unwrap();
+        assert_eq!(tuned, tok.decode(&ids).unwrap());
+        assert_eq!(studio.generate("the ", 8, &GREEDY, None).await.unwrap(), base_text);
+
+        // The merged-model download scores the held-out text as the run does.
+        let merged_files = model_files(vec![("merged.zip".into(), studio.merged_model_zip(&saved.adapter).unwrap())]).unwrap();
+        let reloaded = Studio::load(gpu().await, merged_files, "merged").await.unwrap();
+        let val = loratab::eval::eval(&reloaded.ctx, &reloaded.model, run.data().validation_tokens(), 16).await.unwrap();
+        assert!((val.loss - after).abs() < 1e-4, "merged {} vs adapter {after}", val.loss);
+
+        // Resuming from the download continues at step 6.
+        assert!(matches!(studio.resume(TEXT, &back, settings(6)).await, Err(StudioError::AlreadyTrained { done: 6 })));
+        let mut more = studio.resume(TEXT, &back, settings(8)).await.unwrap();
+        assert_eq!(more.steps_done(), 6);
+        while !more.finished() {
+            studio.step(&mut more).await.unwrap();
+        }
+        assert_eq!(more.steps_done(), 8);
+    }
+}
+
+gpu_test! {
+    async fn errors_are_sentences() {
+        let studio = Studio::load(gpu().await, files(), "llama-tiny").await.unwrap();
+        let short = studio.text_stats("a few words", 16).unwrap_err();
+        assert!(matches!(short, StudioError::TextTooShort { .. }));
+        assert!(short.to_string().contains("paste more text or lower the sequence length"), "{short}");
+        let err = studio.start(TEXT, &LoraOptions { rank: 0, ..opts(4) }, settings(2)).await.err().unwrap();
+        assert_eq!(err.to_string(), "the LoRA rank must be at least 1");
+        let err = studio.start(TEXT, &opts(4), TrainSettings { seq_len: 1000, ..settings(2) }).await.err().unwrap();
+        assert!(err.to_string().contains("context of 64 tokens"), "{err}");
+        let err = model_files(vec![("config.json".into(), CONFIG.as_bytes().to_vec())]).err().unwrap();
+        assert!(err.to_string().starts_with("tokenizer.json is missing"), "{err}");
+        let err = SavedAdapter::from_files(vec![("notes.txt".into(), b"hi".to_vec())]).err().unwrap();
+        assert!(err.to_string().contains("adapter_config.json and adapter_model.safetensors"), "{err}");
+    }
+}

@@ -1,0 +1,167 @@
+//! Component tests of the page in headless Chromium with real WebGPU (wasm-bindgen-test): panels
+//! are mounted with the llama-tiny fixture loaded through the engine, driven by DOM events as a
+//! user would, and their output checked against numbers computed here.
+#![cfg(target_arch = "wasm32")]
+
+mod common;
+use common::gpu;
+
+use std::cell::Cell;
+use std::rc::Rc;
+
+use leptos::prelude::*;
+use loratab::model::{ModelFiles, Tokenizer};
+use loratab::studio::Studio;
+use loratab::web::state::ModelStatus;
+use loratab::web::{AppState, ComparePanel, SettingsPanel, TextPanel, TrainPanel};
+use wasm_bindgen::JsCast;
+use wasm_bindgen_futures::JsFuture;
+use wasm_bindgen_test::wasm_bindgen_test;
+
+const TEXT: &str = include_str!("fixtures/eval.txt");
+const CONFIG: &str = include_str!("fixtures/llama-tiny/config.json");
+const WEIGHTS: &[u8] = include_bytes!("fixtures/llama-tiny/model.safetensors");
+const TOKENIZER: &[u8] = include_bytes!("fixtures/llama-tiny/tokenizer.json");
+
+fn document() -> web_sys::Document {
+    web_sys::window().unwrap().document().unwrap()
+}
+
+async fn sleep(ms: i32) {
+    let p = js_sys::Promise::new(&mut |resolve, _| {
+        web_sys::window().unwrap().set_timeout_with_callback_and_timeout_and_arguments_0(&resolve, ms).unwrap();
+    });
+    JsFuture::from(p).await.unwrap();
+}
+
+/// Wait (up to `secs`) until `cond` holds; panics with `what` otherwise.
+async fn until(what: &str, secs: f64, cond: impl Fn() -> bool) {
+    let start = js_sys::Date::now();
+    while !cond() {
+        assert!(js_sys::Date::now() - start < secs * 1000.0, "timed out waiting for {what}");
+        sleep(20).await;
+    }
+}
+
+/// Mount `view` in a fresh container with an [`AppState`] holding llama-tiny on the GPU.
+async fn mount<V: IntoView + 'static>(view: fn() -> V) -> (AppState, web_sys::HtmlElement) {
+    let root: web_sys::HtmlElement = document().create_element("div").unwrap().unchecked_into();
+    document().body().unwrap().append_child(&root).unwrap();
+    let slot = Rc::new(Cell::new(None));
+    let out = slot.clone();
+    let handle = leptos::mount::mount_to(root.clone(), move || {
+        out.set(Some(AppState::new().provide()));
+        view()
+    });
+    std::mem::forget(handle); // keep it mounted for the test's life
+    let state = slot.take().unwrap();
+    let files = ModelFiles {
+        config: CONFIG.into(),
+        weights: vec![("model.safetensors".into(), WEIGHTS.to_vec())],
+        tokenizer: TOKENIZER.to_vec(),
+    };
+    let studio = Studio::load(gpu().await, files, "llama-tiny").await.unwrap();
+    state.studio.set(Some(Rc::new(studio)));
+    state.model_status.set(ModelStatus::Ready);
+    (state, root)
+}
+
+fn find(root: &web_sys::HtmlElement, selector: &str) -> web_sys::HtmlElement {
+    root.query_selector(selector).unwrap().unwrap_or_else(|| panic!("no {selector}")).unchecked_into()
+}
+
+fn text_of(root: &web_sys::HtmlElement, selector: &str) -> String {
+    root.query_selector(selector).unwrap().and_then(|e| e.text_content()).unwrap_or_default()
+}
+
+fn attr(root: &web_sys::HtmlElement, selector: &str, name: &str) -> String {
+    root.query_selector(selector).unwrap().and_then(|e| e.get_attribute(name)).unwrap_or_default()
+}
+
+/// Type `value` into the input or textarea at `selector` (sets it and fires `input`, as typing does).
+fn type_into(root: &web_sys::HtmlElement, selector: &str, value: &str) {
+    let el = find(root, selector);
+    match el.dyn_ref::<web_sys::HtmlInputElement>() {
+        Some(input) => input.set_value(value),
+        None => el.unchecked_ref::<web_sys::HtmlTextAreaElement>().set_value(value),
+    }
+    let init = web_sys::EventInit::new();
+    init.set_bubbles(true);
+    el.dispatch_event(&web_sys::Event::new_with_event_init_dict("input", &init).unwrap()).unwrap();
+}
+
+fn small_settings(root: &web_sys::HtmlElement, steps: usize) {
+    // The settings of tests/studio.rs's run, whose validation loss falls.
+    for (id, v) in [("#rank", "4"), ("#alpha", "8"), ("#lr", "0.03"), ("#batch", "4"), ("#seq-len", "16")] {
+        type_into(root, id, v);
+    }
+    type_into(root, "#steps", &steps.to_string());
+}
+
+fn both() -> impl IntoView {
+    view! { <TextPanel/><SettingsPanel/> }
+}
+
+#[wasm_bindgen_test]
+async fn settings_show_the_adapter_size_live_and_refuse_nonsense() {
+    let (_, root) = mount(both).await;
+    small_settings(&root, 5);
+    // llama-tiny, targets q and v: 2 layers · r · ((48 + 48) + (48 + 16)) = 320·r.
+    until("the size for rank 4", 5.0, || attr(&root, "[data-testid=adapter-size]", "data-params") == "1280").await;
+    type_into(&root, "#rank", "16");
+    until("the size for rank 16", 5.0, || attr(&root, "[data-testid=adapter-size]", "data-params") == "5120").await;
+    // Unchecking v leaves q: 2 · 16 · 96.
+    find(&root, "#target-v").click();
+    until("the size without v", 5.0, || attr(&root, "[data-testid=adapter-size]", "data-params") == "3072").await;
+    type_into(&root, "#rank", "0");
+    until("the rank error", 5.0, || text_of(&root, "[data-testid=settings-error]") == "the LoRA rank must be at least 1").await;
+    type_into(&root, "#rank", "four");
+    until("the parse error", 5.0, || text_of(&root, "[data-testid=settings-error]").starts_with("The rank must be a number")).await;
+    type_into(&root, "#rank", "4");
+    type_into(&root, "#seq-len", "500");
+    until("the context error", 5.0, || text_of(&root, "[data-testid=settings-error]").contains("context of 64 tokens")).await;
+}
+
+#[wasm_bindgen_test]
+async fn the_text_panel_counts_tokens_and_splits() {
+    let (_, root) = mount(both).await;
+    small_settings(&root, 5);
+    type_into(&root, "#train-text", TEXT);
+    let n = Tokenizer::from_bytes(TOKENIZER).unwrap().encode(TEXT).unwrap().len();
+    until("the token count", 5.0, || attr(&root, "[data-testid=text-stats]", "data-tokens") == n.to_string()).await;
+    let windows = n / 16;
+    let held = ((windows as f64 / 10.0).round() as usize).max(1);
+    let stats = text_of(&root, "[data-testid=text-stats]");
+    assert!(stats.contains(&format!("{} training windows of 16 tokens, {held} held out", windows - held)), "{stats}");
+    type_into(&root, "#train-text", "A few words.");
+    until("the too-short sentence", 5.0, || text_of(&root, "[data-testid=text-stats]").contains("paste more text or lower the sequence length")).await;
+}
+
+fn train_and_compare() -> impl IntoView {
+    view! { <TextPanel/><SettingsPanel/><TrainPanel/><ComparePanel/> }
+}
+
+#[wasm_bindgen_test]
+async fn training_plots_a_falling_loss_then_compares() {
+    let (state, root) = mount(train_and_compare).await;
+    small_settings(&root, 6);
+    type_into(&root, "#train-text", TEXT);
+    until("the settings", 5.0, || root.query_selector("[data-testid=adapter-size]").unwrap().is_some()).await;
+    find(&root, "[data-testid=train]").click();
+    until("training to finish", 300.0, || matches!(attr(&root, "[data-testid=train-status]", "data-state").as_str(), "finished" | "failed")).await;
+    assert_eq!(attr(&root, "[data-testid=train-status]", "data-state"), "finished", "{}", text_of(&root, "[data-testid=train-status]"));
+    let train: Vec<f64> = attr(&root, "[data-testid=loss-chart]", "data-train").split(',').map(|x| x.parse().unwrap()).collect();
+    assert_eq!(train.len(), 6);
+    let val: Vec<f64> = attr(&root, "[data-testid=loss-chart]", "data-val").split(',').map(|x| x.parse().unwrap()).collect();
+    assert!(val.len() >= 2 && val[val.len() - 1] < val[0], "validation loss {val:?}");
+    assert_eq!(root.query_selector_all("g.series-train circle").unwrap().length(), 6);
+    assert!(text_of(&root, "[data-testid=step]").contains("Step 6 of 6"));
+    assert!(state.saved.get_untracked().is_some_and(|s| s.step() == 6), "the adapter is kept on the host");
+
+    type_into(&root, "#prompt", "the ");
+    type_into(&root, "#temperature", "0");
+    find(&root, "[data-testid=generate]").click();
+    until("both generations", 60.0, || !text_of(&root, "[data-testid=compare-tuned]").is_empty()).await;
+    assert!(text_of(&root, "[data-testid=compare-base]").starts_with("the "));
+    assert!(text_of(&root, "[data-testid=compare-tuned]").starts_with("the "));
+}
