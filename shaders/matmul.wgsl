@@ -14,9 +14,13 @@
 // so C may hold garbage (BLAS semantics).
 //
 // Dispatch: workgroups (ceil(N / 64), ceil(M / 64), batches), 16 × 16 threads. Each workgroup owns a
-// 64 × 64 tile of C; each thread accumulates a 4 × 4 register block at rows ly + 16 i and columns
-// lx + 16 j (strided so that neighbouring threads read neighbouring workgroup-memory words and write
-// neighbouring addresses). K advances in slices of 16 staged through workgroup memory (8 KiB).
+// 64 × 64 tile of C; thread (lx, ly) accumulates the 4 × 4 register block at rows 4·ly + i and
+// columns 4·lx + j as four vec4 rows. K advances in slices of 16 staged through workgroup memory as
+// vec4s (8 KiB): per k, a thread reads one vec4 of A (its 4 rows, the same for all 16 threads of a
+// row: a broadcast) and one vec4 of B (its 4 columns; 16 neighbouring threads read 64 consecutive
+// floats), then does 4 vec4 FMAs — 2 workgroup loads per 16 FMAs instead of 8.
+// Global loads stay scalar and coalesced (consecutive threads take consecutive addresses) because
+// A and C may be column blocks at any offset; each becomes one component of a vec4 in workgroup memory.
 
 struct Params {
     m: u32,
@@ -47,8 +51,8 @@ const TILE: u32 = 64u;   // rows and columns of C per workgroup
 const SLICE: u32 = 16u;  // depth of K staged per step
 const THREADS: u32 = 256u;
 
-var<workgroup> tile_a: array<f32, 1024>;  // [SLICE][TILE]: tile_a[k * 64 + m]
-var<workgroup> tile_b: array<f32, 1024>;  // [SLICE][TILE]: tile_b[k * 64 + n]
+var<workgroup> tile_a: array<vec4<f32>, 256>;  // [SLICE][TILE / 4]: rows 4q..4q+3 of k at tile_a[k * 16 + q]
+var<workgroup> tile_b: array<vec4<f32>, 256>;  // [SLICE][TILE / 4]: columns 4q..4q+3 of k at tile_b[k * 16 + q]
 
 @compute @workgroup_size(16, 16, 1)
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
@@ -59,9 +63,9 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
     let base_c = p.c_offset + wid.z * p.stride_c;
     let tid = lid.y * 16u + lid.x;
 
-    var acc: array<f32, 16>;
-    for (var i = 0u; i < 16u; i++) {
-        acc[i] = 0.0;
+    var acc: array<vec4<f32>, 4>;
+    for (var i = 0u; i < 4u; i++) {
+        acc[i] = vec4<f32>(0.0);
     }
 
     for (var k0 = 0u; k0 < p.k; k0 += SLICE) {
@@ -79,7 +83,7 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
                 let idx = select(gm * p.lda + gk, gk * p.m + gm, p.trans_a == 1u);
                 v = a[base_a + idx];
             }
-            tile_a[kk * TILE + m] = v;
+            tile_a[kk * 16u + m / 4u][m % 4u] = v;
         }
         // Stage B's 16 × 64 slice, coalesced the same way (along n for [K, N], along k for [N, K]).
         for (var r = 0u; r < 4u; r++) {
@@ -94,33 +98,28 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
                 let idx = select(gk * p.n + gn, gn * p.k + gk, p.trans_b == 1u);
                 v = b[base_b + idx];
             }
-            tile_b[kk * TILE + n] = v;
+            tile_b[kk * 16u + n / 4u][n % 4u] = v;
         }
         workgroupBarrier();
 
         for (var kk = 0u; kk < SLICE; kk++) {
-            var av: array<f32, 4>;
-            var bv: array<f32, 4>;
-            for (var i = 0u; i < 4u; i++) {
-                av[i] = tile_a[kk * TILE + lid.y + 16u * i];
-                bv[i] = tile_b[kk * TILE + lid.x + 16u * i];
-            }
-            for (var i = 0u; i < 4u; i++) {
-                for (var j = 0u; j < 4u; j++) {
-                    acc[i * 4u + j] = fma(av[i], bv[j], acc[i * 4u + j]);
-                }
-            }
+            let av = tile_a[kk * 16u + lid.y];
+            let bv = tile_b[kk * 16u + lid.x];
+            acc[0] = fma(vec4<f32>(av.x), bv, acc[0]);
+            acc[1] = fma(vec4<f32>(av.y), bv, acc[1]);
+            acc[2] = fma(vec4<f32>(av.z), bv, acc[2]);
+            acc[3] = fma(vec4<f32>(av.w), bv, acc[3]);
         }
         workgroupBarrier();
     }
 
     for (var i = 0u; i < 4u; i++) {
-        let gm = row0 + lid.y + 16u * i;
+        let gm = row0 + 4u * lid.y + i;
         for (var j = 0u; j < 4u; j++) {
-            let gn = col0 + lid.x + 16u * j;
+            let gn = col0 + 4u * lid.x + j;
             if (gm < p.m && gn < p.n) {
                 let idx = base_c + gm * p.ldc + gn;
-                var v = p.alpha * acc[i * 4u + j];
+                var v = p.alpha * acc[i][j];
                 if (p.beta != 0.0) {
                     v += p.beta * c[idx];
                 }

@@ -1,6 +1,8 @@
 //! loratab: LoRA fine-tuning of small transformers on the user's GPU, in WGSL via wgpu,
 //! natively (CLI) and in the browser (Leptos app). See README.md and DEVELOPERS.md.
 
+#[cfg(not(target_arch = "wasm32"))]
+pub mod bench;
 pub mod eval;
 pub mod generate;
 pub mod gguf;

@@ -24,6 +24,9 @@ fn model_files(dir: Option<&std::path::Path>) -> Result<loratab::model::ModelFil
 }
 
 #[cfg(not(target_arch = "wasm32"))]
+mod bench_cli;
+
+#[cfg(not(target_arch = "wasm32"))]
 mod cli {
     use clap::{Parser, Subcommand};
     use loratab::generate::Sampling;
@@ -97,6 +100,9 @@ mod cli {
         },
         /// Train a LoRA adapter on a text file and write it in PEFT's format.
         Train(crate::train_cli::TrainArgs),
+        /// Benchmarks: matmul GFLOP/s, training step time and memory, forward base vs merged vs
+        /// unmerged adapter; with --torch, the same cases in PyTorch + PEFT side by side.
+        Bench(crate::bench_cli::BenchArgs),
         /// Convert a llama GGUF file (F32/F16/BF16/Q8_0/Q4_0/Q4_1 tensors, byte-level BPE vocabulary)
         /// into a Hugging Face model folder: dequantized weights, config.json, tokenizer.json.
         ImportGguf {
@@ -124,6 +130,7 @@ mod cli {
             }
             Command::Merge { model, adapter, out } => report(merge(model.as_deref(), &adapter, &out)),
             Command::Train(args) => report(crate::train_cli::run(args)),
+            Command::Bench(args) => report(crate::bench_cli::run(args)),
             Command::ImportGguf { file, out, f16 } => report(import_gguf(&file, &out, f16)),
         }
     }

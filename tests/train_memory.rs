@@ -1,7 +1,8 @@
 //! Training GPU memory = frozen weights + activations + adapter with its gradients and AdamW's two
 //! moments, and nothing else: `train::memory::estimate` (worked out before allocating) against the
 //! bytes `GpuContext::memory()` measures as the model, adapter and session are set up, and the peak
-//! over training steps (no allocation inside the loop). Runs natively and in headless Chromium.
+//! over training steps (no allocation inside the loop: no tensors, and no uniform buffers or bind
+//! groups after the first step). Runs natively and in headless Chromium.
 
 mod common;
 use common::gpu;
@@ -57,9 +58,16 @@ async fn check_with(files: ModelFiles, opts: LoraOptions, batch: usize, seq_len:
     assert_eq!(ctx.memory().live(), budget.total());
 
     ctx.memory().reset_peak();
-    for _ in 0..2 {
+    let mut made = 0;
+    for step in 0..3 {
         let report = session.step(&ctx, &gm).await.unwrap();
         assert!(report.loss.unwrap().is_finite());
+        // Uniform buffers and bind groups are made in the first step only, then reused.
+        if step == 0 {
+            made = session.dispatch_objects_created();
+            assert!(made > 0, "{what}: the dispatch caches were not used");
+        }
+        assert_eq!(session.dispatch_objects_created(), made, "{what}: step {} made GPU objects", step + 1);
     }
     assert_eq!(ctx.memory().peak(), budget.total(), "{what}: the training loop allocated tensors");
     drop(session);

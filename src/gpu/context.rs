@@ -21,6 +21,39 @@ pub struct AdapterSummary {
 /// One compute pipeline per (shader, entry point, override constants): built on first use, then reused.
 type PipelineKey = (&'static str, &'static str, Vec<(&'static str, u64)>);
 
+/// The uniform buffers and bind groups of a recording that is repeated (a training step), kept by
+/// position: the i-th `uniform` / `bind` call of one recording reuses the i-th of the previous
+/// one. A step records the same dispatches in the same order every time, so after the first step
+/// no buffer or bind group is created — a uniform whose bytes changed (AdamW's step and learning
+/// rate) is rewritten with `queue.write_buffer`, which lands before the next submission and after
+/// the earlier ones. A call that does not match its slot (another shape) replaces it, so a stale
+/// cache costs time, never correctness. It holds references to the buffers it binds: keep one per
+/// owner of those buffers (a `Trainer`), not one for the whole context.
+#[derive(Default)]
+pub struct DispatchCache {
+    uniforms: Vec<(Vec<u8>, wgpu::Buffer)>,
+    binds: Vec<(wgpu::ComputePipeline, Vec<wgpu::Buffer>, wgpu::BindGroup)>,
+    next_uniform: usize,
+    next_bind: usize,
+    /// Buffers and bind groups made (not reused) so far: what the hot path is meant to avoid.
+    pub created: usize,
+}
+
+impl DispatchCache {
+    pub fn new() -> std::sync::Arc<Mutex<Self>> {
+        std::sync::Arc::default()
+    }
+
+    /// Replace slot `slot` of `slots` (the next one when the recording grew) with `entry`.
+    fn put<T>(slots: &mut Vec<T>, slot: usize, entry: T) {
+        if slot < slots.len() {
+            slots[slot] = entry;
+        } else {
+            slots.push(entry);
+        }
+    }
+}
+
 pub struct GpuContext {
     pub device: wgpu::Device,
     pub queue: wgpu::Queue,
@@ -36,6 +69,10 @@ pub struct GpuContext {
     uncaptured: Arc<Mutex<Option<GpuError>>>,
     /// Bytes of live tensors (see `tensor.rs`).
     pub(super) memory: Arc<super::tensor::MemoryCounter>,
+    /// The cache of the recording in progress in `run_cached` (None: make fresh ones).
+    active: Mutex<Option<Arc<Mutex<DispatchCache>>>>,
+    /// `LORATAB_NO_DISPATCH_CACHE` set: `run_cached` behaves as `run` (to measure what caching saves).
+    cache_off: bool,
 }
 
 impl GpuContext {
@@ -100,6 +137,8 @@ impl GpuContext {
             lost,
             uncaptured,
             memory: Arc::default(),
+            active: Mutex::new(None),
+            cache_off: cfg!(not(target_arch = "wasm32")) && std::env::var_os("LORATAB_NO_DISPATCH_CACHE").is_some(),
         })
     }
 
@@ -209,6 +248,25 @@ impl GpuContext {
         pipeline: &wgpu::ComputePipeline,
         buffers: &[&wgpu::Buffer],
     ) -> wgpu::BindGroup {
+        let Some(cache) = self.active.lock().unwrap().clone() else {
+            return self.make_bind(pipeline, buffers);
+        };
+        let mut cache = cache.lock().unwrap();
+        let slot = cache.next_bind;
+        cache.next_bind += 1;
+        if let Some((p, bufs, group)) = cache.binds.get(slot) {
+            if p == pipeline && bufs.len() == buffers.len() && bufs.iter().zip(buffers).all(|(a, b)| a == *b) {
+                return group.clone();
+            }
+        }
+        let group = self.make_bind(pipeline, buffers);
+        let entry = (pipeline.clone(), buffers.iter().map(|&b| b.clone()).collect(), group.clone());
+        DispatchCache::put(&mut cache.binds, slot, entry);
+        cache.created += 1;
+        group
+    }
+
+    fn make_bind(&self, pipeline: &wgpu::ComputePipeline, buffers: &[&wgpu::Buffer]) -> wgpu::BindGroup {
         let entries: Vec<wgpu::BindGroupEntry> = buffers
             .iter()
             .enumerate()
@@ -226,12 +284,40 @@ impl GpuContext {
 
     /// A small uniform buffer holding one op's parameters.
     pub(crate) fn uniform<T: bytemuck::Pod>(&self, params: &T) -> wgpu::Buffer {
-        use wgpu::util::DeviceExt;
-        self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("params"),
-            contents: bytemuck::bytes_of(params),
-            usage: wgpu::BufferUsages::UNIFORM,
-        })
+        // COPY_DST: a cached one is rewritten in place (`DispatchCache`).
+        self.constant(bytemuck::bytes_of(params), wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST, "params")
+    }
+
+    /// A read-only storage buffer of data an op computes on the CPU for each dispatch (RoPE's cos/sin
+    /// table): cached like a uniform, so a step that repeats makes no new buffer.
+    pub(crate) fn storage_constant(&self, data: &[f32]) -> wgpu::Buffer {
+        self.constant(bytemuck::cast_slice(data), wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST, "constant")
+    }
+
+    fn constant(&self, bytes: &[u8], usage: wgpu::BufferUsages, label: &str) -> wgpu::Buffer {
+        let make = || {
+            use wgpu::util::DeviceExt;
+            self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: Some(label), contents: bytes, usage })
+        };
+        let Some(cache) = self.active.lock().unwrap().clone() else {
+            return make();
+        };
+        let mut cache = cache.lock().unwrap();
+        let slot = cache.next_uniform;
+        cache.next_uniform += 1;
+        if let Some((old, buffer)) = cache.uniforms.get_mut(slot) {
+            if old.len() == bytes.len() && buffer.usage() == usage {
+                if old.as_slice() != bytes {
+                    self.queue.write_buffer(buffer, 0, bytes);
+                    old.copy_from_slice(bytes);
+                }
+                return buffer.clone();
+            }
+        }
+        let buffer = make();
+        DispatchCache::put(&mut cache.uniforms, slot, (bytes.to_vec(), buffer.clone()));
+        cache.created += 1;
+        buffer
     }
 
     /// Record one compute pass into `encoder`.
@@ -261,6 +347,36 @@ impl GpuContext {
                 .device
                 .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
             record(&mut encoder)?;
+            self.queue.submit([encoder.finish()]);
+            Ok(())
+        })
+        .await
+    }
+
+    /// [`GpuContext::run`] for a recording that repeats: uniforms and bind groups come from `cache`
+    /// (see [`DispatchCache`]) instead of being created for every dispatch.
+    pub async fn run_cached(
+        &self,
+        cache: &Arc<Mutex<DispatchCache>>,
+        record: impl FnOnce(&mut wgpu::CommandEncoder) -> Result<(), GpuError>,
+    ) -> Result<(), GpuError> {
+        if self.cache_off {
+            return self.run(record).await;
+        }
+        self.scoped(|| {
+            let mut encoder = self
+                .device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
+            {
+                let mut c = cache.lock().unwrap();
+                c.next_uniform = 0;
+                c.next_bind = 0;
+            }
+            // Set and cleared within this synchronous closure, so no other recording sees it.
+            *self.active.lock().unwrap() = Some(cache.clone());
+            let recorded = record(&mut encoder);
+            *self.active.lock().unwrap() = None;
+            recorded?;
             self.queue.submit([encoder.finish()]);
             Ok(())
         })

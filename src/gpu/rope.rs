@@ -50,14 +50,9 @@ pub fn encode(
     Ok(())
 }
 
-/// The (cos, sin) table as a storage buffer.
+/// The (cos, sin) table as a storage buffer (reused across training steps, see `DispatchCache`).
 fn cos_sin_buffer(ctx: &GpuContext, table: &[f32]) -> wgpu::Buffer {
-    use wgpu::util::DeviceExt;
-    ctx.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-        label: Some("rope cos/sin"),
-        contents: bytemuck::cast_slice(table),
-        usage: wgpu::BufferUsages::STORAGE,
-    })
+    ctx.storage_constant(table)
 }
 
 /// (cos a, sin a) for a = f32(pos0 + t) · inv_freq_i, [tokens, half] pairs, in f32 exactly as

@@ -220,6 +220,8 @@ pub struct Session {
     partials: GpuTensor,
     square: GpuTensor,
     squares: GpuTensor,
+    /// The clipping recording's uniforms and bind groups (the same every step).
+    norm_cache: std::sync::Arc<std::sync::Mutex<gpu::DispatchCache>>,
 }
 
 impl Session {
@@ -248,11 +250,18 @@ impl Session {
             // One slot per adapter tensor, frozen ones included, so `memory::estimate` needs no
             // knowledge of which B rows are frozen.
             squares: ctx.zeros(&[all_tensors.max(1)]).await?,
+            norm_cache: gpu::DispatchCache::new(),
             settings,
             data,
             trainer,
             sampler,
         })
+    }
+
+    /// Uniform buffers and bind groups made so far by the step's recordings: constant after the
+    /// first step (see `gpu::DispatchCache`).
+    pub fn dispatch_objects_created(&self) -> usize {
+        self.trainer.dispatch_objects_created() + self.norm_cache.lock().unwrap().created
     }
 
     /// Optimizer steps taken so far (including those of a resumed adapter).
@@ -299,7 +308,7 @@ impl Session {
     /// √(Σ g²) over every trainable gradient tensor: one sum_squares per tensor on the GPU, one read.
     async fn gradient_norm(&self, ctx: &GpuContext) -> Result<f32, TrainError> {
         let tensors = trainable(&self.trainer.lora);
-        ctx.run(|enc| {
+        ctx.run_cached(&self.norm_cache, |enc| {
             for (i, g) in tensors.iter().enumerate() {
                 gpu::sum_squares::encode(ctx, enc, g, &self.partials, &self.square)?;
                 enc.copy_buffer_to_buffer(&self.square.buffer, 0, &self.squares.buffer, 4 * i as u64, 4);

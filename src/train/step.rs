@@ -11,7 +11,7 @@
 use std::cell::Cell;
 
 use super::{GpuLora, Site, TrainError};
-use crate::gpu::{self, adamw::AdamW, GpuContext, GpuError, GpuTensor};
+use crate::gpu::{self, adamw::AdamW, DispatchCache, GpuContext, GpuError, GpuTensor};
 use crate::model::{Arch, Config, GpuBlock, GpuLinear, GpuMlp, GpuModel, GpuNorm, WeightLayout};
 use crate::ops::{Layout, Matmul};
 use crate::reference::attention::Heads;
@@ -71,6 +71,12 @@ pub struct Trainer {
     pub dropout_seed: u32,
     training: Cell<bool>,
     micro: Cell<u32>,
+    /// Whether the forward adds the adapter's branch (off: the frozen model alone, the path a merged
+    /// model takes, for timing merged against unmerged on identical kernels).
+    adapter_on: Cell<bool>,
+    /// Uniforms and bind groups of each kind of recording (train step, gradients, update, scoring,
+    /// forward with or without adapter): after the first of each, no GPU object is made per step.
+    caches: std::cell::RefCell<std::collections::HashMap<&'static str, std::sync::Arc<std::sync::Mutex<DispatchCache>>>>,
     /// dropout(x) [N, max in] of the module being run (only when dropout is on).
     xd: GpuTensor,
     /// Per adapter module: u = x·Aᵀ and g = Σ_parts dy·B_p, [N, r] each.
@@ -291,6 +297,8 @@ impl Trainer {
             dropout_seed: 0,
             training: Cell::new(false),
             micro: Cell::new(0),
+            adapter_on: Cell::new(true),
+            caches: Default::default(),
             xd,
             u,
             g,
@@ -364,10 +372,22 @@ impl Trainer {
         }
         ctx.queue.write_buffer(&self.ids.buffer, 0, bytemuck::cast_slice(&ids));
         ctx.queue.write_buffer(&self.targets.buffer, 0, bytemuck::cast_slice(&targets));
-        ctx.run(|enc| self.encode_forward(ctx, enc, model, false)).await?;
+        ctx.run_cached(&self.cache("score"), |enc| self.encode_forward(ctx, enc, model, false)).await?;
         let losses = ctx.read(&self.losses).await?;
         let sum = losses.iter().zip(&targets).filter(|(_, &t)| t != IGNORE).map(|(&l, _)| l as f64).sum();
         Ok((sum, chunks.iter().map(|c| c.len() - 1).sum()))
+    }
+
+    /// The forward pass alone on the batch already on the GPU (the last `train_step`'s or
+    /// `loss_sum`'s tokens), with or without the adapter branch, submitted but not awaited: what
+    /// `loratab bench` times as inference (base or merged weights: `with_adapter` false; unmerged
+    /// adapter: true). Nothing is read back and the training loss is left alone.
+    pub async fn forward_only(&self, ctx: &GpuContext, model: &GpuModel, with_adapter: bool) -> Result<(), TrainError> {
+        self.adapter_on.set(with_adapter);
+        let cache = self.cache(if with_adapter { "forward" } else { "forward-base" });
+        let result = ctx.run_cached(&cache, |enc| self.encode_forward(ctx, enc, model, false)).await;
+        self.adapter_on.set(true);
+        Ok(result?)
     }
 
     /// One training step on `tokens` (B windows of T tokens, back to back): forward, loss, backward
@@ -386,7 +406,7 @@ impl Trainer {
         self.micro.set(0);
         let step = self.lora.step;
         let this = &*self;
-        ctx.run(|enc| {
+        ctx.run_cached(&self.cache("step"), |enc| {
             this.encode_forward(ctx, enc, model, true)?;
             this.encode_backward(ctx, enc, model, 0.0)?;
             this.encode_update(ctx, enc, opt, step, grad_scale)
@@ -407,7 +427,7 @@ impl Trainer {
         self.set_batch(ctx, model, tokens)?;
         let acc = if accumulate { 1.0 } else { 0.0 };
         self.micro.set(if accumulate { self.micro.get() + 1 } else { 0 });
-        ctx.run(|enc| {
+        ctx.run_cached(&self.cache("gradients"), |enc| {
             self.encode_forward(ctx, enc, model, true)?;
             self.encode_backward(ctx, enc, model, acc)
         })
@@ -420,7 +440,7 @@ impl Trainer {
     pub async fn update(&mut self, ctx: &GpuContext, opt: &AdamW, grad_scale: f32) -> Result<(), TrainError> {
         self.lora.step += 1;
         let step = self.lora.step;
-        ctx.run(|enc| self.encode_update(ctx, enc, opt, step, grad_scale)).await?;
+        ctx.run_cached(&self.cache("update"), |enc| self.encode_update(ctx, enc, opt, step, grad_scale)).await?;
         Ok(())
     }
 
@@ -440,6 +460,16 @@ impl Trainer {
             self.loss_terms.set(0);
         }
         Ok(self.last_loss.get())
+    }
+
+    /// The dispatch cache of one kind of recording (see `caches`).
+    fn cache(&self, kind: &'static str) -> std::sync::Arc<std::sync::Mutex<DispatchCache>> {
+        self.caches.borrow_mut().entry(kind).or_insert_with(DispatchCache::new).clone()
+    }
+
+    /// GPU objects made by the dispatch caches so far (constant once every kind of step has run once).
+    pub fn dispatch_objects_created(&self) -> usize {
+        self.caches.borrow().values().map(|c| c.lock().unwrap().created).sum()
     }
 
     /// The block input of layer `l` (`x_final` after the last block).
@@ -483,6 +513,9 @@ impl Trainer {
         let lin = site.linear(block).expect("the site exists in this architecture");
         let n = self.rows;
         linear_forward(ctx, enc, lin, x, n, y)?;
+        if !self.adapter_on.get() {
+            return Ok(());
+        }
         if let Some(&(m, p)) = self.lora.index.get(&(l, site)) {
             let module = &self.lora.modules[m];
             let (r, u) = (module.rank, &self.u[m]);

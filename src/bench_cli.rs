@@ -1,0 +1,160 @@
+//! `loratab bench`: run `loratab::bench`'s cases here and, with `--torch PYTHON`, the same cases in
+//! PyTorch + PEFT (`tools/bench_torch.py`, handed the cases as JSON), then print one table with a
+//! ratio beside every figure. `--compare FILE` reads PyTorch's results from an earlier run instead.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use loratab::bench::{self, BenchError, BenchOptions, Results};
+use loratab::gpu::GpuContext;
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Sections to run, comma-separated: matmul, train (with memory), forward.
+    #[arg(long, default_value = "matmul,train,forward")]
+    only: String,
+    /// Model shapes (random weights): default (models/austen-5m's shape), gpt2 (124M), smollm2 (135M).
+    #[arg(long, default_value = "default,gpt2,smollm2")]
+    models: String,
+    /// Tokens per window for training (the forward section and the matmul rows use the first).
+    #[arg(long, default_value = "128,256")]
+    seqs: String,
+    /// Windows per batch.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Timed training steps per case (after --warmup untimed ones).
+    #[arg(long, default_value_t = 2)]
+    steps: usize,
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
+    /// LoRA ranks of the forward section.
+    #[arg(long, default_value = "1,4,8,16,64")]
+    ranks: String,
+    /// Models of the forward section.
+    #[arg(long, default_value = "default")]
+    forward_models: String,
+    /// Forward passes timed per variant (the median is reported).
+    #[arg(long, default_value_t = 7)]
+    forward_reps: usize,
+    /// Only the default model at seq 128 (a minute on a software GPU).
+    #[arg(long)]
+    quick: bool,
+    /// Also run the cases with PyTorch + PEFT using this Python interpreter.
+    #[arg(long)]
+    torch: Option<PathBuf>,
+    /// The PyTorch side's script.
+    #[arg(long, default_value = "tools/bench_torch.py")]
+    torch_script: PathBuf,
+    /// PyTorch's device: cpu or cuda.
+    #[arg(long, default_value = "cpu")]
+    torch_device: String,
+    /// PyTorch results (JSON) of an earlier run with the same cases, instead of --torch.
+    #[arg(long)]
+    compare: Option<PathBuf>,
+    /// Write both sides' results here as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BenchCliError {
+    #[error(transparent)]
+    Bench(#[from] BenchError),
+    #[error("{0}")]
+    Usage(String),
+    #[error("the PyTorch side failed: {0}")]
+    Torch(String),
+}
+
+fn list<T: std::str::FromStr>(flag: &str, s: &str) -> Result<Vec<T>, BenchCliError> {
+    s.split(',')
+        .filter(|x| !x.trim().is_empty())
+        .map(|x| x.trim().parse().map_err(|_| BenchCliError::Usage(format!("--{flag}: `{x}` is not valid"))))
+        .collect()
+}
+
+/// Results from `path`: the PyTorch script's output, or a whole `--json` file of an earlier run —
+/// its PyTorch side if it has one, else its loratab side (as "loratab before": a before/after table).
+fn read_results(path: &std::path::Path) -> Result<Results, BenchCliError> {
+    let bad = |e: String| BenchCliError::Torch(format!("{}: {e}", path.display()));
+    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+    let mut value: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    let mut before = false;
+    if value.get("rows").is_none() {
+        value = match (value.get("torch").filter(|t| !t.is_null()), value.get("loratab")) {
+            (Some(t), _) => t.clone(),
+            (None, Some(l)) => {
+                before = true;
+                l.clone()
+            }
+            _ => return Err(bad("neither results nor a `loratab bench --json` file".into())),
+        };
+    }
+    let mut results: Results = serde_json::from_value(value).map_err(|e| bad(e.to_string()))?;
+    if before {
+        results.tool = "loratab before".into();
+    }
+    Ok(results)
+}
+
+pub fn run(args: BenchArgs) -> Result<(), BenchCliError> {
+    let mut opts = BenchOptions {
+        only: list("only", &args.only)?,
+        models: list("models", &args.models)?,
+        seqs: list("seqs", &args.seqs)?,
+        batch: args.batch,
+        steps: args.steps.max(1),
+        warmup: args.warmup,
+        ranks: list("ranks", &args.ranks)?,
+        forward_reps: args.forward_reps.max(1),
+        forward_models: list("forward-models", &args.forward_models)?,
+    };
+    if args.quick {
+        opts.models = vec!["default".into()];
+        opts.forward_models = vec!["default".into()];
+        opts.seqs = vec![128];
+    }
+    let cases = bench::cases(&opts)?;
+    let ctx = pollster::block_on(GpuContext::new()).map_err(BenchError::from)?;
+    let a = ctx.adapter();
+    eprintln!("loratab: {} ({}, {}), driver {}", a.name, a.backend, a.device_type, a.driver);
+    let log = |line: &str| eprintln!("{line}");
+    let ours = pollster::block_on(bench::run(&ctx, &cases, &log))?;
+    drop(ctx);
+
+    let theirs = match (&args.torch, &args.compare) {
+        (_, Some(file)) => Some(read_results(file)?),
+        (Some(python), None) => {
+            let dir = std::env::temp_dir().join(format!("loratab-bench-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).map_err(|e| BenchCliError::Torch(e.to_string()))?;
+            let (case_file, out_file) = (dir.join("cases.json"), dir.join("torch.json"));
+            std::fs::write(&case_file, serde_json::to_string_pretty(&cases).unwrap()).map_err(|e| BenchCliError::Torch(e.to_string()))?;
+            eprintln!("PyTorch: {} {} on {}", python.display(), args.torch_script.display(), args.torch_device);
+            let status = std::process::Command::new(python)
+                .arg(&args.torch_script)
+                .arg(&case_file)
+                .arg(&out_file)
+                .args(["--device", &args.torch_device])
+                .status()
+                .map_err(|e| BenchCliError::Torch(format!("could not start {}: {e}", python.display())))?;
+            if !status.success() {
+                return Err(BenchCliError::Torch(format!("{} exited with {status}", args.torch_script.display())));
+            }
+            Some(read_results(&out_file)?)
+        }
+        (None, None) => None,
+    };
+
+    println!("loratab: {} — {}", ours.device, ours.backend);
+    if let Some(t) = &theirs {
+        println!("{}: {} — {}", t.tool, t.device, t.backend);
+    }
+    println!();
+    print!("{}", bench::table(&ours, theirs.as_ref()));
+    if let Some(path) = &args.json {
+        let both = serde_json::json!({ "cases": cases, "loratab": ours, "torch": theirs });
+        std::fs::write(path, serde_json::to_string_pretty(&both).unwrap())
+            .map_err(|e| BenchCliError::Usage(format!("could not write {}: {e}", path.display())))?;
+    }
+    Ok(())
+}
