@@ -3,6 +3,7 @@
 //! The native binary carries its three files, so `loratab train --text FILE` needs no download;
 //! the web app gets the same files from its own origin (Trunk copies the folder next to the page).
 
+#[cfg(not(target_arch = "wasm32"))]
 use super::ModelFiles;
 
 pub const NAME: &str = "austen-5m";
