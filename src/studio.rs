@@ -225,27 +225,16 @@ pub fn model_files(files: Vec<(String, Vec<u8>)>) -> Result<ModelFiles, StudioEr
 }
 
 /// Refuse, before uploading, a model whose training would not fit this GPU's buffer limits: the
-/// trainer keeps the output layer and each block's weights in one storage binding each.
+/// trainer keeps each block weight in one storage binding. (A large vocabulary is split across
+/// buffers; whether a batch's logits fit is the trainer's check, which names batch and seq-len.)
 fn check_fits(ctx: &GpuContext, c: &Config) -> Result<(), StudioError> {
     let limit = ctx.max_binding();
-    let mib = |b: u64| format!("{:.0} MiB", b as f64 / (1u64 << 20) as f64);
-    let head = 4 * (c.vocab_size * c.hidden_size) as u64;
-    if head > limit {
-        return Err(StudioError::TooBig(format!(
-            "this model's output layer ({} tokens × {} = {}) is larger than the largest buffer this GPU allows ({}): \
-             training needs it in one buffer, so choose a smaller model",
-            c.vocab_size,
-            c.hidden_size,
-            mib(head),
-            mib(limit)
-        )));
-    }
     let layer = 4 * (c.hidden_size.max(c.q_dim()) * c.intermediate_size.max(3 * c.hidden_size)) as u64;
     if layer > limit {
         return Err(StudioError::TooBig(format!(
             "one layer of this model ({}) is larger than the largest buffer this GPU allows ({}): choose a smaller model",
-            mib(layer),
-            mib(limit)
+            crate::train::memory::human(layer),
+            crate::train::memory::human(limit)
         )));
     }
     Ok(())
@@ -293,6 +282,11 @@ impl Studio {
 
     pub fn config(&self) -> &Config {
         &self.model.config
+    }
+
+    /// The files the model was loaded from (to load it again on a new device).
+    pub fn files(&self) -> &ModelFiles {
+        &self.files
     }
 
     pub fn tokenize(&self, text: &str) -> Result<Vec<u32>, StudioError> {

@@ -148,3 +148,56 @@ gpu_test! {
         assert!(err.to_string().contains("adapter_config.json and adapter_model.safetensors"), "{err}");
     }
 }
+
+gpu_test! {
+    /// A lost device (destroyed here, as a driver reset would) ends the run with a sentence, while
+    /// the snapshot on the host still downloads and continues training on a new device.
+    async fn a_lost_device_keeps_the_snapshot() {
+        let studio = Studio::load(gpu().await, files(), "llama-tiny").await.unwrap();
+        let mut run = studio.start(TEXT, &opts(4), settings(6)).await.unwrap();
+        for _ in 0..3 {
+            studio.step(&mut run).await.unwrap();
+        }
+        let saved = studio.snapshot(&run).await.unwrap();
+        studio.ctx.device.destroy();
+        let err = studio.step(&mut run).await.err().expect("a step on a destroyed device fails");
+        assert!(err.is_device_lost(), "{err:?}");
+        assert!(err.to_string().contains("reload"), "{err}");
+        assert!(studio.snapshot(&run).await.is_err(), "nothing more comes back from a lost device");
+
+        // The host copy is whole: its zip reads back as PEFT's files, and a new device resumes it at step 3.
+        let back = SavedAdapter::from_files(vec![("adapter.zip".into(), saved.zip().unwrap())]).unwrap();
+        assert_eq!(back.step(), 3);
+        for (name, pair) in &saved.adapter.modules {
+            assert_eq!(back.adapter.modules[name].a.data, pair.a.data, "{name}");
+            assert_eq!(back.adapter.modules[name].b.data, pair.b.data, "{name}");
+        }
+        let fresh = Studio::load(gpu().await, files(), "llama-tiny").await.unwrap();
+        let mut more = fresh.resume(TEXT, &back, settings(6)).await.unwrap();
+        assert_eq!(more.steps_done(), 3);
+        while !more.finished() {
+            assert!(fresh.step(&mut more).await.unwrap().loss.unwrap().is_finite());
+        }
+    }
+}
+
+gpu_test! {
+    /// An output layer over the buffer limit is split by the trainer, so the page loads the model;
+    /// a block weight over it cannot be trained and is refused with a sentence.
+    async fn buffer_limits_split_the_head_and_refuse_big_layers() {
+        // llama-tiny: head 300 × 48 × 4 = 57 600 bytes; its largest block weight 48 × 144 × 4 = 27 648;
+        // logits of 2 windows of 16 tokens 38 400.
+        let ctx = gpu().await;
+        ctx.set_max_binding(40_000);
+        let studio = Studio::load(ctx, files(), "llama-tiny").await.unwrap();
+        assert!(studio.model.lm_head.as_ref().unwrap().weight.parts.len() > 1, "the head is split");
+        let mut run = studio.start(TEXT, &opts(4), settings(2)).await.unwrap();
+        while !run.finished() {
+            assert!(studio.step(&mut run).await.unwrap().loss.unwrap().is_finite());
+        }
+        let ctx = gpu().await;
+        ctx.set_max_binding(20_000);
+        let err = Studio::load(ctx, files(), "llama-tiny").await.err().unwrap();
+        assert!(err.to_string().contains("one layer of this model"), "{err}");
+    }
+}

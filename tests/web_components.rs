@@ -13,7 +13,8 @@ use leptos::prelude::*;
 use loratab::model::{ModelFiles, Tokenizer};
 use loratab::studio::Studio;
 use loratab::web::state::ModelStatus;
-use loratab::web::{AppState, ComparePanel, SettingsPanel, TextPanel, TrainPanel};
+use loratab::studio::SavedAdapter;
+use loratab::web::{AdapterPanel, AppState, ComparePanel, GpuAlert, SettingsPanel, TextPanel, TrainPanel};
 use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::JsFuture;
 use wasm_bindgen_test::wasm_bindgen_test;
@@ -164,4 +165,54 @@ async fn training_plots_a_falling_loss_then_compares() {
     until("both generations", 60.0, || !text_of(&root, "[data-testid=compare-tuned]").is_empty()).await;
     assert!(text_of(&root, "[data-testid=compare-base]").starts_with("the "));
     assert!(text_of(&root, "[data-testid=compare-tuned]").starts_with("the "));
+}
+
+fn train_and_download() -> impl IntoView {
+    view! { <GpuAlert/><TextPanel/><SettingsPanel/><TrainPanel/><AdapterPanel/> }
+}
+
+/// The device is destroyed mid-run (as a driver reset would lose it): the page says so, keeps the
+/// text, the settings and the last snapshot (which downloads), and "Reload the model" puts that
+/// adapter on a new device, from where Resume finishes the run.
+#[wasm_bindgen_test]
+async fn a_lost_device_keeps_the_text_and_the_adapter() {
+    let (state, root) = mount(train_and_download).await;
+    small_settings(&root, 30);
+    type_into(&root, "#train-text", TEXT);
+    until("the settings", 5.0, || root.query_selector("[data-testid=adapter-size]").unwrap().is_some()).await;
+    find(&root, "[data-testid=train]").click();
+    until("the first snapshot", 300.0, || state.saved.get_untracked().is_some()).await;
+    let kept = state.saved.get_untracked().unwrap().step();
+    state.studio.get_untracked().unwrap().ctx.device.destroy();
+    until("training to stop", 60.0, || attr(&root, "[data-testid=train-status]", "data-state") != "running").await;
+    assert!(state.step.get_untracked() < 30, "the device was lost before the run finished");
+    let status = text_of(&root, "[data-testid=train-status]");
+    assert_eq!(attr(&root, "[data-testid=train-status]", "data-state"), "failed", "{status}");
+    assert!(status.contains("device was lost") && status.contains(&format!("as of step {kept} stays downloadable")), "{status}");
+    let alert = text_of(&root, "[data-testid=alert]");
+    assert!(alert.contains("Your text and settings are kept"), "{alert}");
+
+    // Nothing typed is lost.
+    assert_eq!(find(&root, "#train-text").unchecked_into::<web_sys::HtmlTextAreaElement>().value(), TEXT);
+    assert_eq!(find(&root, "#rank").unchecked_into::<web_sys::HtmlInputElement>().value(), "4");
+
+    // The adapter as of the snapshot downloads, and the zip is PEFT's files at that step.
+    find(&root, "[data-testid=download-zip]").click();
+    until("the download", 30.0, || !text_of(&root, "[data-testid=adapter-message]").is_empty()).await;
+    let message = text_of(&root, "[data-testid=adapter-message]");
+    assert!(message.starts_with(&format!("Saved loratab-adapter-r4-step{kept}.zip")), "{message}");
+    let zip = state.saved.get_untracked().unwrap().zip().unwrap();
+    let back = SavedAdapter::from_files(vec![("a.zip".into(), zip)]).unwrap();
+    assert_eq!(back.step(), kept);
+    assert_eq!(back.adapter.config.r, 4);
+
+    // A new device: the same model, the adapter back on it, and Resume runs to the end.
+    find(&root, "[data-testid=reload]").click();
+    until("the adapter back on the GPU", 120.0, || attr(&root, "[data-testid=train-status]", "data-state") == "stopped").await;
+    assert!(root.query_selector("[data-testid=alert]").unwrap().is_none(), "the alert is gone");
+    assert_eq!(state.step.get_untracked(), kept);
+    find(&root, "[data-testid=resume]").click();
+    until("the resumed run", 300.0, || matches!(attr(&root, "[data-testid=train-status]", "data-state").as_str(), "finished" | "failed")).await;
+    assert_eq!(attr(&root, "[data-testid=train-status]", "data-state"), "finished", "{}", text_of(&root, "[data-testid=train-status]"));
+    assert!(text_of(&root, "[data-testid=step]").contains("Step 30 of 30"));
 }

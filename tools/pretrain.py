@@ -41,7 +41,10 @@ MODEL = dict(
     attention_dropout=0.0, hidden_act="silu",
 )
 TRAIN = dict(seq_len=256, batch=16, lr=2e-3, min_lr=1e-4, warmup=100, total_steps=1600,
-             weight_decay=0.1, clip=1.0, dropout=0.0, eval_every=200, ckpt_every=100)
+             weight_decay=0.1, clip=1.0, dropout=0.2, eval_every=200, ckpt_every=100)
+# dropout: on the embedding and on each residual branch (o_proj, down_proj), as GPT-2 places it;
+# 930k training tokens are seen ~7 times, and without it the model overfits (at step 1600 with
+# dropout 0: training loss ~3.1, validation 3.87).
 
 
 def cmd_data(args):
@@ -108,6 +111,20 @@ def build_model():
     return LlamaForCausalLM(cfg)
 
 
+def add_dropout(model, p):
+    """Residual dropout (training only): transformers' Llama has none, so forward hooks add it on the
+    token embedding and on the output of every attention and MLP branch. The exported model is
+    unchanged (hooks are not saved) and evaluation (model.eval()) never drops."""
+    import torch.nn.functional as F
+    if p <= 0:
+        return
+    drop = lambda m, i, out: F.dropout(out, p, m.training)
+    model.model.embed_tokens.register_forward_hook(drop)
+    for layer in model.model.layers:
+        layer.self_attn.o_proj.register_forward_hook(drop)
+        layer.mlp.down_proj.register_forward_hook(drop)
+
+
 def lr_at(step):
     t = TRAIN
     if step < t["warmup"]:
@@ -149,6 +166,7 @@ def cmd_train(args):
     train_ids, val_ids = load_ids("train"), load_ids("val")
     t = TRAIN
     model = build_model().to(args.device)
+    add_dropout(model, t["dropout"])
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": t["weight_decay"]},
@@ -294,7 +312,9 @@ def write_golden(model, tok):
 
 
 def main():
+    global WORK
     ap = argparse.ArgumentParser()
+    ap.add_argument("--work", default=WORK, help="working folder (data, tokenizer, checkpoint)")
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("data")
     sub.add_parser("tokenizer")
@@ -304,6 +324,7 @@ def main():
     tr.add_argument("--device", default="cpu")
     sub.add_parser("export")
     args = ap.parse_args()
+    WORK = args.work
     {"data": cmd_data, "tokenizer": cmd_tokenizer, "train": cmd_train, "export": cmd_export}[args.cmd](args)
 
 

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use super::*;
 
 /// The raw files of a model folder.
+#[derive(Clone)]
 pub struct ModelFiles {
     pub config: String,
     /// (file name, bytes) of model.safetensors or of every shard.

@@ -2,7 +2,7 @@ use leptos::prelude::*;
 use leptos::task::spawn_local;
 
 use super::state::AppState;
-use super::{AdapterPanel, ComparePanel, GpuPanel, ModelPanel, RankDemo, SettingsPanel, TextPanel, TrainPanel};
+use super::{AdapterPanel, GpuAlert, ComparePanel, GpuPanel, ModelPanel, RankDemo, SettingsPanel, TextPanel, TrainPanel};
 
 /// The whole page: the state is created here and shared with every panel; the default model
 /// starts loading at once.
@@ -19,7 +19,7 @@ pub fn App() -> impl IntoView {
                     "Fine-tune a small transformer with LoRA on your own GPU, in this tab, and download only the adapter."
                 </p>
             </header>
-            {move || state.alert.get().map(|a| view! { <p class="alert status-failed" role="alert" data-testid="alert">{a}</p> })}
+            <GpuAlert/>
             <Panels/>
             // The self-test opens a second GPU device, so it runs only when asked for.
             <details class="gpu" on:toggle=move |_| set_opened.set(true)>

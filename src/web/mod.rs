@@ -3,6 +3,7 @@
 //! touch GPU buffers.
 
 mod adapter_panel;
+mod alert;
 mod app;
 pub mod browser;
 mod chart;
@@ -18,6 +19,7 @@ mod text_panel;
 mod train_panel;
 
 pub use adapter_panel::AdapterPanel;
+pub use alert::GpuAlert;
 pub use app::{App, Panels};
 pub use chart::{LineChart, Series};
 pub use compare_panel::ComparePanel;

@@ -161,6 +161,8 @@ pub struct AppState {
     pub busy: RwSignal<Option<&'static str>>,
     /// A sentence about the last GPU-wide problem (device lost), shown at the top.
     pub alert: RwSignal<Option<String>>,
+    /// The studio whose device was lost: its files load the same model again on a new device.
+    pub lost: StoredValue<Option<Rc<Studio>>, LocalStorage>,
 }
 
 impl AppState {
@@ -182,6 +184,7 @@ impl AppState {
             stop: RwSignal::new(false),
             busy: RwSignal::new(None),
             alert: RwSignal::new(None),
+            lost: StoredValue::new_local(None),
         }
     }
 
@@ -217,7 +220,12 @@ impl AppState {
                 Some(step) => format!(" The adapter as of step {step} is still downloadable below."),
                 None => String::new(),
             };
-            self.alert.set(Some(format!("{e}{keep} Your text and settings are kept; “Reload the model” opens a new device.")));
+            self.alert.set(Some(format!(
+                "{e}{keep} Your text and settings are kept; “Reload the model” opens a new device and puts the adapter back on it."
+            )));
+            if let Some(studio) = self.studio.get_untracked() {
+                self.lost.set_value(Some(studio));
+            }
             self.studio.set(None);
             self.run.set_value(None);
             self.model_status.set(ModelStatus::Failed("The GPU device was lost.".into()));
@@ -267,6 +275,36 @@ impl AppState {
             Ok(files) => self.load_model(files, DEFAULT_MODEL.into()).await,
             Err(e) => self.model_status.set(ModelStatus::Failed(format!("The default model could not be loaded: {e}."))),
         }
+    }
+
+    /// After a lost device: load the same model on a new device and put the last snapshot of the
+    /// adapter back on it, so Resume, Compare and downloads carry on from there.
+    pub async fn reload(self) {
+        let Some(lost) = self.lost.get_value() else { return self.load_default().await };
+        let points = self.points.get_untracked();
+        self.load_model(lost.files().clone(), lost.info.name.clone()).await;
+        let Some(studio) = self.studio.get_untracked() else { return };
+        self.lost.set_value(None);
+        let Some(saved) = self.saved.get_untracked() else { return };
+        let Ok((_, settings)) = self.form.parse(studio.config()) else { return };
+        if !self.claim("restoring the adapter") {
+            return;
+        }
+        let steps = settings.steps.max(saved.step());
+        let text = self.text.get_untracked();
+        match studio.load_adapter(&text, &saved, TrainSettings { steps, ..settings }).await {
+            Ok(run) => {
+                let done = run.steps_done();
+                self.run.set_value(Some(run));
+                // The chart up to the snapshot stays; later points were lost with the device.
+                self.points.set(points.into_iter().filter(|p| p.step <= done).collect());
+                self.step.set(done);
+                self.total_steps.set(steps);
+                self.train_status.set(if done >= steps { TrainStatus::Finished } else { TrainStatus::Stopped });
+            }
+            Err(e) => self.train_status.set(TrainStatus::Failed(format!("The adapter could not be put back on the GPU: {e}."))),
+        }
+        self.release();
     }
 
     /// Start a new run from the settings, or continue the current one (after Stop, or with more steps).
