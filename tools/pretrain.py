@@ -195,7 +195,9 @@ def cmd_train(args):
         os.replace(ckpt_path + ".tmp", ckpt_path)
 
     t0, tokens = time.time(), 0
-    while step < t["total_steps"] and time.time() < deadline:
+    # --until N goes past the schedule's end: the learning rate stays at min_lr after total_steps.
+    until = max(args.until or t["total_steps"], t["total_steps"])
+    while step < until and time.time() < deadline:
         starts = gen.integers(0, len(train_ids) - seq - 1, size=t["batch"])
         batch = torch.from_numpy(np.stack([train_ids[s:s + seq + 1] for s in starts]).astype("int64")).to(args.device)
         for g in opt.param_groups:
@@ -211,7 +213,7 @@ def cmd_train(args):
         if step % 10 == 0:
             rate = tokens / (time.time() - t0)
             print(f"step {step} loss {loss.item():.4f} lr {lr_at(step):.2e} {rate:.0f} tok/s", flush=True)
-        if step % t["eval_every"] == 0 or step == t["total_steps"]:
+        if step % t["eval_every"] == 0 or step in (t["total_steps"], until):
             v = evaluate(model, val_ids, seq)
             history.append({"step": step, "train_loss": loss.item(), "val_loss": v})
             print(f"step {step} VAL {v:.4f} (ppl {math.exp(v):.1f})", flush=True)
@@ -322,6 +324,7 @@ def main():
     tr.add_argument("--minutes", type=float, default=60)
     tr.add_argument("--threads", type=int, default=2)
     tr.add_argument("--device", default="cpu")
+    tr.add_argument("--until", type=int, help="train to this step (past total_steps at min_lr)")
     sub.add_parser("export")
     args = ap.parse_args()
     WORK = args.work

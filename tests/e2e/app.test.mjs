@@ -93,6 +93,21 @@ test('paste → train → compare → download on the default model', async () =
     const loaded = await waitFor(page, 'model-status', 'state', 'ready', 180_000);
     assert.equal(loaded, 'ready', `${await page.getByTestId('model-status').textContent()}\n${errors.join('\n')}`);
 
+    // Every control has an accessible name (a <label>, aria-label or its text), and the page fits a
+    // laptop screen without sideways scrolling.
+    const unnamed = await page.evaluate(() =>
+      [...document.querySelectorAll('input, select, textarea, button')]
+        .filter((el) => {
+          const labelled = (el.labels?.length ?? 0) > 0 || el.getAttribute('aria-label') || el.getAttribute('aria-labelledby');
+          return !labelled && !(el.tagName === 'BUTTON' && el.textContent.trim());
+        })
+        .map((el) => el.outerHTML.slice(0, 120)));
+    assert.deepEqual(unnamed, [], 'controls without a label');
+    await page.setViewportSize({ width: 1366, height: 768 });
+    const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+    assert.ok(overflow <= 0, `the page is ${overflow} px wider than a 1366 px laptop screen`);
+    await page.setViewportSize({ width: 1400, height: 1000 });
+
     await page.getByLabel('Training text').fill(TEXT);
     await setField(page, 'Rank r', RANK);
     await setField(page, 'Alpha α', 2 * RANK);
@@ -109,7 +124,14 @@ test('paste → train → compare → download on the default model', async () =
     await page.waitForFunction(() => document.querySelector('[data-testid="text-stats"]')?.textContent.includes('windows of 32 tokens'), null, { timeout: 30_000 });
     assert.ok(Number(await page.getByTestId('text-stats').getAttribute('data-tokens')) > 64);
 
-    await page.getByTestId('train').click();
+    // By keyboard: from the last settings field, Tab reaches "Train" and Enter starts it.
+    await page.getByLabel('Sequence length', { exact: true }).focus();
+    let tabs = 0;
+    while (!(await page.evaluate(() => document.activeElement?.dataset.testid === 'train'))) {
+      assert.ok(++tabs < 40, 'Tab never reached the Train button');
+      await page.keyboard.press('Tab');
+    }
+    await page.keyboard.press('Enter');
     const state = await waitFor(page, 'train-status', 'state', 'finished', 600_000);
     assert.equal(state, 'finished', `${await page.getByTestId('train-status').textContent()}\n${errors.join('\n')}`);
     assert.match(await page.getByTestId('step').textContent(), new RegExp(`Step ${STEPS} of ${STEPS}`));
