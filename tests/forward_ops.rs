@@ -201,6 +201,37 @@ gpu_test! {
 }
 
 gpu_test! {
+    /// The fused residual add + norm equals the add followed by the norm (both flavours), and s
+    /// holds the sum.
+    async fn residual_norm_matches_reference() {
+        let ctx = gpu().await;
+        let mut rng = Rng::new(22);
+        let mut worst = 0.0f32;
+        for (rows, dim) in norm_shapes() {
+            let x: Vec<f32> = rng.vec(rows * dim).iter().map(|v| v + 3.0).collect();
+            let branch = rng.vec(rows * dim);
+            let (weight, bias) = (rng.vec(dim), rng.vec(dim));
+            let (xg, bg) = (upload(&ctx, &x).await, upload(&ctx, &branch).await);
+            let (wg, biasg) = (upload(&ctx, &weight).await, upload(&ctx, &bias).await);
+            for layer in [true, false] {
+                let bias_ref = layer.then_some(bias.as_slice());
+                let (want_s, want_y) = reference::residual_norm::residual_norm(&x, &branch, &weight, bias_ref, dim, 1e-5);
+                let s = ctx.zeros(&[rows, dim]).await.unwrap();
+                let y = ctx.zeros(&[rows, dim]).await.unwrap();
+                let bias_gpu = layer.then_some(&biasg);
+                run(&ctx, |enc| ops::residual_norm::encode(&ctx, enc, &xg, &bg, &wg, bias_gpu, &s, &y, rows, dim, 1e-5)).await;
+                assert_eq!(ctx.read(&s).await.unwrap(), want_s, "rows={rows} dim={dim}: s = a + b exactly");
+                let e = max_error(&ctx.read(&y).await.unwrap(), &want_y);
+                let tol = if layer { sum_tolerance(dim) } else { TOL };
+                assert!(e <= tol, "rows={rows} dim={dim} layernorm={layer}: max error {e}");
+                worst = worst.max(e);
+            }
+        }
+        eprintln!("residual_norm: max error {worst:e}");
+    }
+}
+
+gpu_test! {
     // Native only: SwiftShader (Chrome's software WebGPU) emulates each workgroup's barriers serially,
     // and 4 × 65538 row workgroups take minutes there; the grid spill itself is shared index math
     // that tests/ops.rs checks in the browser too (elementwise_beyond_one_grid_row).

@@ -16,6 +16,7 @@ pub mod gelu;
 pub mod layernorm;
 pub mod matmul;
 pub mod rmsnorm;
+pub mod residual_norm;
 pub mod rope;
 pub mod scale;
 pub mod silu_mul;

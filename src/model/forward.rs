@@ -198,6 +198,13 @@ impl GpuModel {
         }
     }
 
+    /// Record `s = a + b; out = norm(s)`: a residual add fused with the norm after it.
+    #[allow(clippy::too_many_arguments)]
+    fn residual_norm(&self, ctx: &GpuContext, enc: &mut wgpu::CommandEncoder, a: &GpuTensor, b: &GpuTensor, n: &GpuNorm, s: &GpuTensor, rows: usize, out: &GpuTensor) -> Result<(), GpuError> {
+        let (d, eps) = (self.config.hidden_size, self.config.norm_eps);
+        gpu::residual_norm::encode(ctx, enc, a, b, &n.weight, n.bias.as_ref(), s, out, rows, d, eps)
+    }
+
     /// Final hidden states [tokens, hidden] (after the last norm) for `tokens` at positions
     /// past..past+len, attending to the `past` positions already in the KV cache (0 starts anew).
     pub async fn hidden(&self, ctx: &GpuContext, tokens: &[u32], past: usize) -> Result<GpuTensor, ModelError> {
@@ -221,6 +228,7 @@ impl GpuModel {
         let positions: Vec<u32> = (past as u32..(past + t) as u32).collect();
         let pos_ids = ctx.upload_u32(&positions, &[t]).await?;
         let x = ctx.zeros(&[t, d]).await?;
+        let x2 = ctx.zeros(&[t, d]).await?;
         let h = ctx.zeros(&[t, d]).await?;
         let q = ctx.zeros(&[t, qd]).await?;
         let k = ctx.zeros(&[t, kvd]).await?;
@@ -241,9 +249,16 @@ impl GpuModel {
             if let Some(pos) = &self.position_embedding {
                 gpu::embedding::encode(ctx, enc, pos, d, 0, &pos_ids, &x, true)?;
             }
-            for (b, (k_cache, v_cache)) in self.blocks.iter().zip(&cache) {
+            // The residual stream alternates between x and x2: each residual add writes the other
+            // one, fused with the norm that follows it (residual_norm), so h always holds the
+            // normed input of the next branch.
+            let (mut cur, mut other) = (&x, &x2);
+            match self.blocks.first() {
+                Some(b) => self.norm(ctx, enc, &x, &b.attn_norm, t, &h)?,
+                None => self.norm(ctx, enc, &x, &self.final_norm, t, &out)?,
+            }
+            for (i, (b, (k_cache, v_cache))) in self.blocks.iter().zip(&cache).enumerate() {
                 // Attention: project, rotate (Llama), append k and v to the cache, attend.
-                self.norm(ctx, enc, &x, &b.attn_norm, t, &h)?;
                 b.q.encode(ctx, enc, &h, t, &q)?;
                 b.k.encode(ctx, enc, &h, t, &k)?;
                 b.v.encode(ctx, enc, &h, t, &v)?;
@@ -256,11 +271,10 @@ impl GpuModel {
                 enc.copy_buffer_to_buffer(&v.buffer, 0, &v_cache.buffer, past as u64 * row_bytes, t as u64 * row_bytes);
                 gpu::attention::encode(ctx, enc, &q, k_cache, v_cache, &att, &probs, t, past, &heads)?;
                 b.o.encode(ctx, enc, &att, t, &proj)?;
-                gpu::add::encode(ctx, enc, &x, &proj, &h)?;
-                enc.copy_buffer_to_buffer(&h.buffer, 0, &x.buffer, 0, x.bytes());
+                self.residual_norm(ctx, enc, cur, &proj, &b.mlp_norm, other, t, &h)?;
+                std::mem::swap(&mut cur, &mut other);
 
                 // MLP.
-                self.norm(ctx, enc, &x, &b.mlp_norm, t, &h)?;
                 match &b.mlp {
                     GpuMlp::Gelu { fc, proj: down } => {
                         fc.encode(ctx, enc, &h, t, &ff1)?;
@@ -274,10 +288,15 @@ impl GpuModel {
                         down.encode(ctx, enc, &ff3, t, &proj)?;
                     }
                 }
-                gpu::add::encode(ctx, enc, &x, &proj, &h)?;
-                enc.copy_buffer_to_buffer(&h.buffer, 0, &x.buffer, 0, x.bytes());
+                // The next block's attn_norm, or the final norm after the last block.
+                let (next_norm, next_h) = match self.blocks.get(i + 1) {
+                    Some(nb) => (&nb.attn_norm, &h),
+                    None => (&self.final_norm, &out),
+                };
+                self.residual_norm(ctx, enc, cur, &proj, next_norm, other, t, next_h)?;
+                std::mem::swap(&mut cur, &mut other);
             }
-            self.norm(ctx, enc, &x, &self.final_norm, t, &out)
+            Ok(())
         })
         .await?;
         Ok(out)

@@ -12,6 +12,7 @@ pub mod layernorm;
 pub mod matmul;
 pub mod model;
 pub mod rmsnorm;
+pub mod residual_norm;
 pub mod rope;
 pub mod scale;
 pub mod silu_mul;

@@ -156,6 +156,22 @@ fn linear_input_grad(
     gpu::matmul::encode(ctx, enc, &spec, dy, w, None, dx)
 }
 
+/// Record `s = a + b; out = norm(s)` (the fused residual add and the norm after it).
+#[allow(clippy::too_many_arguments)]
+fn residual_norm(
+    ctx: &GpuContext,
+    enc: &mut wgpu::CommandEncoder,
+    c: &Config,
+    n: &GpuNorm,
+    a: &GpuTensor,
+    b: &GpuTensor,
+    s: &GpuTensor,
+    rows: usize,
+    out: &GpuTensor,
+) -> Result<(), GpuError> {
+    gpu::residual_norm::encode(ctx, enc, a, b, &n.weight, n.bias.as_ref(), s, out, rows, c.hidden_size, c.norm_eps)
+}
+
 fn norm_forward(
     ctx: &GpuContext,
     enc: &mut wgpu::CommandEncoder,
@@ -606,7 +622,10 @@ impl Trainer {
         }
         for (l, b) in model.blocks.iter().enumerate() {
             let a = &self.layers[l];
-            norm_forward(ctx, enc, c, &b.attn_norm, &a.x_in, n, &a.h1)?;
+            if l == 0 {
+                // Later blocks' attn_norm is fused into the previous block's last residual add.
+                norm_forward(ctx, enc, c, &b.attn_norm, &a.x_in, n, &a.h1)?;
+            }
             self.linear(ctx, enc, l, b, Site::Q, &a.h1, &a.q)?;
             self.linear(ctx, enc, l, b, Site::K, &a.h1, &a.k)?;
             self.linear(ctx, enc, l, b, Site::V, &a.h1, &a.v)?;
@@ -622,9 +641,8 @@ impl Trainer {
                 copy_rows(enc, &self.os, 0, &a.att, s * t, t, qd);
             }
             self.linear(ctx, enc, l, b, Site::O, &a.att, &self.proj)?;
-            gpu::add::encode(ctx, enc, &a.x_in, &self.proj, &a.x_mid)?;
-
-            norm_forward(ctx, enc, c, &b.mlp_norm, &a.x_mid, n, &a.h2)?;
+            // x_mid = x_in + o(…), h2 = mlp_norm(x_mid): one fused pass.
+            residual_norm(ctx, enc, c, &b.mlp_norm, &a.x_in, &self.proj, &a.x_mid, n, &a.h2)?;
             match &b.mlp {
                 GpuMlp::Gelu { .. } => {
                     self.linear(ctx, enc, l, b, Site::Fc, &a.h2, &a.ff1)?;
@@ -638,9 +656,17 @@ impl Trainer {
                     self.linear(ctx, enc, l, b, Site::Down, &a.ff3, &self.proj)?;
                 }
             }
-            gpu::add::encode(ctx, enc, &a.x_mid, &self.proj, self.x_in(l + 1))?;
+            // x_in(l + 1) = x_mid + mlp(…), fused with the norm that reads it next: the next
+            // block's attn_norm, or the final norm after the last block.
+            let (next_norm, next_h) = match (model.blocks.get(l + 1), self.layers.get(l + 1)) {
+                (Some(nb), Some(na)) => (&nb.attn_norm, &na.h1),
+                _ => (&model.final_norm, &self.hf),
+            };
+            residual_norm(ctx, enc, c, next_norm, &a.x_mid, &self.proj, self.x_in(l + 1), n, next_h)?;
         }
-        norm_forward(ctx, enc, c, &model.final_norm, &self.x_final, n, &self.hf)?;
+        if model.blocks.is_empty() {
+            norm_forward(ctx, enc, c, &model.final_norm, &self.x_final, n, &self.hf)?;
+        }
         match &model.lm_head {
             Some(head) => linear_forward(ctx, enc, head, &self.hf, n, &self.logits)?,
             None => {
