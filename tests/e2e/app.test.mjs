@@ -183,7 +183,8 @@ test('paste → train → compare → download on the default model', async () =
     assert.deepEqual(names(mergedHeader), names(base));
     assert.equal(JSON.parse(merged['config.json']).model_type, config.model_type);
 
-    // The first screen (panels 1–6) is the README's picture.
+    // The first screen (panels 1–6) is the README's picture (keyboard focus and downloads scrolled it).
+    await page.evaluate(() => window.scrollTo(0, 0));
     await page.screenshot({ path: path.join(ARTIFACTS, 'app.png') });
     assert.deepEqual(errors.filter((e) => !e.includes('favicon')), [], 'no errors in the console');
   } finally {
