@@ -294,13 +294,9 @@ impl AppState {
         let text = self.text.get_untracked();
         match studio.load_adapter(&text, &saved, TrainSettings { steps, ..settings }).await {
             Ok(run) => {
-                let done = run.steps_done();
-                self.run.set_value(Some(run));
                 // The chart up to the snapshot stays; later points were lost with the device.
-                self.points.set(points.into_iter().filter(|p| p.step <= done).collect());
-                self.step.set(done);
-                self.total_steps.set(steps);
-                self.train_status.set(if done >= steps { TrainStatus::Finished } else { TrainStatus::Stopped });
+                let done = run.steps_done();
+                self.adopt(run, steps, points.into_iter().filter(|p| p.step <= done).collect());
             }
             Err(e) => self.train_status.set(TrainStatus::Failed(format!("The adapter could not be put back on the GPU: {e}."))),
         }
@@ -452,14 +448,20 @@ impl AppState {
             self.gpu_failed(&e);
             e.to_string()
         })?;
+        self.saved.set(Some(Rc::new(saved)));
+        Ok(self.adopt(run, steps, Vec::new()))
+    }
+
+    /// Make `run` (an adapter put on the GPU from a snapshot) the current one, paused at its step
+    /// of `steps`, with `points` on the chart; returns its step.
+    fn adopt(&self, run: Run, steps: usize, points: Vec<LossPoint>) -> usize {
         let done = run.steps_done();
         self.run.set_value(Some(run));
-        self.saved.set(Some(Rc::new(saved)));
-        self.points.set(Vec::new());
+        self.points.set(points);
         self.step.set(done);
         self.total_steps.set(steps);
         self.train_status.set(if done >= steps { TrainStatus::Finished } else { TrainStatus::Stopped });
-        Ok(done)
+        done
     }
 
     /// Snapshot the current run now if the GPU is free (downloads then hold the newest adapter).
