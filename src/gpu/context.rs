@@ -182,6 +182,19 @@ impl GpuContext {
         }
     }
 
+    /// When a request fails, wait briefly for a device loss to be reported. In the browser a
+    /// destroyed device can fail a pending map before its `lost` promise settles (the CI saw a
+    /// readback error where the cause was the loss); natively `poll` delivers the loss first.
+    async fn settle_loss(&self) {
+        #[cfg(target_arch = "wasm32")]
+        for _ in 0..50 {
+            if self.lost.lock().unwrap().is_some() {
+                return;
+            }
+            sleep_ms(10).await;
+        }
+    }
+
     /// Run `work` (buffer creation, encoding, submission) inside validation and out-of-memory error
     /// scopes, so that GPU-side failures come back as typed errors instead of being logged or panicking.
     pub async fn scoped<R>(
@@ -196,6 +209,9 @@ impl GpuContext {
         let validation = validation.pop().await;
         let oom = oom.pop().await;
         if let Some(e) = oom.or(validation) {
+            // Work on a destroyed device fails validation: report the loss, the cause, if it is one.
+            self.settle_loss().await;
+            self.check()?;
             return Err(e.into());
         }
         self.check()?;
@@ -414,18 +430,15 @@ impl GpuContext {
         self.device
             .poll(wgpu::PollType::wait_indefinitely())
             .map_err(|e| GpuError::Readback(e.to_string()))?;
-        let mapped = rx.await.map_err(|_| {
-            GpuError::Readback(
-                self.lost
-                    .lock()
-                    .unwrap()
-                    .clone()
-                    .unwrap_or_else(|| "the map request was dropped".into()),
-            )
-        })?;
-        // A lost device also fails the map: report the loss, the cause, first.
-        self.check()?;
-        mapped.map_err(|e| GpuError::Readback(e.to_string()))?;
+        let mapped = rx.await;
+        if !matches!(mapped, Ok(Ok(()))) {
+            // A lost device also fails the map: report the loss, the cause, first.
+            self.settle_loss().await;
+            self.check()?;
+        }
+        mapped
+            .map_err(|_| GpuError::Readback("the map request was dropped".into()))?
+            .map_err(|e| GpuError::Readback(e.to_string()))?;
         let data = staging
             .get_mapped_range(..bytes)
             .map_err(|e| GpuError::Readback(e.to_string()))?
@@ -433,4 +446,24 @@ impl GpuContext {
         staging.unmap();
         Ok(data)
     }
+}
+
+/// A macrotask-long wait in the page or a worker (`setTimeout` on whichever global this runs in).
+#[cfg(target_arch = "wasm32")]
+async fn sleep_ms(ms: i32) {
+    use wasm_bindgen::{JsCast, JsValue};
+    let promise = js_sys::Promise::new(&mut |resolve, _| {
+        let set_timeout = js_sys::Reflect::get(&js_sys::global(), &JsValue::from_str("setTimeout"))
+            .ok()
+            .and_then(|f| f.dyn_into::<js_sys::Function>().ok());
+        match set_timeout {
+            Some(f) => {
+                let _ = f.call2(&JsValue::UNDEFINED, &resolve, &JsValue::from(ms));
+            }
+            None => {
+                let _ = resolve.call0(&JsValue::UNDEFINED);
+            }
+        }
+    });
+    let _ = wasm_bindgen_futures::JsFuture::from(promise).await;
 }
