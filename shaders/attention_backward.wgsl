@@ -46,24 +46,10 @@ struct Params {
 
 const WG: u32 = 256u;
 
-var<workgroup> scratch: array<f32, 256>;
 var<workgroup> scratch_v: array<f32, 256>;
 var<workgroup> g_row: array<f32, 256>;
 
-// Workgroup sum of each thread's x. Every thread must call it (barriers); all get the result.
-fn workgroup_sum(t: u32, x: f32) -> f32 {
-    scratch[t] = x;
-    for (var width = WG / 2u; width > 0u; width = width / 2u) {
-        workgroupBarrier();
-        if (t < width) {
-            scratch[t] += scratch[t + width];
-        }
-    }
-    workgroupBarrier();
-    let r = scratch[0];
-    workgroupBarrier();
-    return r;
-}
+// workgroup_sum / workgroup_max / workgroup_sum2 and `scratch`: shaders/workgroup_reduce.wgsl.
 
 @compute @workgroup_size(256)
 fn dq_main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>,

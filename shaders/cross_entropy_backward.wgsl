@@ -18,36 +18,7 @@ struct Params { rows: u32, vocab: u32, scale: f32, _pad: u32 }
 
 const NEG_MAX: f32 = -0x1.fffffep+127f;  // -FLT_MAX (Chrome's Tint rejects decimal spellings that round past it)
 
-var<workgroup> scratch: array<f32, 256>;
-
-// Workgroup sum / max of each thread's v. Every thread must call them (barriers); all get the result.
-fn workgroup_sum(t: u32, x: f32) -> f32 {
-    scratch[t] = x;
-    for (var width = 128u; width > 0u; width = width / 2u) {
-        workgroupBarrier();
-        if (t < width) {
-            scratch[t] += scratch[t + width];
-        }
-    }
-    workgroupBarrier();
-    let r = scratch[0];
-    workgroupBarrier();
-    return r;
-}
-
-fn workgroup_max(t: u32, x: f32) -> f32 {
-    scratch[t] = x;
-    for (var width = 128u; width > 0u; width = width / 2u) {
-        workgroupBarrier();
-        if (t < width) {
-            scratch[t] = max(scratch[t], scratch[t + width]);
-        }
-    }
-    workgroupBarrier();
-    let r = scratch[0];
-    workgroupBarrier();
-    return r;
-}
+// workgroup_sum / workgroup_max / workgroup_sum2 and `scratch`: shaders/workgroup_reduce.wgsl.
 
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>,

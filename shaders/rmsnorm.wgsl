@@ -11,22 +11,7 @@ struct Params { rows: u32, dim: u32, eps: f32, _pad: u32 }
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;
 @group(0) @binding(3) var<uniform> p: Params;
 
-var<workgroup> scratch: array<f32, 256>;
-
-// Workgroup sum of each thread's v. Every thread must call it (barriers); all get the total.
-fn workgroup_sum(t: u32, v: f32) -> f32 {
-    scratch[t] = v;
-    for (var width = 128u; width > 0u; width = width / 2u) {
-        workgroupBarrier();
-        if (t < width) {
-            scratch[t] += scratch[t + width];
-        }
-    }
-    workgroupBarrier();
-    let total = scratch[0];
-    workgroupBarrier(); // everyone has read it before scratch is reused
-    return total;
-}
+// workgroup_sum / workgroup_max / workgroup_sum2 and `scratch`: shaders/workgroup_reduce.wgsl.
 
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>,

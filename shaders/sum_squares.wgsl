@@ -12,18 +12,7 @@ struct Params { n: u32, groups: u32 }
 @group(0) @binding(1) var<storage, read_write> out: array<f32>;
 @group(0) @binding(2) var<uniform> p: Params;
 
-var<workgroup> scratch: array<f32, 256>;
-
-// Tree-reduce scratch[0..256] into scratch[0]. Every thread must call it (barriers).
-fn reduce_scratch(t: u32) {
-    for (var width = 128u; width > 0u; width = width / 2u) {
-        workgroupBarrier();
-        if (t < width) {
-            scratch[t] += scratch[t + width];
-        }
-    }
-    workgroupBarrier();
-}
+// workgroup_sum and `scratch`: shaders/workgroup_reduce.wgsl.
 
 @compute @workgroup_size(256)
 fn partial(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
@@ -32,10 +21,9 @@ fn partial(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) 
         let v = x[i];
         s = fma(v, v, s);
     }
-    scratch[lid.x] = s;
-    reduce_scratch(lid.x);
+    let total = workgroup_sum(lid.x, s);
     if (lid.x == 0u) {
-        out[wid.x] = scratch[0];
+        out[wid.x] = total;
     }
 }
 
@@ -46,9 +34,8 @@ fn finish(@builtin(local_invocation_id) lid: vec3<u32>) {
     for (var i = lid.x; i < p.n; i += 256u) {
         s += x[i];
     }
-    scratch[lid.x] = s;
-    reduce_scratch(lid.x);
+    let total = workgroup_sum(lid.x, s);
     if (lid.x == 0u) {
-        out[0] = scratch[0];
+        out[0] = total;
     }
 }

@@ -5,7 +5,7 @@
 use super::{check_len, check_u32, grid_rows, GpuContext, GpuError, GpuTensor};
 use crate::reference::attention::Heads;
 
-const SOURCE: &str = include_str!("../../shaders/attention.wgsl");
+const SOURCE: &str = concat!(include_str!("../../shaders/attention.wgsl"), include_str!("../../shaders/workgroup_reduce.wgsl"));
 /// Largest head_dim the kernel handles (one workgroup of 256 threads holds a query row).
 pub const MAX_HEAD_DIM: usize = 256;
 
@@ -89,7 +89,7 @@ pub fn encode(
     Ok(())
 }
 
-const BACKWARD_SOURCE: &str = include_str!("../../shaders/attention_backward.wgsl");
+const BACKWARD_SOURCE: &str = concat!(include_str!("../../shaders/attention_backward.wgsl"), include_str!("../../shaders/workgroup_reduce.wgsl"));
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]

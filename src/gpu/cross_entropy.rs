@@ -3,7 +3,7 @@
 
 use super::{check_len, check_u32, grid_rows, GpuContext, GpuError, GpuTensor};
 
-const SOURCE: &str = include_str!("../../shaders/cross_entropy.wgsl");
+const SOURCE: &str = concat!(include_str!("../../shaders/cross_entropy.wgsl"), include_str!("../../shaders/workgroup_reduce.wgsl"));
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -43,7 +43,7 @@ pub fn encode(
     Ok(())
 }
 
-const BACKWARD_SOURCE: &str = include_str!("../../shaders/cross_entropy_backward.wgsl");
+const BACKWARD_SOURCE: &str = concat!(include_str!("../../shaders/cross_entropy_backward.wgsl"), include_str!("../../shaders/workgroup_reduce.wgsl"));
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]

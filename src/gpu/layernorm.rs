@@ -3,7 +3,7 @@
 
 use super::{check_len, check_u32, grid_rows, GpuContext, GpuError, GpuTensor};
 
-const SOURCE: &str = include_str!("../../shaders/layernorm.wgsl");
+const SOURCE: &str = concat!(include_str!("../../shaders/layernorm.wgsl"), include_str!("../../shaders/workgroup_reduce.wgsl"));
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -44,7 +44,7 @@ pub fn encode(
     Ok(())
 }
 
-const BACKWARD_SOURCE: &str = include_str!("../../shaders/layernorm_backward.wgsl");
+const BACKWARD_SOURCE: &str = concat!(include_str!("../../shaders/layernorm_backward.wgsl"), include_str!("../../shaders/workgroup_reduce.wgsl"));
 
 /// Record `dx = ∂/∂x` of layernorm given the output gradient `dy` (weight and bias frozen; mean and
 /// variance recomputed from `x`): `shaders/layernorm_backward.wgsl`, reference

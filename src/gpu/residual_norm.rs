@@ -4,7 +4,7 @@
 
 use super::{check_len, check_u32, grid_rows, GpuContext, GpuError, GpuTensor};
 
-const SOURCE: &str = include_str!("../../shaders/residual_norm.wgsl");
+const SOURCE: &str = concat!(include_str!("../../shaders/residual_norm.wgsl"), include_str!("../../shaders/workgroup_reduce.wgsl"));
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]

@@ -3,7 +3,7 @@
 
 use super::{check_len, check_u32, grid_rows, GpuContext, GpuError, GpuTensor};
 
-const SOURCE: &str = include_str!("../../shaders/rmsnorm.wgsl");
+const SOURCE: &str = concat!(include_str!("../../shaders/rmsnorm.wgsl"), include_str!("../../shaders/workgroup_reduce.wgsl"));
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -42,7 +42,7 @@ pub fn encode(
     Ok(())
 }
 
-const BACKWARD_SOURCE: &str = include_str!("../../shaders/rmsnorm_backward.wgsl");
+const BACKWARD_SOURCE: &str = concat!(include_str!("../../shaders/rmsnorm_backward.wgsl"), include_str!("../../shaders/workgroup_reduce.wgsl"));
 
 /// Record `dx = ∂/∂x` of rmsnorm given the output gradient `dy` (weight frozen; the rms recomputed
 /// from `x`): `shaders/rmsnorm_backward.wgsl`, reference `reference::rmsnorm::rmsnorm_backward`.

@@ -2,7 +2,7 @@
 
 use super::{GpuContext, GpuError, GpuTensor, WORKGROUP_1D};
 
-const SOURCE: &str = include_str!("../../shaders/sum_squares.wgsl");
+const SOURCE: &str = concat!(include_str!("../../shaders/sum_squares.wgsl"), include_str!("../../shaders/workgroup_reduce.wgsl"));
 /// At most this many partial sums: enough workgroups to fill a large GPU, few enough for one
 /// workgroup to finish them.
 const MAX_GROUPS: usize = 1024;
