@@ -87,9 +87,37 @@ impl GpuLinear {
     }
 }
 
+/// A layernorm (with bias: GPT-2) or an RMSNorm (without: Llama) on the GPU.
 pub struct GpuNorm {
     pub weight: GpuTensor,
     pub bias: Option<GpuTensor>,
+}
+
+impl GpuNorm {
+    /// Record `out = norm(x)` over `rows` rows of the hidden size.
+    pub fn encode(&self, ctx: &GpuContext, enc: &mut wgpu::CommandEncoder, c: &Config, x: &GpuTensor, rows: usize, out: &GpuTensor) -> Result<(), GpuError> {
+        let (d, eps) = (c.hidden_size, c.norm_eps);
+        match &self.bias {
+            Some(b) => gpu::layernorm::encode(ctx, enc, x, &self.weight, b, out, rows, d, eps),
+            None => gpu::rmsnorm::encode(ctx, enc, x, &self.weight, out, rows, d, eps),
+        }
+    }
+
+    /// Record `s = a + b; out = norm(s)`: a residual add fused with the norm after it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn encode_residual(&self, ctx: &GpuContext, enc: &mut wgpu::CommandEncoder, c: &Config, a: &GpuTensor, b: &GpuTensor, s: &GpuTensor, rows: usize, out: &GpuTensor) -> Result<(), GpuError> {
+        gpu::residual_norm::encode(ctx, enc, a, b, &self.weight, self.bias.as_ref(), s, out, rows, c.hidden_size, c.norm_eps)
+    }
+
+    /// Record `dx = dy · ∂norm(x)/∂x` (weight and bias are frozen: no gradient for them).
+    #[allow(clippy::too_many_arguments)]
+    pub fn encode_backward(&self, ctx: &GpuContext, enc: &mut wgpu::CommandEncoder, c: &Config, x: &GpuTensor, dy: &GpuTensor, rows: usize, dx: &GpuTensor) -> Result<(), GpuError> {
+        let (d, eps) = (c.hidden_size, c.norm_eps);
+        match &self.bias {
+            Some(_) => gpu::layernorm::encode_backward(ctx, enc, x, &self.weight, dy, dx, rows, d, eps),
+            None => gpu::rmsnorm::encode_backward(ctx, enc, x, &self.weight, dy, dx, rows, d, eps),
+        }
+    }
 }
 
 pub enum GpuMlp {
@@ -190,21 +218,6 @@ impl GpuModel {
         Ok(cache)
     }
 
-    fn norm(&self, ctx: &GpuContext, enc: &mut wgpu::CommandEncoder, x: &GpuTensor, n: &GpuNorm, rows: usize, out: &GpuTensor) -> Result<(), GpuError> {
-        let (d, eps) = (self.config.hidden_size, self.config.norm_eps);
-        match &n.bias {
-            Some(b) => gpu::layernorm::encode(ctx, enc, x, &n.weight, b, out, rows, d, eps),
-            None => gpu::rmsnorm::encode(ctx, enc, x, &n.weight, out, rows, d, eps),
-        }
-    }
-
-    /// Record `s = a + b; out = norm(s)`: a residual add fused with the norm after it.
-    #[allow(clippy::too_many_arguments)]
-    fn residual_norm(&self, ctx: &GpuContext, enc: &mut wgpu::CommandEncoder, a: &GpuTensor, b: &GpuTensor, n: &GpuNorm, s: &GpuTensor, rows: usize, out: &GpuTensor) -> Result<(), GpuError> {
-        let (d, eps) = (self.config.hidden_size, self.config.norm_eps);
-        gpu::residual_norm::encode(ctx, enc, a, b, &n.weight, n.bias.as_ref(), s, out, rows, d, eps)
-    }
-
     /// Final hidden states [tokens, hidden] (after the last norm) for `tokens` at positions
     /// past..past+len, attending to the `past` positions already in the KV cache (0 starts anew).
     pub async fn hidden(&self, ctx: &GpuContext, tokens: &[u32], past: usize) -> Result<GpuTensor, ModelError> {
@@ -254,8 +267,8 @@ impl GpuModel {
             // normed input of the next branch.
             let (mut cur, mut other) = (&x, &x2);
             match self.blocks.first() {
-                Some(b) => self.norm(ctx, enc, &x, &b.attn_norm, t, &h)?,
-                None => self.norm(ctx, enc, &x, &self.final_norm, t, &out)?,
+                Some(b) => b.attn_norm.encode(ctx, enc, &self.config, &x, t, &h)?,
+                None => self.final_norm.encode(ctx, enc, &self.config, &x, t, &out)?,
             }
             for (i, (b, (k_cache, v_cache))) in self.blocks.iter().zip(&cache).enumerate() {
                 // Attention: project, rotate (Llama), append k and v to the cache, attend.
@@ -271,7 +284,7 @@ impl GpuModel {
                 enc.copy_buffer_to_buffer(&v.buffer, 0, &v_cache.buffer, past as u64 * row_bytes, t as u64 * row_bytes);
                 gpu::attention::encode(ctx, enc, &q, k_cache, v_cache, &att, &probs, t, past, &heads)?;
                 b.o.encode(ctx, enc, &att, t, &proj)?;
-                self.residual_norm(ctx, enc, cur, &proj, &b.mlp_norm, other, t, &h)?;
+                b.mlp_norm.encode_residual(ctx, enc, &self.config, cur, &proj, other, t, &h)?;
                 std::mem::swap(&mut cur, &mut other);
 
                 // MLP.
@@ -293,7 +306,7 @@ impl GpuModel {
                     Some(nb) => (&nb.attn_norm, &h),
                     None => (&self.final_norm, &out),
                 };
-                self.residual_norm(ctx, enc, cur, &proj, next_norm, other, t, next_h)?;
+                next_norm.encode_residual(ctx, enc, &self.config, cur, &proj, other, t, next_h)?;
                 std::mem::swap(&mut cur, &mut other);
             }
             Ok(())

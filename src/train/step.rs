@@ -12,7 +12,7 @@ use std::cell::Cell;
 
 use super::{GpuLora, Site, TrainError};
 use crate::gpu::{self, adamw::AdamW, DispatchCache, GpuContext, GpuError, GpuTensor};
-use crate::model::{Arch, Config, GpuBlock, GpuLinear, GpuMlp, GpuModel, GpuNorm, WeightLayout};
+use crate::model::{Arch, Config, GpuBlock, GpuLinear, GpuMlp, GpuModel, WeightLayout};
 use crate::ops::{Layout, Matmul};
 use crate::reference::attention::Heads;
 use crate::reference::cross_entropy::IGNORE;
@@ -154,56 +154,6 @@ fn linear_input_grad(
     };
     let spec = Matmul::new(rows, l.in_dim, l.out_dim, layout).scaled(1.0, beta);
     gpu::matmul::encode(ctx, enc, &spec, dy, w, None, dx)
-}
-
-/// Record `s = a + b; out = norm(s)` (the fused residual add and the norm after it).
-#[allow(clippy::too_many_arguments)]
-fn residual_norm(
-    ctx: &GpuContext,
-    enc: &mut wgpu::CommandEncoder,
-    c: &Config,
-    n: &GpuNorm,
-    a: &GpuTensor,
-    b: &GpuTensor,
-    s: &GpuTensor,
-    rows: usize,
-    out: &GpuTensor,
-) -> Result<(), GpuError> {
-    gpu::residual_norm::encode(ctx, enc, a, b, &n.weight, n.bias.as_ref(), s, out, rows, c.hidden_size, c.norm_eps)
-}
-
-fn norm_forward(
-    ctx: &GpuContext,
-    enc: &mut wgpu::CommandEncoder,
-    c: &Config,
-    n: &GpuNorm,
-    x: &GpuTensor,
-    rows: usize,
-    out: &GpuTensor,
-) -> Result<(), GpuError> {
-    let (d, eps) = (c.hidden_size, c.norm_eps);
-    match &n.bias {
-        Some(b) => gpu::layernorm::encode(ctx, enc, x, &n.weight, b, out, rows, d, eps),
-        None => gpu::rmsnorm::encode(ctx, enc, x, &n.weight, out, rows, d, eps),
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn norm_backward(
-    ctx: &GpuContext,
-    enc: &mut wgpu::CommandEncoder,
-    c: &Config,
-    n: &GpuNorm,
-    x: &GpuTensor,
-    dy: &GpuTensor,
-    rows: usize,
-    dx: &GpuTensor,
-) -> Result<(), GpuError> {
-    let (d, eps) = (c.hidden_size, c.norm_eps);
-    match &n.bias {
-        Some(_) => gpu::layernorm::encode_backward(ctx, enc, x, &n.weight, dy, dx, rows, d, eps),
-        None => gpu::rmsnorm::encode_backward(ctx, enc, x, &n.weight, dy, dx, rows, d, eps),
-    }
 }
 
 /// Copy `rows` rows of `width` floats from row `src_row` of `src` to row `dst_row` of `dst`.
@@ -624,7 +574,7 @@ impl Trainer {
             let a = &self.layers[l];
             if l == 0 {
                 // Later blocks' attn_norm is fused into the previous block's last residual add.
-                norm_forward(ctx, enc, c, &b.attn_norm, &a.x_in, n, &a.h1)?;
+                b.attn_norm.encode(ctx, enc, c, &a.x_in, n, &a.h1)?;
             }
             self.linear(ctx, enc, l, b, Site::Q, &a.h1, &a.q)?;
             self.linear(ctx, enc, l, b, Site::K, &a.h1, &a.k)?;
@@ -642,7 +592,7 @@ impl Trainer {
             }
             self.linear(ctx, enc, l, b, Site::O, &a.att, &self.proj)?;
             // x_mid = x_in + o(…), h2 = mlp_norm(x_mid): one fused pass.
-            residual_norm(ctx, enc, c, &b.mlp_norm, &a.x_in, &self.proj, &a.x_mid, n, &a.h2)?;
+            b.mlp_norm.encode_residual(ctx, enc, c, &a.x_in, &self.proj, &a.x_mid, n, &a.h2)?;
             match &b.mlp {
                 GpuMlp::Gelu { .. } => {
                     self.linear(ctx, enc, l, b, Site::Fc, &a.h2, &a.ff1)?;
@@ -662,10 +612,10 @@ impl Trainer {
                 (Some(nb), Some(na)) => (&nb.attn_norm, &na.h1),
                 _ => (&model.final_norm, &self.hf),
             };
-            residual_norm(ctx, enc, c, next_norm, &a.x_mid, &self.proj, self.x_in(l + 1), n, next_h)?;
+            next_norm.encode_residual(ctx, enc, c, &a.x_mid, &self.proj, self.x_in(l + 1), n, next_h)?;
         }
         if model.blocks.is_empty() {
-            norm_forward(ctx, enc, c, &model.final_norm, &self.x_final, n, &self.hf)?;
+            model.final_norm.encode(ctx, enc, c, &self.x_final, n, &self.hf)?;
         }
         match &model.lm_head {
             Some(head) => linear_forward(ctx, enc, head, &self.hf, n, &self.logits)?,
@@ -719,7 +669,7 @@ impl Trainer {
         }
         // The residual stream's gradient alternates between two buffers.
         let (mut cur, mut other) = (&self.grad_a, &self.grad_b);
-        norm_backward(ctx, enc, c, &model.final_norm, &self.x_final, &self.dh, n, cur)?;
+        model.final_norm.encode_backward(ctx, enc, c, &self.x_final, &self.dh, n, cur)?;
         for (l, b) in model.blocks.iter().enumerate().rev() {
             let a = &self.layers[l];
             // MLP: x_out = x_mid + mlp(mlp_norm(x_mid)).
@@ -736,7 +686,7 @@ impl Trainer {
                     self.linear_backward(ctx, enc, acc, l, b, Site::Up, &a.h2, &self.dff2, Some((&self.dh, 1.0)))?;
                 }
             }
-            norm_backward(ctx, enc, c, &b.mlp_norm, &a.x_mid, &self.dh, n, &self.dtmp)?;
+            b.mlp_norm.encode_backward(ctx, enc, c, &a.x_mid, &self.dh, n, &self.dtmp)?;
             gpu::add::encode(ctx, enc, cur, &self.dtmp, other)?;
             std::mem::swap(&mut cur, &mut other);
 
@@ -766,7 +716,7 @@ impl Trainer {
             self.linear_backward(ctx, enc, acc, l, b, Site::K, &a.h1, &self.dk, dx(1.0))?;
             self.linear_backward(ctx, enc, acc, l, b, Site::V, &a.h1, &self.dv, dx(1.0))?;
             if !first {
-                norm_backward(ctx, enc, c, &b.attn_norm, &a.x_in, &self.dh, n, &self.dtmp)?;
+                b.attn_norm.encode_backward(ctx, enc, c, &a.x_in, &self.dh, n, &self.dtmp)?;
                 gpu::add::encode(ctx, enc, cur, &self.dtmp, other)?;
                 std::mem::swap(&mut cur, &mut other);
             }
