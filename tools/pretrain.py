@@ -41,11 +41,13 @@ MODEL = dict(
     attention_dropout=0.0, hidden_act="silu",
 )
 TRAIN = dict(seq_len=256, batch=16, lr=2e-3, min_lr=1e-4, warmup=100, total_steps=1600,
-             restarts=[(5e-4, 600), (3e-4, 800)], ema=0.995,
+             restarts=[(5e-4, 600), (3e-4, 800)], cooldown=(400, 1e-5), ema=0.995,
              weight_decay=0.1, clip=1.0, dropout=0.2, eval_every=200, ckpt_every=100)
 # restarts: (peak lr, steps) of further, shorter cosine cycles after total_steps (warm restarts, 50
 # warmup steps each): with dropout the model is still improving at the end of each cycle.
-# ema: during the last cycle an exponential moving average of the weights (horizon ~200 steps) is
+# cooldown: (steps, final lr): after the last cycle, lr falls linearly from min_lr to the final lr
+# (the "decay" phase of warmup-stable-decay schedules: most of a run's last gain comes from it).
+# ema: during the last cycle and the cooldown an exponential moving average of the weights (horizon ~200 steps) is
 # kept beside them; it averages out the last steps' noise, and export ships it when it is better.
 # dropout: on the embedding and on each residual branch (o_proj, down_proj), as GPT-2 places it;
 # 930k training tokens are seen ~7 times, and without it the model overfits (at step 1600 with
@@ -130,16 +132,23 @@ def add_dropout(model, p):
         layer.mlp.down_proj.register_forward_hook(drop)
 
 
-def end_step():
+def cycles_end():
     return TRAIN["total_steps"] + sum(n for _, n in TRAIN["restarts"])
 
 
+def end_step():
+    return cycles_end() + TRAIN["cooldown"][0]
+
+
 def last_cycle_start():
-    return end_step() - TRAIN["restarts"][-1][1] if TRAIN["restarts"] else 0
+    return cycles_end() - TRAIN["restarts"][-1][1] if TRAIN["restarts"] else 0
 
 
 def lr_at(step):
     t = TRAIN
+    if step >= cycles_end():
+        n, final = t["cooldown"]
+        return t["min_lr"] + (final - t["min_lr"]) * min(1.0, (step - cycles_end() + 1) / max(1, n))
     start = t["total_steps"]
     for peak, n in t["restarts"]:
         k = step - start
@@ -211,6 +220,8 @@ def cmd_train(args):
         opt.load_state_dict(ck["opt"])
         step, history = ck["step"], ck["history"]
         gen.bit_generator.state = ck["rng"]
+        if ck.get("torch_rng") is not None:
+            torch.set_rng_state(ck["torch_rng"])  # the dropout masks go on as if never interrupted
         if ck.get("ema") is not None:
             ema = {k: v.to(args.device) for k, v in ck["ema"].items()}
         print(f"resumed at step {step}")
@@ -223,7 +234,7 @@ def cmd_train(args):
         # Saved on the CPU so the checkpoint resumes anywhere.
         cpu = lambda sd: {k: v.cpu() if hasattr(v, "cpu") else v for k, v in sd.items()}
         torch.save({"model": cpu(model.state_dict()), "opt": opt.state_dict(), "step": step,
-                    "history": history, "rng": gen.bit_generator.state,
+                    "history": history, "rng": gen.bit_generator.state, "torch_rng": torch.get_rng_state(),
                     "ema": cpu(ema) if ema is not None else None}, ckpt_path + ".tmp")
         os.replace(ckpt_path + ".tmp", ckpt_path)
 
@@ -322,7 +333,7 @@ def cmd_export(args):
                 "decoded with PyPI rdata; paragraphs joined; last 5% of each novel's paragraphs held out",
         "script": "tools/pretrain.py", "commands": [
             "python tools/pretrain.py data", "python tools/pretrain.py tokenizer",
-            "python tools/pretrain.py train --minutes M  (repeat until total_steps + all restarts' steps; it resumes)",
+            "python tools/pretrain.py train --minutes M  (repeat until it stops at the schedule's end; it resumes)",
             "python tools/pretrain.py export"],
         "seed": SEED, "model": MODEL, "train": TRAIN, "steps_done": ck["step"], "weights": weights,
         "parameters": sum(p.numel() for p in shipped.parameters()),
