@@ -26,7 +26,7 @@ fn sum_tolerance(n: usize) -> f32 {
 
 async fn run(
     ctx: &GpuContext,
-    record: impl FnOnce(&mut wgpu::CommandEncoder) -> Result<(), GpuError>,
+    record: impl FnOnce(&mut loratab::gpu::Recorder) -> Result<(), GpuError>,
 ) {
     ctx.run(record).await.unwrap();
 }

@@ -56,13 +56,56 @@ fn random_ids(rng: &mut Rng, n: usize, vocab: usize) -> Vec<u32> {
 /// Run one recording and surface its error.
 async fn run(
     ctx: &GpuContext,
-    record: impl FnOnce(&mut wgpu::CommandEncoder) -> Result<(), GpuError>,
+    record: impl FnOnce(&mut loratab::gpu::Recorder) -> Result<(), GpuError>,
 ) {
     ctx.run(record).await.unwrap();
 }
 
 async fn upload(ctx: &GpuContext, data: &[f32]) -> GpuTensor {
     ctx.upload(data, &[data.len()]).await.unwrap()
+}
+
+// ---------------------------------------------------------------------------------------------
+// recording: consecutive dispatches share one compute pass
+
+gpu_test! {
+    /// Each dispatch reads what the one before it wrote, inside one pass (the chain c = a + b,
+    /// d = c + a, e = d + c must see every write), and a buffer copy splits the pass in two.
+    async fn dispatches_share_one_pass_and_see_each_others_writes() {
+        let ctx = gpu().await;
+        let mut rng = Rng::new(5);
+        let n = 70_000; // more than one workgroup row of the 1-D grid
+        let (a, b) = (rng.vec(n), rng.vec(n));
+        let c = reference::add::add(&a, &b);
+        let d = reference::add::add(&c, &a);
+        let e = reference::add::add(&d, &c);
+        let (ag, bg) = (upload(&ctx, &a).await, upload(&ctx, &b).await);
+        let (cg, dg, eg, copy) = (ctx.zeros(&[n]).await.unwrap(), ctx.zeros(&[n]).await.unwrap(),
+                                  ctx.zeros(&[n]).await.unwrap(), ctx.zeros(&[n]).await.unwrap());
+        let mut passes = 0;
+        run(&ctx, |enc| {
+            ops::add::encode(&ctx, enc, &ag, &bg, &cg)?;
+            ops::add::encode(&ctx, enc, &cg, &ag, &dg)?;
+            ops::add::encode(&ctx, enc, &dg, &cg, &eg)?;
+            passes = enc.passes();
+            Ok(())
+        })
+        .await;
+        assert_eq!(passes, 1, "three dispatches, one pass");
+        assert_eq!(ctx.read(&eg).await.unwrap(), e);
+
+        // add, copy, add: the copy ends the pass, the second add opens another and reads the copy.
+        run(&ctx, |enc| {
+            ops::add::encode(&ctx, enc, &ag, &ag, &cg)?;
+            enc.copy_buffer_to_buffer(&cg.buffer, 0, &copy.buffer, 0, 4 * n as u64);
+            ops::add::encode(&ctx, enc, &copy, &bg, &dg)?;
+            passes = enc.passes();
+            Ok(())
+        })
+        .await;
+        assert_eq!(passes, 2);
+        assert_eq!(ctx.read(&dg).await.unwrap(), reference::add::add(&reference::add::add(&a, &a), &b));
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ struct Params {
 #[allow(clippy::too_many_arguments)]
 pub fn encode(
     ctx: &GpuContext,
-    encoder: &mut wgpu::CommandEncoder,
+    encoder: &mut crate::gpu::Recorder,
     param: &GpuTensor,
     grad: &GpuTensor,
     m: &GpuTensor,

@@ -12,7 +12,7 @@ struct Params {
 
 pub fn encode(
     ctx: &GpuContext,
-    encoder: &mut wgpu::CommandEncoder,
+    encoder: &mut crate::gpu::Recorder,
     a: &GpuTensor,
     b: &GpuTensor,
     c: &GpuTensor,

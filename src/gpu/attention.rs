@@ -39,7 +39,7 @@ fn shape(detail: String) -> GpuError {
 #[allow(clippy::too_many_arguments)]
 pub fn encode(
     ctx: &GpuContext,
-    encoder: &mut wgpu::CommandEncoder,
+    encoder: &mut crate::gpu::Recorder,
     q: &GpuTensor,
     k: &GpuTensor,
     v: &GpuTensor,
@@ -133,7 +133,7 @@ fn bind_at(ctx: &GpuContext, pipeline: &wgpu::ComputePipeline, buffers: &[(u32, 
 #[allow(clippy::too_many_arguments)]
 pub fn encode_backward(
     ctx: &GpuContext,
-    encoder: &mut wgpu::CommandEncoder,
+    encoder: &mut crate::gpu::Recorder,
     q: &GpuTensor,
     k: &GpuTensor,
     v: &GpuTensor,

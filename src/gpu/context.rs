@@ -18,6 +18,58 @@ pub struct AdapterSummary {
     pub max_workgroup_storage: u32,
 }
 
+/// A command encoder that keeps one compute pass open across consecutive dispatches. A step of
+/// training records hundreds of dispatches; beginning and ending a pass around each one costs
+/// validation and bookkeeping per pass (in the browser, per pass on both sides of the GPU process),
+/// and within one pass every dispatch is still its own synchronization scope, so results are the
+/// same. A buffer copy needs the encoder itself: it ends the open pass first, and the next dispatch
+/// opens a new one.
+pub struct Recorder {
+    encoder: wgpu::CommandEncoder,
+    pass: Option<wgpu::ComputePass<'static>>,
+    passes: usize,
+}
+
+impl Recorder {
+    fn new(device: &wgpu::Device) -> Self {
+        let encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
+        Self { encoder, pass: None, passes: 0 }
+    }
+
+    fn dispatch(&mut self, pipeline: &wgpu::ComputePipeline, bind_group: &wgpu::BindGroup, groups: (u32, u32, u32)) {
+        let (encoder, passes) = (&mut self.encoder, &mut self.passes);
+        let pass = self.pass.get_or_insert_with(|| {
+            *passes += 1;
+            // forget_lifetime: the pass lives beside its encoder in this struct; wgpu then refuses
+            // other use of the encoder until the pass is dropped, which `end_pass` does first.
+            encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes: None }).forget_lifetime()
+        });
+        pass.set_pipeline(pipeline);
+        pass.set_bind_group(0, bind_group, &[]);
+        pass.dispatch_workgroups(groups.0, groups.1, groups.2);
+    }
+
+    fn end_pass(&mut self) {
+        self.pass = None;
+    }
+
+    /// `wgpu::CommandEncoder::copy_buffer_to_buffer`, after ending the open pass.
+    pub fn copy_buffer_to_buffer(&mut self, source: &wgpu::Buffer, source_offset: u64, destination: &wgpu::Buffer, destination_offset: u64, size: u64) {
+        self.end_pass();
+        self.encoder.copy_buffer_to_buffer(source, source_offset, destination, destination_offset, size);
+    }
+
+    /// Compute passes begun so far (a copy splits them).
+    pub fn passes(&self) -> usize {
+        self.passes
+    }
+
+    fn finish(mut self) -> wgpu::CommandBuffer {
+        self.end_pass();
+        self.encoder.finish()
+    }
+}
+
 /// One compute pipeline per (shader, entry point, override constants): built on first use, then reused.
 type PipelineKey = (&'static str, &'static str, Vec<(&'static str, u64)>);
 
@@ -336,32 +388,24 @@ impl GpuContext {
         buffer
     }
 
-    /// Record one compute pass into `encoder`.
+    /// Record one dispatch into `encoder`'s open compute pass.
     pub(crate) fn dispatch(
         &self,
-        encoder: &mut wgpu::CommandEncoder,
+        encoder: &mut Recorder,
         pipeline: &wgpu::ComputePipeline,
         bind_group: &wgpu::BindGroup,
         groups: (u32, u32, u32),
     ) {
-        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: None,
-            timestamp_writes: None,
-        });
-        pass.set_pipeline(pipeline);
-        pass.set_bind_group(0, bind_group, &[]);
-        pass.dispatch_workgroups(groups.0, groups.1, groups.2);
+        encoder.dispatch(pipeline, bind_group, groups);
     }
 
     /// Encode with `record`, submit, and surface any GPU error as a typed error.
     pub async fn run(
         &self,
-        record: impl FnOnce(&mut wgpu::CommandEncoder) -> Result<(), GpuError>,
+        record: impl FnOnce(&mut Recorder) -> Result<(), GpuError>,
     ) -> Result<(), GpuError> {
         self.scoped(|| {
-            let mut encoder = self
-                .device
-                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
+            let mut encoder = Recorder::new(&self.device);
             record(&mut encoder)?;
             self.queue.submit([encoder.finish()]);
             Ok(())
@@ -374,15 +418,13 @@ impl GpuContext {
     pub async fn run_cached(
         &self,
         cache: &Arc<Mutex<DispatchCache>>,
-        record: impl FnOnce(&mut wgpu::CommandEncoder) -> Result<(), GpuError>,
+        record: impl FnOnce(&mut Recorder) -> Result<(), GpuError>,
     ) -> Result<(), GpuError> {
         if self.cache_off {
             return self.run(record).await;
         }
         self.scoped(|| {
-            let mut encoder = self
-                .device
-                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
+            let mut encoder = Recorder::new(&self.device);
             {
                 let mut c = cache.lock().unwrap();
                 c.next_uniform = 0;

@@ -18,7 +18,7 @@ struct Params {
 #[allow(clippy::too_many_arguments)]
 pub fn encode(
     ctx: &GpuContext,
-    encoder: &mut wgpu::CommandEncoder,
+    encoder: &mut crate::gpu::Recorder,
     logits: &GpuTensor,
     targets: &GpuTensor,
     losses: &GpuTensor,
@@ -63,7 +63,7 @@ struct BackwardParams {
 #[allow(clippy::too_many_arguments)]
 pub fn encode_backward(
     ctx: &GpuContext,
-    encoder: &mut wgpu::CommandEncoder,
+    encoder: &mut crate::gpu::Recorder,
     logits: &GpuTensor,
     targets: &GpuTensor,
     dlogits: &GpuTensor,

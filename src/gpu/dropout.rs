@@ -21,7 +21,7 @@ struct Params {
 #[allow(clippy::too_many_arguments)]
 pub fn encode(
     ctx: &GpuContext,
-    encoder: &mut wgpu::CommandEncoder,
+    encoder: &mut crate::gpu::Recorder,
     x: &GpuTensor,
     out: &GpuTensor,
     n: usize,

@@ -13,7 +13,7 @@ struct Params {
 
 pub fn encode(
     ctx: &GpuContext,
-    encoder: &mut wgpu::CommandEncoder,
+    encoder: &mut crate::gpu::Recorder,
     x: &GpuTensor,
     out: &GpuTensor,
 ) -> Result<(), GpuError> {
@@ -42,7 +42,7 @@ const BACKWARD_SOURCE: &str = include_str!("../../shaders/gelu_backward.wgsl");
 /// `reference::gelu::gelu_backward`. x, dy and dx hold the same number of values.
 pub fn encode_backward(
     ctx: &GpuContext,
-    encoder: &mut wgpu::CommandEncoder,
+    encoder: &mut crate::gpu::Recorder,
     x: &GpuTensor,
     dy: &GpuTensor,
     dx: &GpuTensor,

@@ -18,7 +18,7 @@ struct Params {
 #[allow(clippy::too_many_arguments)]
 pub fn encode(
     ctx: &GpuContext,
-    encoder: &mut wgpu::CommandEncoder,
+    encoder: &mut crate::gpu::Recorder,
     x: &GpuTensor,
     weight: &GpuTensor,
     bias: &GpuTensor,
@@ -52,7 +52,7 @@ const BACKWARD_SOURCE: &str = concat!(include_str!("../../shaders/layernorm_back
 #[allow(clippy::too_many_arguments)]
 pub fn encode_backward(
     ctx: &GpuContext,
-    encoder: &mut wgpu::CommandEncoder,
+    encoder: &mut crate::gpu::Recorder,
     x: &GpuTensor,
     weight: &GpuTensor,
     dy: &GpuTensor,

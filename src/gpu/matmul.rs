@@ -41,7 +41,7 @@ fn check(what: &str, t: &GpuTensor, need: usize) -> Result<(), GpuError> {
 /// Record `c = alpha · op(a)·op(b) + beta · c (+ bias)` into `encoder`.
 pub fn encode(
     ctx: &GpuContext,
-    encoder: &mut wgpu::CommandEncoder,
+    encoder: &mut crate::gpu::Recorder,
     spec: &Matmul,
     a: &GpuTensor,
     b: &GpuTensor,

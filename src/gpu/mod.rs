@@ -22,7 +22,7 @@ pub mod scale;
 pub mod silu_mul;
 pub mod sum_squares;
 
-pub use context::{AdapterSummary, DispatchCache, GpuContext};
+pub use context::{AdapterSummary, DispatchCache, GpuContext, Recorder};
 pub use tensor::{GpuTensor, MemoryCounter};
 
 /// Everything that can go wrong on the GPU, as a sentence saying what happened and what to do.

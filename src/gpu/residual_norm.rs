@@ -20,7 +20,7 @@ struct Params {
 #[allow(clippy::too_many_arguments)]
 pub fn encode(
     ctx: &GpuContext,
-    encoder: &mut wgpu::CommandEncoder,
+    encoder: &mut crate::gpu::Recorder,
     a: &GpuTensor,
     b: &GpuTensor,
     weight: &GpuTensor,

@@ -18,7 +18,7 @@ struct Params {
 #[allow(clippy::too_many_arguments)]
 pub fn encode(
     ctx: &GpuContext,
-    encoder: &mut wgpu::CommandEncoder,
+    encoder: &mut crate::gpu::Recorder,
     x: &GpuTensor,
     weight: &GpuTensor,
     out: &GpuTensor,
@@ -50,7 +50,7 @@ const BACKWARD_SOURCE: &str = concat!(include_str!("../../shaders/rmsnorm_backwa
 #[allow(clippy::too_many_arguments)]
 pub fn encode_backward(
     ctx: &GpuContext,
-    encoder: &mut wgpu::CommandEncoder,
+    encoder: &mut crate::gpu::Recorder,
     x: &GpuTensor,
     weight: &GpuTensor,
     dy: &GpuTensor,

@@ -29,7 +29,7 @@ pub fn inv_freq(head_dim: usize, theta: f32) -> Vec<f32> {
 #[allow(clippy::too_many_arguments)]
 pub fn encode(
     ctx: &GpuContext,
-    encoder: &mut wgpu::CommandEncoder,
+    encoder: &mut crate::gpu::Recorder,
     x: &GpuTensor,
     tokens: usize,
     heads: usize,
@@ -127,7 +127,7 @@ const BACKWARD_SOURCE: &str = include_str!("../../shaders/rope_backward.wgsl");
 #[allow(clippy::too_many_arguments)]
 pub fn encode_backward(
     ctx: &GpuContext,
-    encoder: &mut wgpu::CommandEncoder,
+    encoder: &mut crate::gpu::Recorder,
     dy: &GpuTensor,
     tokens: usize,
     heads: usize,
@@ -158,7 +158,7 @@ fn batched_table(batch: usize, seq: usize, head_dim: usize, theta: f32) -> Vec<f
 #[allow(clippy::too_many_arguments)]
 pub fn encode_batched(
     ctx: &GpuContext,
-    encoder: &mut wgpu::CommandEncoder,
+    encoder: &mut crate::gpu::Recorder,
     x: &GpuTensor,
     batch: usize,
     seq: usize,
@@ -174,7 +174,7 @@ pub fn encode_batched(
 #[allow(clippy::too_many_arguments)]
 pub fn encode_backward_batched(
     ctx: &GpuContext,
-    encoder: &mut wgpu::CommandEncoder,
+    encoder: &mut crate::gpu::Recorder,
     dy: &GpuTensor,
     batch: usize,
     seq: usize,
@@ -188,7 +188,7 @@ pub fn encode_backward_batched(
 #[allow(clippy::too_many_arguments)]
 fn batched(
     ctx: &GpuContext,
-    encoder: &mut wgpu::CommandEncoder,
+    encoder: &mut crate::gpu::Recorder,
     op: &'static str,
     source: &'static str,
     x: &GpuTensor,

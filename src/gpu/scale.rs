@@ -13,7 +13,7 @@ struct Params {
 
 pub fn encode(
     ctx: &GpuContext,
-    encoder: &mut wgpu::CommandEncoder,
+    encoder: &mut crate::gpu::Recorder,
     s: f32,
     a: &GpuTensor,
     c: &GpuTensor,

@@ -13,7 +13,7 @@ struct Params {
 
 pub fn encode(
     ctx: &GpuContext,
-    encoder: &mut wgpu::CommandEncoder,
+    encoder: &mut crate::gpu::Recorder,
     gate: &GpuTensor,
     up: &GpuTensor,
     out: &GpuTensor,
@@ -48,7 +48,7 @@ const BACKWARD_SOURCE: &str = include_str!("../../shaders/silu_mul_backward.wgsl
 #[allow(clippy::too_many_arguments)]
 pub fn encode_backward(
     ctx: &GpuContext,
-    encoder: &mut wgpu::CommandEncoder,
+    encoder: &mut crate::gpu::Recorder,
     gate: &GpuTensor,
     up: &GpuTensor,
     dout: &GpuTensor,

@@ -22,7 +22,7 @@ pub fn workspace_len(n: usize) -> usize {
 /// Record `out[0] = Σ x²`, using `partials` (at least `workspace_len(x.len())` values) as scratch.
 pub fn encode(
     ctx: &GpuContext,
-    encoder: &mut wgpu::CommandEncoder,
+    encoder: &mut crate::gpu::Recorder,
     x: &GpuTensor,
     partials: &GpuTensor,
     out: &GpuTensor,
