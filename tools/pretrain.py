@@ -152,7 +152,7 @@ def lr_at(step):
     start = t["total_steps"]
     for peak, n in t["restarts"]:
         k = step - start
-        if 0 <= k < n or (k >= n and (peak, n) == tuple(t["restarts"][-1])):
+        if 0 <= k < n:
             if k < 50:
                 return t["min_lr"] + (peak - t["min_lr"]) * (k + 1) / 50
             p = min(1.0, (k - 50) / max(1, n - 50))
@@ -239,7 +239,7 @@ def cmd_train(args):
         os.replace(ckpt_path + ".tmp", ckpt_path)
 
     t0, tokens = time.time(), 0
-    # --until N stops early (or goes on past the schedule's end at min_lr).
+    # --until N stops early (or goes on past the schedule's end at the cooldown's final lr).
     until = args.until or end_step()
     while step < until and time.time() < deadline:
         starts = gen.integers(0, len(train_ids) - seq - 1, size=t["batch"])

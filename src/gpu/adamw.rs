@@ -2,7 +2,7 @@
 //! CPU reference: `reference::adamw`, which also defines the hyper-parameters ([`AdamW`]) and the
 //! per-step scalars both sides use.
 
-use super::{check_u32, grid_1d, GpuContext, GpuError, GpuTensor};
+use super::{check_u32, grid_1d, GpuContext, GpuError, GpuTensor, Recorder};
 pub use crate::reference::adamw::AdamW;
 
 const SOURCE: &str = include_str!("../../shaders/adamw.wgsl");
@@ -30,7 +30,7 @@ struct Params {
 #[allow(clippy::too_many_arguments)]
 pub fn encode(
     ctx: &GpuContext,
-    encoder: &mut crate::gpu::Recorder,
+    encoder: &mut Recorder,
     param: &GpuTensor,
     grad: &GpuTensor,
     m: &GpuTensor,
@@ -75,6 +75,6 @@ pub fn encode(
     let uniform = ctx.uniform(&params);
     let bind = ctx.bind(&pipeline, &[&param.buffer, &grad.buffer, &m.buffer, &v.buffer, &uniform]);
     let (gx, gy) = grid_1d(n as usize, ctx.limits().max_compute_workgroups_per_dimension);
-    ctx.dispatch(encoder, &pipeline, &bind, (gx, gy, 1));
+    encoder.dispatch(&pipeline, &bind, (gx, gy, 1));
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! Launcher for `shaders/add.wgsl`: c = a + b, element-wise. CPU reference: `reference::add`.
 
-use super::{grid_1d, GpuContext, GpuError, GpuTensor};
+use super::{grid_1d, GpuContext, GpuError, GpuTensor, Recorder};
 
 const SOURCE: &str = include_str!("../../shaders/add.wgsl");
 
@@ -12,7 +12,7 @@ struct Params {
 
 pub fn encode(
     ctx: &GpuContext,
-    encoder: &mut crate::gpu::Recorder,
+    encoder: &mut Recorder,
     a: &GpuTensor,
     b: &GpuTensor,
     c: &GpuTensor,
@@ -31,6 +31,6 @@ pub fn encode(
     let uniform = ctx.uniform(&Params { n: n as u32 });
     let bind = ctx.bind(&pipeline, &[&a.buffer, &b.buffer, &c.buffer, &uniform]);
     let (x, y) = grid_1d(n, ctx.limits().max_compute_workgroups_per_dimension);
-    ctx.dispatch(encoder, &pipeline, &bind, (x, y, 1));
+    encoder.dispatch(&pipeline, &bind, (x, y, 1));
     Ok(())
 }

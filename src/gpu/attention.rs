@@ -2,7 +2,7 @@
 //! (scores, softmax, P·V), keeping the softmax probabilities for the backward pass.
 //! CPU reference: `reference::attention`.
 
-use super::{check_len, check_u32, grid_rows, GpuContext, GpuError, GpuTensor};
+use super::{check_len, check_u32, grid_rows, GpuContext, GpuError, GpuTensor, Recorder};
 use crate::reference::attention::Heads;
 
 const SOURCE: &str = concat!(include_str!("../../shaders/attention.wgsl"), include_str!("../../shaders/workgroup_reduce.wgsl"));
@@ -39,7 +39,7 @@ fn shape(detail: String) -> GpuError {
 #[allow(clippy::too_many_arguments)]
 pub fn encode(
     ctx: &GpuContext,
-    encoder: &mut crate::gpu::Recorder,
+    encoder: &mut Recorder,
     q: &GpuTensor,
     k: &GpuTensor,
     v: &GpuTensor,
@@ -85,7 +85,7 @@ pub fn encode(
         &[&q.buffer, &k.buffer, &v.buffer, &out.buffer, &probs.buffer, &uniform],
     );
     let (gx, gy) = grid_rows(tokens * hq, ctx.limits().max_compute_workgroups_per_dimension);
-    ctx.dispatch(encoder, &pipeline, &bind, (gx, gy, 1));
+    encoder.dispatch(&pipeline, &bind, (gx, gy, 1));
     Ok(())
 }
 
@@ -133,7 +133,7 @@ fn bind_at(ctx: &GpuContext, pipeline: &wgpu::ComputePipeline, buffers: &[(u32, 
 #[allow(clippy::too_many_arguments)]
 pub fn encode_backward(
     ctx: &GpuContext,
-    encoder: &mut crate::gpu::Recorder,
+    encoder: &mut Recorder,
     q: &GpuTensor,
     k: &GpuTensor,
     v: &GpuTensor,
@@ -203,7 +203,7 @@ pub fn encode_backward(
         ],
     );
     let (gx, gy) = grid_rows(tokens * hq, max);
-    ctx.dispatch(encoder, &pipeline, &bind, (gx, gy, 1));
+    encoder.dispatch(&pipeline, &bind, (gx, gy, 1));
 
     let pipeline = ctx.pipeline("attention_backward", BACKWARD_SOURCE, "dkv_main", &[]);
     let bind = bind_at(
@@ -220,6 +220,6 @@ pub fn encode_backward(
         ],
     );
     let (gx, gy) = grid_rows(tokens * hkv, max);
-    ctx.dispatch(encoder, &pipeline, &bind, (gx, gy, 1));
+    encoder.dispatch(&pipeline, &bind, (gx, gy, 1));
     Ok(())
 }

@@ -36,7 +36,8 @@ impl Recorder {
         Self { encoder, pass: None, passes: 0 }
     }
 
-    fn dispatch(&mut self, pipeline: &wgpu::ComputePipeline, bind_group: &wgpu::BindGroup, groups: (u32, u32, u32)) {
+    /// Record one dispatch into the open compute pass (beginning one if a copy ended the last).
+    pub(crate) fn dispatch(&mut self, pipeline: &wgpu::ComputePipeline, bind_group: &wgpu::BindGroup, groups: (u32, u32, u32)) {
         let (encoder, passes) = (&mut self.encoder, &mut self.passes);
         let pass = self.pass.get_or_insert_with(|| {
             *passes += 1;
@@ -386,17 +387,6 @@ impl GpuContext {
         DispatchCache::put(&mut cache.uniforms, slot, (bytes.to_vec(), buffer.clone()));
         cache.created += 1;
         buffer
-    }
-
-    /// Record one dispatch into `encoder`'s open compute pass.
-    pub(crate) fn dispatch(
-        &self,
-        encoder: &mut Recorder,
-        pipeline: &wgpu::ComputePipeline,
-        bind_group: &wgpu::BindGroup,
-        groups: (u32, u32, u32),
-    ) {
-        encoder.dispatch(pipeline, bind_group, groups);
     }
 
     /// Encode with `record`, submit, and surface any GPU error as a typed error.

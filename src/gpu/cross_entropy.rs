@@ -1,7 +1,7 @@
 //! Launcher for `shaders/cross_entropy.wgsl`: per row, loss = logsumexp(logits) − logits[target].
 //! CPU reference: `reference::cross_entropy`.
 
-use super::{check_len, check_u32, grid_rows, GpuContext, GpuError, GpuTensor};
+use super::{check_len, check_u32, grid_rows, GpuContext, GpuError, GpuTensor, Recorder};
 
 const SOURCE: &str = concat!(include_str!("../../shaders/cross_entropy.wgsl"), include_str!("../../shaders/workgroup_reduce.wgsl"));
 
@@ -18,7 +18,7 @@ struct Params {
 #[allow(clippy::too_many_arguments)]
 pub fn encode(
     ctx: &GpuContext,
-    encoder: &mut crate::gpu::Recorder,
+    encoder: &mut Recorder,
     logits: &GpuTensor,
     targets: &GpuTensor,
     losses: &GpuTensor,
@@ -39,7 +39,7 @@ pub fn encode(
     let uniform = ctx.uniform(&Params { rows: rows as u32, vocab: vocab as u32 });
     let bind = ctx.bind(&pipeline, &[&logits.buffer, &targets.buffer, &losses.buffer, &uniform]);
     let (gx, gy) = grid_rows(rows, ctx.limits().max_compute_workgroups_per_dimension);
-    ctx.dispatch(encoder, &pipeline, &bind, (gx, gy, 1));
+    encoder.dispatch(&pipeline, &bind, (gx, gy, 1));
     Ok(())
 }
 
@@ -63,7 +63,7 @@ struct BackwardParams {
 #[allow(clippy::too_many_arguments)]
 pub fn encode_backward(
     ctx: &GpuContext,
-    encoder: &mut crate::gpu::Recorder,
+    encoder: &mut Recorder,
     logits: &GpuTensor,
     targets: &GpuTensor,
     dlogits: &GpuTensor,
@@ -86,6 +86,6 @@ pub fn encode_backward(
     let uniform = ctx.uniform(&BackwardParams { rows: rows as u32, vocab: vocab as u32, scale, _pad: 0 });
     let bind = ctx.bind(&pipeline, &[&logits.buffer, &targets.buffer, &dlogits.buffer, &uniform]);
     let (gx, gy) = grid_rows(rows, ctx.limits().max_compute_workgroups_per_dimension);
-    ctx.dispatch(encoder, &pipeline, &bind, (gx, gy, 1));
+    encoder.dispatch(&pipeline, &bind, (gx, gy, 1));
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! Launcher for `shaders/dropout.wgsl`: out = beta·out + mask(seed) ⊙ x / (1 − p).
 //! CPU reference: `reference::dropout`.
 
-use super::{grid_1d, GpuContext, GpuError, GpuTensor};
+use super::{grid_1d, GpuContext, GpuError, GpuTensor, Recorder};
 use crate::reference::dropout::threshold;
 
 const SOURCE: &str = include_str!("../../shaders/dropout.wgsl");
@@ -21,7 +21,7 @@ struct Params {
 #[allow(clippy::too_many_arguments)]
 pub fn encode(
     ctx: &GpuContext,
-    encoder: &mut crate::gpu::Recorder,
+    encoder: &mut Recorder,
     x: &GpuTensor,
     out: &GpuTensor,
     n: usize,
@@ -44,6 +44,6 @@ pub fn encode(
     let uniform = ctx.uniform(&params);
     let bind = ctx.bind(&pipeline, &[&x.buffer, &out.buffer, &uniform]);
     let (gx, gy) = grid_1d(n, ctx.limits().max_compute_workgroups_per_dimension);
-    ctx.dispatch(encoder, &pipeline, &bind, (gx, gy, 1));
+    encoder.dispatch(&pipeline, &bind, (gx, gy, 1));
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! Launcher for `shaders/embedding.wgsl`: out[t, :] = (or +=) table[ids[t] − row0, :] for the ids this
 //! part of the table holds. CPU reference: `reference::embedding`.
 
-use super::{check_len, check_u32, grid_1d, GpuContext, GpuError, GpuTensor};
+use super::{check_len, check_u32, grid_1d, GpuContext, GpuError, GpuTensor, Recorder};
 
 const SOURCE: &str = include_str!("../../shaders/embedding.wgsl");
 
@@ -23,7 +23,7 @@ struct Params {
 #[allow(clippy::too_many_arguments)]
 pub fn encode(
     ctx: &GpuContext,
-    encoder: &mut crate::gpu::Recorder,
+    encoder: &mut Recorder,
     table: &GpuTensor,
     dim: usize,
     row0: usize,
@@ -56,6 +56,6 @@ pub fn encode(
     let uniform = ctx.uniform(&params);
     let bind = ctx.bind(&pipeline, &[&table.buffer, &ids.buffer, &out.buffer, &uniform]);
     let (x, y) = grid_1d(n as usize, ctx.limits().max_compute_workgroups_per_dimension);
-    ctx.dispatch(encoder, &pipeline, &bind, (x, y, 1));
+    encoder.dispatch(&pipeline, &bind, (x, y, 1));
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! Launcher for `shaders/gelu.wgsl`: out = gelu(x) element-wise (tanh approximation).
 //! CPU reference: `reference::gelu`.
 
-use super::{check_u32, grid_1d, GpuContext, GpuError, GpuTensor};
+use super::{check_u32, grid_1d, GpuContext, GpuError, GpuTensor, Recorder};
 
 const SOURCE: &str = include_str!("../../shaders/gelu.wgsl");
 
@@ -13,7 +13,7 @@ struct Params {
 
 pub fn encode(
     ctx: &GpuContext,
-    encoder: &mut crate::gpu::Recorder,
+    encoder: &mut Recorder,
     x: &GpuTensor,
     out: &GpuTensor,
 ) -> Result<(), GpuError> {
@@ -32,7 +32,7 @@ pub fn encode(
     let uniform = ctx.uniform(&Params { n });
     let bind = ctx.bind(&pipeline, &[&x.buffer, &out.buffer, &uniform]);
     let (gx, gy) = grid_1d(n as usize, ctx.limits().max_compute_workgroups_per_dimension);
-    ctx.dispatch(encoder, &pipeline, &bind, (gx, gy, 1));
+    encoder.dispatch(&pipeline, &bind, (gx, gy, 1));
     Ok(())
 }
 
@@ -42,7 +42,7 @@ const BACKWARD_SOURCE: &str = include_str!("../../shaders/gelu_backward.wgsl");
 /// `reference::gelu::gelu_backward`. x, dy and dx hold the same number of values.
 pub fn encode_backward(
     ctx: &GpuContext,
-    encoder: &mut crate::gpu::Recorder,
+    encoder: &mut Recorder,
     x: &GpuTensor,
     dy: &GpuTensor,
     dx: &GpuTensor,
@@ -65,6 +65,6 @@ pub fn encode_backward(
     let uniform = ctx.uniform(&Params { n });
     let bind = ctx.bind(&pipeline, &[&x.buffer, &dy.buffer, &dx.buffer, &uniform]);
     let (gx, gy) = grid_1d(n as usize, ctx.limits().max_compute_workgroups_per_dimension);
-    ctx.dispatch(encoder, &pipeline, &bind, (gx, gy, 1));
+    encoder.dispatch(&pipeline, &bind, (gx, gy, 1));
     Ok(())
 }

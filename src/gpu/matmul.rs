@@ -1,7 +1,7 @@
 //! Launcher for `shaders/matmul.wgsl`: tiled f32 matmul in the three training layouts, batched,
 //! with optional bias, scale and accumulation. CPU reference: `reference::matmul`.
 
-use super::{GpuContext, GpuError, GpuTensor};
+use super::{GpuContext, GpuError, GpuTensor, Recorder};
 use crate::ops::Matmul;
 
 const SOURCE: &str = include_str!("../../shaders/matmul.wgsl");
@@ -41,7 +41,7 @@ fn check(what: &str, t: &GpuTensor, need: usize) -> Result<(), GpuError> {
 /// Record `c = alpha · op(a)·op(b) + beta · c (+ bias)` into `encoder`.
 pub fn encode(
     ctx: &GpuContext,
-    encoder: &mut crate::gpu::Recorder,
+    encoder: &mut Recorder,
     spec: &Matmul,
     a: &GpuTensor,
     b: &GpuTensor,
@@ -88,6 +88,6 @@ pub fn encode(
     // Without a bias the shader never reads binding 2, but WebGPU wants something bound: reuse A.
     let bias = bias.unwrap_or(a);
     let bind = ctx.bind(&pipeline, &[&a.buffer, &b.buffer, &bias.buffer, &c.buffer, &uniform]);
-    ctx.dispatch(encoder, &pipeline, &bind, (groups.0 as u32, groups.1 as u32, groups.2 as u32));
+    encoder.dispatch(&pipeline, &bind, (groups.0 as u32, groups.1 as u32, groups.2 as u32));
     Ok(())
 }

@@ -2,7 +2,7 @@
 //! residual add and the norm that follows it (layernorm with a bias, rmsnorm without).
 //! CPU reference: `reference::residual_norm`.
 
-use super::{check_len, check_u32, grid_rows, GpuContext, GpuError, GpuTensor};
+use super::{check_len, check_u32, grid_rows, GpuContext, GpuError, GpuTensor, Recorder};
 
 const SOURCE: &str = concat!(include_str!("../../shaders/residual_norm.wgsl"), include_str!("../../shaders/workgroup_reduce.wgsl"));
 
@@ -20,7 +20,7 @@ struct Params {
 #[allow(clippy::too_many_arguments)]
 pub fn encode(
     ctx: &GpuContext,
-    encoder: &mut crate::gpu::Recorder,
+    encoder: &mut Recorder,
     a: &GpuTensor,
     b: &GpuTensor,
     weight: &GpuTensor,
@@ -50,6 +50,6 @@ pub fn encode(
     let bias = bias.unwrap_or(weight);
     let bind = ctx.bind(&pipeline, &[&a.buffer, &b.buffer, &weight.buffer, &bias.buffer, &s.buffer, &y.buffer, &uniform]);
     let (gx, gy) = grid_rows(rows, ctx.limits().max_compute_workgroups_per_dimension);
-    ctx.dispatch(encoder, &pipeline, &bind, (gx, gy, 1));
+    encoder.dispatch(&pipeline, &bind, (gx, gy, 1));
     Ok(())
 }

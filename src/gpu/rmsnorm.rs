@@ -1,7 +1,7 @@
 //! Launcher for `shaders/rmsnorm.wgsl`: per row, y = x / sqrt(mean(x²) + eps) · weight.
 //! CPU reference: `reference::rmsnorm`.
 
-use super::{check_len, check_u32, grid_rows, GpuContext, GpuError, GpuTensor};
+use super::{check_len, check_u32, grid_rows, GpuContext, GpuError, GpuTensor, Recorder};
 
 const SOURCE: &str = concat!(include_str!("../../shaders/rmsnorm.wgsl"), include_str!("../../shaders/workgroup_reduce.wgsl"));
 
@@ -18,7 +18,7 @@ struct Params {
 #[allow(clippy::too_many_arguments)]
 pub fn encode(
     ctx: &GpuContext,
-    encoder: &mut crate::gpu::Recorder,
+    encoder: &mut Recorder,
     x: &GpuTensor,
     weight: &GpuTensor,
     out: &GpuTensor,
@@ -38,7 +38,7 @@ pub fn encode(
     let uniform = ctx.uniform(&params);
     let bind = ctx.bind(&pipeline, &[&x.buffer, &weight.buffer, &out.buffer, &uniform]);
     let (gx, gy) = grid_rows(rows, ctx.limits().max_compute_workgroups_per_dimension);
-    ctx.dispatch(encoder, &pipeline, &bind, (gx, gy, 1));
+    encoder.dispatch(&pipeline, &bind, (gx, gy, 1));
     Ok(())
 }
 
@@ -50,7 +50,7 @@ const BACKWARD_SOURCE: &str = concat!(include_str!("../../shaders/rmsnorm_backwa
 #[allow(clippy::too_many_arguments)]
 pub fn encode_backward(
     ctx: &GpuContext,
-    encoder: &mut crate::gpu::Recorder,
+    encoder: &mut Recorder,
     x: &GpuTensor,
     weight: &GpuTensor,
     dy: &GpuTensor,
@@ -73,6 +73,6 @@ pub fn encode_backward(
     let uniform = ctx.uniform(&params);
     let bind = ctx.bind(&pipeline, &[&x.buffer, &weight.buffer, &dy.buffer, &dx.buffer, &uniform]);
     let (gx, gy) = grid_rows(rows, ctx.limits().max_compute_workgroups_per_dimension);
-    ctx.dispatch(encoder, &pipeline, &bind, (gx, gy, 1));
+    encoder.dispatch(&pipeline, &bind, (gx, gy, 1));
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! Launcher for `shaders/rope.wgsl`: rotary position embedding applied in place ("rotate half").
 //! CPU reference: `reference::rope`.
 
-use super::{check_u32, grid_1d, GpuContext, GpuError, GpuTensor};
+use super::{check_u32, grid_1d, GpuContext, GpuError, GpuTensor, Recorder};
 
 const SOURCE: &str = include_str!("../../shaders/rope.wgsl");
 /// Largest head_dim (a generous bound; real models use ≤ 256).
@@ -29,7 +29,7 @@ pub fn inv_freq(head_dim: usize, theta: f32) -> Vec<f32> {
 #[allow(clippy::too_many_arguments)]
 pub fn encode(
     ctx: &GpuContext,
-    encoder: &mut crate::gpu::Recorder,
+    encoder: &mut Recorder,
     x: &GpuTensor,
     tokens: usize,
     heads: usize,
@@ -46,7 +46,7 @@ pub fn encode(
     let table = cos_sin_buffer(ctx, &table);
     let bind = ctx.bind(&pipeline, &[&x.buffer, &uniform, &table]);
     let (gx, gy) = grid_1d(n, ctx.limits().max_compute_workgroups_per_dimension);
-    ctx.dispatch(encoder, &pipeline, &bind, (gx, gy, 1));
+    encoder.dispatch(&pipeline, &bind, (gx, gy, 1));
     Ok(())
 }
 
@@ -127,7 +127,7 @@ const BACKWARD_SOURCE: &str = include_str!("../../shaders/rope_backward.wgsl");
 #[allow(clippy::too_many_arguments)]
 pub fn encode_backward(
     ctx: &GpuContext,
-    encoder: &mut crate::gpu::Recorder,
+    encoder: &mut Recorder,
     dy: &GpuTensor,
     tokens: usize,
     heads: usize,
@@ -143,7 +143,7 @@ pub fn encode_backward(
     let table = cos_sin_buffer(ctx, &table);
     let bind = ctx.bind(&pipeline, &[&dy.buffer, &uniform, &table]);
     let (gx, gy) = grid_1d(params.n as usize, ctx.limits().max_compute_workgroups_per_dimension);
-    ctx.dispatch(encoder, &pipeline, &bind, (gx, gy, 1));
+    encoder.dispatch(&pipeline, &bind, (gx, gy, 1));
     Ok(())
 }
 
@@ -158,7 +158,7 @@ fn batched_table(batch: usize, seq: usize, head_dim: usize, theta: f32) -> Vec<f
 #[allow(clippy::too_many_arguments)]
 pub fn encode_batched(
     ctx: &GpuContext,
-    encoder: &mut crate::gpu::Recorder,
+    encoder: &mut Recorder,
     x: &GpuTensor,
     batch: usize,
     seq: usize,
@@ -174,7 +174,7 @@ pub fn encode_batched(
 #[allow(clippy::too_many_arguments)]
 pub fn encode_backward_batched(
     ctx: &GpuContext,
-    encoder: &mut crate::gpu::Recorder,
+    encoder: &mut Recorder,
     dy: &GpuTensor,
     batch: usize,
     seq: usize,
@@ -188,7 +188,7 @@ pub fn encode_backward_batched(
 #[allow(clippy::too_many_arguments)]
 fn batched(
     ctx: &GpuContext,
-    encoder: &mut crate::gpu::Recorder,
+    encoder: &mut Recorder,
     op: &'static str,
     source: &'static str,
     x: &GpuTensor,
@@ -206,6 +206,6 @@ fn batched(
     let table = cos_sin_buffer(ctx, &batched_table(batch, seq, head_dim, theta));
     let bind = ctx.bind(&pipeline, &[&x.buffer, &uniform, &table]);
     let (gx, gy) = grid_1d(params.n as usize, ctx.limits().max_compute_workgroups_per_dimension);
-    ctx.dispatch(encoder, &pipeline, &bind, (gx, gy, 1));
+    encoder.dispatch(&pipeline, &bind, (gx, gy, 1));
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! Launcher for `shaders/scale.wgsl`: c = s · a, element-wise. CPU reference: `reference::scale`.
 
-use super::{grid_1d, GpuContext, GpuError, GpuTensor};
+use super::{grid_1d, GpuContext, GpuError, GpuTensor, Recorder};
 
 const SOURCE: &str = include_str!("../../shaders/scale.wgsl");
 
@@ -13,7 +13,7 @@ struct Params {
 
 pub fn encode(
     ctx: &GpuContext,
-    encoder: &mut crate::gpu::Recorder,
+    encoder: &mut Recorder,
     s: f32,
     a: &GpuTensor,
     c: &GpuTensor,
@@ -32,6 +32,6 @@ pub fn encode(
     let uniform = ctx.uniform(&Params { n: n as u32, s });
     let bind = ctx.bind(&pipeline, &[&a.buffer, &c.buffer, &uniform]);
     let (x, y) = grid_1d(n, ctx.limits().max_compute_workgroups_per_dimension);
-    ctx.dispatch(encoder, &pipeline, &bind, (x, y, 1));
+    encoder.dispatch(&pipeline, &bind, (x, y, 1));
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! Launcher for `shaders/silu_mul.wgsl`: out = silu(gate) · up element-wise (SwiGLU).
 //! CPU reference: `reference::silu_mul`.
 
-use super::{check_u32, grid_1d, GpuContext, GpuError, GpuTensor};
+use super::{check_u32, grid_1d, GpuContext, GpuError, GpuTensor, Recorder};
 
 const SOURCE: &str = include_str!("../../shaders/silu_mul.wgsl");
 
@@ -13,7 +13,7 @@ struct Params {
 
 pub fn encode(
     ctx: &GpuContext,
-    encoder: &mut crate::gpu::Recorder,
+    encoder: &mut Recorder,
     gate: &GpuTensor,
     up: &GpuTensor,
     out: &GpuTensor,
@@ -36,7 +36,7 @@ pub fn encode(
     let uniform = ctx.uniform(&Params { n });
     let bind = ctx.bind(&pipeline, &[&gate.buffer, &up.buffer, &out.buffer, &uniform]);
     let (gx, gy) = grid_1d(n as usize, ctx.limits().max_compute_workgroups_per_dimension);
-    ctx.dispatch(encoder, &pipeline, &bind, (gx, gy, 1));
+    encoder.dispatch(&pipeline, &bind, (gx, gy, 1));
     Ok(())
 }
 
@@ -48,7 +48,7 @@ const BACKWARD_SOURCE: &str = include_str!("../../shaders/silu_mul_backward.wgsl
 #[allow(clippy::too_many_arguments)]
 pub fn encode_backward(
     ctx: &GpuContext,
-    encoder: &mut crate::gpu::Recorder,
+    encoder: &mut Recorder,
     gate: &GpuTensor,
     up: &GpuTensor,
     dout: &GpuTensor,
@@ -76,6 +76,6 @@ pub fn encode_backward(
         &[&gate.buffer, &up.buffer, &dout.buffer, &dgate.buffer, &dup.buffer, &uniform],
     );
     let (gx, gy) = grid_1d(n as usize, ctx.limits().max_compute_workgroups_per_dimension);
-    ctx.dispatch(encoder, &pipeline, &bind, (gx, gy, 1));
+    encoder.dispatch(&pipeline, &bind, (gx, gy, 1));
     Ok(())
 }

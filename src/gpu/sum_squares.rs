@@ -1,6 +1,6 @@
 //! Launcher for `shaders/sum_squares.wgsl`: out[0] = Σ x². CPU reference: `reference::sum_squares`.
 
-use super::{GpuContext, GpuError, GpuTensor, WORKGROUP_1D};
+use super::{GpuContext, GpuError, GpuTensor, Recorder, WORKGROUP_1D};
 
 const SOURCE: &str = concat!(include_str!("../../shaders/sum_squares.wgsl"), include_str!("../../shaders/workgroup_reduce.wgsl"));
 /// At most this many partial sums: enough workgroups to fill a large GPU, few enough for one
@@ -22,7 +22,7 @@ pub fn workspace_len(n: usize) -> usize {
 /// Record `out[0] = Σ x²`, using `partials` (at least `workspace_len(x.len())` values) as scratch.
 pub fn encode(
     ctx: &GpuContext,
-    encoder: &mut crate::gpu::Recorder,
+    encoder: &mut Recorder,
     x: &GpuTensor,
     partials: &GpuTensor,
     out: &GpuTensor,
@@ -41,11 +41,11 @@ pub fn encode(
     let partial = ctx.pipeline("sum_squares", SOURCE, "partial", &[]);
     let p1 = ctx.uniform(&Params { n: x.len() as u32, groups: groups as u32 });
     let bind1 = ctx.bind(&partial, &[&x.buffer, &partials.buffer, &p1]);
-    ctx.dispatch(encoder, &partial, &bind1, (groups as u32, 1, 1));
+    encoder.dispatch(&partial, &bind1, (groups as u32, 1, 1));
     // Pass 2: one workgroup adds the partials (a separate pass orders it after pass 1).
     let finish = ctx.pipeline("sum_squares", SOURCE, "finish", &[]);
     let p2 = ctx.uniform(&Params { n: groups as u32, groups: 1 });
     let bind2 = ctx.bind(&finish, &[&partials.buffer, &out.buffer, &p2]);
-    ctx.dispatch(encoder, &finish, &bind2, (1, 1, 1));
+    encoder.dispatch(&finish, &bind2, (1, 1, 1));
     Ok(())
 }

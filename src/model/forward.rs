@@ -4,7 +4,7 @@
 //! × L → norm → LM head.
 
 use super::*;
-use crate::gpu::{self, GpuContext, GpuTensor};
+use crate::gpu::{self, GpuContext, GpuTensor, Recorder};
 use crate::ops::{Layout, Matmul};
 use crate::reference::attention::Heads;
 
@@ -64,7 +64,7 @@ impl GpuLinear {
     fn encode_into(
         &self,
         ctx: &GpuContext,
-        enc: &mut crate::gpu::Recorder,
+        enc: &mut Recorder,
         x: &GpuTensor,
         rows: usize,
         y: &GpuTensor,
@@ -82,7 +82,7 @@ impl GpuLinear {
         Ok(())
     }
 
-    fn encode(&self, ctx: &GpuContext, enc: &mut crate::gpu::Recorder, x: &GpuTensor, rows: usize, y: &GpuTensor) -> Result<(), GpuError> {
+    fn encode(&self, ctx: &GpuContext, enc: &mut Recorder, x: &GpuTensor, rows: usize, y: &GpuTensor) -> Result<(), GpuError> {
         self.encode_into(ctx, enc, x, rows, y, self.out_dim, 0)
     }
 }
@@ -95,7 +95,7 @@ pub struct GpuNorm {
 
 impl GpuNorm {
     /// Record `out = norm(x)` over `rows` rows of the hidden size.
-    pub fn encode(&self, ctx: &GpuContext, enc: &mut crate::gpu::Recorder, c: &Config, x: &GpuTensor, rows: usize, out: &GpuTensor) -> Result<(), GpuError> {
+    pub fn encode(&self, ctx: &GpuContext, enc: &mut Recorder, c: &Config, x: &GpuTensor, rows: usize, out: &GpuTensor) -> Result<(), GpuError> {
         let (d, eps) = (c.hidden_size, c.norm_eps);
         match &self.bias {
             Some(b) => gpu::layernorm::encode(ctx, enc, x, &self.weight, b, out, rows, d, eps),
@@ -105,13 +105,13 @@ impl GpuNorm {
 
     /// Record `s = a + b; out = norm(s)`: a residual add fused with the norm after it.
     #[allow(clippy::too_many_arguments)]
-    pub fn encode_residual(&self, ctx: &GpuContext, enc: &mut crate::gpu::Recorder, c: &Config, a: &GpuTensor, b: &GpuTensor, s: &GpuTensor, rows: usize, out: &GpuTensor) -> Result<(), GpuError> {
+    pub fn encode_residual(&self, ctx: &GpuContext, enc: &mut Recorder, c: &Config, a: &GpuTensor, b: &GpuTensor, s: &GpuTensor, rows: usize, out: &GpuTensor) -> Result<(), GpuError> {
         gpu::residual_norm::encode(ctx, enc, a, b, &self.weight, self.bias.as_ref(), s, out, rows, c.hidden_size, c.norm_eps)
     }
 
     /// Record `dx = dy · ∂norm(x)/∂x` (weight and bias are frozen: no gradient for them).
     #[allow(clippy::too_many_arguments)]
-    pub fn encode_backward(&self, ctx: &GpuContext, enc: &mut crate::gpu::Recorder, c: &Config, x: &GpuTensor, dy: &GpuTensor, rows: usize, dx: &GpuTensor) -> Result<(), GpuError> {
+    pub fn encode_backward(&self, ctx: &GpuContext, enc: &mut Recorder, c: &Config, x: &GpuTensor, dy: &GpuTensor, rows: usize, dx: &GpuTensor) -> Result<(), GpuError> {
         let (d, eps) = (c.hidden_size, c.norm_eps);
         match &self.bias {
             Some(_) => gpu::layernorm::encode_backward(ctx, enc, x, &self.weight, dy, dx, rows, d, eps),
@@ -316,7 +316,7 @@ impl GpuModel {
     }
 
     /// Record logits [rows, vocab] = LM head of `h` [rows, hidden].
-    fn encode_logits(&self, ctx: &GpuContext, enc: &mut crate::gpu::Recorder, h: &GpuTensor, rows: usize, logits: &GpuTensor) -> Result<(), GpuError> {
+    fn encode_logits(&self, ctx: &GpuContext, enc: &mut Recorder, h: &GpuTensor, rows: usize, logits: &GpuTensor) -> Result<(), GpuError> {
         let (d, v) = (self.config.hidden_size, self.config.vocab_size);
         match &self.lm_head {
             Some(head) => head.encode(ctx, enc, h, rows, logits),

@@ -11,7 +11,7 @@
 use std::cell::Cell;
 
 use super::{GpuLora, Site, TrainError};
-use crate::gpu::{self, adamw::AdamW, DispatchCache, GpuContext, GpuError, GpuTensor};
+use crate::gpu::{self, adamw::AdamW, DispatchCache, GpuContext, GpuError, GpuTensor, Recorder};
 use crate::model::{Arch, Config, GpuBlock, GpuLinear, GpuMlp, GpuModel, WeightLayout};
 use crate::ops::{Layout, Matmul};
 use crate::reference::attention::Heads;
@@ -114,7 +114,7 @@ fn heads(c: &Config) -> Heads {
 /// y [rows, out] = x·W (+ b) of a frozen layer (every weight part into its column block).
 fn linear_forward(
     ctx: &GpuContext,
-    enc: &mut crate::gpu::Recorder,
+    enc: &mut Recorder,
     l: &GpuLinear,
     x: &GpuTensor,
     rows: usize,
@@ -135,7 +135,7 @@ fn linear_forward(
 /// Conv1D's W [in, out].
 fn linear_input_grad(
     ctx: &GpuContext,
-    enc: &mut crate::gpu::Recorder,
+    enc: &mut Recorder,
     l: &GpuLinear,
     dy: &GpuTensor,
     rows: usize,
@@ -159,7 +159,7 @@ fn linear_input_grad(
 /// Copy `rows` rows of `width` floats from row `src_row` of `src` to row `dst_row` of `dst`.
 #[allow(clippy::too_many_arguments)]
 fn copy_rows(
-    enc: &mut crate::gpu::Recorder,
+    enc: &mut Recorder,
     src: &GpuTensor,
     src_row: usize,
     dst: &GpuTensor,
@@ -457,7 +457,7 @@ impl Trainer {
     }
 
     /// Module `m`'s adapter input: `x` itself, or dropout(x) in `xd` while training with dropout.
-    fn dropped<'a>(&'a self, ctx: &GpuContext, enc: &mut crate::gpu::Recorder, m: usize, x: &'a GpuTensor) -> Result<&'a GpuTensor, GpuError> {
+    fn dropped<'a>(&'a self, ctx: &GpuContext, enc: &mut Recorder, m: usize, x: &'a GpuTensor) -> Result<&'a GpuTensor, GpuError> {
         if !self.dropping() {
             return Ok(x);
         }
@@ -469,7 +469,7 @@ impl Trainer {
     fn linear(
         &self,
         ctx: &GpuContext,
-        enc: &mut crate::gpu::Recorder,
+        enc: &mut Recorder,
         l: usize,
         block: &GpuBlock,
         site: Site,
@@ -506,7 +506,7 @@ impl Trainer {
     fn linear_backward(
         &self,
         ctx: &GpuContext,
-        enc: &mut crate::gpu::Recorder,
+        enc: &mut Recorder,
         acc: f32,
         l: usize,
         block: &GpuBlock,
@@ -556,7 +556,7 @@ impl Trainer {
 
     /// The forward pass and per-row losses; with `count_loss`, the batch's mean loss is added to
     /// `loss` (see [`Trainer::read_loss`]).
-    fn encode_forward(&self, ctx: &GpuContext, enc: &mut crate::gpu::Recorder, model: &GpuModel, count_loss: bool) -> Result<(), GpuError> {
+    fn encode_forward(&self, ctx: &GpuContext, enc: &mut Recorder, model: &GpuModel, count_loss: bool) -> Result<(), GpuError> {
         // Only training forwards (those whose loss counts) drop adapter inputs.
         self.training.set(count_loss);
         let c = &model.config;
@@ -640,7 +640,7 @@ impl Trainer {
     }
 
     /// The backward pass; `acc` = 1 adds the adapter's gradients to its `grad` buffers, 0 overwrites.
-    fn encode_backward(&self, ctx: &GpuContext, enc: &mut crate::gpu::Recorder, model: &GpuModel, acc: f32) -> Result<(), GpuError> {
+    fn encode_backward(&self, ctx: &GpuContext, enc: &mut Recorder, model: &GpuModel, acc: f32) -> Result<(), GpuError> {
         let c = &model.config;
         let (n, d, v) = (self.rows, c.hidden_size, c.vocab_size);
         gpu::cross_entropy::encode_backward(ctx, enc, &self.logits, &self.targets, &self.dlogits, n, v, 1.0 / self.count as f32)?;
@@ -660,7 +660,7 @@ impl Trainer {
     }
 
     /// The backward from dh (the final norm's output gradient) down through every block.
-    fn encode_blocks_backward(&self, ctx: &GpuContext, enc: &mut crate::gpu::Recorder, model: &GpuModel, acc: f32) -> Result<(), GpuError> {
+    fn encode_blocks_backward(&self, ctx: &GpuContext, enc: &mut Recorder, model: &GpuModel, acc: f32) -> Result<(), GpuError> {
         let c = &model.config;
         let (n, t, qd, kvd) = (self.rows, self.seq, c.q_dim(), c.kv_dim());
         let heads = heads(c);
@@ -724,7 +724,7 @@ impl Trainer {
         Ok(())
     }
 
-    fn encode_update(&self, ctx: &GpuContext, enc: &mut crate::gpu::Recorder, opt: &AdamW, step: u32, grad_scale: f32) -> Result<(), GpuError> {
+    fn encode_update(&self, ctx: &GpuContext, enc: &mut Recorder, opt: &AdamW, step: u32, grad_scale: f32) -> Result<(), GpuError> {
         for m in &self.lora.modules {
             let trainable = m.parts.iter().zip(&m.frozen).filter(|(_, &f)| !f).map(|((_, p), _)| p);
             for p in std::iter::once(&m.a).chain(trainable) {
