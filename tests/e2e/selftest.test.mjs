@@ -17,7 +17,8 @@ after(async () => site?.close());
 async function finalStatus(page) {
   const status = page.getByTestId('selftest');
   await page.waitForFunction(
-    () => document.querySelector('[data-testid="selftest"]')?.dataset.status !== 'running',
+    // Passed or failed: the panel may not be mounted yet (no status at all) when this starts.
+    () => ['passed', 'failed'].includes(document.querySelector('[data-testid="selftest"]')?.dataset.status),
     null,
     { timeout: 300_000 },
   );
