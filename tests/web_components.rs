@@ -14,7 +14,8 @@ use loratab::model::{ModelFiles, Tokenizer};
 use loratab::studio::Studio;
 use loratab::web::state::ModelStatus;
 use loratab::studio::SavedAdapter;
-use loratab::web::{AdapterPanel, AppState, ComparePanel, GpuAlert, SettingsPanel, TextPanel, TrainPanel};
+use loratab::lora::LoraOptions;
+use loratab::web::{AdapterPanel, AppState, ComparePanel, GpuAlert, ModelPanel, RankDemo, SettingsPanel, TextPanel, TrainPanel};
 use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::JsFuture;
 use wasm_bindgen_test::wasm_bindgen_test;
@@ -215,4 +216,119 @@ async fn a_lost_device_keeps_the_text_and_the_adapter() {
     until("the resumed run", 300.0, || matches!(attr(&root, "[data-testid=train-status]", "data-state").as_str(), "finished" | "failed")).await;
     assert_eq!(attr(&root, "[data-testid=train-status]", "data-state"), "finished", "{}", text_of(&root, "[data-testid=train-status]"));
     assert!(text_of(&root, "[data-testid=step]").contains("Step 30 of 30"));
+}
+
+fn rank_demo() -> impl IntoView {
+    view! { <TextPanel/><SettingsPanel/><RankDemo/> }
+}
+
+/// The rank comparison trains each chosen rank with the Settings (α/r kept) and tables what the
+/// engine itself gives for those settings: the base loss, then each rank's validation loss.
+#[wasm_bindgen_test]
+async fn the_rank_demo_tables_each_ranks_validation_loss() {
+    let (state, root) = mount(rank_demo).await;
+    small_settings(&root, 3);
+    type_into(&root, "#train-text", TEXT);
+    // Ranks 1 and 4 only: uncheck the rest of the default set (1, 2, 4, 8, 16, 32).
+    for r in [2, 8, 16, 32] {
+        find(&root, &format!("#demo-rank-{r}")).click();
+    }
+    until("the settings", 5.0, || root.query_selector("[data-testid=adapter-size]").unwrap().is_some()).await;
+    find(&root, "[data-testid=ranks-start]").click();
+    until("the comparison to end", 300.0, || {
+        text_of(&root, "[data-testid=ranks-progress]") == "Done." || root.query_selector("[role=alert]").unwrap().is_some()
+    })
+    .await;
+    assert_eq!(text_of(&root, "[data-testid=ranks-progress]"), "Done.", "{}", text_of(&root, "[role=alert]"));
+    let rows = root.query_selector_all("[data-testid=ranks-table] tbody tr").unwrap();
+    assert_eq!(rows.length(), 2);
+    let row_attr = |i: u32, name: &str| rows.get(i).unwrap().unchecked_into::<web_sys::Element>().get_attribute(name).unwrap();
+    let shown_base: f64 = attr(&root, "[data-testid=ranks-table]", "data-base").parse().unwrap();
+
+    // The oracle: the same runs through the engine, outside the page.
+    let studio = state.studio.get_untracked().unwrap();
+    let (opts, settings) = state.form.parse(studio.config()).unwrap();
+    assert_eq!((opts.rank, opts.alpha, settings.steps), (4, 8.0, 3));
+    let mut vals = Vec::new();
+    for (i, rank) in [1usize, 4].into_iter().enumerate() {
+        let o = LoraOptions { rank, alpha: 2.0 * rank as f32, ..opts.clone() };
+        let mut run = studio.start(TEXT, &o, settings.clone()).await.unwrap();
+        if rank == 1 {
+            let base = studio.validation_loss(&run).await.unwrap(); // B = 0: the base model
+            assert!((shown_base - base).abs() < 1e-5, "base {shown_base} vs {base}");
+        }
+        while !run.finished() {
+            studio.step(&mut run).await.unwrap();
+        }
+        let val = studio.validation_loss(&run).await.unwrap();
+        let shown: f64 = row_attr(i as u32, "data-val").parse().unwrap();
+        assert_eq!(row_attr(i as u32, "data-rank"), rank.to_string());
+        assert_eq!(row_attr(i as u32, "data-params"), (320 * rank).to_string(), "2 layers · r · (96 + 64)");
+        assert!((shown - val).abs() < 1e-5, "rank {rank}: the table says {shown}, the engine {val}");
+        vals.push(val);
+    }
+    // Three steps are enough for rank 4 (tests/studio.rs's settings) to beat the base model.
+    assert!(vals[1] < shown_base, "rank 4 lowered the validation loss: {vals:?} vs {shown_base}");
+    // One point per rank on the chart.
+    assert_eq!(root.query_selector_all("g.series-val circle").unwrap().length(), 2);
+}
+
+fn model_and_text() -> impl IntoView {
+    view! { <ModelPanel/><TextPanel/> }
+}
+
+/// Drop `files` on the model panel's drop zone, as a drag from the desktop would.
+fn drop_files(root: &web_sys::HtmlElement, files: &[(&str, &[u8])]) {
+    let data = web_sys::DataTransfer::new().unwrap();
+    for (name, bytes) in files {
+        let parts = js_sys::Array::of1(&js_sys::Uint8Array::from(*bytes));
+        let file = web_sys::File::new_with_u8_array_sequence(&parts, name).unwrap();
+        data.items().add_with_file(&file).unwrap();
+    }
+    let init = web_sys::DragEventInit::new();
+    init.set_bubbles(true);
+    init.set_cancelable(true);
+    init.set_data_transfer(Some(&data));
+    let event = web_sys::DragEvent::new_with_event_init_dict("drop", &init).unwrap();
+    find(root, "[data-testid=dropzone]").dispatch_event(&event).unwrap();
+}
+
+/// Dropped files load as the model, and the panel describes it; a broken or incomplete set is a
+/// sentence, and the model, the GPU state and the user's text stay.
+#[wasm_bindgen_test]
+async fn dropped_model_files_load_and_broken_ones_are_sentences() {
+    let (state, root) = mount(model_and_text).await;
+    type_into(&root, "#train-text", TEXT);
+    let before = state.studio.get_untracked().unwrap();
+    let status = || (attr(&root, "[data-testid=model-status]", "data-state"), text_of(&root, "[data-testid=model-status]"));
+
+    // A safetensors file cut in half: its header promises more bytes than there are.
+    let cut = &WEIGHTS[..WEIGHTS.len() / 2];
+    drop_files(&root, &[("config.json", CONFIG.as_bytes()), ("model.safetensors", cut), ("tokenizer.json", TOKENIZER)]);
+    until("the failure", 60.0, || status().0 == "failed").await;
+    let (_, said) = status();
+    assert!(said.starts_with("Could not load your model:") && said.ends_with("The previous model stays loaded."), "{said}");
+    assert!(said.contains("model.safetensors"), "the sentence names the file: {said}");
+    assert!(Rc::ptr_eq(&state.studio.get_untracked().unwrap(), &before), "the previous model stays");
+
+    drop_files(&root, &[("config.json", CONFIG.as_bytes()), ("model.safetensors", WEIGHTS)]);
+    until("the missing tokenizer", 10.0, || status().1.contains("tokenizer.json is missing")).await;
+
+    // The real files, zipped: they load, and the panel shows what the safetensors header holds.
+    let zip = loratab::zip::store(&[("config.json", CONFIG.as_bytes()), ("model.safetensors", WEIGHTS), ("tokenizer.json", TOKENIZER)]).unwrap();
+    drop_files(&root, &[("llama-tiny.zip", &zip)]);
+    until("the model", 60.0, || status().0 == "ready").await;
+    assert!(!Rc::ptr_eq(&state.studio.get_untracked().unwrap(), &before), "a new model is loaded");
+    assert_eq!(text_of(&root, "[data-testid=model-name]"), "llama-tiny");
+    let n = u64::from_le_bytes(WEIGHTS[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&WEIGHTS[8..8 + n]).unwrap();
+    let params: u64 = header
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(k, _)| *k != "__metadata__")
+        .map(|(_, t)| t["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap()).product::<u64>())
+        .sum();
+    assert_eq!(text_of(&root, "[data-testid=model-params]").replace(',', ""), params.to_string());
+    assert_eq!(find(&root, "#train-text").unchecked_into::<web_sys::HtmlTextAreaElement>().value(), TEXT, "the text is kept");
 }

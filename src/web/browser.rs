@@ -1,5 +1,5 @@
 //! The few browser services the components need: yielding to the event loop, the clock, fetching
-//! and reading files as bytes, and saving bytes as a download. No GPU here.
+//! and reading files (picked, or dropped folders too) as bytes, and saving bytes as a download. No GPU here.
 
 use js_sys::{Array, Uint8Array};
 use wasm_bindgen::{JsCast, JsValue};
@@ -38,14 +38,121 @@ pub async fn fetch_bytes(url: &str) -> Result<Vec<u8>, String> {
     Ok(Uint8Array::new(&buf).to_vec())
 }
 
-/// (name, bytes) of every file in `list`; a picked folder's files keep their relative path.
+/// Whether a chosen or dropped file can matter: a model or an adapter is JSON, safetensors or a zip
+/// of them. Anything else in a Hugging Face folder (PyTorch `.bin` weights, `.git`, README) is not
+/// read at all, so picking a folder that also holds gigabytes of other formats costs nothing.
+pub fn wanted(path: &str) -> bool {
+    let name = path.rsplit('/').next().unwrap_or(path).to_ascii_lowercase();
+    !path.split('/').any(|part| part.starts_with('.') && part.len() > 1)
+        && [".json", ".safetensors", ".zip"].iter().any(|ext| name.ends_with(ext))
+}
+
+/// A file's path within a picked folder (`webkitRelativePath`), else its name.
+fn path_of(file: &web_sys::File) -> String {
+    js_sys::Reflect::get(file, &"webkitRelativePath".into())
+        .ok()
+        .and_then(|p| p.as_string())
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| file.name())
+}
+
+async fn read_blob(file: &web_sys::File, path: &str) -> Result<Vec<u8>, String> {
+    let buf = JsFuture::from(file.array_buffer()).await.map_err(|e| format!("could not read {path}: {}", js_message(e)))?;
+    Ok(Uint8Array::new(&buf).to_vec())
+}
+
+/// (path, bytes) of every [`wanted`] file in `list`; a picked folder's files keep their relative
+/// path (`folder/config.json`), which names the model.
 pub async fn read_files(list: &web_sys::FileList) -> Result<Vec<(String, Vec<u8>)>, String> {
     let mut out = Vec::new();
     for i in 0..list.length() {
         let Some(file) = list.get(i) else { continue };
-        let buf = JsFuture::from(file.array_buffer()).await.map_err(|e| format!("could not read {}: {}", file.name(), js_message(e)))?;
-        out.push((file.name(), Uint8Array::new(&buf).to_vec()));
+        let path = path_of(&file);
+        if wanted(&path) {
+            out.push((path.clone(), read_blob(&file, &path).await?));
+        }
     }
+    Ok(out)
+}
+
+/// The names of the files in `list` (to explain what was skipped).
+pub fn names(list: &web_sys::FileList) -> Vec<String> {
+    (0..list.length()).filter_map(|i| list.get(i)).map(|f| path_of(&f)).collect()
+}
+
+/// What was dropped, taken during the drop event (the browser empties the DataTransfer after it):
+/// file-system entries when the browser gives them, which is the only way to read a dropped
+/// folder (`files` lists a folder as one unreadable item), else the plain file list.
+pub enum Dropped {
+    Entries(Vec<JsValue>),
+    Files(web_sys::FileList),
+}
+
+pub fn dropped(data: &web_sys::DataTransfer) -> Option<Dropped> {
+    let items = data.items();
+    let mut entries = Vec::new();
+    for i in 0..items.length() {
+        let Some(item) = items.get(i) else { continue };
+        if item.kind() != "file" {
+            continue;
+        }
+        match call(&item, "webkitGetAsEntry", &[]) {
+            Ok(entry) if entry.is_object() => entries.push(entry),
+            // Synthetic drops (and old browsers) have no entries: use the file list.
+            _ => return data.files().map(Dropped::Files),
+        }
+    }
+    if entries.is_empty() { data.files().map(Dropped::Files) } else { Some(Dropped::Entries(entries)) }
+}
+
+fn call(target: &JsValue, method: &str, args: &[&JsValue]) -> Result<JsValue, JsValue> {
+    let f: js_sys::Function = js_sys::Reflect::get(target, &method.into())?.dyn_into()?;
+    js_sys::Reflect::apply(&f, target, &args.iter().copied().collect::<Array>())
+}
+
+/// Call a callback-style method (`method(onSuccess, onError)`) and await its result.
+async fn with_callbacks(target: &JsValue, method: &str) -> Result<JsValue, JsValue> {
+    let mut thrown = None;
+    let promise = js_sys::Promise::new(&mut |resolve, reject| {
+        thrown = call(target, method, &[&resolve, &reject]).err();
+    });
+    if let Some(e) = thrown {
+        return Err(e);
+    }
+    JsFuture::from(promise).await
+}
+
+/// (path, bytes) of every [`wanted`] file under the dropped entries, folders walked (hidden ones,
+/// such as `.git`, skipped); paths keep the dropped folder's name (`folder/config.json`).
+pub async fn read_dropped(dropped: Dropped) -> Result<Vec<(String, Vec<u8>)>, String> {
+    let mut stack = match dropped {
+        Dropped::Files(list) => return read_files(&list).await,
+        Dropped::Entries(entries) => entries,
+    };
+    let mut out = Vec::new();
+    while let Some(entry) = stack.pop() {
+        let field = |name: &str| js_sys::Reflect::get(&entry, &name.into()).ok();
+        let path = field("fullPath").and_then(|p| p.as_string()).unwrap_or_default().trim_start_matches('/').to_string();
+        let fail = |e: JsValue| format!("could not read {path}: {}", js_message(e));
+        if field("isDirectory").and_then(|d| d.as_bool()) == Some(true) {
+            if path.rsplit('/').next().is_some_and(|n| n.starts_with('.')) {
+                continue;
+            }
+            let reader = call(&entry, "createReader", &[]).map_err(fail)?;
+            // readEntries returns the folder in batches; an empty one ends it.
+            loop {
+                let batch: Array = with_callbacks(&reader, "readEntries").await.map_err(fail)?.unchecked_into();
+                if batch.length() == 0 {
+                    break;
+                }
+                stack.extend(batch.iter());
+            }
+        } else if wanted(&path) {
+            let file: web_sys::File = with_callbacks(&entry, "file").await.map_err(fail)?.unchecked_into();
+            out.push((path.clone(), read_blob(&file, &path).await?));
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(out)
 }
 

@@ -5,24 +5,44 @@ use leptos::prelude::*;
 use leptos::task::spawn_local;
 use wasm_bindgen::JsCast;
 
+use super::browser;
 use super::format;
 use super::state::{AppState, ModelStatus};
 use crate::studio::model_files;
 
+/// The name to show for chosen files: the folder holding config.json, else a zip's name.
+fn model_name(paths: &[String]) -> String {
+    let config = paths.iter().find(|p| p.rsplit('/').next() == Some("config.json"));
+    let folder = config.and_then(|p| p.rsplit('/').nth(1));
+    let zip = || paths.iter().find_map(|p| p.rsplit('/').next()?.strip_suffix(".zip"));
+    folder.or_else(zip).unwrap_or("your model").to_string()
+}
+
 /// Read the chosen or dropped files and load them as the model.
-fn load_list(state: AppState, list: web_sys::FileList) {
-    spawn_local(async move {
-        let files = match super::browser::read_files(&list).await {
-            Ok(f) => f,
-            Err(e) => return state.model_status.set(ModelStatus::Failed(e)),
-        };
-        // A picked folder's name, else the first file's.
-        let name = files.first().map(|(n, _)| n.rsplit_once('/').map_or("your model", |(d, _)| d).to_string()).unwrap_or_default();
-        match model_files(files) {
-            Ok(files) => state.load_model(files, name).await,
-            Err(e) => state.model_status.set(ModelStatus::Failed(format!("Those files are not a model: {e}."))),
+async fn load_files(state: AppState, files: Result<Vec<(String, Vec<u8>)>, String>, all_names: Vec<String>) {
+    let files = match files {
+        Ok(f) => f,
+        Err(e) => return state.model_status.set(ModelStatus::Failed(format!("The files could not be read: {e}."))),
+    };
+    let name = model_name(&files.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>());
+    match model_files(files) {
+        Ok(files) => state.load_model(files, name).await,
+        Err(e) => {
+            // PyTorch-only folders are common: say how to get safetensors.
+            let pytorch = all_names.iter().any(|n| n.ends_with(".bin") || n.ends_with(".pt") || n.ends_with(".pth"));
+            let hint = if pytorch {
+                " These files hold PyTorch weights (.bin): loratab reads safetensors; convert them with transformers (model.save_pretrained(dir, safe_serialization=True))."
+            } else {
+                ""
+            };
+            state.model_status.set(ModelStatus::Failed(format!("Those files are not a model: {e}.{hint}")))
         }
-    });
+    }
+}
+
+fn load_list(state: AppState, list: web_sys::FileList) {
+    let names = browser::names(&list);
+    spawn_local(async move { load_files(state, browser::read_files(&list).await, names).await });
 }
 
 #[component]
@@ -71,9 +91,16 @@ pub fn ModelPanel() -> impl IntoView {
     let on_drop = move |ev: leptos::ev::DragEvent| {
         ev.prevent_default();
         set_over.set(false);
-        if let Some(list) = ev.data_transfer().and_then(|d| d.files()) {
-            load_list(state, list);
+        if state.busy.get_untracked().is_some() {
+            return; // the pickers are disabled then too
         }
+        // Taken now: the browser empties the DataTransfer once this handler returns.
+        let Some(dropped) = ev.data_transfer().as_ref().and_then(browser::dropped) else { return };
+        let names = match &dropped {
+            browser::Dropped::Files(list) => browser::names(list),
+            browser::Dropped::Entries(_) => Vec::new(),
+        };
+        spawn_local(async move { load_files(state, browser::read_dropped(dropped).await, names).await });
     };
     let reload = move |_| spawn_local(state.load_default());
     let folder_input = NodeRef::<leptos::html::Input>::new();
@@ -89,7 +116,7 @@ pub fn ModelPanel() -> impl IntoView {
             <h2 id="model-heading">"1. Model"</h2>
             {status}
             {info}
-            <div class=move || if over.get() { "dropzone over" } else { "dropzone" }
+            <div data-testid="dropzone" class=move || if over.get() { "dropzone over" } else { "dropzone" }
                 on:dragover=move |ev: leptos::ev::DragEvent| { ev.prevent_default(); set_over.set(true); }
                 on:dragleave=move |_| set_over.set(false)
                 on:drop=on_drop>

@@ -135,13 +135,13 @@ pub fn RankDemo() -> impl IntoView {
             <p role="status" data-testid="ranks-progress">{move || progress.get()}</p>
             {move || error.get().map(|e| view! { <p class="status-failed" role="alert">{e}</p> })}
             <LineChart series=series title="Validation loss against LoRA rank" x_label="rank · adapter size" y_label="validation loss" log2_x=true x_ticks=ticks/>
-            <table data-testid="ranks-table">
+            <table data-testid="ranks-table" data-base=move || base.get().map(|b| b.to_string())>
                 <caption>"Validation loss by rank"{move || base.get().map(|b| format!(" (base model: {b:.4})"))}</caption>
                 <thead><tr><th scope="col">"Rank"</th><th scope="col">"Trainable parameters"</th><th scope="col">"Adapter size"</th>
                     <th scope="col">"Of the base"</th><th scope="col">"Training loss"</th><th scope="col">"Validation loss"</th><th scope="col">"Time"</th></tr></thead>
                 <tbody>
                     {move || results.get().into_iter().map(|r| view! {
-                        <tr>
+                        <tr data-rank=r.rank data-params=r.params data-val=r.val_loss.to_string()>
                             <td>{r.rank}</td><td>{format::count(r.params)}</td><td>{format::bytes(r.bytes as u64)}</td>
                             <td>{format::percent(r.fraction)}</td>
                             <td>{r.train_loss.map(|l| format!("{l:.4}")).unwrap_or_default()}</td>
