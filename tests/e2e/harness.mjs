@@ -34,8 +34,10 @@ const MIME = {
   '.svg': 'image/svg+xml',
 };
 
-/** Serve `dir` on 127.0.0.1 at a free port; resolves to { url, close }. */
+/** Serve `dir` on 127.0.0.1 at a free port; resolves to { url, close }. With LORATAB_URL set (say
+ *  to `./dev serve`'s http://127.0.0.1:8080/) the tests use that server instead. */
 export async function serve(dir = DIST) {
+  if (process.env.LORATAB_URL) return { url: process.env.LORATAB_URL, close: async () => {} };
   if (!fs.existsSync(path.join(dir, 'index.html'))) {
     throw new Error(`${dir}/index.html is missing: build the app first (trunk build)`);
   }
