@@ -332,3 +332,42 @@ async fn dropped_model_files_load_and_broken_ones_are_sentences() {
     assert_eq!(text_of(&root, "[data-testid=model-params]").replace(',', ""), params.to_string());
     assert_eq!(find(&root, "#train-text").unchecked_into::<web_sys::HtmlTextAreaElement>().value(), TEXT, "the text is kept");
 }
+
+/// Stop pauses a run (its adapter kept on the host) and Resume carries it on: the run ends where
+/// one that was never stopped ends, as the engine computes it here.
+#[wasm_bindgen_test]
+async fn stop_and_resume_end_where_an_unbroken_run_does() {
+    const STEPS: usize = 12;
+    let (state, root) = mount(train_and_download).await;
+    small_settings(&root, STEPS);
+    type_into(&root, "#train-text", TEXT);
+    until("the settings", 5.0, || root.query_selector("[data-testid=adapter-size]").unwrap().is_some()).await;
+    find(&root, "[data-testid=train]").click();
+    until("step 2", 300.0, || state.step.get_untracked() >= 2).await;
+    find(&root, "[data-testid=stop]").click();
+    until("the run to stop", 60.0, || attr(&root, "[data-testid=train-status]", "data-state") != "running").await;
+    assert_eq!(attr(&root, "[data-testid=train-status]", "data-state"), "stopped", "{}", text_of(&root, "[data-testid=train-status]"));
+    let stopped_at = state.step.get_untracked();
+    assert!(stopped_at < STEPS, "stopped before the end");
+    assert_eq!(state.saved.get_untracked().map(|s| s.step()), Some(stopped_at), "the adapter as of the stop is kept");
+
+    find(&root, "[data-testid=resume]").click();
+    until("the resumed run", 300.0, || matches!(attr(&root, "[data-testid=train-status]", "data-state").as_str(), "finished" | "failed")).await;
+    assert_eq!(attr(&root, "[data-testid=train-status]", "data-state"), "finished", "{}", text_of(&root, "[data-testid=train-status]"));
+    let train: Vec<f64> = attr(&root, "[data-testid=loss-chart]", "data-train").split(',').map(|x| x.parse().unwrap()).collect();
+    assert_eq!(train.len(), STEPS, "one training loss per step, none twice: {train:?}");
+    let shown: f64 = attr(&root, "[data-testid=loss-chart]", "data-val").rsplit(',').next().unwrap().parse().unwrap();
+
+    let studio = state.studio.get_untracked().unwrap();
+    let (opts, settings) = state.form.parse(studio.config()).unwrap();
+    let mut run = studio.start(TEXT, &opts, settings).await.unwrap();
+    let mut losses = Vec::new();
+    while !run.finished() {
+        losses.push(studio.step(&mut run).await.unwrap().loss.unwrap() as f64);
+    }
+    let val = studio.validation_loss(&run).await.unwrap();
+    assert!((shown - val).abs() < 1e-5, "after stop and resume {shown}, unbroken {val}");
+    for (a, b) in train.iter().zip(&losses) {
+        assert!((a - b).abs() < 1e-4, "training losses {train:?} vs {losses:?}");
+    }
+}

@@ -24,10 +24,14 @@ pub fn bytes(b: u64) -> String {
     if b < 10_000_000 { format!("{:.1} KB", b as f64 / 1e3) } else { format!("{:.1} MB", b as f64 / 1e6) }
 }
 
-/// GPU memory in MiB or GiB.
+/// GPU memory in KiB, MiB or GiB (a rank-8 adapter's AdamW state is well under 1 MiB).
 pub fn mib(b: u64) -> String {
     let m = b as f64 / (1u64 << 20) as f64;
-    if m < 1024.0 { format!("{m:.0} MiB") } else { format!("{:.2} GiB", m / 1024.0) }
+    match m {
+        m if m < 1.0 => format!("{:.0} KiB", b as f64 / 1024.0),
+        m if m < 1024.0 => format!("{m:.0} MiB"),
+        m => format!("{:.2} GiB", m / 1024.0),
+    }
 }
 
 pub fn percent(f: f64) -> String {

@@ -188,6 +188,11 @@ test('paste → train → compare → download on the default model', async (t) 
     assert.deepEqual(shapes, expected);
     assert.ok(Object.values(header).filter((t) => t.dtype).every((t) => t.dtype === 'F32'));
 
+    // The first screen (panels 1–6) is the README's picture, taken before the adapter is loaded back
+    // (which starts a new chart); keyboard focus and downloads scrolled the page.
+    await page.evaluate(() => window.scrollTo(0, 0));
+    await page.screenshot({ path: path.join(ARTIFACTS, 'app.png') });
+
     // Loading that zip back puts the adapter on the GPU as it was: a fresh download of it (read
     // back from the GPU, AdamW moments included) is the same bytes.
     await page.getByLabel('Load an adapter (its two files or a zip)').setInputFiles(path.join(ARTIFACTS, adapter.name));
@@ -213,9 +218,6 @@ test('paste → train → compare → download on the default model', async (t) 
       from = until;
     }
 
-    // The first screen (panels 1–6) is the README's picture (keyboard focus and downloads scrolled it).
-    await page.evaluate(() => window.scrollTo(0, 0));
-    await page.screenshot({ path: path.join(ARTIFACTS, 'app.png') });
     assert.deepEqual(errors.filter((e) => !e.includes('favicon')), [], 'no errors in the console');
   } finally {
     await browser.close();
