@@ -380,8 +380,29 @@ fn serialize(
                 .map_err(|e| ModelError::Safetensors { file: "model.safetensors".into(), reason: e.to_string() })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let mut meta = HashMap::new();
-    meta.insert("format".to_string(), "pt".to_string());
-    safetensors::serialize(views, Some(meta))
-        .map_err(|e| ModelError::Safetensors { file: "model.safetensors".into(), reason: e.to_string() })
+    serialize_views(views, &[("format", "pt")]).map_err(|reason| ModelError::Safetensors { file: "model.safetensors".into(), reason })
+}
+
+/// `safetensors::serialize` with the same bytes for the same tensors every time: the crate writes
+/// the metadata from a HashMap, whose order changes from one map to the next, so the header is
+/// rewritten with its keys sorted (same JSON, same length). A saved adapter or training state
+/// loaded back and saved again is then byte for byte the file it came from.
+pub(crate) fn serialize_views<V: safetensors::View>(views: Vec<(String, V)>, meta: &[(&str, &str)]) -> Result<Vec<u8>, String> {
+    let meta: HashMap<String, String> = meta.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let mut bytes = safetensors::serialize(views, Some(meta)).map_err(|e| e.to_string())?;
+    let n = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
+    let header: std::collections::BTreeMap<String, serde_json::Value> =
+        serde_json::from_slice(&bytes[8..8 + n]).map_err(|e| e.to_string())?;
+    let sorted = |v: &serde_json::Value| -> std::collections::BTreeMap<String, serde_json::Value> {
+        v.as_object().map(|o| o.iter().map(|(k, v)| (k.clone(), v.clone())).collect()).unwrap_or_default()
+    };
+    let header: std::collections::BTreeMap<&String, _> = header.iter().map(|(k, v)| (k, sorted(v))).collect();
+    let json = serde_json::to_vec(&header).map_err(|e| e.to_string())?;
+    // The crate pads its compact JSON with spaces; ours is the same JSON reordered, so it fits.
+    if json.len() > n {
+        return Err(format!("the sorted header ({} bytes) outgrew the written one ({n})", json.len()));
+    }
+    bytes[8..8 + json.len()].copy_from_slice(&json);
+    bytes[8 + json.len()..8 + n].fill(b' ');
+    Ok(bytes)
 }

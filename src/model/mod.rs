@@ -12,6 +12,7 @@ pub mod default;
 pub use config::{config_json_f32, Arch, Config};
 pub use forward::{GpuBlock, GpuLinear, GpuMlp, GpuModel, GpuNorm, RowParts};
 pub use load::{load_safetensors, save_safetensors, save_safetensors_f16, ModelFiles};
+pub(crate) use load::serialize_views;
 pub use tokenizer::Tokenizer;
 
 use crate::gpu::GpuError;

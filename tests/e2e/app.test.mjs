@@ -73,11 +73,13 @@ async function waitFor(page, testid, attr, wanted, timeout) {
   return page.getByTestId(testid).getAttribute(`data-${attr}`);
 }
 
+let downloads = 0;
 async function download(page, testid) {
   const [dl] = await Promise.all([page.waitForEvent('download', { timeout: 60_000 }), page.getByTestId(testid).click()]);
-  const file = path.join(ARTIFACTS, dl.suggestedFilename());
+  // Numbered, so a second download of the same name keeps the first for comparison.
+  const file = path.join(ARTIFACTS, `${++downloads}-${dl.suggestedFilename()}`);
   await dl.saveAs(file);
-  return { name: dl.suggestedFilename(), bytes: fs.readFileSync(file) };
+  return { name: dl.suggestedFilename(), file, bytes: fs.readFileSync(file) };
 }
 
 test('paste → train → compare → download on the default model', async (t) => {
@@ -195,7 +197,7 @@ test('paste → train → compare → download on the default model', async (t) 
 
     // Loading that zip back puts the adapter on the GPU as it was: a fresh download of it (read
     // back from the GPU, AdamW moments included) is the same bytes.
-    await page.getByLabel('Load an adapter (its two files or a zip)').setInputFiles(path.join(ARTIFACTS, adapter.name));
+    await page.getByLabel('Load an adapter (its two files or a zip)').setInputFiles(adapter.file);
     await page.waitForFunction(() => document.querySelector('[data-testid="adapter-message"]')?.textContent.startsWith('Adapter loaded'), null, { timeout: 120_000 });
     assert.match(await page.getByTestId('adapter-message').textContent(), new RegExp(`^Adapter loaded \\(step ${STEPS}\\)`));
     const again = await download(page, 'download-zip');
