@@ -15,6 +15,7 @@ use loratab::studio::Studio;
 use loratab::web::state::ModelStatus;
 use loratab::studio::SavedAdapter;
 use loratab::lora::LoraOptions;
+use loratab::train::TrainSettings;
 use loratab::web::{AdapterPanel, AppState, ComparePanel, GpuAlert, ModelPanel, RankDemo, SettingsPanel, TextPanel, TrainPanel};
 use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::JsFuture;
@@ -218,6 +219,19 @@ async fn a_lost_device_keeps_the_text_and_the_adapter() {
     assert!(text_of(&root, "[data-testid=step]").contains("Step 30 of 30"));
 }
 
+/// The oracle for the page's runs: the engine trains `opts` with `settings` on TEXT, outside the
+/// page and never stopped. Returns the validation loss before training (B = 0: the base model),
+/// each step's training loss, and the validation loss at the end.
+async fn unbroken_run(studio: &Studio, opts: &LoraOptions, settings: &TrainSettings) -> (f64, Vec<f64>, f64) {
+    let mut run = studio.start(TEXT, opts, settings.clone()).await.unwrap();
+    let base = studio.validation_loss(&run).await.unwrap();
+    let mut losses = Vec::new();
+    while !run.finished() {
+        losses.push(studio.step(&mut run).await.unwrap().loss.unwrap() as f64);
+    }
+    (base, losses, studio.validation_loss(&run).await.unwrap())
+}
+
 fn rank_demo() -> impl IntoView {
     view! { <TextPanel/><SettingsPanel/><RankDemo/> }
 }
@@ -252,15 +266,8 @@ async fn the_rank_demo_tables_each_ranks_validation_loss() {
     let mut vals = Vec::new();
     for (i, rank) in [1usize, 4].into_iter().enumerate() {
         let o = LoraOptions { rank, alpha: 2.0 * rank as f32, ..opts.clone() };
-        let mut run = studio.start(TEXT, &o, settings.clone()).await.unwrap();
-        if rank == 1 {
-            let base = studio.validation_loss(&run).await.unwrap(); // B = 0: the base model
-            assert!((shown_base - base).abs() < 1e-5, "base {shown_base} vs {base}");
-        }
-        while !run.finished() {
-            studio.step(&mut run).await.unwrap();
-        }
-        let val = studio.validation_loss(&run).await.unwrap();
+        let (base, _, val) = unbroken_run(&studio, &o, &settings).await;
+        assert!((shown_base - base).abs() < 1e-5, "base {shown_base} vs {base}");
         let shown: f64 = row_attr(i as u32, "data-val").parse().unwrap();
         assert_eq!(row_attr(i as u32, "data-rank"), rank.to_string());
         assert_eq!(row_attr(i as u32, "data-params"), (320 * rank).to_string(), "2 layers · r · (96 + 64)");
@@ -360,12 +367,7 @@ async fn stop_and_resume_end_where_an_unbroken_run_does() {
 
     let studio = state.studio.get_untracked().unwrap();
     let (opts, settings) = state.form.parse(studio.config()).unwrap();
-    let mut run = studio.start(TEXT, &opts, settings).await.unwrap();
-    let mut losses = Vec::new();
-    while !run.finished() {
-        losses.push(studio.step(&mut run).await.unwrap().loss.unwrap() as f64);
-    }
-    let val = studio.validation_loss(&run).await.unwrap();
+    let (_, losses, val) = unbroken_run(&studio, &opts, &settings).await;
     assert!((shown - val).abs() < 1e-5, "after stop and resume {shown}, unbroken {val}");
     for (a, b) in train.iter().zip(&losses) {
         assert!((a - b).abs() < 1e-4, "training losses {train:?} vs {losses:?}");

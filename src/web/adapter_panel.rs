@@ -50,7 +50,7 @@ pub fn AdapterPanel() -> impl IntoView {
         let Some(list) = input.files() else { return };
         spawn_local(async move {
             let result = async {
-                let files = browser::read_files(&list).await?;
+                let files = browser::read_files(&list).await?.files;
                 let step = state.use_adapter(files).await.map_err(|e| format!("That adapter cannot be used: {e}."))?;
                 Ok::<_, String>(format!("Adapter loaded (step {step}): compare with it, or raise the steps and press Resume to train it further."))
             };

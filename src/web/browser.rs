@@ -61,23 +61,35 @@ async fn read_blob(file: &web_sys::File, path: &str) -> Result<Vec<u8>, String> 
     Ok(Uint8Array::new(&buf).to_vec())
 }
 
-/// (path, bytes) of every [`wanted`] file in `list`; a picked folder's files keep their relative
-/// path (`folder/config.json`), which names the model.
-pub async fn read_files(list: &web_sys::FileList) -> Result<Vec<(String, Vec<u8>)>, String> {
-    let mut out = Vec::new();
-    for i in 0..list.length() {
-        let Some(file) = list.get(i) else { continue };
-        let path = path_of(&file);
-        if wanted(&path) {
-            out.push((path.clone(), read_blob(&file, &path).await?));
-        }
-    }
-    Ok(out)
+/// Files the user chose or dropped: the [`wanted`] ones read, the paths of the rest kept so a
+/// message can say what was there (a folder of PyTorch `.bin` weights, say).
+#[derive(Default)]
+pub struct Chosen {
+    pub files: Vec<(String, Vec<u8>)>,
+    pub skipped: Vec<String>,
 }
 
-/// The names of the files in `list` (to explain what was skipped).
-pub fn names(list: &web_sys::FileList) -> Vec<String> {
-    (0..list.length()).filter_map(|i| list.get(i)).map(|f| path_of(&f)).collect()
+impl Chosen {
+    async fn add(&mut self, file: &web_sys::File, path: String) -> Result<(), String> {
+        if wanted(&path) {
+            let bytes = read_blob(file, &path).await?;
+            self.files.push((path, bytes));
+        } else {
+            self.skipped.push(path);
+        }
+        Ok(())
+    }
+}
+
+/// Every file in `list`; a picked folder's files keep their relative path (`folder/config.json`),
+/// which names the model.
+pub async fn read_files(list: &web_sys::FileList) -> Result<Chosen, String> {
+    let mut out = Chosen::default();
+    for i in 0..list.length() {
+        let Some(file) = list.get(i) else { continue };
+        out.add(&file, path_of(&file)).await?;
+    }
+    Ok(out)
 }
 
 /// What was dropped, taken during the drop event (the browser empties the DataTransfer after it):
@@ -122,14 +134,14 @@ async fn with_callbacks(target: &JsValue, method: &str) -> Result<JsValue, JsVal
     JsFuture::from(promise).await
 }
 
-/// (path, bytes) of every [`wanted`] file under the dropped entries, folders walked (hidden ones,
-/// such as `.git`, skipped); paths keep the dropped folder's name (`folder/config.json`).
-pub async fn read_dropped(dropped: Dropped) -> Result<Vec<(String, Vec<u8>)>, String> {
+/// Every file under the dropped entries, folders walked (hidden ones, such as `.git`, are not
+/// entered); paths keep the dropped folder's name (`folder/config.json`).
+pub async fn read_dropped(dropped: Dropped) -> Result<Chosen, String> {
     let mut stack = match dropped {
         Dropped::Files(list) => return read_files(&list).await,
         Dropped::Entries(entries) => entries,
     };
-    let mut out = Vec::new();
+    let mut out = Chosen::default();
     while let Some(entry) = stack.pop() {
         let field = |name: &str| js_sys::Reflect::get(&entry, &name.into()).ok();
         let path = field("fullPath").and_then(|p| p.as_string()).unwrap_or_default().trim_start_matches('/').to_string();
@@ -147,12 +159,12 @@ pub async fn read_dropped(dropped: Dropped) -> Result<Vec<(String, Vec<u8>)>, St
                 }
                 stack.extend(batch.iter());
             }
-        } else if wanted(&path) {
+        } else {
             let file: web_sys::File = with_callbacks(&entry, "file").await.map_err(fail)?.unchecked_into();
-            out.push((path.clone(), read_blob(&file, &path).await?));
+            out.add(&file, path).await?;
         }
     }
-    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out.files.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(out)
 }
 

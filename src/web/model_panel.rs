@@ -11,25 +11,25 @@ use super::state::{AppState, ModelStatus};
 use crate::studio::model_files;
 
 /// The name to show for chosen files: the folder holding config.json, else a zip's name.
-fn model_name(paths: &[String]) -> String {
-    let config = paths.iter().find(|p| p.rsplit('/').next() == Some("config.json"));
-    let folder = config.and_then(|p| p.rsplit('/').nth(1));
-    let zip = || paths.iter().find_map(|p| p.rsplit('/').next()?.strip_suffix(".zip"));
+fn model_name(files: &[(String, Vec<u8>)]) -> String {
+    let paths = || files.iter().map(|(p, _)| p.as_str());
+    let folder = paths().find(|p| p.rsplit('/').next() == Some("config.json")).and_then(|p| p.rsplit('/').nth(1));
+    let zip = || paths().find_map(|p| p.rsplit('/').next()?.strip_suffix(".zip"));
     folder.or_else(zip).unwrap_or("your model").to_string()
 }
 
-/// Read the chosen or dropped files and load them as the model.
-async fn load_files(state: AppState, files: Result<Vec<(String, Vec<u8>)>, String>, all_names: Vec<String>) {
-    let files = match files {
-        Ok(f) => f,
+/// Load the chosen or dropped files as the model.
+async fn load_files(state: AppState, chosen: Result<browser::Chosen, String>) {
+    let chosen = match chosen {
+        Ok(c) => c,
         Err(e) => return state.model_status.set(ModelStatus::Failed(format!("The files could not be read: {e}."))),
     };
-    let name = model_name(&files.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>());
-    match model_files(files) {
+    let name = model_name(&chosen.files);
+    match model_files(chosen.files) {
         Ok(files) => state.load_model(files, name).await,
         Err(e) => {
             // PyTorch-only folders are common: say how to get safetensors.
-            let pytorch = all_names.iter().any(|n| n.ends_with(".bin") || n.ends_with(".pt") || n.ends_with(".pth"));
+            let pytorch = chosen.skipped.iter().any(|n| n.ends_with(".bin") || n.ends_with(".pt") || n.ends_with(".pth"));
             let hint = if pytorch {
                 " These files hold PyTorch weights (.bin): loratab reads safetensors; convert them with transformers (model.save_pretrained(dir, safe_serialization=True))."
             } else {
@@ -41,8 +41,7 @@ async fn load_files(state: AppState, files: Result<Vec<(String, Vec<u8>)>, Strin
 }
 
 fn load_list(state: AppState, list: web_sys::FileList) {
-    let names = browser::names(&list);
-    spawn_local(async move { load_files(state, browser::read_files(&list).await, names).await });
+    spawn_local(async move { load_files(state, browser::read_files(&list).await).await });
 }
 
 #[component]
@@ -96,11 +95,7 @@ pub fn ModelPanel() -> impl IntoView {
         }
         // Taken now: the browser empties the DataTransfer once this handler returns.
         let Some(dropped) = ev.data_transfer().as_ref().and_then(browser::dropped) else { return };
-        let names = match &dropped {
-            browser::Dropped::Files(list) => browser::names(list),
-            browser::Dropped::Entries(_) => Vec::new(),
-        };
-        spawn_local(async move { load_files(state, browser::read_dropped(dropped).await, names).await });
+        spawn_local(async move { load_files(state, browser::read_dropped(dropped).await).await });
     };
     let reload = move |_| spawn_local(state.load_default());
     let folder_input = NodeRef::<leptos::html::Input>::new();
