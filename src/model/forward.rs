@@ -1,8 +1,9 @@
-//! The frozen forward pass on the GPU: [`GpuModel`] holds the weights in GPU buffers and a KV cache;
-//! `forward` encodes one pass over new tokens into a single command encoder, top to bottom:
-//! embed → [norm → q,k,v (+RoPE) → attention over the cache → o → residual → norm → MLP → residual]
-//! × L → norm → LM head.
+//! The frozen model on the GPU: [`GpuModel`] holds the weights in GPU buffers and a KV cache, and
+//! every read of a frozen weight (a linear's forward and input gradient, the LM head and its
+//! backward) is here. `forward` runs the one network of `block.rs` over new tokens with the KV
+//! cache ([`CachedPass`]), then the LM head.
 
+use super::block::{self, BlockActs, Pass};
 use super::*;
 use crate::gpu::{self, GpuContext, GpuTensor, Recorder};
 use crate::ops::{Layout, Matmul};
@@ -82,8 +83,24 @@ impl GpuLinear {
         Ok(())
     }
 
-    fn encode(&self, ctx: &GpuContext, enc: &mut Recorder, x: &GpuTensor, rows: usize, y: &GpuTensor) -> Result<(), GpuError> {
+    /// y [rows, out] = x [rows, in] · W (+ b).
+    pub(crate) fn encode(&self, ctx: &GpuContext, enc: &mut Recorder, x: &GpuTensor, rows: usize, y: &GpuTensor) -> Result<(), GpuError> {
         self.encode_into(ctx, enc, x, rows, y, self.out_dim, 0)
+    }
+
+    /// dx [rows, in] = beta·dx + dy·(∂y/∂x): dy·W for W [out, in], dy·Wᵀ for Conv1D's W [in, out]
+    /// (the backward's read of a frozen weight; no gradient for W itself).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn encode_input_grad(&self, ctx: &GpuContext, enc: &mut Recorder, dy: &GpuTensor, rows: usize, dx: &GpuTensor, beta: f32) -> Result<(), GpuError> {
+        let [(_, w)] = self.weight.parts.as_slice() else {
+            return Err(GpuError::Shape { op: "linear backward", detail: "a weight split in several buffers has no backward yet".into() });
+        };
+        let layout = match self.layout {
+            WeightLayout::OutIn => Layout::XW,
+            WeightLayout::InOut => Layout::XWt,
+        };
+        let spec = Matmul::new(rows, self.in_dim, self.out_dim, layout).scaled(1.0, beta);
+        gpu::matmul::encode(ctx, enc, &spec, dy, w, None, dx)
     }
 }
 
@@ -233,90 +250,36 @@ impl GpuModel {
             return Err(ModelError::TokenOutOfRange { id, vocab: c.vocab_size });
         }
         let (d, f, qd, kvd) = (c.hidden_size, c.intermediate_size, c.q_dim(), c.kv_dim());
-        let heads = Heads { q_heads: c.num_heads, kv_heads: c.num_kv_heads, head_dim: c.head_dim };
-
-        let cache = self.kv_cache(ctx).await?;
-        // Activations for this call (the trainer keeps its own, allocated once).
-        let ids = ctx.upload_u32(tokens, &[t]).await?;
+        let heads = heads(c);
+        // Activations for this call, shared by every block (the trainer keeps its own per block).
         let positions: Vec<u32> = (past as u32..(past + t) as u32).collect();
-        let pos_ids = ctx.upload_u32(&positions, &[t]).await?;
-        let x = ctx.zeros(&[t, d]).await?;
-        let x2 = ctx.zeros(&[t, d]).await?;
-        let h = ctx.zeros(&[t, d]).await?;
-        let q = ctx.zeros(&[t, qd]).await?;
-        let k = ctx.zeros(&[t, kvd]).await?;
-        let v = ctx.zeros(&[t, kvd]).await?;
-        let att = ctx.zeros(&[t, qd]).await?;
-        let probs = ctx.zeros(&[gpu::attention::probs_len(t, past, &heads)]).await?;
-        let proj = ctx.zeros(&[t, d]).await?;
-        let ff1 = ctx.zeros(&[t, f]).await?;
-        let ff2 = ctx.zeros(&[t, f]).await?;
-        let ff3 = ctx.zeros(&[t, f]).await?;
-        let out = ctx.zeros(&[t, d]).await?;
-
-        ctx.run(|enc| {
-            // x = token embedding (+ learned position embedding). Parts only write their own rows.
-            for (row0, part) in &self.token_embedding.parts {
-                gpu::embedding::encode(ctx, enc, part, d, *row0, &ids, &x, true)?;
-            }
-            if let Some(pos) = &self.position_embedding {
-                gpu::embedding::encode(ctx, enc, pos, d, 0, &pos_ids, &x, true)?;
-            }
-            // The residual stream alternates between x and x2: each residual add writes the other
-            // one, fused with the norm that follows it (residual_norm), so h always holds the
-            // normed input of the next branch.
-            let (mut cur, mut other) = (&x, &x2);
-            match self.blocks.first() {
-                Some(b) => b.attn_norm.encode(ctx, enc, &self.config, &x, t, &h)?,
-                None => self.final_norm.encode(ctx, enc, &self.config, &x, t, &out)?,
-            }
-            for (i, (b, (k_cache, v_cache))) in self.blocks.iter().zip(&cache).enumerate() {
-                // Attention: project, rotate (Llama), append k and v to the cache, attend.
-                b.q.encode(ctx, enc, &h, t, &q)?;
-                b.k.encode(ctx, enc, &h, t, &k)?;
-                b.v.encode(ctx, enc, &h, t, &v)?;
-                if c.arch == Arch::Llama {
-                    gpu::rope::encode(ctx, enc, &q, t, c.num_heads, c.head_dim, past, c.rope_theta)?;
-                    gpu::rope::encode(ctx, enc, &k, t, c.num_kv_heads, c.head_dim, past, c.rope_theta)?;
-                }
-                let row_bytes = (kvd * 4) as u64;
-                enc.copy_buffer_to_buffer(&k.buffer, 0, &k_cache.buffer, past as u64 * row_bytes, t as u64 * row_bytes);
-                enc.copy_buffer_to_buffer(&v.buffer, 0, &v_cache.buffer, past as u64 * row_bytes, t as u64 * row_bytes);
-                gpu::attention::encode(ctx, enc, &q, k_cache, v_cache, &att, &probs, t, past, &heads)?;
-                b.o.encode(ctx, enc, &att, t, &proj)?;
-                b.mlp_norm.encode_residual(ctx, enc, &self.config, cur, &proj, other, t, &h)?;
-                std::mem::swap(&mut cur, &mut other);
-
-                // MLP.
-                match &b.mlp {
-                    GpuMlp::Gelu { fc, proj: down } => {
-                        fc.encode(ctx, enc, &h, t, &ff1)?;
-                        gpu::gelu::encode(ctx, enc, &ff1, &ff2)?;
-                        down.encode(ctx, enc, &ff2, t, &proj)?;
-                    }
-                    GpuMlp::SwiGlu { gate, up, down } => {
-                        gate.encode(ctx, enc, &h, t, &ff1)?;
-                        up.encode(ctx, enc, &h, t, &ff2)?;
-                        gpu::silu_mul::encode(ctx, enc, &ff1, &ff2, &ff3)?;
-                        down.encode(ctx, enc, &ff3, t, &proj)?;
-                    }
-                }
-                // The next block's attn_norm, or the final norm after the last block.
-                let (next_norm, next_h) = match self.blocks.get(i + 1) {
-                    Some(nb) => (&nb.attn_norm, &h),
-                    None => (&self.final_norm, &out),
-                };
-                next_norm.encode_residual(ctx, enc, &self.config, cur, &proj, other, t, next_h)?;
-                std::mem::swap(&mut cur, &mut other);
-            }
-            Ok(())
-        })
-        .await?;
-        Ok(out)
+        let pass = CachedPass {
+            rows: t,
+            past,
+            layers: self.blocks.len(),
+            cache: self.kv_cache(ctx).await?,
+            ids: ctx.upload_u32(tokens, &[t]).await?,
+            pos_ids: ctx.upload_u32(&positions, &[t]).await?,
+            x: ctx.zeros(&[t, d]).await?,
+            x2: ctx.zeros(&[t, d]).await?,
+            h: ctx.zeros(&[t, d]).await?,
+            q: ctx.zeros(&[t, qd]).await?,
+            k: ctx.zeros(&[t, kvd]).await?,
+            v: ctx.zeros(&[t, kvd]).await?,
+            att: ctx.zeros(&[t, qd]).await?,
+            probs: ctx.zeros(&[gpu::attention::probs_len(t, past, &heads)]).await?,
+            proj: ctx.zeros(&[t, d]).await?,
+            ff1: ctx.zeros(&[t, f]).await?,
+            ff2: ctx.zeros(&[t, f]).await?,
+            ff3: ctx.zeros(&[t, f]).await?,
+            out: ctx.zeros(&[t, d]).await?,
+        };
+        ctx.run(|enc| block::encode_network(ctx, enc, self, &pass)).await?;
+        Ok(pass.out)
     }
 
     /// Record logits [rows, vocab] = LM head of `h` [rows, hidden].
-    fn encode_logits(&self, ctx: &GpuContext, enc: &mut Recorder, h: &GpuTensor, rows: usize, logits: &GpuTensor) -> Result<(), GpuError> {
+    pub(crate) fn encode_logits(&self, ctx: &GpuContext, enc: &mut Recorder, h: &GpuTensor, rows: usize, logits: &GpuTensor) -> Result<(), GpuError> {
         let (d, v) = (self.config.hidden_size, self.config.vocab_size);
         match &self.lm_head {
             Some(head) => head.encode(ctx, enc, h, rows, logits),
@@ -325,6 +288,23 @@ impl GpuModel {
                 for (row0, part) in &self.token_embedding.parts {
                     let spec = Matmul::new(rows, part.shape[0], d, Layout::XWt).into_block(v, 0, *row0);
                     gpu::matmul::encode(ctx, enc, &spec, h, part, None, logits)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Record dh [rows, hidden] = dlogits · ∂logits/∂h (input gradient only), summed over the
+    /// head's row blocks (a vocabulary split across buffers: each part reads its own columns).
+    pub(crate) fn encode_logits_backward(&self, ctx: &GpuContext, enc: &mut Recorder, dlogits: &GpuTensor, rows: usize, dh: &GpuTensor) -> Result<(), GpuError> {
+        let (d, v) = (self.config.hidden_size, self.config.vocab_size);
+        match &self.lm_head {
+            Some(head) if head.layout == WeightLayout::InOut => head.encode_input_grad(ctx, enc, dlogits, rows, dh, 0.0),
+            head => {
+                let parts = head.as_ref().map_or(&self.token_embedding.parts, |h| &h.weight.parts);
+                for (i, (row0, part)) in parts.iter().enumerate() {
+                    let spec = Matmul::new(rows, d, part.shape[0], Layout::XW).from_block(v, *row0).scaled(1.0, if i == 0 { 0.0 } else { 1.0 });
+                    gpu::matmul::encode(ctx, enc, &spec, dlogits, part, None, dh)?;
                 }
                 Ok(())
             }
@@ -377,5 +357,84 @@ impl GpuModel {
             sum += ctx.read(&losses).await?.iter().map(|&l| l as f64).sum::<f64>();
         }
         Ok((sum, n))
+    }
+}
+
+pub(crate) fn heads(c: &Config) -> Heads {
+    Heads { q_heads: c.num_heads, kv_heads: c.num_kv_heads, head_dim: c.head_dim }
+}
+
+/// The inference forward's [`Pass`]: one set of activations shared by every block (the residual
+/// stream alternates between `x` and `x2`), RoPE from position `past`, k and v appended to the KV
+/// cache and attended over with everything cached before them.
+struct CachedPass {
+    rows: usize,
+    past: usize,
+    layers: usize,
+    cache: KvCache,
+    ids: GpuTensor,
+    pos_ids: GpuTensor,
+    x: GpuTensor,
+    x2: GpuTensor,
+    h: GpuTensor,
+    q: GpuTensor,
+    k: GpuTensor,
+    v: GpuTensor,
+    att: GpuTensor,
+    probs: GpuTensor,
+    proj: GpuTensor,
+    ff1: GpuTensor,
+    ff2: GpuTensor,
+    ff3: GpuTensor,
+    out: GpuTensor,
+}
+
+impl Pass for CachedPass {
+    fn rows(&self) -> usize {
+        self.rows
+    }
+
+    fn ids(&self) -> (&GpuTensor, &GpuTensor) {
+        (&self.ids, &self.pos_ids)
+    }
+
+    fn embedded(&self) -> &GpuTensor {
+        &self.x
+    }
+
+    fn hidden(&self) -> &GpuTensor {
+        &self.out
+    }
+
+    fn acts(&self, l: usize) -> BlockActs<'_> {
+        BlockActs {
+            x_in: &self.x,
+            h1: &self.h,
+            q: &self.q,
+            k: &self.k,
+            v: &self.v,
+            att: &self.att,
+            proj: &self.proj,
+            x_mid: &self.x2,
+            h2: &self.h,
+            ff1: &self.ff1,
+            ff2: &self.ff2,
+            ff3: &self.ff3,
+            x_out: &self.x,
+            h_out: if l + 1 == self.layers { &self.out } else { &self.h },
+        }
+    }
+
+    fn attend(&self, ctx: &GpuContext, enc: &mut Recorder, c: &Config, l: usize, a: &BlockActs) -> Result<(), GpuError> {
+        let (t, past, kvd) = (self.rows, self.past, c.kv_dim());
+        if c.arch == Arch::Llama {
+            gpu::rope::encode(ctx, enc, a.q, t, c.num_heads, c.head_dim, past, c.rope_theta)?;
+            gpu::rope::encode(ctx, enc, a.k, t, c.num_kv_heads, c.head_dim, past, c.rope_theta)?;
+        }
+        let (k_cache, v_cache) = &self.cache[l];
+        let row_bytes = (kvd * 4) as u64;
+        enc.copy_buffer_to_buffer(&a.k.buffer, 0, &k_cache.buffer, past as u64 * row_bytes, t as u64 * row_bytes);
+        enc.copy_buffer_to_buffer(&a.v.buffer, 0, &v_cache.buffer, past as u64 * row_bytes, t as u64 * row_bytes);
+        gpu::attention::encode(ctx, enc, a.q, k_cache, v_cache, a.att, &self.probs, t, past, &heads(c))
     }
 }

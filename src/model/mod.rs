@@ -3,6 +3,7 @@
 //! of f32 host tensors. The CPU reference forward (`reference::model`) and the GPU forward
 //! (`gpu::model`) both read this structure top to bottom.
 
+pub(crate) mod block;
 mod config;
 mod forward;
 mod load;
@@ -10,6 +11,7 @@ mod tokenizer;
 pub mod default;
 
 pub use config::{config_json_f32, Arch, Config};
+pub(crate) use forward::heads;
 pub use forward::{GpuBlock, GpuLinear, GpuMlp, GpuModel, GpuNorm, RowParts};
 pub use load::{load_safetensors, save_safetensors, save_safetensors_f16, ModelFiles};
 pub(crate) use load::serialize_views;

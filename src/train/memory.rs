@@ -7,10 +7,9 @@
 //! (tests compare the two exactly). The CLI prints both; the web page uses the estimate to refuse a
 //! run that cannot fit before it starts.
 
-use crate::gpu::{self, attention::backward_scratch_len};
+use crate::gpu;
 use crate::lora::{module_sites, Adapter};
 use crate::model::{Arch, Config};
-use crate::reference::attention::Heads;
 
 use super::TrainSettings;
 
@@ -74,34 +73,18 @@ pub fn estimate(c: &Config, adapter: &Adapter, settings: &TrainSettings) -> Memo
         weights: weights(c),
         adapter: 2 * adapter_values,
         optimizer: 2 * adapter_values,
-        activations: activations(c, &ranks, settings.batch, settings.seq_len, &values)
-            + tensor(settings.batch * settings.seq_len * dropout),
+        activations: activations(c, &ranks, settings.batch, settings.seq_len, dropout, &values),
     }
 }
 
-/// `Trainer::new`'s buffers for `batch` windows of `seq` tokens, plus `Session::new`'s clipping scratch.
-fn activations(c: &Config, ranks: &[usize], batch: usize, seq: usize, values: &[usize]) -> u64 {
-    let (n, d, f, qd, kvd, v) = (batch * seq, c.hidden_size, c.intermediate_size, c.q_dim(), c.kv_dim(), c.vocab_size);
-    let heads = Heads { q_heads: c.num_heads, kv_heads: c.num_kv_heads, head_dim: c.head_dim };
-    // GPT-2's MLP keeps two [N, ffn] activations, Llama's three (gate, up, silu(gate)·up).
-    let f3 = if c.arch == Arch::Llama { f } else { 0 };
-    let per_layer = 4 * tensor(n * d)
-        + 2 * tensor(n * qd)
-        + 2 * tensor(n * kvd)
-        + batch as u64 * tensor(c.num_heads * seq * seq)
-        + 2 * tensor(n * f)
-        + tensor(n * f3);
-    let rows = 2 * tensor(n * d) + 2 * tensor(n * v) + 5 * tensor(n) + tensor(1);
-    let lora: u64 = ranks.iter().map(|&r| 2 * tensor(n * r)).sum();
-    let backward = 5 * tensor(n * d)
-        + 2 * tensor(n * qd)
-        + 2 * tensor(n * kvd)
-        + 2 * tensor(n * f)
-        + tensor(n * f3);
-    let window = 4 * tensor(seq * qd) + 4 * tensor(seq * kvd) + tensor(backward_scratch_len(seq, &heads));
+/// `Trainer::new`'s buffers for `batch` windows of `seq` tokens (its activation table, summed), plus
+/// `Session::new`'s clipping scratch.
+fn activations(c: &Config, ranks: &[usize], batch: usize, seq: usize, dropout_in: usize, values: &[usize]) -> u64 {
+    let table = super::activations::plan(c, batch, seq, ranks, dropout_in);
+    let kept: u64 = table.each().into_iter().map(|(_, shape)| tensor(shape.iter().product())).sum();
     let clip_work = values.iter().map(|&n| gpu::sum_squares::workspace_len(n)).max().unwrap_or(1);
     let clip = tensor(clip_work) + tensor(1) + tensor(values.len());
-    c.num_layers as u64 * per_layer + rows + lora + backward + window + clip
+    kept + clip
 }
 
 /// "12.3 MB"-style size for reports.

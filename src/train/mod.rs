@@ -12,6 +12,7 @@
 //! and dA = s·gᵀ·x gets all three contributions, as PEFT's single A does. [`GpuLora::to_adapter`]
 //! and [`GpuLora::read_grads`] put the blocks back together in PEFT's layout.
 
+mod activations;
 pub mod data;
 mod merge;
 pub mod memory;

@@ -10,35 +10,13 @@
 
 use std::cell::Cell;
 
+use super::activations::{self, Activations};
 use super::{GpuLora, Site, TrainError};
 use crate::gpu::{self, adamw::AdamW, DispatchCache, GpuContext, GpuError, GpuTensor, Recorder};
-use crate::model::{Arch, Config, GpuBlock, GpuLinear, GpuMlp, GpuModel, WeightLayout};
+use crate::model::block::{self, BlockActs, Pass};
+use crate::model::{heads, Arch, Config, GpuBlock, GpuMlp, GpuModel};
 use crate::ops::{Layout, Matmul};
-use crate::reference::attention::Heads;
 use crate::reference::cross_entropy::IGNORE;
-
-struct LayerActs {
-    /// Block input [N, d] (the attention norm's input).
-    x_in: GpuTensor,
-    /// attn_norm(x_in) [N, d]: the input of q, k, v.
-    h1: GpuTensor,
-    /// After RoPE (Llama): [N, q_dim], [N, kv_dim], [N, kv_dim].
-    q: GpuTensor,
-    k: GpuTensor,
-    v: GpuTensor,
-    /// Per window: P [Hq, T, T].
-    probs: Vec<GpuTensor>,
-    /// Attention output [N, q_dim]: the input of o.
-    att: GpuTensor,
-    /// x_in + o(att) [N, d]: the MLP norm's input.
-    x_mid: GpuTensor,
-    /// mlp_norm(x_mid) [N, d].
-    h2: GpuTensor,
-    /// GPT-2: fc output, gelu output. Llama: gate output, up output, silu(gate)·up. [N, ffn] each.
-    ff1: GpuTensor,
-    ff2: GpuTensor,
-    ff3: GpuTensor,
-}
 
 /// Everything one training step of a fixed batch shape needs on the GPU, with the adapter it trains.
 pub struct Trainer {
@@ -49,18 +27,8 @@ pub struct Trainer {
     rows: usize,
     /// Predicted positions: B·(T − 1).
     count: usize,
-    ids: GpuTensor,
-    pos_ids: GpuTensor,
-    targets: GpuTensor,
-    layers: Vec<LayerActs>,
-    x_final: GpuTensor,
-    hf: GpuTensor,
-    logits: GpuTensor,
-    dlogits: GpuTensor,
-    losses: GpuTensor,
-    ones: GpuTensor,
-    /// Σ of the mean batch losses of the forwards since the last [`Trainer::read_loss`].
-    loss: GpuTensor,
+    /// Every activation and scratch tensor (`activations::plan`, the table the memory estimate sums).
+    acts: Activations<GpuTensor>,
     /// How many batch losses `loss` holds, and the last value read (returned if none since).
     loss_terms: Cell<u32>,
     last_loss: Cell<f32>,
@@ -77,83 +45,6 @@ pub struct Trainer {
     /// Uniforms and bind groups of each kind of recording (train step, gradients, update, scoring,
     /// forward with or without adapter): after the first of each, no GPU object is made per step.
     caches: std::cell::RefCell<std::collections::HashMap<&'static str, std::sync::Arc<std::sync::Mutex<DispatchCache>>>>,
-    /// dropout(x) [N, max in] of the module being run (only when dropout is on).
-    xd: GpuTensor,
-    /// Per adapter module: u = x·Aᵀ and g = Σ_parts dy·B_p, [N, r] each.
-    u: Vec<GpuTensor>,
-    g: Vec<GpuTensor>,
-    // Scratch shared by the blocks.
-    proj: GpuTensor,
-    dh: GpuTensor,
-    dtmp: GpuTensor,
-    grad_a: GpuTensor,
-    grad_b: GpuTensor,
-    d_att: GpuTensor,
-    dq: GpuTensor,
-    dk: GpuTensor,
-    dv: GpuTensor,
-    dff1: GpuTensor,
-    dff2: GpuTensor,
-    dff3: GpuTensor,
-    // One window's rows [T, ·] for attention.
-    qs: GpuTensor,
-    ks: GpuTensor,
-    vs: GpuTensor,
-    os: GpuTensor,
-    dos: GpuTensor,
-    dqs: GpuTensor,
-    dks: GpuTensor,
-    dvs: GpuTensor,
-    ds: GpuTensor,
-}
-
-fn heads(c: &Config) -> Heads {
-    Heads { q_heads: c.num_heads, kv_heads: c.num_kv_heads, head_dim: c.head_dim }
-}
-
-/// y [rows, out] = x·W (+ b) of a frozen layer (every weight part into its column block).
-fn linear_forward(
-    ctx: &GpuContext,
-    enc: &mut Recorder,
-    l: &GpuLinear,
-    x: &GpuTensor,
-    rows: usize,
-    y: &GpuTensor,
-) -> Result<(), GpuError> {
-    for (row0, part) in &l.weight.parts {
-        let spec = match l.layout {
-            WeightLayout::InOut => Matmul::new(rows, l.out_dim, l.in_dim, Layout::XW),
-            WeightLayout::OutIn => Matmul::new(rows, part.shape[0], l.in_dim, Layout::XWt),
-        }
-        .into_block(l.out_dim, 0, *row0);
-        gpu::matmul::encode(ctx, enc, &spec, x, part, l.bias.as_ref(), y)?;
-    }
-    Ok(())
-}
-
-/// dx [rows, in] = beta·dx + dy·(∂y/∂x) of a frozen layer: dy·W for W [out, in], dy·Wᵀ for
-/// Conv1D's W [in, out].
-fn linear_input_grad(
-    ctx: &GpuContext,
-    enc: &mut Recorder,
-    l: &GpuLinear,
-    dy: &GpuTensor,
-    rows: usize,
-    dx: &GpuTensor,
-    beta: f32,
-) -> Result<(), GpuError> {
-    let [(_, w)] = l.weight.parts.as_slice() else {
-        return Err(GpuError::Shape {
-            op: "linear backward",
-            detail: "a weight split in several buffers has no backward yet".into(),
-        });
-    };
-    let layout = match l.layout {
-        WeightLayout::OutIn => Layout::XW,
-        WeightLayout::InOut => Layout::XWt,
-    };
-    let spec = Matmul::new(rows, l.in_dim, l.out_dim, layout).scaled(1.0, beta);
-    gpu::matmul::encode(ctx, enc, &spec, dy, w, None, dx)
 }
 
 /// Copy `rows` rows of `width` floats from row `src_row` of `src` to row `dst_row` of `dst`.
@@ -202,61 +93,30 @@ impl Trainer {
                 return Err(TrainError::Unsupported("a layer weight split into several buffers".into()));
             }
         }
-        let (n, d, f, qd, kvd, v) = (batch * seq, c.hidden_size, c.intermediate_size, c.q_dim(), c.kv_dim(), c.vocab_size);
-        let hq = c.num_heads;
-        // GPT-2's MLP has no third activation (Llama's silu(gate)·up).
-        let f3 = if c.arch == Arch::Llama { f } else { 0 };
-        let z = |shape: Vec<usize>| async move { ctx.zeros(&shape).await };
-        let mut layers = Vec::new();
-        for _ in &model.blocks {
-            let mut probs = Vec::new();
-            for _ in 0..batch {
-                probs.push(z(vec![hq, seq, seq]).await?);
-            }
-            layers.push(LayerActs {
-                x_in: z(vec![n, d]).await?,
-                h1: z(vec![n, d]).await?,
-                q: z(vec![n, qd]).await?,
-                k: z(vec![n, kvd]).await?,
-                v: z(vec![n, kvd]).await?,
-                probs,
-                att: z(vec![n, qd]).await?,
-                x_mid: z(vec![n, d]).await?,
-                h2: z(vec![n, d]).await?,
-                ff1: z(vec![n, f]).await?,
-                ff2: z(vec![n, f]).await?,
-                ff3: z(vec![n, f3]).await?,
-            });
-        }
-        let positions: Vec<u32> = (0..n).map(|i| (i % seq) as u32).collect();
+        let n = batch * seq;
         let dropout = lora.config.lora_dropout;
         if !(0.0..1.0).contains(&dropout) {
             return Err(TrainError::InvalidSetting { setting: "dropout", message: format!("LoRA dropout must be in [0, 1), not {dropout}") });
         }
+        let ranks: Vec<usize> = lora.modules.iter().map(|m| m.rank).collect();
         let max_in = lora.modules.iter().map(|m| m.in_dim).max().unwrap_or(0);
-        let xd = z(vec![n, if dropout > 0.0 { max_in } else { 0 }]).await?;
-        let mut u = Vec::new();
-        let mut g = Vec::new();
-        for m in &lora.modules {
-            u.push(z(vec![n, m.rank]).await?);
-            g.push(z(vec![n, m.rank]).await?);
+        let plan = activations::plan(c, batch, seq, &ranks, if dropout > 0.0 { max_in } else { 0 });
+        let mut tensors = Vec::new();
+        for (_, shape) in plan.each() {
+            tensors.push(ctx.zeros(shape).await?);
         }
+        let acts = plan.fill(tensors);
+        // The tensors that do not start as zeros.
+        let positions: Vec<u32> = (0..n).map(|i| (i % seq) as u32).collect();
+        ctx.queue.write_buffer(&acts.rows.pos_ids.buffer, 0, bytemuck::cast_slice(&positions));
+        ctx.queue.write_buffer(&acts.rows.targets.buffer, 0, bytemuck::cast_slice(&vec![IGNORE; n]));
+        ctx.queue.write_buffer(&acts.rows.ones.buffer, 0, bytemuck::cast_slice(&vec![1.0f32; n]));
         Ok(Self {
             batch,
             seq,
             rows: n,
             count: batch * (seq - 1),
-            ids: ctx.upload_u32(&vec![0; n], &[n]).await?,
-            pos_ids: ctx.upload_u32(&positions, &[n]).await?,
-            targets: ctx.upload_u32(&vec![IGNORE; n], &[n]).await?,
-            layers,
-            x_final: z(vec![n, d]).await?,
-            hf: z(vec![n, d]).await?,
-            logits: z(vec![n, v]).await?,
-            dlogits: z(vec![n, v]).await?,
-            losses: z(vec![n]).await?,
-            ones: ctx.upload(&vec![1.0; n], &[n]).await?,
-            loss: z(vec![1]).await?,
+            acts,
             loss_terms: Cell::new(0),
             last_loss: Cell::new(f32::NAN),
             dropout,
@@ -265,30 +125,6 @@ impl Trainer {
             micro: Cell::new(0),
             adapter_on: Cell::new(true),
             caches: Default::default(),
-            xd,
-            u,
-            g,
-            proj: z(vec![n, d]).await?,
-            dh: z(vec![n, d]).await?,
-            dtmp: z(vec![n, d]).await?,
-            grad_a: z(vec![n, d]).await?,
-            grad_b: z(vec![n, d]).await?,
-            d_att: z(vec![n, qd]).await?,
-            dq: z(vec![n, qd]).await?,
-            dk: z(vec![n, kvd]).await?,
-            dv: z(vec![n, kvd]).await?,
-            dff1: z(vec![n, f]).await?,
-            dff2: z(vec![n, f]).await?,
-            dff3: z(vec![n, f3]).await?,
-            qs: z(vec![seq, qd]).await?,
-            ks: z(vec![seq, kvd]).await?,
-            vs: z(vec![seq, kvd]).await?,
-            os: z(vec![seq, qd]).await?,
-            dos: z(vec![seq, qd]).await?,
-            dqs: z(vec![seq, qd]).await?,
-            dks: z(vec![seq, kvd]).await?,
-            dvs: z(vec![seq, kvd]).await?,
-            ds: z(vec![gpu::attention::backward_scratch_len(seq, &heads(c))]).await?,
             lora,
         })
     }
@@ -310,8 +146,8 @@ impl Trainer {
         let targets: Vec<u32> = (0..self.rows)
             .map(|i| if (i + 1) % self.seq == 0 { IGNORE } else { tokens[i + 1] })
             .collect();
-        ctx.queue.write_buffer(&self.ids.buffer, 0, bytemuck::cast_slice(tokens));
-        ctx.queue.write_buffer(&self.targets.buffer, 0, bytemuck::cast_slice(&targets));
+        ctx.queue.write_buffer(&self.acts.rows.ids.buffer, 0, bytemuck::cast_slice(tokens));
+        ctx.queue.write_buffer(&self.acts.rows.targets.buffer, 0, bytemuck::cast_slice(&targets));
         Ok(())
     }
 
@@ -336,10 +172,10 @@ impl Trainer {
             ids[w * self.seq..w * self.seq + chunk.len()].copy_from_slice(chunk);
             targets[w * self.seq..w * self.seq + chunk.len() - 1].copy_from_slice(&chunk[1..]);
         }
-        ctx.queue.write_buffer(&self.ids.buffer, 0, bytemuck::cast_slice(&ids));
-        ctx.queue.write_buffer(&self.targets.buffer, 0, bytemuck::cast_slice(&targets));
+        ctx.queue.write_buffer(&self.acts.rows.ids.buffer, 0, bytemuck::cast_slice(&ids));
+        ctx.queue.write_buffer(&self.acts.rows.targets.buffer, 0, bytemuck::cast_slice(&targets));
         ctx.run_cached(&self.cache("score"), |enc| self.encode_forward(ctx, enc, model, false)).await?;
-        let losses = ctx.read(&self.losses).await?;
+        let losses = ctx.read(&self.acts.rows.losses).await?;
         let sum = losses.iter().zip(&targets).filter(|(_, &t)| t != IGNORE).map(|(&l, _)| l as f64).sum();
         Ok((sum, chunks.iter().map(|c| c.len() - 1).sum()))
     }
@@ -422,7 +258,7 @@ impl Trainer {
     pub async fn read_loss(&self, ctx: &GpuContext) -> Result<f32, GpuError> {
         let terms = self.loss_terms.get();
         if terms > 0 {
-            self.last_loss.set(ctx.read(&self.loss).await?[0] / terms as f32);
+            self.last_loss.set(ctx.read(&self.acts.rows.loss).await?[0] / terms as f32);
             self.loss_terms.set(0);
         }
         Ok(self.last_loss.get())
@@ -440,11 +276,10 @@ impl Trainer {
 
     /// The block input of layer `l` (`x_final` after the last block).
     fn x_in(&self, l: usize) -> &GpuTensor {
-        self.layers.get(l).map_or(&self.x_final, |a| &a.x_in)
+        self.acts.layers.get(l).map_or(&self.acts.rows.x_final, |a| &a.x_in)
     }
 
-    /// y = frozen layer (+ its adapter part, if any) of x.
-    #[allow(clippy::too_many_arguments)]
+    /// Whether adapter inputs are dropped in the forward being encoded.
     fn dropping(&self) -> bool {
         self.dropout > 0.0 && self.training.get()
     }
@@ -462,10 +297,12 @@ impl Trainer {
             return Ok(x);
         }
         let n = self.rows * self.lora.modules[m].in_dim;
-        gpu::dropout::encode(ctx, enc, x, &self.xd, n, self.dropout, self.mask_seed(m), 0.0)?;
-        Ok(&self.xd)
+        gpu::dropout::encode(ctx, enc, x, &self.acts.lora.xd, n, self.dropout, self.mask_seed(m), 0.0)?;
+        Ok(&self.acts.lora.xd)
     }
 
+    /// y = frozen layer (+ its adapter part, if any) of x: the trainer's projection (see [`Pass`]).
+    #[allow(clippy::too_many_arguments)]
     fn linear(
         &self,
         ctx: &GpuContext,
@@ -478,13 +315,13 @@ impl Trainer {
     ) -> Result<(), GpuError> {
         let lin = site.linear(block).expect("the site exists in this architecture");
         let n = self.rows;
-        linear_forward(ctx, enc, lin, x, n, y)?;
+        lin.encode(ctx, enc, x, n, y)?;
         if !self.adapter_on.get() {
             return Ok(());
         }
         if let Some(&(m, p)) = self.lora.index.get(&(l, site)) {
             let module = &self.lora.modules[m];
-            let (r, u) = (module.rank, &self.u[m]);
+            let (r, u) = (module.rank, &self.acts.lora.u[m]);
             if p == 0 {
                 // u = x·Aᵀ (shared by every part of a fused module, which all read the same x).
                 let x = self.dropped(ctx, enc, m, x)?;
@@ -518,13 +355,13 @@ impl Trainer {
         let lin = site.linear(block).expect("the site exists in this architecture");
         let n = self.rows;
         if let Some((dx, beta)) = dx {
-            linear_input_grad(ctx, enc, lin, dy, n, dx, beta)?;
+            lin.encode_input_grad(ctx, enc, dy, n, dx, beta)?;
         }
         let Some(&(m, p)) = self.lora.index.get(&(l, site)) else {
             return Ok(());
         };
         let module = &self.lora.modules[m];
-        let (r, s, u, g) = (module.rank, module.scale, &self.u[m], &self.g[m]);
+        let (r, s, u, g) = (module.rank, module.scale, &self.acts.lora.u[m], &self.acts.lora.g[m]);
         let part = &module.parts[p].1;
         // dB_p (+)= s·dyᵀ·u
         if !module.frozen[p] {
@@ -543,8 +380,8 @@ impl Trainer {
             if let Some((dx, _)) = dx {
                 if self.dropping() {
                     let spec = Matmul::new(n, module.in_dim, r, Layout::XW).scaled(s, 0.0);
-                    gpu::matmul::encode(ctx, enc, &spec, g, &module.a.value, None, &self.xd)?;
-                    gpu::dropout::encode(ctx, enc, &self.xd, dx, n * module.in_dim, self.dropout, self.mask_seed(m), 1.0)?;
+                    gpu::matmul::encode(ctx, enc, &spec, g, &module.a.value, None, &self.acts.lora.xd)?;
+                    gpu::dropout::encode(ctx, enc, &self.acts.lora.xd, dx, n * module.in_dim, self.dropout, self.mask_seed(m), 1.0)?;
                 } else {
                     let spec = Matmul::new(n, module.in_dim, r, Layout::XW).scaled(s, 1.0);
                     gpu::matmul::encode(ctx, enc, &spec, g, &module.a.value, None, dx)?;
@@ -559,74 +396,10 @@ impl Trainer {
     fn encode_forward(&self, ctx: &GpuContext, enc: &mut Recorder, model: &GpuModel, count_loss: bool) -> Result<(), GpuError> {
         // Only training forwards (those whose loss counts) drop adapter inputs.
         self.training.set(count_loss);
-        let c = &model.config;
-        let (n, t, d, qd, kvd, v) = (self.rows, self.seq, c.hidden_size, c.q_dim(), c.kv_dim(), c.vocab_size);
-        let heads = heads(c);
-        let x0 = self.x_in(0);
-        // Each part writes only its own ids' rows, so together they overwrite every row.
-        for (row0, part) in &model.token_embedding.parts {
-            gpu::embedding::encode(ctx, enc, part, d, *row0, &self.ids, x0, false)?;
-        }
-        if let Some(pos) = &model.position_embedding {
-            gpu::embedding::encode(ctx, enc, pos, d, 0, &self.pos_ids, x0, true)?;
-        }
-        for (l, b) in model.blocks.iter().enumerate() {
-            let a = &self.layers[l];
-            if l == 0 {
-                // Later blocks' attn_norm is fused into the previous block's last residual add.
-                b.attn_norm.encode(ctx, enc, c, &a.x_in, n, &a.h1)?;
-            }
-            self.linear(ctx, enc, l, b, Site::Q, &a.h1, &a.q)?;
-            self.linear(ctx, enc, l, b, Site::K, &a.h1, &a.k)?;
-            self.linear(ctx, enc, l, b, Site::V, &a.h1, &a.v)?;
-            if c.arch == Arch::Llama {
-                gpu::rope::encode_batched(ctx, enc, &a.q, self.batch, t, c.num_heads, c.head_dim, c.rope_theta)?;
-                gpu::rope::encode_batched(ctx, enc, &a.k, self.batch, t, c.num_kv_heads, c.head_dim, c.rope_theta)?;
-            }
-            for s in 0..self.batch {
-                copy_rows(enc, &a.q, s * t, &self.qs, 0, t, qd);
-                copy_rows(enc, &a.k, s * t, &self.ks, 0, t, kvd);
-                copy_rows(enc, &a.v, s * t, &self.vs, 0, t, kvd);
-                gpu::attention::encode(ctx, enc, &self.qs, &self.ks, &self.vs, &self.os, &a.probs[s], t, 0, &heads)?;
-                copy_rows(enc, &self.os, 0, &a.att, s * t, t, qd);
-            }
-            self.linear(ctx, enc, l, b, Site::O, &a.att, &self.proj)?;
-            // x_mid = x_in + o(…), h2 = mlp_norm(x_mid): one fused pass.
-            b.mlp_norm.encode_residual(ctx, enc, c, &a.x_in, &self.proj, &a.x_mid, n, &a.h2)?;
-            match &b.mlp {
-                GpuMlp::Gelu { .. } => {
-                    self.linear(ctx, enc, l, b, Site::Fc, &a.h2, &a.ff1)?;
-                    gpu::gelu::encode(ctx, enc, &a.ff1, &a.ff2)?;
-                    self.linear(ctx, enc, l, b, Site::Proj, &a.ff2, &self.proj)?;
-                }
-                GpuMlp::SwiGlu { .. } => {
-                    self.linear(ctx, enc, l, b, Site::Gate, &a.h2, &a.ff1)?;
-                    self.linear(ctx, enc, l, b, Site::Up, &a.h2, &a.ff2)?;
-                    gpu::silu_mul::encode(ctx, enc, &a.ff1, &a.ff2, &a.ff3)?;
-                    self.linear(ctx, enc, l, b, Site::Down, &a.ff3, &self.proj)?;
-                }
-            }
-            // x_in(l + 1) = x_mid + mlp(…), fused with the norm that reads it next: the next
-            // block's attn_norm, or the final norm after the last block.
-            let (next_norm, next_h) = match (model.blocks.get(l + 1), self.layers.get(l + 1)) {
-                (Some(nb), Some(na)) => (&nb.attn_norm, &na.h1),
-                _ => (&model.final_norm, &self.hf),
-            };
-            next_norm.encode_residual(ctx, enc, c, &a.x_mid, &self.proj, self.x_in(l + 1), n, next_h)?;
-        }
-        if model.blocks.is_empty() {
-            model.final_norm.encode(ctx, enc, c, &self.x_final, n, &self.hf)?;
-        }
-        match &model.lm_head {
-            Some(head) => linear_forward(ctx, enc, head, &self.hf, n, &self.logits)?,
-            None => {
-                for (row0, part) in &model.token_embedding.parts {
-                    let spec = Matmul::new(n, part.shape[0], d, Layout::XWt).into_block(v, 0, *row0);
-                    gpu::matmul::encode(ctx, enc, &spec, &self.hf, part, None, &self.logits)?;
-                }
-            }
-        }
-        gpu::cross_entropy::encode(ctx, enc, &self.logits, &self.targets, &self.losses, n, v)?;
+        let (n, v) = (self.rows, model.config.vocab_size);
+        block::encode_network(ctx, enc, model, self)?;
+        model.encode_logits(ctx, enc, &self.acts.rows.hf, n, &self.acts.rows.logits)?;
+        gpu::cross_entropy::encode(ctx, enc, &self.acts.rows.logits, &self.acts.rows.targets, &self.acts.rows.losses, n, v)?;
         if !count_loss {
             return Ok(());
         }
@@ -634,7 +407,7 @@ impl Trainer {
         let terms = self.loss_terms.get();
         let beta = if terms == 0 { 0.0 } else { 1.0 };
         let spec = Matmul::new(1, 1, n, Layout::XW).scaled(1.0 / self.count as f32, beta);
-        gpu::matmul::encode(ctx, enc, &spec, &self.ones, &self.losses, None, &self.loss)?;
+        gpu::matmul::encode(ctx, enc, &spec, &self.acts.rows.ones, &self.acts.rows.losses, None, &self.acts.rows.loss)?;
         self.loss_terms.set(terms + 1);
         Ok(())
     }
@@ -642,20 +415,10 @@ impl Trainer {
     /// The backward pass; `acc` = 1 adds the adapter's gradients to its `grad` buffers, 0 overwrites.
     fn encode_backward(&self, ctx: &GpuContext, enc: &mut Recorder, model: &GpuModel, acc: f32) -> Result<(), GpuError> {
         let c = &model.config;
-        let (n, d, v) = (self.rows, c.hidden_size, c.vocab_size);
-        gpu::cross_entropy::encode_backward(ctx, enc, &self.logits, &self.targets, &self.dlogits, n, v, 1.0 / self.count as f32)?;
-        // LM head: input gradient only, dh = dlogits·W summed over W's row blocks (a vocabulary
-        // split across buffers: each part reads its own columns of dlogits).
-        match &model.lm_head {
-            Some(head) if head.layout == WeightLayout::InOut => linear_input_grad(ctx, enc, head, &self.dlogits, n, &self.dh, 0.0)?,
-            head => {
-                let parts = head.as_ref().map_or(&model.token_embedding.parts, |h| &h.weight.parts);
-                for (i, (row0, part)) in parts.iter().enumerate() {
-                    let spec = Matmul::new(n, d, part.shape[0], Layout::XW).from_block(v, *row0).scaled(1.0, if i == 0 { 0.0 } else { 1.0 });
-                    gpu::matmul::encode(ctx, enc, &spec, &self.dlogits, part, None, &self.dh)?;
-                }
-            }
-        }
+        let (n, v) = (self.rows, c.vocab_size);
+        gpu::cross_entropy::encode_backward(ctx, enc, &self.acts.rows.logits, &self.acts.rows.targets, &self.acts.rows.dlogits, n, v, 1.0 / self.count as f32)?;
+        // LM head: input gradient only.
+        model.encode_logits_backward(ctx, enc, &self.acts.rows.dlogits, n, &self.acts.scratch.dh)?;
         self.encode_blocks_backward(ctx, enc, model, acc)
     }
 
@@ -668,56 +431,56 @@ impl Trainer {
             return Ok(());
         }
         // The residual stream's gradient alternates between two buffers.
-        let (mut cur, mut other) = (&self.grad_a, &self.grad_b);
-        model.final_norm.encode_backward(ctx, enc, c, &self.x_final, &self.dh, n, cur)?;
+        let (mut cur, mut other) = (&self.acts.scratch.grad_a, &self.acts.scratch.grad_b);
+        model.final_norm.encode_backward(ctx, enc, c, &self.acts.rows.x_final, &self.acts.scratch.dh, n, cur)?;
         for (l, b) in model.blocks.iter().enumerate().rev() {
-            let a = &self.layers[l];
+            let a = &self.acts.layers[l];
             // MLP: x_out = x_mid + mlp(mlp_norm(x_mid)).
             match &b.mlp {
                 GpuMlp::Gelu { .. } => {
-                    self.linear_backward(ctx, enc, acc, l, b, Site::Proj, &a.ff2, cur, Some((&self.dff2, 0.0)))?;
-                    gpu::gelu::encode_backward(ctx, enc, &a.ff1, &self.dff2, &self.dff1)?;
-                    self.linear_backward(ctx, enc, acc, l, b, Site::Fc, &a.h2, &self.dff1, Some((&self.dh, 0.0)))?;
+                    self.linear_backward(ctx, enc, acc, l, b, Site::Proj, &a.ff2, cur, Some((&self.acts.scratch.dff2, 0.0)))?;
+                    gpu::gelu::encode_backward(ctx, enc, &a.ff1, &self.acts.scratch.dff2, &self.acts.scratch.dff1)?;
+                    self.linear_backward(ctx, enc, acc, l, b, Site::Fc, &a.h2, &self.acts.scratch.dff1, Some((&self.acts.scratch.dh, 0.0)))?;
                 }
                 GpuMlp::SwiGlu { .. } => {
-                    self.linear_backward(ctx, enc, acc, l, b, Site::Down, &a.ff3, cur, Some((&self.dff3, 0.0)))?;
-                    gpu::silu_mul::encode_backward(ctx, enc, &a.ff1, &a.ff2, &self.dff3, &self.dff1, &self.dff2)?;
-                    self.linear_backward(ctx, enc, acc, l, b, Site::Gate, &a.h2, &self.dff1, Some((&self.dh, 0.0)))?;
-                    self.linear_backward(ctx, enc, acc, l, b, Site::Up, &a.h2, &self.dff2, Some((&self.dh, 1.0)))?;
+                    self.linear_backward(ctx, enc, acc, l, b, Site::Down, &a.ff3, cur, Some((&self.acts.scratch.dff3, 0.0)))?;
+                    gpu::silu_mul::encode_backward(ctx, enc, &a.ff1, &a.ff2, &self.acts.scratch.dff3, &self.acts.scratch.dff1, &self.acts.scratch.dff2)?;
+                    self.linear_backward(ctx, enc, acc, l, b, Site::Gate, &a.h2, &self.acts.scratch.dff1, Some((&self.acts.scratch.dh, 0.0)))?;
+                    self.linear_backward(ctx, enc, acc, l, b, Site::Up, &a.h2, &self.acts.scratch.dff2, Some((&self.acts.scratch.dh, 1.0)))?;
                 }
             }
-            b.mlp_norm.encode_backward(ctx, enc, c, &a.x_mid, &self.dh, n, &self.dtmp)?;
-            gpu::add::encode(ctx, enc, cur, &self.dtmp, other)?;
+            b.mlp_norm.encode_backward(ctx, enc, c, &a.x_mid, &self.acts.scratch.dh, n, &self.acts.scratch.dtmp)?;
+            gpu::add::encode(ctx, enc, cur, &self.acts.scratch.dtmp, other)?;
             std::mem::swap(&mut cur, &mut other);
 
             // Attention: x_mid = x_in + o(attention(q, k, v of attn_norm(x_in))).
-            self.linear_backward(ctx, enc, acc, l, b, Site::O, &a.att, cur, Some((&self.d_att, 0.0)))?;
+            self.linear_backward(ctx, enc, acc, l, b, Site::O, &a.att, cur, Some((&self.acts.scratch.d_att, 0.0)))?;
             for s in 0..self.batch {
-                copy_rows(enc, &a.q, s * t, &self.qs, 0, t, qd);
-                copy_rows(enc, &a.k, s * t, &self.ks, 0, t, kvd);
-                copy_rows(enc, &a.v, s * t, &self.vs, 0, t, kvd);
-                copy_rows(enc, &self.d_att, s * t, &self.dos, 0, t, qd);
+                copy_rows(enc, &a.q, s * t, &self.acts.window.qs, 0, t, qd);
+                copy_rows(enc, &a.k, s * t, &self.acts.window.ks, 0, t, kvd);
+                copy_rows(enc, &a.v, s * t, &self.acts.window.vs, 0, t, kvd);
+                copy_rows(enc, &self.acts.scratch.d_att, s * t, &self.acts.window.dos, 0, t, qd);
                 gpu::attention::encode_backward(
-                    ctx, enc, &self.qs, &self.ks, &self.vs, &a.probs[s], &self.dos, &self.dqs, &self.dks, &self.dvs, &self.ds, t,
+                    ctx, enc, &self.acts.window.qs, &self.acts.window.ks, &self.acts.window.vs, &a.probs[s], &self.acts.window.dos, &self.acts.window.dqs, &self.acts.window.dks, &self.acts.window.dvs, &self.acts.window.ds, t,
                     &heads,
                 )?;
-                copy_rows(enc, &self.dqs, 0, &self.dq, s * t, t, qd);
-                copy_rows(enc, &self.dks, 0, &self.dk, s * t, t, kvd);
-                copy_rows(enc, &self.dvs, 0, &self.dv, s * t, t, kvd);
+                copy_rows(enc, &self.acts.window.dqs, 0, &self.acts.scratch.dq, s * t, t, qd);
+                copy_rows(enc, &self.acts.window.dks, 0, &self.acts.scratch.dk, s * t, t, kvd);
+                copy_rows(enc, &self.acts.window.dvs, 0, &self.acts.scratch.dv, s * t, t, kvd);
             }
             if c.arch == Arch::Llama {
-                gpu::rope::encode_backward_batched(ctx, enc, &self.dq, self.batch, t, c.num_heads, c.head_dim, c.rope_theta)?;
-                gpu::rope::encode_backward_batched(ctx, enc, &self.dk, self.batch, t, c.num_kv_heads, c.head_dim, c.rope_theta)?;
+                gpu::rope::encode_backward_batched(ctx, enc, &self.acts.scratch.dq, self.batch, t, c.num_heads, c.head_dim, c.rope_theta)?;
+                gpu::rope::encode_backward_batched(ctx, enc, &self.acts.scratch.dk, self.batch, t, c.num_kv_heads, c.head_dim, c.rope_theta)?;
             }
             // The first block's input gradient would only reach the (frozen) embeddings.
             let first = l == 0;
-            let dx = |beta| if first { None } else { Some((&self.dh, beta)) };
-            self.linear_backward(ctx, enc, acc, l, b, Site::Q, &a.h1, &self.dq, dx(0.0))?;
-            self.linear_backward(ctx, enc, acc, l, b, Site::K, &a.h1, &self.dk, dx(1.0))?;
-            self.linear_backward(ctx, enc, acc, l, b, Site::V, &a.h1, &self.dv, dx(1.0))?;
+            let dx = |beta| if first { None } else { Some((&self.acts.scratch.dh, beta)) };
+            self.linear_backward(ctx, enc, acc, l, b, Site::Q, &a.h1, &self.acts.scratch.dq, dx(0.0))?;
+            self.linear_backward(ctx, enc, acc, l, b, Site::K, &a.h1, &self.acts.scratch.dk, dx(1.0))?;
+            self.linear_backward(ctx, enc, acc, l, b, Site::V, &a.h1, &self.acts.scratch.dv, dx(1.0))?;
             if !first {
-                b.attn_norm.encode_backward(ctx, enc, c, &a.x_in, &self.dh, n, &self.dtmp)?;
-                gpu::add::encode(ctx, enc, cur, &self.dtmp, other)?;
+                b.attn_norm.encode_backward(ctx, enc, c, &a.x_in, &self.acts.scratch.dh, n, &self.acts.scratch.dtmp)?;
+                gpu::add::encode(ctx, enc, cur, &self.acts.scratch.dtmp, other)?;
                 std::mem::swap(&mut cur, &mut other);
             }
         }
@@ -730,6 +493,68 @@ impl Trainer {
             for p in std::iter::once(&m.a).chain(trainable) {
                 gpu::adamw::encode(ctx, enc, &p.value, &p.grad, &p.m, &p.v, opt, step, grad_scale)?;
             }
+        }
+        Ok(())
+    }
+}
+
+/// The trainer's side of the one network (`model::block`): every block keeps its own activations,
+/// projections add the adapter, and attention runs window by window with positions t mod T,
+/// keeping each window's probabilities for the backward.
+impl Pass for Trainer {
+    fn rows(&self) -> usize {
+        self.rows
+    }
+
+    fn ids(&self) -> (&GpuTensor, &GpuTensor) {
+        (&self.acts.rows.ids, &self.acts.rows.pos_ids)
+    }
+
+    fn embedded(&self) -> &GpuTensor {
+        self.x_in(0)
+    }
+
+    fn hidden(&self) -> &GpuTensor {
+        &self.acts.rows.hf
+    }
+
+    fn acts(&self, l: usize) -> BlockActs<'_> {
+        let a = &self.acts.layers[l];
+        BlockActs {
+            x_in: &a.x_in,
+            h1: &a.h1,
+            q: &a.q,
+            k: &a.k,
+            v: &a.v,
+            att: &a.att,
+            proj: &self.acts.scratch.proj,
+            x_mid: &a.x_mid,
+            h2: &a.h2,
+            ff1: &a.ff1,
+            ff2: &a.ff2,
+            ff3: &a.ff3,
+            x_out: self.x_in(l + 1),
+            h_out: self.acts.layers.get(l + 1).map_or(&self.acts.rows.hf, |next| &next.h1),
+        }
+    }
+
+    fn project(&self, ctx: &GpuContext, enc: &mut Recorder, l: usize, block: &GpuBlock, site: Site, x: &GpuTensor, y: &GpuTensor) -> Result<(), GpuError> {
+        self.linear(ctx, enc, l, block, site, x, y)
+    }
+
+    fn attend(&self, ctx: &GpuContext, enc: &mut Recorder, c: &Config, l: usize, a: &BlockActs) -> Result<(), GpuError> {
+        let (t, qd, kvd) = (self.seq, c.q_dim(), c.kv_dim());
+        if c.arch == Arch::Llama {
+            gpu::rope::encode_batched(ctx, enc, a.q, self.batch, t, c.num_heads, c.head_dim, c.rope_theta)?;
+            gpu::rope::encode_batched(ctx, enc, a.k, self.batch, t, c.num_kv_heads, c.head_dim, c.rope_theta)?;
+        }
+        let w = &self.acts.window;
+        for s in 0..self.batch {
+            copy_rows(enc, a.q, s * t, &w.qs, 0, t, qd);
+            copy_rows(enc, a.k, s * t, &w.ks, 0, t, kvd);
+            copy_rows(enc, a.v, s * t, &w.vs, 0, t, kvd);
+            gpu::attention::encode(ctx, enc, &w.qs, &w.ks, &w.vs, &w.os, &self.acts.layers[l].probs[s], t, 0, &heads(c))?;
+            copy_rows(enc, &w.os, 0, a.att, s * t, t, qd);
         }
         Ok(())
     }

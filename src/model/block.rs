@@ -1,0 +1,115 @@
+//! The transformer, written once: [`encode_network`] records embedding → blocks → final norm for
+//! both the inference forward ([`GpuModel::hidden`], with a KV cache) and the trainer
+//! (`train::Trainer`, which keeps every activation for its backward). A block is
+//!
+//!   q, k, v = proj(h1);  att = attend(q, k, v);  x_mid = x_in + proj_o(att);  h2 = norm(x_mid)
+//!   x_out = x_mid + mlp(h2);  h_out = next_norm(x_out)
+//!
+//! and what differs between the two callers enters through a [`Pass`]: where each activation lives,
+//! how a projection runs (the frozen linear alone, or frozen + LoRA: the one seam an adapter type or a
+//! weight format plugs into), and how positions are handled (RoPE offset and KV cache vs batched
+//! windows with kept attention probabilities).
+
+use super::{Config, GpuBlock, GpuMlp, GpuModel, GpuNorm};
+use crate::gpu::{self, GpuContext, GpuError, GpuTensor, Recorder};
+use crate::lora::Site;
+
+/// The tensors one block reads and writes (rows × width each; see the module comment).
+pub struct BlockActs<'a> {
+    /// Block input [rows, hidden] (the attention norm's input).
+    pub x_in: &'a GpuTensor,
+    /// attn_norm(x_in): written by the previous block's fused residual + norm (or the first norm).
+    pub h1: &'a GpuTensor,
+    pub q: &'a GpuTensor,
+    pub k: &'a GpuTensor,
+    pub v: &'a GpuTensor,
+    /// Attention output [rows, q_dim].
+    pub att: &'a GpuTensor,
+    /// Output of o and of the MLP's last projection [rows, hidden] (consumed at once by a residual).
+    pub proj: &'a GpuTensor,
+    pub x_mid: &'a GpuTensor,
+    pub h2: &'a GpuTensor,
+    /// GPT-2: fc output, gelu output. Llama: gate output, up output, silu(gate)·up. [rows, ffn] each.
+    pub ff1: &'a GpuTensor,
+    pub ff2: &'a GpuTensor,
+    pub ff3: &'a GpuTensor,
+    /// x_mid + mlp(h2): the next block's input (may be the same buffer as x_in when nothing is kept).
+    pub x_out: &'a GpuTensor,
+    /// The next norm's output: the next block's h1, or the final hidden state after the last block.
+    pub h_out: &'a GpuTensor,
+}
+
+/// What one encoding of the network needs from its caller.
+pub trait Pass {
+    /// Rows of every row-wise op (tokens of the call, or windows × tokens of a batch).
+    fn rows(&self) -> usize;
+    /// Token ids and position ids [rows] (u32).
+    fn ids(&self) -> (&GpuTensor, &GpuTensor);
+    /// The embedding's output, block 0's input.
+    fn embedded(&self) -> &GpuTensor;
+    /// The final norm's output [rows, hidden].
+    fn hidden(&self) -> &GpuTensor;
+    /// Where block `l` keeps its activations.
+    fn acts(&self, l: usize) -> BlockActs<'_>;
+    /// y = the projection at `site` of block `l` applied to x. The frozen linear alone by default; the
+    /// trainer adds its adapter's branch here.
+    #[allow(clippy::too_many_arguments)]
+    fn project(&self, ctx: &GpuContext, enc: &mut Recorder, l: usize, block: &GpuBlock, site: Site, x: &GpuTensor, y: &GpuTensor) -> Result<(), GpuError> {
+        let _ = l;
+        site.linear(block).expect("the block has this site").encode(ctx, enc, x, self.rows(), y)
+    }
+    /// Positions and attention: rotate q and k (Llama's RoPE) and write att from q, k, v.
+    fn attend(&self, ctx: &GpuContext, enc: &mut Recorder, config: &Config, l: usize, a: &BlockActs) -> Result<(), GpuError>;
+}
+
+/// Record the whole network up to the final norm: the one forward of loratab.
+pub fn encode_network(ctx: &GpuContext, enc: &mut Recorder, model: &GpuModel, pass: &impl Pass) -> Result<(), GpuError> {
+    let c = &model.config;
+    let (rows, d) = (pass.rows(), c.hidden_size);
+    let (ids, positions) = pass.ids();
+    let x0 = pass.embedded();
+    // x = token embedding (+ learned position embedding). Each part writes only its own ids' rows,
+    // so together they overwrite every row.
+    for (row0, part) in &model.token_embedding.parts {
+        gpu::embedding::encode(ctx, enc, part, d, *row0, ids, x0, false)?;
+    }
+    if let Some(pos) = &model.position_embedding {
+        gpu::embedding::encode(ctx, enc, pos, d, 0, positions, x0, true)?;
+    }
+    // Later norms are fused into the residual add before them (residual_norm).
+    match model.blocks.first() {
+        Some(b) => b.attn_norm.encode(ctx, enc, c, x0, rows, pass.acts(0).h1)?,
+        None => model.final_norm.encode(ctx, enc, c, x0, rows, pass.hidden())?,
+    }
+    for (l, block) in model.blocks.iter().enumerate() {
+        let next_norm = model.blocks.get(l + 1).map_or(&model.final_norm, |nb| &nb.attn_norm);
+        encode_block(ctx, enc, c, l, block, next_norm, pass)?;
+    }
+    Ok(())
+}
+
+/// One block (see the module comment), ending with the norm that reads its output.
+fn encode_block(ctx: &GpuContext, enc: &mut Recorder, c: &Config, l: usize, b: &GpuBlock, next_norm: &GpuNorm, pass: &impl Pass) -> Result<(), GpuError> {
+    let a = pass.acts(l);
+    let rows = pass.rows();
+    pass.project(ctx, enc, l, b, Site::Q, a.h1, a.q)?;
+    pass.project(ctx, enc, l, b, Site::K, a.h1, a.k)?;
+    pass.project(ctx, enc, l, b, Site::V, a.h1, a.v)?;
+    pass.attend(ctx, enc, c, l, &a)?;
+    pass.project(ctx, enc, l, b, Site::O, a.att, a.proj)?;
+    b.mlp_norm.encode_residual(ctx, enc, c, a.x_in, a.proj, a.x_mid, rows, a.h2)?;
+    match &b.mlp {
+        GpuMlp::Gelu { .. } => {
+            pass.project(ctx, enc, l, b, Site::Fc, a.h2, a.ff1)?;
+            gpu::gelu::encode(ctx, enc, a.ff1, a.ff2)?;
+            pass.project(ctx, enc, l, b, Site::Proj, a.ff2, a.proj)?;
+        }
+        GpuMlp::SwiGlu { .. } => {
+            pass.project(ctx, enc, l, b, Site::Gate, a.h2, a.ff1)?;
+            pass.project(ctx, enc, l, b, Site::Up, a.h2, a.ff2)?;
+            gpu::silu_mul::encode(ctx, enc, a.ff1, a.ff2, a.ff3)?;
+            pass.project(ctx, enc, l, b, Site::Down, a.ff3, a.proj)?;
+        }
+    }
+    next_norm.encode_residual(ctx, enc, c, a.x_mid, a.proj, a.x_out, rows, a.h_out)
+}
