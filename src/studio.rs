@@ -45,6 +45,8 @@ impl From<TrainError> for StudioError {
         match e {
             // The CLI's sentence names --seq-len; the page has a field instead.
             TrainError::TextTooShort { tokens, seq_len, needed } => StudioError::TextTooShort { tokens, seq_len, needed },
+            // The CLI's sentence names --steps; the page's names its field.
+            TrainError::AlreadyTrained { done } => StudioError::AlreadyTrained { done },
             e => StudioError::Train(e),
         }
     }
@@ -342,9 +344,7 @@ impl Studio {
 
     /// Continue training `saved` on `text` up to `settings.steps` (exactly, when it has its training state).
     pub async fn resume(&self, text: &str, saved: &SavedAdapter, settings: TrainSettings) -> Result<Run, StudioError> {
-        if saved.step() >= settings.steps {
-            return Err(StudioError::AlreadyTrained { done: saved.step() });
-        }
+        train::check_resume(saved.step(), settings.steps)?;
         self.load_adapter(text, saved, settings).await
     }
 

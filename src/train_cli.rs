@@ -14,7 +14,7 @@ use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use loratab::gpu::GpuContext;
 use loratab::lora::{Adapter, Init, LoraError, LoraOptions, Target};
-use loratab::model::{GpuModel, Model, ModelError};
+use loratab::model::{Config, GpuModel, Model, ModelError};
 use loratab::train::{self, memory, Decay, GpuLora, Session, TrainError, TrainSettings, TrainingState};
 
 const STATE_FILE: &str = "training_state.safetensors";
@@ -169,12 +169,31 @@ async fn train(args: TrainArgs, stop: Arc<AtomicBool>) -> Result<(), TrainCliErr
     // Recorded in the adapter's config as PEFT's base_model_name_or_path.
     let base = args.model.clone().unwrap_or_else(|| PathBuf::from(loratab::model::default::PATH));
     let tokens = tokenizer.encode(&text)?;
-    let settings = TrainSettings {
+    let settings = settings(&args, &model.config);
+    // Before the GPU starts, so a bad setting costs no device set-up.
+    settings.validate(&model.config)?;
+    let ctx = GpuContext::new().await.map_err(ModelError::from)?;
+    let gm = GpuModel::upload(&ctx, &model).await?;
+    let lora = match &args.resume {
+        Some(dir) => resume(&ctx, &gm, dir, settings.steps).await?,
+        None => train::new_lora(&ctx, &gm, &lora_options(&args)?).await?,
+    };
+    let mut session = Session::new(&ctx, &gm, tokens, lora, settings).await?;
+    let memory = report_memory(&ctx, &model.config, &session).await?;
+    let run = train_loop(&ctx, &gm, &mut session, &args, &base, &stop).await?;
+    save(&ctx, &session, &base, &args.out).await?;
+    report(&ctx, &session, &args.out, &run, &memory);
+    Ok(())
+}
+
+/// The run's settings from the flags (defaults shared with the page come from the library).
+fn settings(args: &TrainArgs, model: &Config) -> TrainSettings {
+    TrainSettings {
         steps: args.steps,
         lr: args.lr,
         batch: args.batch,
-        seq_len: args.seq_len.unwrap_or(model.config.max_positions.min(128)),
-        warmup: args.warmup.unwrap_or(args.steps / 20),
+        seq_len: args.seq_len.unwrap_or(model.max_positions.min(128)),
+        warmup: args.warmup.unwrap_or(TrainSettings::warmup_default(args.steps)),
         decay: match args.decay {
             DecayArg::Cosine => Decay::Cosine,
             DecayArg::Linear => Decay::Linear,
@@ -185,51 +204,55 @@ async fn train(args: TrainArgs, stop: Arc<AtomicBool>) -> Result<(), TrainCliErr
         weight_decay: args.weight_decay,
         log_every: args.log_every,
         seed: args.seed,
-    };
-    settings.validate(&model.config)?;
-    let ctx = GpuContext::new().await.map_err(ModelError::from)?;
-    let gm = GpuModel::upload(&ctx, &model).await?;
+    }
+}
 
-    let lora = match &args.resume {
-        Some(dir) => {
-            let adapter = Adapter::load_dir(dir)?;
-            let mut lora = GpuLora::new(&ctx, &gm, &adapter).await?;
-            match std::fs::read(dir.join(STATE_FILE)) {
-                Ok(bytes) => TrainingState::from_bytes(&bytes)?.apply(&ctx, &mut lora)?,
-                Err(_) => eprintln!("note: {} has no {STATE_FILE}: AdamW starts afresh at step 0", dir.display()),
-            }
-            if lora.step as usize >= settings.steps {
-                return Err(TrainCliError::Usage(format!(
-                    "the adapter in {} has already taken {} steps: give --steps above that to train on",
-                    dir.display(),
-                    lora.step
-                )));
-            }
-            lora
-        }
-        None => {
-            let opts = LoraOptions {
-                rank: args.rank,
-                alpha: args.alpha,
-                rslora: args.rslora,
-                targets: Target::parse_list(&args.targets)?,
-                rank_override: args.rank_pattern.as_deref().map(rank_pattern).transpose()?.unwrap_or_default(),
-                init: match args.init {
-                    InitArg::Kaiming => Init::Kaiming,
-                    InitArg::Gaussian => Init::Gaussian,
-                },
-                seed: args.seed,
-                dropout: args.dropout,
-            };
-            train::new_lora(&ctx, &gm, &opts).await?
-        }
-    };
-    let mut session = Session::new(&ctx, &gm, tokens, lora, settings).await?;
-    let s = session.settings.clone();
-    let first = session.steps_done();
-    // What training holds on the GPU, measured, against the budget worked out from the shapes.
+/// A new adapter's options from the flags.
+fn lora_options(args: &TrainArgs) -> Result<LoraOptions, TrainCliError> {
+    Ok(LoraOptions {
+        rank: args.rank,
+        alpha: args.alpha,
+        rslora: args.rslora,
+        targets: Target::parse_list(&args.targets)?,
+        rank_override: args.rank_pattern.as_deref().map(rank_pattern).transpose()?.unwrap_or_default(),
+        init: match args.init {
+            InitArg::Kaiming => Init::Kaiming,
+            InitArg::Gaussian => Init::Gaussian,
+        },
+        seed: args.seed,
+        dropout: args.dropout,
+    })
+}
+
+/// The adapter in `dir` on the GPU with its AdamW state (when saved), checked to have steps left.
+async fn resume(ctx: &GpuContext, gm: &GpuModel, dir: &Path, steps: usize) -> Result<GpuLora, TrainCliError> {
+    let adapter = Adapter::load_dir(dir)?;
+    let mut lora = GpuLora::new(ctx, gm, &adapter).await?;
+    match std::fs::read(dir.join(STATE_FILE)) {
+        Ok(bytes) => TrainingState::from_bytes(&bytes)?.apply(ctx, &mut lora)?,
+        Err(_) => eprintln!("note: {} has no {STATE_FILE}: AdamW starts afresh at step 0", dir.display()),
+    }
+    train::check_resume(lora.step as usize, steps).map_err(|e| match e {
+        // The library's sentence, with the folder the user gave.
+        TrainError::AlreadyTrained { done } => TrainCliError::Usage(format!(
+            "the adapter in {} has already taken {done} steps: give --steps above that to train on",
+            dir.display()
+        )),
+        e => e.into(),
+    })?;
+    Ok(lora)
+}
+
+/// What training holds on the GPU: worked out from the shapes, and measured.
+struct Memory {
+    budget: memory::MemoryBudget,
+    measured: u64,
+}
+
+/// Print the GPU memory budget beside what is measured, so a wrong estimate shows.
+async fn report_memory(ctx: &GpuContext, config: &Config, session: &Session) -> Result<Memory, TrainCliError> {
     let measured = ctx.memory().live();
-    let budget = memory::estimate(&model.config, &session.adapter(&ctx).await?, &s);
+    let budget = memory::estimate(config, &session.adapter(ctx).await?, &session.settings);
     eprintln!(
         "GPU memory: weights {} + activations {} + adapter {} + AdamW moments {} = {} (measured {})",
         memory::human(budget.weights),
@@ -239,14 +262,38 @@ async fn train(args: TrainArgs, stop: Arc<AtomicBool>) -> Result<(), TrainCliErr
         memory::human(budget.total()),
         memory::human(measured)
     );
+    Ok(Memory { budget, measured })
+}
 
+/// How the loop ended.
+struct LoopEnd {
+    start: Instant,
+    tokens_run: usize,
+    /// The last training loss read back, and the last validation loss.
+    loss: f32,
+    val: f64,
+    interrupted: bool,
+}
+
+/// Step until the run is finished or Ctrl-C is pressed, with the progress bar, validation every
+/// `--eval-every` steps and checkpoints every `--save-every` steps.
+async fn train_loop(
+    ctx: &GpuContext,
+    gm: &GpuModel,
+    session: &mut Session,
+    args: &TrainArgs,
+    base: &Path,
+    stop: &AtomicBool,
+) -> Result<LoopEnd, TrainCliError> {
+    let s = session.settings.clone();
+    let first = session.steps_done();
     let bar = ProgressBar::new(s.steps as u64);
     bar.set_style(
         ProgressStyle::with_template("{bar:30.cyan/blue} step {pos}/{len} {msg} [{elapsed_precise} < {eta_precise}]")
             .expect("a valid template"),
     );
     bar.set_position(first as u64);
-    let mut val = session.validation_loss(&ctx, &gm).await?;
+    let mut val = session.validation_loss(ctx, gm).await?;
     bar.suspend(|| {
         eprintln!(
             "training {} tokens ({} windows of {}, {} held out) from step {first}; validation loss {val:.4}",
@@ -260,14 +307,14 @@ async fn train(args: TrainArgs, stop: Arc<AtomicBool>) -> Result<(), TrainCliErr
     let (mut tokens_run, mut loss) = (0usize, f32::NAN);
     let mut interrupted = false;
     while !session.finished() {
-        let r = session.step(&ctx, &gm).await?;
+        let r = session.step(ctx, gm).await?;
         tokens_run += r.tokens;
         if let Some(l) = r.loss {
             loss = l;
         }
         let at_eval = args.eval_every > 0 && r.step % args.eval_every == 0;
         if at_eval || session.finished() {
-            val = session.validation_loss(&ctx, &gm).await?;
+            val = session.validation_loss(ctx, gm).await?;
         }
         let rate = tokens_run as f64 / start.elapsed().as_secs_f64().max(1e-9);
         bar.set_message(format!("loss {loss:.4} val {val:.4} lr {:.2e} {rate:.0} tok/s", r.lr));
@@ -276,41 +323,44 @@ async fn train(args: TrainArgs, stop: Arc<AtomicBool>) -> Result<(), TrainCliErr
             bar.suspend(|| eprintln!("step {}: loss {loss:.4}, validation loss {val:.4}, {rate:.0} tokens/s", r.step));
         }
         if args.save_every > 0 && r.step % args.save_every == 0 && !session.finished() {
-            save(&ctx, &session, &base, &args.out).await?;
+            save(ctx, session, base, &args.out).await?;
         }
+        // Checked after the step in flight, so what is saved is a whole step.
         if stop.load(Ordering::SeqCst) {
             interrupted = true;
             break;
         }
     }
     bar.finish_and_clear();
-    save(&ctx, &session, &base, &args.out).await?;
+    Ok(LoopEnd { start, tokens_run, loss, val, interrupted })
+}
+
+/// Say where the adapter went (and how to continue an interrupted run), and print the run's
+/// summary as one JSON line on stdout for scripts.
+fn report(ctx: &GpuContext, session: &Session, out: &Path, run: &LoopEnd, memory: &Memory) {
     let done = session.steps_done();
-    if interrupted {
-        eprintln!(
-            "interrupted at step {done}: adapter saved to {} (continue with --resume {0})",
-            args.out.display()
-        );
+    if run.interrupted {
+        eprintln!("interrupted at step {done}: adapter saved to {} (continue with --resume {0})", out.display());
     } else {
-        eprintln!("adapter saved to {}", args.out.display());
+        eprintln!("adapter saved to {}", out.display());
     }
+    let budget = &memory.budget;
     let summary = serde_json::json!({
         "steps": done,
-        "loss": loss,
-        "val_loss": val,
-        "tokens_per_s": tokens_run as f64 / start.elapsed().as_secs_f64().max(1e-9),
-        "out": args.out.display().to_string(),
-        "interrupted": interrupted,
+        "loss": run.loss,
+        "val_loss": run.val,
+        "tokens_per_s": run.tokens_run as f64 / run.start.elapsed().as_secs_f64().max(1e-9),
+        "out": out.display().to_string(),
+        "interrupted": run.interrupted,
         "gpu_memory": {
             "weights": budget.weights,
             "activations": budget.activations,
             "adapter": budget.adapter,
             "optimizer": budget.optimizer,
             "budget": budget.total(),
-            "measured": measured,
+            "measured": memory.measured,
             "peak": ctx.memory().peak(),
         },
     });
     println!("{summary}");
-    Ok(())
 }

@@ -6,14 +6,16 @@
 //! the three projections; loratab's model splits c_attn into q, k, v, so B's rows are split the same way.
 
 mod options;
+mod site;
 
 pub use options::{Init, LoraOptions, Target};
+pub use site::{module_sites, Site};
 
 use std::collections::{BTreeMap, HashMap};
 
 use serde_json::{json, Value};
 
-use crate::model::{load_safetensors, save_safetensors, Arch, Block, HostTensor, Linear, Mlp, Model, WeightLayout};
+use crate::model::{load_safetensors, save_safetensors, HostTensor, Linear, Model, WeightLayout};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoraError {
@@ -250,73 +252,6 @@ fn merge_into(l: &mut Linear, pair: &LoraPair, row0: usize) {
             };
             l.weight.data[idx] += pair.scale * d;
         }
-    }
-}
-
-/// Which linear layer of a block an adapter part feeds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Site {
-    Q,
-    K,
-    V,
-    O,
-    /// GPT-2's mlp.c_fc.
-    Fc,
-    /// GPT-2's mlp.c_proj.
-    Proj,
-    Gate,
-    Up,
-    Down,
-}
-
-/// The block index and the sites (in B's row order) that a PEFT module path names
-/// (used by the CPU merge and by the GPU trainer).
-pub fn module_sites(arch: Arch, module: &str) -> Option<(usize, Vec<Site>)> {
-    let path = module.strip_prefix("transformer.").or_else(|| module.strip_prefix("model.")).unwrap_or(module);
-    let rest = path.strip_prefix("h.").or_else(|| path.strip_prefix("layers."))?;
-    let (index, name) = rest.split_once('.')?;
-    let index = index.parse::<usize>().ok()?;
-    let sites = match (arch, name) {
-        (Arch::Gpt2, "attn.c_attn") => vec![Site::Q, Site::K, Site::V],
-        (Arch::Gpt2, "attn.c_proj") | (Arch::Llama, "self_attn.o_proj") => vec![Site::O],
-        (Arch::Llama, "self_attn.q_proj") => vec![Site::Q],
-        (Arch::Llama, "self_attn.k_proj") => vec![Site::K],
-        (Arch::Llama, "self_attn.v_proj") => vec![Site::V],
-        (Arch::Gpt2, "mlp.c_fc") => vec![Site::Fc],
-        (Arch::Gpt2, "mlp.c_proj") => vec![Site::Proj],
-        (Arch::Llama, "mlp.gate_proj") => vec![Site::Gate],
-        (Arch::Llama, "mlp.up_proj") => vec![Site::Up],
-        (Arch::Llama, "mlp.down_proj") => vec![Site::Down],
-        _ => return None,
-    };
-    Some((index, sites))
-}
-
-impl Site {
-    /// Output width of the layer at this site.
-    pub fn out_dim(self, c: &crate::model::Config) -> usize {
-        match self {
-            Site::Q => c.q_dim(),
-            Site::K | Site::V => c.kv_dim(),
-            Site::O | Site::Proj | Site::Down => c.hidden_size,
-            Site::Fc | Site::Gate | Site::Up => c.intermediate_size,
-        }
-    }
-
-    /// The layer of a host-side `block` at this site (None when its MLP has no such layer).
-    pub fn linear_mut(self, block: &mut Block) -> Option<&mut Linear> {
-        Some(match (self, &mut block.mlp) {
-            (Site::Q, _) => &mut block.q,
-            (Site::K, _) => &mut block.k,
-            (Site::V, _) => &mut block.v,
-            (Site::O, _) => &mut block.o,
-            (Site::Fc, Mlp::Gelu { fc, .. }) => fc,
-            (Site::Proj, Mlp::Gelu { proj, .. }) => proj,
-            (Site::Gate, Mlp::SwiGlu { gate, .. }) => gate,
-            (Site::Up, Mlp::SwiGlu { up, .. }) => up,
-            (Site::Down, Mlp::SwiGlu { down, .. }) => down,
-            _ => return None,
-        })
     }
 }
 

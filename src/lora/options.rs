@@ -27,6 +27,7 @@
 
 use std::collections::BTreeMap;
 
+use super::site::{self, Site};
 use super::{Adapter, LoraConfig, LoraError, LoraPair};
 use crate::model::{Arch, Config, HostTensor};
 use crate::rng::Rng;
@@ -80,51 +81,37 @@ impl Target {
         Ok(out)
     }
 
-    /// The PEFT `target_modules` entry (the module path's tail) for this role in `arch`.
+    /// The PEFT `target_modules` entry (the module path's shortest unambiguous tail) for this role
+    /// in `arch`; the names come from the site table (`site.rs`).
     pub fn module(self, arch: Arch) -> Result<&'static str, LoraError> {
-        Ok(match (arch, self) {
-            (Arch::Gpt2, Target::Q | Target::K | Target::V) => "c_attn",
-            (Arch::Gpt2, Target::O) => "attn.c_proj",
-            (Arch::Gpt2, Target::Up) => "c_fc",
-            (Arch::Gpt2, Target::Down) => "mlp.c_proj",
-            (Arch::Gpt2, Target::Gate) => {
-                return Err(LoraError::Options(
-                    "GPT-2's MLP has no gate projection (it is c_fc → GELU → c_proj): target up and down instead".into(),
-                ))
-            }
-            (Arch::Llama, Target::Q) => "q_proj",
-            (Arch::Llama, Target::K) => "k_proj",
-            (Arch::Llama, Target::V) => "v_proj",
-            (Arch::Llama, Target::O) => "o_proj",
-            (Arch::Llama, Target::Up) => "up_proj",
-            (Arch::Llama, Target::Gate) => "gate_proj",
-            (Arch::Llama, Target::Down) => "down_proj",
+        Ok(site::short_module(arch, self.block_module(arch)?))
+    }
+
+    /// The layers this role adapts in `arch` (GPT-2's up is c_fc, its down c_proj).
+    pub fn sites(self, arch: Arch) -> Vec<Site> {
+        site::target_sites(self, arch)
+    }
+
+    /// The module inside a block of `arch` (e.g. `self_attn.q_proj`), or why there is none.
+    fn block_module(self, arch: Arch) -> Result<&'static str, LoraError> {
+        site::target_module(self, arch).ok_or_else(|| {
+            LoraError::Options(match (arch, self) {
+                (Arch::Gpt2, Target::Gate) => {
+                    "GPT-2's MLP has no gate projection (it is c_fc → GELU → c_proj): target up and down instead".into()
+                }
+                _ => format!("this model has no `{}` layer", self.name()),
+            })
         })
     }
 
     /// The module path inside block `i` (e.g. `model.layers.3.self_attn.q_proj`).
     fn path(self, arch: Arch, i: usize) -> Result<String, LoraError> {
-        let m = self.module(arch)?;
-        Ok(match (arch, self) {
-            (Arch::Gpt2, Target::Q | Target::K | Target::V) => format!("transformer.h.{i}.attn.c_attn"),
-            (Arch::Gpt2, Target::Up) => format!("transformer.h.{i}.mlp.c_fc"),
-            (Arch::Gpt2, _) => format!("transformer.h.{i}.{m}"),
-            (Arch::Llama, Target::Q | Target::K | Target::V | Target::O) => format!("model.layers.{i}.self_attn.{m}"),
-            (Arch::Llama, _) => format!("model.layers.{i}.mlp.{m}"),
-        })
+        Ok(format!("{}.{}", site::block_path(arch, i), self.block_module(arch)?))
     }
 
-    /// (in, out) features of this role's layer.
-    fn dims(self, c: &Config) -> (usize, usize) {
-        let d = c.hidden_size;
-        match (c.arch, self) {
-            (Arch::Gpt2, Target::Q | Target::K | Target::V) => (d, 3 * d),
-            (_, Target::Q) => (d, c.q_dim()),
-            (_, Target::K | Target::V) => (d, c.kv_dim()),
-            (_, Target::O) => (c.q_dim(), d),
-            (_, Target::Up | Target::Gate) => (d, c.intermediate_size),
-            (_, Target::Down) => (c.intermediate_size, d),
-        }
+    /// (in, out) features of this role's module (for GPT-2's q, k, v: all of c_attn).
+    fn dims(self, c: &Config) -> Result<(usize, usize), LoraError> {
+        Ok(site::module_dims(c.arch, self.block_module(c.arch)?, c).expect("a target's module has sites"))
     }
 }
 
@@ -251,7 +238,7 @@ impl Adapter {
         let mut shapes: BTreeMap<String, (usize, usize)> = BTreeMap::new();
         for &t in &opts.targets {
             for i in 0..model.num_layers {
-                shapes.insert(t.path(model.arch, i)?, t.dims(model));
+                shapes.insert(t.path(model.arch, i)?, t.dims(model)?);
             }
         }
         let mut rng = Rng::new(opts.seed);

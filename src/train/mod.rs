@@ -20,7 +20,7 @@ mod run;
 mod step;
 
 pub use data::Dataset;
-pub use run::{new_lora, validate_lora, Decay, Schedule, Session, StepReport, TrainSettings, TrainingState};
+pub use run::{check_resume, new_lora, validate_lora, Decay, Schedule, Session, StepReport, TrainSettings, TrainingState};
 pub use step::Trainer;
 
 use std::collections::{BTreeMap, HashMap};
@@ -28,7 +28,7 @@ use std::collections::{BTreeMap, HashMap};
 use crate::gpu::{GpuContext, GpuError, GpuTensor};
 pub use crate::lora::{module_sites, Site};
 use crate::lora::{Adapter, LoraConfig, LoraError, LoraPair};
-use crate::model::{GpuBlock, GpuLinear, GpuMlp, GpuModel, HostTensor, ModelError};
+use crate::model::{GpuLinear, GpuModel, HostTensor, ModelError};
 
 /// What can go wrong while setting up or running training.
 #[derive(Debug, thiserror::Error)]
@@ -48,28 +48,14 @@ pub enum TrainError {
     /// A training setting that cannot work (rank 0, a learning rate ≤ 0, …): the sentence says which.
     #[error("{message}")]
     InvalidSetting { setting: &'static str, message: String },
+    /// Resuming an adapter that has taken the run's steps already ([`check_resume`]); the front ends
+    /// say it in their own words (the CLI names its folder, the page its field).
+    #[error("the adapter has already taken {done} steps: give --steps above that to train on")]
+    AlreadyTrained { done: usize },
     #[error("the saved training state is not usable: {0}")]
     State(String),
     #[error("could not write {path}: {reason}")]
     Write { path: String, reason: String },
-}
-
-impl Site {
-    /// The frozen layer of `block` at this site (None when the block's MLP has no such layer).
-    pub fn linear(self, block: &GpuBlock) -> Option<&GpuLinear> {
-        Some(match (self, &block.mlp) {
-            (Site::Q, _) => &block.q,
-            (Site::K, _) => &block.k,
-            (Site::V, _) => &block.v,
-            (Site::O, _) => &block.o,
-            (Site::Fc, GpuMlp::Gelu { fc, .. }) => fc,
-            (Site::Proj, GpuMlp::Gelu { proj, .. }) => proj,
-            (Site::Gate, GpuMlp::SwiGlu { gate, .. }) => gate,
-            (Site::Up, GpuMlp::SwiGlu { up, .. }) => up,
-            (Site::Down, GpuMlp::SwiGlu { down, .. }) => down,
-            _ => return None,
-        })
-    }
 }
 
 /// A trainable tensor: value, gradient, and AdamW's first and second moments (all the same shape).

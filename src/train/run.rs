@@ -23,7 +23,7 @@ use super::data::{Dataset, Sampler};
 use super::{GpuLora, Site, TrainError, Trainer};
 use crate::eval::{self, EvalResult};
 use crate::gpu::{self, adamw::AdamW, GpuContext, GpuTensor};
-use crate::lora::{Adapter, LoraOptions, Target};
+use crate::lora::{Adapter, LoraOptions};
 use crate::model::{load_safetensors, Config, GpuModel, HostTensor};
 
 /// How the learning rate falls after the warmup.
@@ -154,9 +154,23 @@ impl TrainSettings {
         Ok(())
     }
 
+    /// The warmup when the user gives none: 5% of the run (the CLI's and the page's default).
+    pub fn warmup_default(steps: usize) -> usize {
+        steps / 20
+    }
+
     pub fn schedule(&self) -> Schedule {
         Schedule { peak: self.lr, warmup: self.warmup, total: self.steps, decay: self.decay }
     }
+}
+
+/// Before resuming an adapter that has taken `done` steps: a run of `steps` must have some left,
+/// or it would end before its first step.
+pub fn check_resume(done: usize, steps: usize) -> Result<(), TrainError> {
+    if done >= steps {
+        return Err(TrainError::AlreadyTrained { done });
+    }
+    Ok(())
 }
 
 /// Check a new adapter's options (the sentences a user sees for rank 0 and friends).
@@ -182,15 +196,8 @@ pub async fn new_lora(ctx: &GpuContext, model: &GpuModel, opts: &LoraOptions) ->
     validate_lora(opts)?;
     let adapter = Adapter::from_options(&model.config, opts)?;
     let mut lora = GpuLora::new(ctx, model, &adapter).await?;
-    let frozen: Vec<Site> = opts
-        .frozen(model.config.arch)
-        .into_iter()
-        .map(|t| match t {
-            Target::Q => Site::Q,
-            Target::K => Site::K,
-            _ => Site::V,
-        })
-        .collect();
+    let arch = model.config.arch;
+    let frozen: Vec<Site> = opts.frozen(arch).into_iter().flat_map(|t| t.sites(arch)).collect();
     lora.freeze(&frozen);
     Ok(lora)
 }
@@ -371,26 +378,6 @@ fn moment<'p>(p: &'p super::Param, which: &str) -> &'p GpuTensor {
     if which == "exp_avg" { &p.m } else { &p.v }
 }
 
-fn site_name(s: Site) -> &'static str {
-    match s {
-        Site::Q => "q",
-        Site::K => "k",
-        Site::V => "v",
-        Site::O => "o",
-        Site::Fc => "fc",
-        Site::Proj => "proj",
-        Site::Gate => "gate",
-        Site::Up => "up",
-        Site::Down => "down",
-    }
-}
-
-fn site_from(name: &str) -> Option<Site> {
-    [Site::Q, Site::K, Site::V, Site::O, Site::Fc, Site::Proj, Site::Gate, Site::Up, Site::Down]
-        .into_iter()
-        .find(|&s| site_name(s) == name)
-}
-
 /// What resuming needs besides the adapter (`training_state.safetensors`): AdamW's first and second
 /// moments of every A and B (keys `<module>.lora_A.exp_avg` / `.exp_avg_sq`, same for lora_B, in
 /// PEFT's shapes), and in the metadata the optimizer step and the frozen sites.
@@ -434,7 +421,7 @@ impl TrainingState {
                     .map_err(|e| TrainError::State(e.to_string()))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let frozen: Vec<&str> = self.frozen.iter().map(|&s| site_name(s)).collect();
+        let frozen: Vec<&str> = self.frozen.iter().map(|&s| s.name()).collect();
         let (step, frozen) = (self.step.to_string(), frozen.join(","));
         crate::model::serialize_views(views, &[("format", "pt"), ("step", &step), ("frozen", &frozen)]).map_err(TrainError::State)
     }
@@ -445,7 +432,7 @@ impl TrainingState {
         let step = meta.get("step").and_then(|s| s.parse().ok()).ok_or_else(|| TrainError::State("it has no step count".into()))?;
         let frozen = meta
             .get("frozen")
-            .map(|f| f.split(',').filter(|s| !s.is_empty()).map(|s| site_from(s).ok_or_else(|| TrainError::State(format!("unknown site `{s}`")))).collect())
+            .map(|f| f.split(',').filter(|s| !s.is_empty()).map(|s| Site::from_name(s).ok_or_else(|| TrainError::State(format!("unknown site `{s}`")))).collect())
             .transpose()?
             .unwrap_or_default();
         let moments = load_safetensors("training_state.safetensors", bytes)?;
@@ -507,6 +494,6 @@ mod tests {
         // Still a safetensors file any reader takes, its metadata intact.
         let (_, meta) = safetensors::SafeTensors::read_metadata(&first).unwrap();
         let meta = meta.metadata().as_ref().unwrap();
-        assert_eq!((meta["step"].as_str(), meta["format"].as_str(), meta["frozen"].as_str()), ("8", "pt", site_name(Site::K)));
+        assert_eq!((meta["step"].as_str(), meta["format"].as_str(), meta["frozen"].as_str()), ("8", "pt", "k"));
     }
 }

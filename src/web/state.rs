@@ -123,8 +123,8 @@ impl SettingsForm {
             lr: number("The learning rate", &self.lr.get())?,
             batch: number("The batch size", &self.batch.get())?,
             seq_len: number("The sequence length", &self.seq_len.get())?,
-            // As the CLI: 5% warmup; read the loss back about 100 times per run (each read waits for the GPU).
-            warmup: steps / 20,
+            warmup: TrainSettings::warmup_default(steps),
+            // Read the loss back about 100 times per run (each read waits for the GPU).
             log_every: (steps / 100).max(1),
             seed,
             ..TrainSettings::default()
