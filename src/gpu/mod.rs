@@ -74,10 +74,14 @@ impl From<wgpu::Error> for GpuError {
 }
 
 /// Threads per workgroup of the one-dimensional (element-wise, reduction) kernels. The element-wise
-/// kernels receive it as the `WORKGROUP` override of `shaders/prelude_1d.wgsl` (see [`launch_1d`]);
-/// the row kernels and sum_squares still say 256 in WGSL (their tree reductions in
-/// `shaders/workgroup_reduce.wgsl` halve from a constant 128 over `array<f32, 256>` scratch).
+/// kernels receive it as the `WORKGROUP` override of `shaders/prelude_1d.wgsl` (see [`launch_1d`]).
+/// The row kernels and sum_squares still say 256 in WGSL: WGSL and naga (wgpu 30) do allow
+/// override-sized workgroup arrays, but `shaders/workgroup_reduce.wgsl` halves from a constant 128
+/// over `array<f32, 256>` scratch and attention ties its `MAX_HEAD_DIM` (256) to its thread count, so
+/// converting them means a `WORKGROUP` override declared in workgroup_reduce.wgsl and set by every
+/// row launcher, and attention's limit derived from it — not done yet; they must stay equal to this.
 pub(crate) const WORKGROUP_1D: u32 = 256;
+const _: () = assert!(WORKGROUP_1D == 256, "the row kernels and workgroup_reduce.wgsl still hard-code 256 threads");
 
 /// One element-wise (1-D) kernel: `name` keys its pipeline, `source` is the kernel's WGSL followed by
 /// `shaders/prelude_1d.wgsl` (see [`kernel_1d!`]). Its entry point is `main`, its last binding the
