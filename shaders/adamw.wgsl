@@ -7,8 +7,8 @@
 // The step-dependent scalars are computed by the launcher in f64 and rounded to f32 once
 // (reference::adamw::AdamW::scalars), the same values the CPU reference uses.
 // Layout: param, grad, m, v [n] f32 (param, m, v read and written in place).
-// Dispatch: 256 threads per workgroup over a 2-D grid (x ≤ the per-dimension limit, spilling into y);
-// the flat index is rebuilt from num_workgroups.
+// Dispatch: WORKGROUP threads per workgroup over a 2-D grid (x ≤ the per-dimension limit, spilling into y);
+// the flat index is flat_index (prelude_1d.wgsl).
 
 struct Params {
     n: u32,
@@ -31,9 +31,9 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> v: array<f32>;
 @group(0) @binding(4) var<uniform> p: Params;
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WORKGROUP)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
-    let i = gid.y * groups.x * 256u + gid.x;
+    let i = flat_index(gid, groups);
     if (i >= p.n) {
         return;
     }

@@ -5,7 +5,7 @@
 // the forward's mask instead of storing it. pcg is the PCG-RXS-M-XS hash (Jarzynski & Olano 2020);
 // `reference::dropout` computes the identical integers on the CPU.
 //
-// Layout: two flat arrays of n floats (x [rows, in] row-major: i = row·in + col). Dispatch: 256
+// Layout: two flat arrays of n floats (x [rows, in] row-major: i = row·in + col). Dispatch: WORKGROUP
 // threads per workgroup over a 2-D grid (x ≤ the per-dimension limit, spilling into y).
 // beta = 0 overwrites out (never reading it: it may hold anything); beta = 1 accumulates.
 
@@ -21,9 +21,9 @@ fn pcg(v: u32) -> u32 {
     return (word >> 22u) ^ word;
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WORKGROUP)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
-    let i = gid.y * groups.x * 256u + gid.x;
+    let i = flat_index(gid, groups);
     if (i >= p.n) {
         return;
     }

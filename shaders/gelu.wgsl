@@ -2,8 +2,8 @@
 //
 // tanh's argument is clamped to ±15 first (tanh(15) is 1 in f32): some implementations compute tanh
 // as a ratio of exponentials that overflows to inf/inf = NaN for large arguments.
-// Layout: x, y [n] f32. Dispatch: 256 threads per workgroup over a 2-D grid (x ≤ the per-dimension
-// limit, spilling into y); the flat index is rebuilt from num_workgroups.
+// Layout: x, y [n] f32. Dispatch: WORKGROUP threads per workgroup over a 2-D grid (x ≤ the per-dimension
+// limit, spilling into y); the flat index is flat_index (prelude_1d.wgsl).
 
 struct Params { n: u32 }
 
@@ -13,9 +13,9 @@ struct Params { n: u32 }
 
 const SQRT_2_OVER_PI: f32 = 0.7978845608028654;
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WORKGROUP)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
-    let i = gid.y * groups.x * 256u + gid.x;
+    let i = flat_index(gid, groups);
     if (i < p.n) {
         let v = x[i];
         let u = clamp(SQRT_2_OVER_PI * (v + 0.044715 * v * v * v), -15.0, 15.0);

@@ -21,6 +21,13 @@
 // floats), then does 4 vec4 FMAs — 2 workgroup loads per 16 FMAs instead of 8.
 // Global loads stay scalar and coalesced (consecutive threads take consecutive addresses) because
 // A and C may be column blocks at any offset; each becomes one component of a vec4 in workgroup memory.
+//
+// The weight seam: B (a frozen weight in the forward and dX = dY·W, or an f32 gradient in Xᵀ·G) is
+// read only through `weight_at(i) -> f32` (flat row-major index i), at one place: the staging of B's
+// slice below. The launcher (src/gpu/matmul.rs) appends one `weight_<format>.wgsl` that declares
+// binding 1 (`weight`) and defines weight_at: weight_f32.wgsl for f32. A new storage format for frozen
+// weights (f16, bf16, Q8_0, Q4_0, Q4_1) is one more small WGSL file decoding value i from its packed
+// words, plus its CPU dequantization for the reference: this file does not change, the tiles stay f32.
 
 struct Params {
     m: u32,
@@ -42,7 +49,7 @@ struct Params {
 }
 
 @group(0) @binding(0) var<storage, read> a: array<f32>;
-@group(0) @binding(1) var<storage, read> b: array<f32>;
+// binding 1: B, the `weight` of weight_<format>.wgsl, read only through weight_at
 @group(0) @binding(2) var<storage, read> bias: array<f32>;
 @group(0) @binding(3) var<storage, read_write> c: array<f32>;
 @group(0) @binding(4) var<uniform> p: Params;
@@ -96,7 +103,7 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
             var v = 0.0;
             if (gn < p.n && gk < p.k) {
                 let idx = select(gk * p.n + gn, gn * p.k + gk, p.trans_b == 1u);
-                v = b[base_b + idx];
+                v = weight_at(base_b + idx);
             }
             tile_b[kk * 16u + n / 4u][n % 4u] = v;
         }

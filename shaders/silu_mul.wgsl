@@ -2,8 +2,8 @@
 //
 // e^−g overflows for g < −88: negative g uses the equal form g·e^g / (1 + e^g), whose exponential
 // only underflows (to 0), so no inf or NaN can appear for any finite g.
-// Layout: gate, up, out [n] f32. Dispatch: 256 threads per workgroup over a 2-D grid (x ≤ the
-// per-dimension limit, spilling into y); the flat index is rebuilt from num_workgroups.
+// Layout: gate, up, out [n] f32. Dispatch: WORKGROUP threads per workgroup over a 2-D grid (x ≤ the
+// per-dimension limit, spilling into y); the flat index is flat_index (prelude_1d.wgsl).
 
 struct Params { n: u32 }
 
@@ -20,9 +20,9 @@ fn silu(g: f32) -> f32 {
     return g * e / (1.0 + e);
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WORKGROUP)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
-    let i = gid.y * groups.x * 256u + gid.x;
+    let i = flat_index(gid, groups);
     if (i < p.n) {
         out[i] = silu(gate[i]) * up[i];
     }

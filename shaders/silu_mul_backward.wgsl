@@ -3,8 +3,8 @@
 //   dgate[i] = dout[i] · up[i] · silu'(gate[i]),   dup[i] = dout[i] · silu(gate[i])
 // σ uses e^−g for g ≥ 0 and e^g / (1 + e^g) for g < 0, so the exponential only ever underflows:
 // no inf or NaN for any finite g.
-// Layout: gate, up, dout, dgate, dup [n] f32. Dispatch: 256 threads per workgroup over a 2-D grid
-// (x ≤ the per-dimension limit, spilling into y); the flat index is rebuilt from num_workgroups.
+// Layout: gate, up, dout, dgate, dup [n] f32. Dispatch: WORKGROUP threads per workgroup over a 2-D grid
+// (x ≤ the per-dimension limit, spilling into y); the flat index is flat_index (prelude_1d.wgsl).
 
 struct Params { n: u32 }
 
@@ -23,9 +23,9 @@ fn sigmoid(g: f32) -> f32 {
     return e / (1.0 + e);
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WORKGROUP)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
-    let i = gid.y * groups.x * 256u + gid.x;
+    let i = flat_index(gid, groups);
     if (i < p.n) {
         let g = gate[i];
         let d = dout[i];

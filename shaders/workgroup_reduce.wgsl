@@ -6,6 +6,8 @@
 //   workgroup_sum(t, v)  = Σ of v over the workgroup's 256 threads   (tree, 8 halving steps)
 //   workgroup_max(t, v)  = max of v over the same threads
 //   workgroup_sum2(t, v) = the vec2 sum: two sums for one set of barriers
+// 256 is written out (scratch sizes, the first width 128) rather than taken from an override like
+// prelude_1d.wgsl's WORKGROUP; it equals gpu::WORKGROUP_1D (see the note there).
 // Every thread must call them (they hold barriers); all get the result. A kernel may also use
 // `scratch` itself between calls (attention gathers its per-group partial rows there).
 

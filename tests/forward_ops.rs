@@ -275,19 +275,14 @@ gpu_test! {
 }
 
 gpu_test! {
-    // Native only: SwiftShader (Chrome's software WebGPU) emulates each workgroup's barriers serially,
-    // and 4 × 65538 row workgroups take minutes there; the grid spill itself is shared index math
-    // that tests/ops.rs checks in the browser too (elementwise_beyond_one_grid_row).
-    #[cfg(not(target_arch = "wasm32"))]
     /// More rows than one grid row of workgroups holds: every row kernel (layernorm, rmsnorm,
-    /// cross_entropy, attention's (token, head) pairs) spills into y and must rebuild its row.
+    /// residual_norm, cross_entropy, attention's (token, head) pairs) spills into y and must rebuild its row. The
+    /// launchers' grid cap is lowered to 3 workgroups per dimension, so 14 rows make a 3 × 5 grid (the
+    /// last row partly idle) on any device, and cheaply enough for the browser too.
     async fn row_kernels_beyond_one_grid_row() {
         let ctx = gpu().await;
-        let max = ctx.limits().max_compute_workgroups_per_dimension as usize;
-        if max > 65535 {
-            return; // a GPU with a larger grid would need more rows than this test wants to run
-        }
-        let (rows, dim) = (max + 3, 2);
+        ctx.set_max_workgroups_per_dim(3);
+        let (rows, dim) = (14, 2);
         let mut rng = Rng::new(22);
         let x = rng.vec(rows * dim);
         let (weight, bias) = (rng.vec(dim), rng.vec(dim));
@@ -303,7 +298,12 @@ gpu_test! {
         let (qg, kg, vg) = (upload(&ctx, &q).await, upload(&ctx, &k).await, upload(&ctx, &v).await);
         let att = ctx.zeros(&[rows]).await.unwrap();
         let probs = ctx.zeros(&[ops::attention::probs_len(1, 1, &heads)]).await.unwrap();
+        // residual_norm (layernorm flavour) of x + branch.
+        let branch = rng.vec(rows * dim);
+        let brg = upload(&ctx, &branch).await;
+        let (rs, ry) = (ctx.zeros(&[rows, dim]).await.unwrap(), ctx.zeros(&[rows, dim]).await.unwrap());
         run(&ctx, |enc| {
+            ops::residual_norm::encode(&ctx, enc, &xg, &brg, &wg, Some(&bg), &rs, &ry, rows, dim, 1e-5)?;
             ops::layernorm::encode(&ctx, enc, &xg, &wg, &bg, &o1, rows, dim, 1e-5)?;
             ops::rmsnorm::encode(&ctx, enc, &xg, &wg, &o2, rows, dim, 1e-6)?;
             ops::cross_entropy::encode(&ctx, enc, &xg, &tg, &losses, rows, dim)?;
@@ -318,9 +318,12 @@ gpu_test! {
         let e2 = max_error(&ctx.read(&o2).await.unwrap(), &want2);
         let e3 = max_error(&ctx.read(&losses).await.unwrap(), &want3);
         let e4 = max_error(&ctx.read(&att).await.unwrap(), &want4);
+        let (want_s, want_y) = reference::residual_norm::residual_norm(&x, &branch, &weight, Some(&bias), dim, 1e-5);
+        assert_eq!(ctx.read(&rs).await.unwrap(), want_s, "residual_norm's sum");
+        let e5 = max_error(&ctx.read(&ry).await.unwrap(), &want_y);
         assert!(
-            e1 <= TOL && e2 <= TOL && e3 <= TOL && e4 <= TOL,
-            "layernorm {e1}, rmsnorm {e2}, cross_entropy {e3}, attention {e4}"
+            e1 <= TOL && e2 <= TOL && e3 <= TOL && e4 <= TOL && e5 <= TOL,
+            "layernorm {e1}, rmsnorm {e2}, cross_entropy {e3}, attention {e4}, residual_norm {e5}"
         );
     }
 }
@@ -383,9 +386,10 @@ gpu_test! {
 // rope
 
 gpu_test! {
-    /// The launcher computes the frequencies on the CPU exactly like the reference, so the f32 angles
-    /// are bit-identical and only sin/cos (after the shader's reduction to [−π, π]) differ: 1e-5 holds
-    /// even at positions past 2000, where the f32 angle itself is off by ~1e-4 from the exact one.
+    /// The launcher computes the (cos, sin) table on the CPU exactly like the reference (the shader
+    /// computes no angle, sine or cosine), so only the rotation's own f32 rounding differs: 1e-5 holds
+    /// even at positions past 2000, where the f32 angle itself is off by ~1e-4 from the exact one
+    /// (rope_angles_match_f64 bounds that).
     async fn rope_matches_reference() {
         let ctx = gpu().await;
         let mut rng = Rng::new(40);
@@ -416,6 +420,38 @@ gpu_test! {
             }
         }
         eprintln!("rope: max error {worst:e}");
+    }
+}
+
+gpu_test! {
+    /// The angles themselves, against an independent f64 computation (a = position · θ^(−2i/d),
+    /// rotated in f64) at a late position and a large θ (Llama 3's 5e5): the f32 table (f32 angle,
+    /// as transformers computes it) may only be off by the f32 rounding of an angle near 2025 rad,
+    /// a few 1e-4; a wrong exponent, position or sign would be off by O(1).
+    async fn rope_angles_match_f64() {
+        let ctx = gpu().await;
+        let mut rng = Rng::new(41);
+        let (tokens, heads, head_dim, pos0) = (3, 2, 128, 2023);
+        for theta in [500_000.0f32, 10_000.0] {
+            let x = rng.vec(tokens * heads * head_dim);
+            let xg = ctx.upload(&x, &[tokens, heads, head_dim]).await.unwrap();
+            run(&ctx, |enc| ops::rope::encode(&ctx, enc, &xg, tokens, heads, head_dim, pos0, theta)).await;
+            let got = ctx.read(&xg).await.unwrap();
+            let half = head_dim / 2;
+            let mut worst = 0.0f64;
+            for (row, (xr, gr)) in x.chunks(head_dim).zip(got.chunks(head_dim)).enumerate() {
+                let pos = (pos0 + row / heads) as f64;
+                for i in 0..half {
+                    let a = pos * (theta as f64).powf(-2.0 * i as f64 / head_dim as f64);
+                    let (x0, x1) = (xr[i] as f64, xr[i + half] as f64);
+                    let want0 = x0 * a.cos() - x1 * a.sin();
+                    let want1 = x1 * a.cos() + x0 * a.sin();
+                    worst = worst.max((gr[i] as f64 - want0).abs()).max((gr[i + half] as f64 - want1).abs());
+                }
+            }
+            eprintln!("rope theta={theta} positions {pos0}..{}: max error vs f64 {worst:e}", pos0 + tokens);
+            assert!(worst <= 5e-4, "theta={theta}: rope at positions {pos0}.. is off the f64 rotation by {worst}");
+        }
     }
 }
 

@@ -141,20 +141,92 @@ gpu_test! {
 }
 
 gpu_test! {
-    /// Past the per-dimension workgroup cap the 1-D grid spills into y; the kernels must follow.
-    async fn elementwise_beyond_one_grid_row() {
+    /// Past the per-dimension workgroup cap the 1-D grid spills into y; every 1-D kernel must rebuild
+    /// its flat index (and its surplus threads of the last grid row must do nothing). The cap is
+    /// lowered to 3 workgroups so a few thousand values use a 3 × 7 grid, whatever the device allows.
+    async fn elementwise_kernels_spill_into_grid_y() {
+        use loratab::gpu::{self as ops, GpuTensor};
         let ctx = gpu().await;
-        let max = ctx.limits().max_compute_workgroups_per_dimension as usize;
-        let n = max * 256 + 1000;
-        if n * 4 > 64 << 20 {
-            // lavapipe and SwiftShader allow 65535 groups (≈ 64 MiB of f32 at 256 per group); a GPU
-            // that allows more would need a bigger buffer than this test wants to allocate.
-            return;
-        }
+        ctx.set_max_workgroups_per_dim(3);
+        assert_eq!(ctx.max_workgroups_per_dim(), 3);
+        let n = 5000; // 20 workgroups of 256: 3 per grid row, 7 rows, the last one partly idle
         let mut rng = Rng::new(4);
-        let a = rng.vec(n);
-        let got = gpu_scale(&ctx, 2.0, &a).await.unwrap();
-        assert_eq!(got, reference::scale::scale(2.0, &a));
+        let (a, b, c) = (rng.vec(n), rng.vec(n), rng.vec(n));
+        let (ag, bg, cg) =
+            (ctx.upload(&a, &[n]).await.unwrap(), ctx.upload(&b, &[n]).await.unwrap(), ctx.upload(&c, &[n]).await.unwrap());
+        let outs: Vec<GpuTensor> = {
+            let mut v = Vec::new();
+            for _ in 0..3 {
+                v.push(ctx.upload(&vec![f32::NAN; n], &[n]).await.unwrap());
+            }
+            v
+        };
+        let close = |what: &str, got: &[f32], want: &[f32], tol: f32| {
+            let e = max_error(got, want);
+            assert!(e <= tol, "{what}: max error {e} over {n} values on a 3-wide grid");
+        };
+
+        ctx.run(|enc| ops::add::encode(&ctx, enc, &ag, &bg, &outs[0])).await.unwrap();
+        assert_eq!(ctx.read(&outs[0]).await.unwrap(), reference::add::add(&a, &b), "add");
+        ctx.run(|enc| ops::scale::encode(&ctx, enc, -1.75, &ag, &outs[0])).await.unwrap();
+        assert_eq!(ctx.read(&outs[0]).await.unwrap(), reference::scale::scale(-1.75, &a), "scale");
+
+        let x: Vec<f32> = a.iter().map(|v| v * 8.0).collect();
+        let xg = ctx.upload(&x, &[n]).await.unwrap();
+        ctx.run(|enc| ops::gelu::encode(&ctx, enc, &xg, &outs[0])).await.unwrap();
+        close("gelu", &ctx.read(&outs[0]).await.unwrap(), &reference::gelu::gelu(&x), 1e-5);
+        ctx.run(|enc| ops::gelu::encode_backward(&ctx, enc, &xg, &bg, &outs[0])).await.unwrap();
+        close("gelu_backward", &ctx.read(&outs[0]).await.unwrap(), &reference::gelu::gelu_backward(&x, &b), 1e-5);
+
+        ctx.run(|enc| ops::silu_mul::encode(&ctx, enc, &xg, &bg, &outs[0])).await.unwrap();
+        close("silu_mul", &ctx.read(&outs[0]).await.unwrap(), &reference::silu_mul::silu_mul(&x, &b), 1e-5);
+        ctx.run(|enc| ops::silu_mul::encode_backward(&ctx, enc, &xg, &bg, &cg, &outs[0], &outs[1])).await.unwrap();
+        let (dgate, dup) = reference::silu_mul::silu_mul_backward(&x, &b, &c);
+        close("silu_mul_backward dgate", &ctx.read(&outs[0]).await.unwrap(), &dgate, 1e-5);
+        close("silu_mul_backward dup", &ctx.read(&outs[1]).await.unwrap(), &dup, 1e-5);
+
+        // Dropout accumulating onto b: the mask is the reference's bit for bit.
+        let og = ctx.upload(&b, &[n]).await.unwrap();
+        ctx.run(|enc| ops::dropout::encode(&ctx, enc, &ag, &og, n, 0.25, 7, 1.0)).await.unwrap();
+        let mut want = b.clone();
+        reference::dropout::dropout(&a, 0.25, 7, 1.0, &mut want);
+        assert_eq!(ctx.read(&og).await.unwrap(), want, "dropout");
+
+        // Embedding: 50 tokens of dim 100 from a 60-row table.
+        let (vocab, dim, tokens) = (60, 100, 50);
+        let table = rng.vec(vocab * dim);
+        let ids: Vec<u32> = (0..tokens).map(|t| ((t * 37 + 11) % vocab) as u32).collect();
+        let (tg, ig) = (ctx.upload(&table, &[vocab, dim]).await.unwrap(), ctx.upload_u32(&ids, &[tokens]).await.unwrap());
+        ctx.run(|enc| ops::embedding::encode(&ctx, enc, &tg, dim, 0, &ig, &outs[2], false)).await.unwrap();
+        let mut want = vec![0.0; n];
+        reference::embedding::embedding(&table, dim, &ids, &mut want, false);
+        assert_eq!(ctx.read(&outs[2]).await.unwrap(), want, "embedding");
+
+        // AdamW step 3 on (param a, grad b, moments |c| and c²).
+        let opt = ops::adamw::AdamW { lr: 3e-2, weight_decay: 0.1, ..Default::default() };
+        let (m0, v0): (Vec<f32>, Vec<f32>) = c.iter().map(|v| (v * 0.1, v * v * 0.01)).unzip();
+        let (pg, mg, vg) =
+            (ctx.upload(&a, &[n]).await.unwrap(), ctx.upload(&m0, &[n]).await.unwrap(), ctx.upload(&v0, &[n]).await.unwrap());
+        ctx.run(|enc| ops::adamw::encode(&ctx, enc, &pg, &bg, &mg, &vg, &opt, 3, 0.5)).await.unwrap();
+        let (mut p, mut m, mut v) = (a.clone(), m0.clone(), v0.clone());
+        reference::adamw::adamw_step(&mut p, &b, &mut m, &mut v, &opt, 3, 0.5);
+        close("adamw param", &ctx.read(&pg).await.unwrap(), &p, 1e-6);
+        close("adamw m", &ctx.read(&mg).await.unwrap(), &m, 1e-6);
+        close("adamw v", &ctx.read(&vg).await.unwrap(), &v, 1e-6);
+
+        // RoPE forward and backward: 50 tokens · 4 heads · 25 pairs = 5000 threads, late positions.
+        let (tokens, heads, head_dim, pos0, theta) = (50, 4, 50, 2025, 5e5f32);
+        let xr = [a.as_slice(), b.as_slice()].concat();
+        let rg = ctx.upload(&xr, &[tokens, heads, head_dim]).await.unwrap();
+        ctx.run(|enc| ops::rope::encode(&ctx, enc, &rg, tokens, heads, head_dim, pos0, theta)).await.unwrap();
+        let mut want = xr.clone();
+        reference::rope::rope(&mut want, heads, head_dim, pos0, theta);
+        close("rope", &ctx.read(&rg).await.unwrap(), &want, 1e-5);
+        let rg = ctx.upload(&xr, &[tokens, heads, head_dim]).await.unwrap();
+        ctx.run(|enc| ops::rope::encode_backward(&ctx, enc, &rg, tokens, heads, head_dim, pos0, theta)).await.unwrap();
+        let mut want = xr.clone();
+        reference::rope::rope_backward(&mut want, heads, head_dim, pos0, theta);
+        close("rope_backward", &ctx.read(&rg).await.unwrap(), &want, 1e-5);
     }
 }
 

@@ -2,10 +2,10 @@
 //! CPU reference: `reference::adamw`, which also defines the hyper-parameters ([`AdamW`]) and the
 //! per-step scalars both sides use.
 
-use super::{check_u32, grid_1d, GpuContext, GpuError, GpuTensor, Recorder};
+use super::{check_same_len, kernel_1d, launch_1d, GpuContext, GpuError, GpuTensor, Kernel1d, Recorder};
 pub use crate::reference::adamw::AdamW;
 
-const SOURCE: &str = include_str!("../../shaders/adamw.wgsl");
+const KERNEL: Kernel1d = kernel_1d!("adamw");
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -40,25 +40,12 @@ pub fn encode(
     grad_scale: f32,
 ) -> Result<(), GpuError> {
     const OP: &str = "adamw";
-    let n = param.len();
-    if grad.len() != n || m.len() != n || v.len() != n {
-        return Err(GpuError::Shape {
-            op: OP,
-            detail: format!(
-                "param {:?}, grad {:?}, m {:?} and v {:?} must hold as many values",
-                param.shape, grad.shape, m.shape, v.shape
-            ),
-        });
-    }
+    let n = check_same_len(OP, &[("param", param), ("grad", grad), ("m", m), ("v", v)])?;
     if step == 0 {
         return Err(GpuError::Shape { op: OP, detail: "steps count from 1, got step 0".into() });
     }
-    let n = check_u32(OP, "param's length", n)?;
-    if n == 0 {
-        return Ok(());
-    }
     let s = opt.scalars(step);
-    let params = Params {
+    let params = |n| Params {
         n,
         decay: s.decay,
         beta1: s.beta1,
@@ -71,10 +58,5 @@ pub fn encode(
         grad_scale,
         _pad: [0; 2],
     };
-    let pipeline = ctx.pipeline("adamw", SOURCE, "main", &[]);
-    let uniform = ctx.uniform(&params);
-    let bind = ctx.bind(&pipeline, &[&param.buffer, &grad.buffer, &m.buffer, &v.buffer, &uniform]);
-    let (gx, gy) = grid_1d(n as usize, ctx.limits().max_compute_workgroups_per_dimension);
-    encoder.dispatch(&pipeline, &bind, (gx, gy, 1));
-    Ok(())
+    launch_1d(ctx, encoder, OP, &KERNEL, n, &[&param.buffer, &grad.buffer, &m.buffer, &v.buffer], params)
 }

@@ -84,7 +84,7 @@ pub fn encode(
         &pipeline,
         &[&q.buffer, &k.buffer, &v.buffer, &out.buffer, &probs.buffer, &uniform],
     );
-    let (gx, gy) = grid_rows(tokens * hq, ctx.limits().max_compute_workgroups_per_dimension);
+    let (gx, gy) = grid_rows(tokens * hq, ctx.max_workgroups_per_dim());
     encoder.dispatch(&pipeline, &bind, (gx, gy, 1));
     Ok(())
 }
@@ -186,7 +186,7 @@ pub fn encode_backward(
         _pad: [0; 2],
     };
     let uniform = ctx.uniform(&params);
-    let max = ctx.limits().max_compute_workgroups_per_dimension;
+    let max = ctx.max_workgroups_per_dim();
 
     let pipeline = ctx.pipeline("attention_backward", BACKWARD_SOURCE, "dq_main", &[]);
     let bind = bind_at(

@@ -114,6 +114,9 @@ pub struct GpuContext {
     limits: wgpu::Limits,
     /// Largest tensor we put in one buffer: the device's limit, or lower (see `set_max_binding`).
     max_binding: std::sync::atomic::AtomicU64,
+    /// Workgroups per grid dimension the launchers use: the device's limit, or lower (see
+    /// `set_max_workgroups_per_dim`).
+    max_workgroups: std::sync::atomic::AtomicU32,
     modules: Mutex<HashMap<&'static str, wgpu::ShaderModule>>,
     pipelines: Mutex<HashMap<PipelineKey, wgpu::ComputePipeline>>,
     /// Set by the device-lost callback; every entry point checks it so a lost device becomes an error, not a hang.
@@ -184,6 +187,7 @@ impl GpuContext {
             max_binding: std::sync::atomic::AtomicU64::new(
                 limits.max_buffer_size.min(limits.max_storage_buffer_binding_size as u64),
             ),
+            max_workgroups: std::sync::atomic::AtomicU32::new(limits.max_compute_workgroups_per_dimension),
             limits,
             modules: Mutex::new(HashMap::new()),
             pipelines: Mutex::new(HashMap::new()),
@@ -222,6 +226,20 @@ impl GpuContext {
     pub fn set_max_binding(&self, bytes: u64) {
         let device = self.limits.max_buffer_size.min(self.limits.max_storage_buffer_binding_size as u64);
         self.max_binding.store(bytes.min(device).max(4), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Workgroups per grid dimension a launcher may dispatch: the device's limit unless lowered by
+    /// [`Self::set_max_workgroups_per_dim`]. Every launcher reads this, never the device limit.
+    pub fn max_workgroups_per_dim(&self) -> u32 {
+        self.max_workgroups.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Lower the per-dimension grid cap below the device's (at least 1), e.g. to 3 so that a test
+    /// of a few thousand values makes every 1-D and row kernel spill into the grid's y dimension
+    /// (the device's 65535 would need tens of MiB per tensor and minutes on a software GPU).
+    pub fn set_max_workgroups_per_dim(&self, groups: u32) {
+        let device = self.limits.max_compute_workgroups_per_dimension;
+        self.max_workgroups.store(groups.clamp(1, device), std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Err if the device was lost or an error escaped every scope since the last check.

@@ -38,7 +38,7 @@ pub fn encode(
     let pipeline = ctx.pipeline("cross_entropy", SOURCE, "main", &[]);
     let uniform = ctx.uniform(&Params { rows: rows as u32, vocab: vocab as u32 });
     let bind = ctx.bind(&pipeline, &[&logits.buffer, &targets.buffer, &losses.buffer, &uniform]);
-    let (gx, gy) = grid_rows(rows, ctx.limits().max_compute_workgroups_per_dimension);
+    let (gx, gy) = grid_rows(rows, ctx.max_workgroups_per_dim());
     encoder.dispatch(&pipeline, &bind, (gx, gy, 1));
     Ok(())
 }
@@ -85,7 +85,7 @@ pub fn encode_backward(
     let pipeline = ctx.pipeline("cross_entropy_backward", BACKWARD_SOURCE, "main", &[]);
     let uniform = ctx.uniform(&BackwardParams { rows: rows as u32, vocab: vocab as u32, scale, _pad: 0 });
     let bind = ctx.bind(&pipeline, &[&logits.buffer, &targets.buffer, &dlogits.buffer, &uniform]);
-    let (gx, gy) = grid_rows(rows, ctx.limits().max_compute_workgroups_per_dimension);
+    let (gx, gy) = grid_rows(rows, ctx.max_workgroups_per_dim());
     encoder.dispatch(&pipeline, &bind, (gx, gy, 1));
     Ok(())
 }

@@ -1,10 +1,10 @@
 //! Launcher for `shaders/dropout.wgsl`: out = beta·out + mask(seed) ⊙ x / (1 − p).
 //! CPU reference: `reference::dropout`.
 
-use super::{grid_1d, GpuContext, GpuError, GpuTensor, Recorder};
+use super::{kernel_1d, launch_1d, GpuContext, GpuError, GpuTensor, Kernel1d, Recorder};
 use crate::reference::dropout::threshold;
 
-const SOURCE: &str = include_str!("../../shaders/dropout.wgsl");
+const KERNEL: Kernel1d = kernel_1d!("dropout");
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -35,15 +35,6 @@ pub fn encode(
             detail: format!("{n} values with p = {p} from x {:?} into out {:?}", x.shape, out.shape),
         });
     }
-    super::check_u32("dropout", "the element count", n)?;
-    if n == 0 {
-        return Ok(());
-    }
-    let pipeline = ctx.pipeline("dropout", SOURCE, "main", &[]);
-    let params = Params { n: n as u32, seed, threshold: threshold(p), scale: 1.0 / (1.0 - p), beta };
-    let uniform = ctx.uniform(&params);
-    let bind = ctx.bind(&pipeline, &[&x.buffer, &out.buffer, &uniform]);
-    let (gx, gy) = grid_1d(n, ctx.limits().max_compute_workgroups_per_dimension);
-    encoder.dispatch(&pipeline, &bind, (gx, gy, 1));
-    Ok(())
+    let params = |n| Params { n, seed, threshold: threshold(p), scale: 1.0 / (1.0 - p), beta };
+    launch_1d(ctx, encoder, "dropout", &KERNEL, n, &[&x.buffer, &out.buffer], params)
 }

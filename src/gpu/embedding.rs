@@ -1,9 +1,19 @@
 //! Launcher for `shaders/embedding.wgsl`: out[t, :] = (or +=) table[ids[t] − row0, :] for the ids this
 //! part of the table holds. CPU reference: `reference::embedding`.
 
-use super::{check_len, check_u32, grid_1d, GpuContext, GpuError, GpuTensor, Recorder};
+use super::{check_len, check_u32, launch_1d, GpuContext, GpuError, GpuTensor, Kernel1d, Recorder};
 
-const SOURCE: &str = include_str!("../../shaders/embedding.wgsl");
+/// The lookup composed with the f32 weight seam (`shaders/weight_f32.wgsl`: the table is read only
+/// through `weight_at`, so another storage format is another `weight_<format>.wgsl` here, as in
+/// `matmul`) and the 1-D prelude.
+const KERNEL: Kernel1d = Kernel1d {
+    name: "embedding_f32",
+    source: concat!(
+        include_str!("../../shaders/embedding.wgsl"),
+        include_str!("../../shaders/weight_f32.wgsl"),
+        include_str!("../../shaders/prelude_1d.wgsl"),
+    ),
+};
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -40,22 +50,16 @@ pub fn encode(
     let rows = table.len() / dim;
     let tokens = ids.len();
     check_len("embedding", "out", out, tokens * dim)?;
-    let n = check_u32("embedding", "tokens · dim", tokens * dim)?;
     check_u32("embedding", "the part's end row0 + rows", row0 + rows)?;
-    if n == 0 || rows == 0 {
+    if rows == 0 {
         return Ok(());
     }
-    let params = Params {
+    let params = |n| Params {
         n,
         dim: dim as u32,
         row0: row0 as u32,
         rows: rows as u32,
         accumulate: accumulate as u32,
     };
-    let pipeline = ctx.pipeline("embedding", SOURCE, "main", &[]);
-    let uniform = ctx.uniform(&params);
-    let bind = ctx.bind(&pipeline, &[&table.buffer, &ids.buffer, &out.buffer, &uniform]);
-    let (x, y) = grid_1d(n as usize, ctx.limits().max_compute_workgroups_per_dimension);
-    encoder.dispatch(&pipeline, &bind, (x, y, 1));
-    Ok(())
+    launch_1d(ctx, encoder, "embedding", &KERNEL, tokens * dim, &[&ids.buffer, &table.buffer, &out.buffer], params)
 }

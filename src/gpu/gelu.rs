@@ -1,9 +1,10 @@
-//! Launcher for `shaders/gelu.wgsl`: out = gelu(x) element-wise (tanh approximation).
-//! CPU reference: `reference::gelu`.
+//! Launcher for `shaders/gelu.wgsl`: out = gelu(x) element-wise (tanh approximation), and its
+//! backward `shaders/gelu_backward.wgsl`. CPU reference: `reference::gelu`.
 
-use super::{check_u32, grid_1d, GpuContext, GpuError, GpuTensor, Recorder};
+use super::{check_same_len, kernel_1d, launch_1d, GpuContext, GpuError, GpuTensor, Kernel1d, Recorder};
 
-const SOURCE: &str = include_str!("../../shaders/gelu.wgsl");
+const KERNEL: Kernel1d = kernel_1d!("gelu");
+const BACKWARD: Kernel1d = kernel_1d!("gelu_backward");
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -17,26 +18,9 @@ pub fn encode(
     x: &GpuTensor,
     out: &GpuTensor,
 ) -> Result<(), GpuError> {
-    let n = x.len();
-    if out.len() != n {
-        return Err(GpuError::Shape {
-            op: "gelu",
-            detail: format!("x {:?} and out {:?} must hold as many values", x.shape, out.shape),
-        });
-    }
-    let n = check_u32("gelu", "x's length", n)?;
-    if n == 0 {
-        return Ok(());
-    }
-    let pipeline = ctx.pipeline("gelu", SOURCE, "main", &[]);
-    let uniform = ctx.uniform(&Params { n });
-    let bind = ctx.bind(&pipeline, &[&x.buffer, &out.buffer, &uniform]);
-    let (gx, gy) = grid_1d(n as usize, ctx.limits().max_compute_workgroups_per_dimension);
-    encoder.dispatch(&pipeline, &bind, (gx, gy, 1));
-    Ok(())
+    let n = check_same_len("gelu", &[("x", x), ("out", out)])?;
+    launch_1d(ctx, encoder, "gelu", &KERNEL, n, &[&x.buffer, &out.buffer], |n| Params { n })
 }
-
-const BACKWARD_SOURCE: &str = include_str!("../../shaders/gelu_backward.wgsl");
 
 /// Record `dx = dy · gelu'(x)` element-wise: `shaders/gelu_backward.wgsl`, reference
 /// `reference::gelu::gelu_backward`. x, dy and dx hold the same number of values.
@@ -47,24 +31,7 @@ pub fn encode_backward(
     dy: &GpuTensor,
     dx: &GpuTensor,
 ) -> Result<(), GpuError> {
-    let n = x.len();
-    if dy.len() != n || dx.len() != n {
-        return Err(GpuError::Shape {
-            op: "gelu_backward",
-            detail: format!(
-                "x {:?}, dy {:?} and dx {:?} must hold as many values",
-                x.shape, dy.shape, dx.shape
-            ),
-        });
-    }
-    let n = check_u32("gelu_backward", "x's length", n)?;
-    if n == 0 {
-        return Ok(());
-    }
-    let pipeline = ctx.pipeline("gelu_backward", BACKWARD_SOURCE, "main", &[]);
-    let uniform = ctx.uniform(&Params { n });
-    let bind = ctx.bind(&pipeline, &[&x.buffer, &dy.buffer, &dx.buffer, &uniform]);
-    let (gx, gy) = grid_1d(n as usize, ctx.limits().max_compute_workgroups_per_dimension);
-    encoder.dispatch(&pipeline, &bind, (gx, gy, 1));
-    Ok(())
+    const OP: &str = "gelu_backward";
+    let n = check_same_len(OP, &[("x", x), ("dy", dy), ("dx", dx)])?;
+    launch_1d(ctx, encoder, OP, &BACKWARD, n, &[&x.buffer, &dy.buffer, &dx.buffer], |n| Params { n })
 }

@@ -39,7 +39,7 @@ pub fn encode(
     let pipeline = ctx.pipeline("layernorm", SOURCE, "main", &[]);
     let uniform = ctx.uniform(&params);
     let bind = ctx.bind(&pipeline, &[&x.buffer, &weight.buffer, &bias.buffer, &out.buffer, &uniform]);
-    let (gx, gy) = grid_rows(rows, ctx.limits().max_compute_workgroups_per_dimension);
+    let (gx, gy) = grid_rows(rows, ctx.max_workgroups_per_dim());
     encoder.dispatch(&pipeline, &bind, (gx, gy, 1));
     Ok(())
 }
@@ -74,7 +74,7 @@ pub fn encode_backward(
     let pipeline = ctx.pipeline("layernorm_backward", BACKWARD_SOURCE, "main", &[]);
     let uniform = ctx.uniform(&params);
     let bind = ctx.bind(&pipeline, &[&x.buffer, &weight.buffer, &dy.buffer, &dx.buffer, &uniform]);
-    let (gx, gy) = grid_rows(rows, ctx.limits().max_compute_workgroups_per_dimension);
+    let (gx, gy) = grid_rows(rows, ctx.max_workgroups_per_dim());
     encoder.dispatch(&pipeline, &bind, (gx, gy, 1));
     Ok(())
 }

@@ -1,10 +1,23 @@
 //! Launcher for `shaders/matmul.wgsl`: tiled f32 matmul in the three training layouts, batched,
 //! with optional bias, scale and accumulation. CPU reference: `reference::matmul`.
+//!
+//! The kernel reads its B operand (the weight) only through `weight_at`, defined by a small
+//! `shaders/weight_<format>.wgsl` composed after it here; today the one format is f32
+//! (`shaders/weight_f32.wgsl`, also used by the embedding lookup). To add a frozen-weight format
+//! (f16, bf16, Q8_0, Q4_0, Q4_1): write `shaders/weight_<format>.wgsl` (binding 1 over the packed
+//! words, `fn weight_at(i: u32) -> f32` decoding value i of the row-major matrix), compose it with
+//! `matmul.wgsl` under its own pipeline name as [`SOURCE_F32`] does, give the CPU side the same
+//! dequantization (the reference, and the tests comparing against it), and pick the source by the
+//! weight tensor's format in [`encode`]. The tiling, layouts and accumulation do not change.
 
-use super::{GpuContext, GpuError, GpuTensor, Recorder};
+use super::{check_len, GpuContext, GpuError, GpuTensor, Recorder};
 use crate::ops::Matmul;
 
-const SOURCE: &str = include_str!("../../shaders/matmul.wgsl");
+/// matmul.wgsl with f32 weights: (pipeline name, WGSL source).
+const SOURCE_F32: (&str, &str) = (
+    "matmul_f32",
+    concat!(include_str!("../../shaders/matmul.wgsl"), include_str!("../../shaders/weight_f32.wgsl")),
+);
 const TILE: usize = 64;
 
 #[repr(C)]
@@ -28,16 +41,6 @@ struct Params {
     a_offset: u32,
 }
 
-fn check(what: &str, t: &GpuTensor, need: usize) -> Result<(), GpuError> {
-    if t.len() < need {
-        return Err(GpuError::Shape {
-            op: "matmul",
-            detail: format!("{what} has {} values (shape {:?}), needs {need}", t.len(), t.shape),
-        });
-    }
-    Ok(())
-}
-
 /// Record `c = alpha · op(a)·op(b) + beta · c (+ bias)` into `encoder`.
 pub fn encode(
     ctx: &GpuContext,
@@ -48,16 +51,16 @@ pub fn encode(
     bias: Option<&GpuTensor>,
     c: &GpuTensor,
 ) -> Result<(), GpuError> {
-    check("A", a, spec.a_len())?;
-    check("B", b, spec.b_len())?;
-    check("C", c, spec.c_len())?;
+    check_len("matmul", "A", a, spec.a_len())?;
+    check_len("matmul", "B", b, spec.b_len())?;
+    check_len("matmul", "C", c, spec.c_len())?;
     if let Some(bias) = bias {
-        check("bias", bias, spec.bias_offset + spec.n)?;
+        check_len("matmul", "bias", bias, spec.bias_offset + spec.n)?;
     }
     if spec.c_len() == 0 {
         return Ok(());
     }
-    let max = ctx.limits().max_compute_workgroups_per_dimension as usize;
+    let max = ctx.max_workgroups_per_dim() as usize;
     let groups = (spec.n.div_ceil(TILE), spec.m.div_ceil(TILE), spec.batch);
     if groups.0 > max || groups.1 > max || groups.2 > max {
         return Err(GpuError::Shape {
@@ -83,7 +86,8 @@ pub fn encode(
         lda: spec.lda as u32,
         a_offset: spec.a_offset as u32,
     };
-    let pipeline = ctx.pipeline("matmul", SOURCE, "main", &[]);
+    let (name, source) = SOURCE_F32;
+    let pipeline = ctx.pipeline(name, source, "main", &[]);
     let uniform = ctx.uniform(&params);
     // Without a bias the shader never reads binding 2, but WebGPU wants something bound: reuse A.
     let bias = bias.unwrap_or(a);

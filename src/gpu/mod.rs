@@ -73,8 +73,75 @@ impl From<wgpu::Error> for GpuError {
     }
 }
 
-/// Threads per workgroup of the one-dimensional (element-wise, reduction) kernels.
+/// Threads per workgroup of the one-dimensional (element-wise, reduction) kernels. The element-wise
+/// kernels receive it as the `WORKGROUP` override of `shaders/prelude_1d.wgsl` (see [`launch_1d`]).
+/// The row kernels and sum_squares still say 256 in WGSL: WGSL and naga (wgpu 30) do allow
+/// override-sized workgroup arrays, but `shaders/workgroup_reduce.wgsl` halves from a constant 128
+/// over `array<f32, 256>` scratch and attention ties its `MAX_HEAD_DIM` (256) to its thread count, so
+/// converting them means a `WORKGROUP` override declared in workgroup_reduce.wgsl and set by every
+/// row launcher, and attention's limit derived from it — not done yet; they must stay equal to this.
 pub(crate) const WORKGROUP_1D: u32 = 256;
+const _: () = assert!(WORKGROUP_1D == 256, "the row kernels and workgroup_reduce.wgsl still hard-code 256 threads");
+
+/// One element-wise (1-D) kernel: `name` keys its pipeline, `source` is the kernel's WGSL followed by
+/// `shaders/prelude_1d.wgsl` (see [`kernel_1d!`]). Its entry point is `main`, its last binding the
+/// uniform parameters.
+pub(crate) struct Kernel1d {
+    pub name: &'static str,
+    pub source: &'static str,
+}
+
+/// `Kernel1d { name, source }` for `shaders/<name>.wgsl` composed with `shaders/prelude_1d.wgsl`.
+macro_rules! kernel_1d {
+    ($name:literal) => {
+        $crate::gpu::Kernel1d {
+            name: $name,
+            source: concat!(
+                include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/", $name, ".wgsl")),
+                include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/prelude_1d.wgsl")),
+            ),
+        }
+    };
+}
+pub(crate) use kernel_1d;
+
+/// Record one dispatch of the 1-D `kernel` over `n` items: `n` checked to fit a u32 (the shader
+/// indexes with u32; `op` names the op in that error), nothing recorded for n = 0, the pipeline with
+/// `WORKGROUP` = [`WORKGROUP_1D`], `params(n)` as the uniform bound after `buffers` (bindings 0, 1, …),
+/// and the grid of [`grid_1d`] under [`GpuContext::max_workgroups_per_dim`].
+pub(crate) fn launch_1d<P: bytemuck::Pod>(
+    ctx: &GpuContext,
+    encoder: &mut Recorder,
+    op: &'static str,
+    kernel: &Kernel1d,
+    n: usize,
+    buffers: &[&wgpu::Buffer],
+    params: impl FnOnce(u32) -> P,
+) -> Result<(), GpuError> {
+    let count = check_u32(op, "the element count", n)?;
+    if count == 0 {
+        return Ok(());
+    }
+    let pipeline = ctx.pipeline(kernel.name, kernel.source, "main", &[("WORKGROUP", WORKGROUP_1D as u64)]);
+    let uniform = ctx.uniform(&params(count));
+    let mut bound = buffers.to_vec();
+    bound.push(&uniform);
+    let bind = ctx.bind(&pipeline, &bound);
+    let (x, y) = grid_1d(n, ctx.max_workgroups_per_dim());
+    encoder.dispatch(&pipeline, &bind, (x, y, 1));
+    Ok(())
+}
+
+/// `GpuError::Shape` for `op` unless every tensor of `named` holds as many values as the first.
+pub(crate) fn check_same_len(op: &'static str, named: &[(&str, &GpuTensor)]) -> Result<usize, GpuError> {
+    let n = named.first().map_or(0, |(_, t)| t.len());
+    if named.iter().all(|(_, t)| t.len() == n) {
+        return Ok(n);
+    }
+    let mut list: Vec<String> = named.iter().map(|(name, t)| format!("{name} {:?}", t.shape)).collect();
+    let last = list.pop().unwrap_or_default();
+    Err(GpuError::Shape { op, detail: format!("{} and {last} must hold as many values", list.join(", ")) })
+}
 
 /// Workgroup grid for `n` independent items of `WORKGROUP_1D` threads each. WebGPU caps each grid
 /// dimension (65535 by default), so large tensors spill into y; kernels rebuild the flat index from

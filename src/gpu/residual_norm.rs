@@ -49,7 +49,7 @@ pub fn encode(
     // rmsnorm reads no bias: the weight stands in for the binding.
     let bias = bias.unwrap_or(weight);
     let bind = ctx.bind(&pipeline, &[&a.buffer, &b.buffer, &weight.buffer, &bias.buffer, &s.buffer, &y.buffer, &uniform]);
-    let (gx, gy) = grid_rows(rows, ctx.limits().max_compute_workgroups_per_dimension);
+    let (gx, gy) = grid_rows(rows, ctx.max_workgroups_per_dim());
     encoder.dispatch(&pipeline, &bind, (gx, gy, 1));
     Ok(())
 }

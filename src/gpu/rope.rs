@@ -1,10 +1,13 @@
-//! Launcher for `shaders/rope.wgsl`: rotary position embedding applied in place ("rotate half").
+//! Launcher for `shaders/rope.wgsl`: rotary position embedding applied in place ("rotate half"),
+//! forward and backward in one kernel (the backward rotates by −angle: `sign` = −1 in its uniform).
 //! CPU reference: `reference::rope`.
 
-use super::{check_u32, grid_1d, GpuContext, GpuError, GpuTensor, Recorder};
+use super::{check_u32, kernel_1d, launch_1d, GpuContext, GpuError, GpuTensor, Kernel1d, Recorder};
 
-const SOURCE: &str = include_str!("../../shaders/rope.wgsl");
-/// Largest head_dim (a generous bound; real models use ≤ 256).
+const KERNEL: Kernel1d = kernel_1d!("rope");
+/// Largest head_dim accepted, a sanity bound (real models use ≤ 256). The kernel itself has no limit:
+/// the angles come from a CPU-computed table in a storage buffer (an earlier kernel reduced the
+/// angles itself from frequencies held in its uniform, which bounded head_dim; that is gone).
 pub const MAX_HEAD_DIM: usize = 1025;
 
 #[repr(C)]
@@ -15,13 +18,38 @@ struct Params {
     head_dim: u32,
     heads: u32,
     pos0: u32,
-    _pad: [u32; 3],
+    sign: f32,
+    _pad: [u32; 2],
 }
 
 /// The rotation frequencies 1 / theta^(2i / head_dim), i < head_dim / 2, in f32 exactly as
 /// `reference::rope::inv_freq` computes them.
 pub fn inv_freq(head_dim: usize, theta: f32) -> Vec<f32> {
     (0..head_dim / 2).map(|i| 1.0 / theta.powf((2 * i) as f32 / head_dim as f32)).collect()
+}
+
+/// Which way a dispatch rotates.
+#[derive(Clone, Copy)]
+enum Direction {
+    Forward,
+    Backward,
+}
+
+impl Direction {
+    /// The op name in errors (what callers and tests match on).
+    fn op(self) -> &'static str {
+        match self {
+            Direction::Forward => "rope",
+            Direction::Backward => "rope_backward",
+        }
+    }
+
+    fn sign(self) -> f32 {
+        match self {
+            Direction::Forward => 1.0,
+            Direction::Backward => -1.0,
+        }
+    }
 }
 
 /// Record the rotation of `x` [tokens, heads, head_dim] in place, token t at position `pos0 + t`
@@ -37,26 +65,30 @@ pub fn encode(
     pos0: usize,
     theta: f32,
 ) -> Result<(), GpuError> {
-    let Some((params, table)) = rotation_params("rope", x, tokens, heads, head_dim, pos0, theta)? else {
-        return Ok(());
-    };
-    let n = params.n as usize;
-    let pipeline = ctx.pipeline("rope", SOURCE, "main", &[]);
-    let uniform = ctx.uniform(&params);
-    let table = cos_sin_buffer(ctx, &table);
-    let bind = ctx.bind(&pipeline, &[&x.buffer, &uniform, &table]);
-    let (gx, gy) = grid_1d(n, ctx.limits().max_compute_workgroups_per_dimension);
-    encoder.dispatch(&pipeline, &bind, (gx, gy, 1));
-    Ok(())
+    let shape = Shape { tokens, heads, head_dim, pos0, theta };
+    rotate(ctx, encoder, Direction::Forward, x, shape, || cos_sin(tokens, head_dim, pos0, theta))
 }
 
-/// The (cos, sin) table as a storage buffer (reused across training steps, see `DispatchCache`).
-fn cos_sin_buffer(ctx: &GpuContext, table: &[f32]) -> wgpu::Buffer {
-    ctx.storage_constant(table)
+/// Record the backward of [`encode`]: rotate the gradient `dy` [tokens, heads, head_dim] back in place
+/// (by −angle, the same angles as the forward: the same CPU-computed table), leaving dx in `dy`.
+/// Reference `reference::rope::rope_backward`.
+#[allow(clippy::too_many_arguments)]
+pub fn encode_backward(
+    ctx: &GpuContext,
+    encoder: &mut Recorder,
+    dy: &GpuTensor,
+    tokens: usize,
+    heads: usize,
+    head_dim: usize,
+    pos0: usize,
+    theta: f32,
+) -> Result<(), GpuError> {
+    let shape = Shape { tokens, heads, head_dim, pos0, theta };
+    rotate(ctx, encoder, Direction::Backward, dy, shape, || cos_sin(tokens, head_dim, pos0, theta))
 }
 
 /// (cos a, sin a) for a = f32(pos0 + t) · inv_freq_i, [tokens, half] pairs, in f32 exactly as
-/// `reference::rope` computes them.
+/// `reference::rope` computes them (transformers' f32 cos/sin cache does the same).
 pub fn cos_sin(tokens: usize, head_dim: usize, pos0: usize, theta: f32) -> Vec<f32> {
     let freqs = inv_freq(head_dim, theta);
     let mut table = Vec::with_capacity(tokens * freqs.len() * 2);
@@ -70,18 +102,27 @@ pub fn cos_sin(tokens: usize, head_dim: usize, pos0: usize, theta: f32) -> Vec<f
     table
 }
 
-/// Validate a rotation of `x` and build its uniform and (cos, sin) table; None when there is nothing
-/// to rotate.
-#[allow(clippy::too_many_arguments)]
-fn rotation_params(
-    op: &'static str,
-    x: &GpuTensor,
+/// The rotation's shape: `tokens` rows of `heads` heads of `head_dim`, the first at position `pos0`.
+struct Shape {
     tokens: usize,
     heads: usize,
     head_dim: usize,
     pos0: usize,
     theta: f32,
-) -> Result<Option<(Params, Vec<f32>)>, GpuError> {
+}
+
+/// Validate a rotation of `x`, then record it with the (cos, sin) table `table()` (only built when
+/// there is something to rotate).
+fn rotate(
+    ctx: &GpuContext,
+    encoder: &mut Recorder,
+    direction: Direction,
+    x: &GpuTensor,
+    s: Shape,
+    table: impl FnOnce() -> Vec<f32>,
+) -> Result<(), GpuError> {
+    let op = direction.op();
+    let Shape { tokens, heads, head_dim, pos0, theta } = s;
     let need = tokens * heads * head_dim;
     if x.len() < need {
         return Err(GpuError::Shape {
@@ -106,45 +147,21 @@ fn rotation_params(
     let half = head_dim / 2;
     let n = tokens * heads * half;
     if n == 0 {
-        return Ok(None);
+        return Ok(());
     }
-    let params = Params {
-        n: n as u32,
+    // The table first, then the uniform (inside launch_1d): the same order every step, so a
+    // `DispatchCache` reuses both buffers.
+    let table = ctx.storage_constant(&table());
+    let params = |n| Params {
+        n,
         half: half as u32,
         head_dim: head_dim as u32,
         heads: heads as u32,
         pos0: pos0 as u32,
-        _pad: [0; 3],
+        sign: direction.sign(),
+        _pad: [0; 2],
     };
-    Ok(Some((params, cos_sin(tokens, head_dim, pos0, theta))))
-}
-
-const BACKWARD_SOURCE: &str = include_str!("../../shaders/rope_backward.wgsl");
-
-/// Record the backward of [`encode`]: rotate the gradient `dy` [tokens, heads, head_dim] back in place
-/// (by −angle, the same angles as the forward: frequencies computed on the CPU), leaving dx in `dy`.
-/// `shaders/rope_backward.wgsl`, reference `reference::rope::rope_backward`.
-#[allow(clippy::too_many_arguments)]
-pub fn encode_backward(
-    ctx: &GpuContext,
-    encoder: &mut Recorder,
-    dy: &GpuTensor,
-    tokens: usize,
-    heads: usize,
-    head_dim: usize,
-    pos0: usize,
-    theta: f32,
-) -> Result<(), GpuError> {
-    let Some((params, table)) = rotation_params("rope_backward", dy, tokens, heads, head_dim, pos0, theta)? else {
-        return Ok(());
-    };
-    let pipeline = ctx.pipeline("rope_backward", BACKWARD_SOURCE, "main", &[]);
-    let uniform = ctx.uniform(&params);
-    let table = cos_sin_buffer(ctx, &table);
-    let bind = ctx.bind(&pipeline, &[&dy.buffer, &uniform, &table]);
-    let (gx, gy) = grid_1d(params.n as usize, ctx.limits().max_compute_workgroups_per_dimension);
-    encoder.dispatch(&pipeline, &bind, (gx, gy, 1));
-    Ok(())
+    launch_1d(ctx, encoder, op, &KERNEL, n, &[&x.buffer, &table], params)
 }
 
 /// The (cos, sin) table of `batch` sequences of `seq` tokens laid end to end, each at positions
@@ -166,7 +183,8 @@ pub fn encode_batched(
     head_dim: usize,
     theta: f32,
 ) -> Result<(), GpuError> {
-    batched(ctx, encoder, "rope", SOURCE, x, batch, seq, heads, head_dim, theta)
+    let shape = Shape { tokens: batch * seq, heads, head_dim, pos0: 0, theta };
+    rotate(ctx, encoder, Direction::Forward, x, shape, || batched_table(batch, seq, head_dim, theta))
 }
 
 /// [`encode_backward`] over `batch` sequences of `seq` tokens stored back to back (see
@@ -182,30 +200,31 @@ pub fn encode_backward_batched(
     head_dim: usize,
     theta: f32,
 ) -> Result<(), GpuError> {
-    batched(ctx, encoder, "rope_backward", BACKWARD_SOURCE, dy, batch, seq, heads, head_dim, theta)
+    let shape = Shape { tokens: batch * seq, heads, head_dim, pos0: 0, theta };
+    rotate(ctx, encoder, Direction::Backward, dy, shape, || batched_table(batch, seq, head_dim, theta))
 }
 
-#[allow(clippy::too_many_arguments)]
-fn batched(
-    ctx: &GpuContext,
-    encoder: &mut Recorder,
-    op: &'static str,
-    source: &'static str,
-    x: &GpuTensor,
-    batch: usize,
-    seq: usize,
-    heads: usize,
-    head_dim: usize,
-    theta: f32,
-) -> Result<(), GpuError> {
-    let Some((params, _)) = rotation_params(op, x, batch * seq, heads, head_dim, 0, theta)? else {
-        return Ok(());
-    };
-    let pipeline = ctx.pipeline(op, source, "main", &[]);
-    let uniform = ctx.uniform(&params);
-    let table = cos_sin_buffer(ctx, &batched_table(batch, seq, head_dim, theta));
-    let bind = ctx.bind(&pipeline, &[&x.buffer, &uniform, &table]);
-    let (gx, gy) = grid_1d(params.n as usize, ctx.limits().max_compute_workgroups_per_dimension);
-    encoder.dispatch(&pipeline, &bind, (gx, gy, 1));
-    Ok(())
+#[cfg(test)]
+mod tests {
+    /// The (cos, sin) table against an independent f64 computation, a = position · θ^(−2i/d), at late
+    /// positions and Llama 3's θ = 5e5: only the f32 rounding of angles near 2025 rad (a few 1e-4)
+    /// may separate them; a wrong exponent, position or order of (cos, sin) would be off by O(1).
+    #[test]
+    fn cos_sin_table_matches_f64_at_late_positions() {
+        for (head_dim, theta) in [(128, 500_000.0f32), (64, 10_000.0), (7, 500_000.0)] {
+            let (tokens, pos0) = (4, 2022);
+            let half = head_dim / 2;
+            let table = super::cos_sin(tokens, head_dim, pos0, theta);
+            assert_eq!(table.len(), tokens * half * 2);
+            let mut worst = 0.0f64;
+            for t in 0..tokens {
+                for i in 0..half {
+                    let a = (pos0 + t) as f64 * (theta as f64).powf(-2.0 * i as f64 / head_dim as f64);
+                    let (c, s) = (table[2 * (t * half + i)] as f64, table[2 * (t * half + i) + 1] as f64);
+                    worst = worst.max((c - a.cos()).abs()).max((s - a.sin()).abs());
+                }
+            }
+            assert!(worst <= 5e-4, "head_dim={head_dim} theta={theta}: table off the f64 angles by {worst}");
+        }
+    }
 }

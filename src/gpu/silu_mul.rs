@@ -1,9 +1,10 @@
-//! Launcher for `shaders/silu_mul.wgsl`: out = silu(gate) · up element-wise (SwiGLU).
-//! CPU reference: `reference::silu_mul`.
+//! Launcher for `shaders/silu_mul.wgsl`: out = silu(gate) · up element-wise (SwiGLU), and its
+//! backward `shaders/silu_mul_backward.wgsl`. CPU reference: `reference::silu_mul`.
 
-use super::{check_u32, grid_1d, GpuContext, GpuError, GpuTensor, Recorder};
+use super::{check_same_len, kernel_1d, launch_1d, GpuContext, GpuError, GpuTensor, Kernel1d, Recorder};
 
-const SOURCE: &str = include_str!("../../shaders/silu_mul.wgsl");
+const KERNEL: Kernel1d = kernel_1d!("silu_mul");
+const BACKWARD: Kernel1d = kernel_1d!("silu_mul_backward");
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -18,29 +19,9 @@ pub fn encode(
     up: &GpuTensor,
     out: &GpuTensor,
 ) -> Result<(), GpuError> {
-    let n = gate.len();
-    if up.len() != n || out.len() != n {
-        return Err(GpuError::Shape {
-            op: "silu_mul",
-            detail: format!(
-                "gate {:?}, up {:?} and out {:?} must hold as many values",
-                gate.shape, up.shape, out.shape
-            ),
-        });
-    }
-    let n = check_u32("silu_mul", "gate's length", n)?;
-    if n == 0 {
-        return Ok(());
-    }
-    let pipeline = ctx.pipeline("silu_mul", SOURCE, "main", &[]);
-    let uniform = ctx.uniform(&Params { n });
-    let bind = ctx.bind(&pipeline, &[&gate.buffer, &up.buffer, &out.buffer, &uniform]);
-    let (gx, gy) = grid_1d(n as usize, ctx.limits().max_compute_workgroups_per_dimension);
-    encoder.dispatch(&pipeline, &bind, (gx, gy, 1));
-    Ok(())
+    let n = check_same_len("silu_mul", &[("gate", gate), ("up", up), ("out", out)])?;
+    launch_1d(ctx, encoder, "silu_mul", &KERNEL, n, &[&gate.buffer, &up.buffer, &out.buffer], |n| Params { n })
 }
-
-const BACKWARD_SOURCE: &str = include_str!("../../shaders/silu_mul_backward.wgsl");
 
 /// Record the gradients of `out = silu(gate) · up` given `dout`: `dgate = dout · up · silu'(gate)`,
 /// `dup = dout · silu(gate)` (`shaders/silu_mul_backward.wgsl`, reference
@@ -55,27 +36,8 @@ pub fn encode_backward(
     dgate: &GpuTensor,
     dup: &GpuTensor,
 ) -> Result<(), GpuError> {
-    let n = gate.len();
-    if up.len() != n || dout.len() != n || dgate.len() != n || dup.len() != n {
-        return Err(GpuError::Shape {
-            op: "silu_mul_backward",
-            detail: format!(
-                "gate {:?}, up {:?}, dout {:?}, dgate {:?} and dup {:?} must hold as many values",
-                gate.shape, up.shape, dout.shape, dgate.shape, dup.shape
-            ),
-        });
-    }
-    let n = check_u32("silu_mul_backward", "gate's length", n)?;
-    if n == 0 {
-        return Ok(());
-    }
-    let pipeline = ctx.pipeline("silu_mul_backward", BACKWARD_SOURCE, "main", &[]);
-    let uniform = ctx.uniform(&Params { n });
-    let bind = ctx.bind(
-        &pipeline,
-        &[&gate.buffer, &up.buffer, &dout.buffer, &dgate.buffer, &dup.buffer, &uniform],
-    );
-    let (gx, gy) = grid_1d(n as usize, ctx.limits().max_compute_workgroups_per_dimension);
-    encoder.dispatch(&pipeline, &bind, (gx, gy, 1));
-    Ok(())
+    const OP: &str = "silu_mul_backward";
+    let n = check_same_len(OP, &[("gate", gate), ("up", up), ("dout", dout), ("dgate", dgate), ("dup", dup)])?;
+    let buffers = [&gate.buffer, &up.buffer, &dout.buffer, &dgate.buffer, &dup.buffer];
+    launch_1d(ctx, encoder, OP, &BACKWARD, n, &buffers, |n| Params { n })
 }

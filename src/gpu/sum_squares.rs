@@ -1,6 +1,6 @@
 //! Launcher for `shaders/sum_squares.wgsl`: out[0] = Σ x². CPU reference: `reference::sum_squares`.
 
-use super::{GpuContext, GpuError, GpuTensor, Recorder, WORKGROUP_1D};
+use super::{check_u32, GpuContext, GpuError, GpuTensor, Recorder, WORKGROUP_1D};
 
 const SOURCE: &str = concat!(include_str!("../../shaders/sum_squares.wgsl"), include_str!("../../shaders/workgroup_reduce.wgsl"));
 /// At most this many partial sums: enough workgroups to fill a large GPU, few enough for one
@@ -37,9 +37,10 @@ pub fn encode(
             ),
         });
     }
+    let n = check_u32("sum_squares", "x's length", x.len())?;
     // Pass 1: each workgroup reduces a strided share of x into partials[g].
     let partial = ctx.pipeline("sum_squares", SOURCE, "partial", &[]);
-    let p1 = ctx.uniform(&Params { n: x.len() as u32, groups: groups as u32 });
+    let p1 = ctx.uniform(&Params { n, groups: groups as u32 });
     let bind1 = ctx.bind(&partial, &[&x.buffer, &partials.buffer, &p1]);
     encoder.dispatch(&partial, &bind1, (groups as u32, 1, 1));
     // Pass 2: one workgroup adds the partials (a separate pass orders it after pass 1).
