@@ -3,11 +3,10 @@
 //! in, so the same tests run natively and in headless Chromium.
 
 mod common;
-use common::gpu;
+use common::{gpu, max_abs_diff, max_rel_error};
 
 use loratab::model::{load_safetensors, GpuModel, Model, ModelFiles, Tokenizer};
 use loratab::reference;
-use loratab::selftest::max_error;
 
 macro_rules! fixture {
     ($name:literal) => {
@@ -66,7 +65,7 @@ gpu_test! {
         for f in fixtures() {
             let (model, _) = f.load();
             let tokens = f.ids("tokens");
-            let e = max_error(&reference::model::forward(&model, &tokens), &f.golden("logits"));
+            let e = max_rel_error(&reference::model::forward(&model, &tokens), &f.golden("logits"), f.name);
             assert!(e < 1e-4, "{}: max logit error {e}", f.name);
             let loss = reference::model::loss(&model, &tokens);
             assert!((loss - f.golden("loss")[0]).abs() < 1e-4, "{}: loss {loss}", f.name);
@@ -83,7 +82,8 @@ gpu_test! {
             let tokens = f.ids("tokens");
             let logits = ctx.read(&gm.forward(&ctx, &tokens, 0).await.unwrap()).await.unwrap();
             let want = f.golden("logits");
-            let worst = logits.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+            assert_eq!(want.len(), tokens.len() * model.config.vocab_size, "{}: golden logits", f.name);
+            let worst = max_abs_diff(&logits, &want, f.name);
             assert!(worst < 1e-4, "{}: max |logit − transformers| = {worst}", f.name);
         }
     }
@@ -115,6 +115,7 @@ gpu_test! {
             let gm = GpuModel::upload(&ctx, &model).await.unwrap();
             let sampling = loratab::generate::Sampling { temperature: 0.0, top_k: 0, seed: 0 };
             let want = f.ids("greedy");
+            assert!(!want.is_empty(), "{}: golden greedy tokens", f.name);
             let got = loratab::generate::generate(&ctx, &gm, &f.ids("prompt"), want.len(), &sampling).await.unwrap();
             assert_eq!(got, want, "{}", f.name);
         }
@@ -131,10 +132,12 @@ gpu_test! {
         let tokens = f.ids("tokens");
         let full = ctx.read(&gm.forward(&ctx, &tokens, 0).await.unwrap()).await.unwrap();
         let v = model.config.vocab_size;
+        assert_eq!(full.len(), tokens.len() * v, "one row of logits per token");
+        assert!(tokens.len() > 10, "some tokens go through the cache one at a time");
         gm.forward(&ctx, &tokens[..10], 0).await.unwrap();
         for (i, &tok) in tokens.iter().enumerate().skip(10) {
             let step = ctx.read(&gm.forward(&ctx, &[tok], i).await.unwrap()).await.unwrap();
-            let e = max_error(&step, &full[i * v..(i + 1) * v]);
+            let e = max_rel_error(&step, &full[i * v..(i + 1) * v], &format!("position {i}"));
             assert!(e < 1e-4, "position {i}: {e}");
         }
     }
@@ -157,10 +160,12 @@ gpu_test! {
             let tokens = f.ids("tokens");
             let h = gm.hidden(&ctx, &tokens, 0).await.unwrap();
             let want = f.golden("logits");
+            let v = model.config.vocab_size;
+            assert_eq!(want.len(), tokens.len() * v, "{}: golden logits", f.name);
             for row0 in (0..tokens.len()).step_by(10) {
                 let rows = 10.min(tokens.len() - row0);
                 let logits = ctx.read(&gm.logits(&ctx, &h, row0, rows).await.unwrap()).await.unwrap();
-                let worst = logits.iter().zip(&want[row0 * 300..]).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+                let worst = max_abs_diff(&logits, &want[row0 * v..(row0 + rows) * v], &format!("{} rows {row0}..", f.name));
                 assert!(worst < 1e-4, "{} rows {row0}..: {worst}", f.name);
             }
         }

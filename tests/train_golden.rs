@@ -4,7 +4,7 @@
 //! headless Chromium.
 
 mod common;
-use common::gpu;
+use common::{gpu, max_abs_diff};
 
 use loratab::gpu::adamw::AdamW;
 use loratab::lora::Adapter;
@@ -56,9 +56,11 @@ fn opt() -> AdamW {
     AdamW { lr: 1e-2, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 }
 }
 
-/// ‖got − want‖ / ‖want‖.
-fn rel_error(got: &[f32], want: &[f32]) -> f64 {
-    assert_eq!(got.len(), want.len());
+/// ‖got − want‖ / ‖want‖, over equal-length, non-empty vectors (a NaN makes it NaN, which fails
+/// every `e <= tolerance`).
+fn rel_error(got: &[f32], want: &[f32], what: &str) -> f64 {
+    assert_eq!(got.len(), want.len(), "{what}: {} values, expected {}", got.len(), want.len());
+    assert!(!want.is_empty(), "{what}: nothing to compare");
     let diff: f64 = got.iter().zip(want).map(|(a, b)| ((a - b) as f64).powi(2)).sum();
     let norm: f64 = want.iter().map(|&b| (b as f64).powi(2)).sum();
     (diff / norm).sqrt()
@@ -139,12 +141,13 @@ impl Case {
         assert!((loss - want).abs() < 1e-4, "{}{what}: loss {loss} vs PEFT {want}", self.name);
         let grads = trainer.lora.read_grads(ctx).await.unwrap();
         let expected: Vec<&String> = golden.keys().filter(|k| k.starts_with("grad.")).collect();
+        assert!(!expected.is_empty(), "{}: the golden file has gradients", self.name);
         assert_eq!(grads.len(), expected.len(), "{}: one gradient per PEFT tensor", self.name);
         let mut worst = 0.0f64;
         for (key, g) in &grads {
             let want = &golden[&format!("grad.{key}")];
             assert_eq!(g.shape, want.shape, "{} {key}", self.name);
-            let e = rel_error(&g.data, &want.data);
+            let e = rel_error(&g.data, &want.data, &format!("{}{what} {key}", self.name));
             worst = worst.max(e);
             assert!(e <= 1e-3, "{}{what} {key}: relative gradient error {e}", self.name);
         }
@@ -177,7 +180,7 @@ impl Case {
                 let key = format!("final.base_model.model.{module}.{half}.weight");
                 let want = &golden[&key];
                 assert_eq!(t.shape, want.shape, "{} {key}", self.name);
-                let e = rel_error(&t.data, &want.data);
+                let e = rel_error(&t.data, &want.data, &format!("{} {key}", self.name));
                 worst = worst.max(e);
                 assert!(e <= 1e-3, "{} {key}: relative error {e}", self.name);
                 n += 1;
@@ -282,12 +285,13 @@ impl Case {
         let cpu_gm = GpuModel::upload(&ctx, &cpu_merged).await.unwrap();
         let want = ctx.read(&cpu_gm.forward(&ctx, &tokens[..SEQ], 0).await.unwrap()).await.unwrap();
         let got = ctx.read(&gm.forward(&ctx, &tokens[..SEQ], 0).await.unwrap()).await.unwrap();
-        let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert_eq!(want.len(), SEQ * gm.config.vocab_size, "{}: one row of logits per token", self.name);
+        let worst = max_abs_diff(&got, &want, &format!("{}: GPU vs CPU merge logits", self.name));
         assert!(worst < 1e-5, "{}: GPU vs CPU merge logits differ by {worst}", self.name);
 
         trainer.lora.unmerge_from(&ctx, &gm).await.unwrap();
         let back = ctx.read(&gm.forward(&ctx, &tokens[..SEQ], 0).await.unwrap()).await.unwrap();
-        let worst = back.iter().zip(&base_logits).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        let worst = max_abs_diff(&back, &base_logits, &format!("{}: unmerged vs base logits", self.name));
         assert!(worst < 1e-5, "{}: unmerged logits differ from the base by {worst}", self.name);
     }
 }

@@ -11,7 +11,8 @@ use std::rc::Rc;
 
 use leptos::prelude::*;
 use loratab::model::{ModelFiles, Tokenizer};
-use loratab::studio::Studio;
+use loratab::generate::Sampling;
+use loratab::studio::{Run, Studio};
 use loratab::web::state::ModelStatus;
 use loratab::studio::SavedAdapter;
 use loratab::lora::LoraOptions;
@@ -161,12 +162,29 @@ async fn training_plots_a_falling_loss_then_compares() {
     assert!(text_of(&root, "[data-testid=step]").contains("Step 6 of 6"));
     assert!(state.saved.get_untracked().is_some_and(|s| s.step() == 6), "the adapter is kept on the host");
 
-    type_into(&root, "#prompt", "the ");
-    type_into(&root, "#temperature", "0");
+    // Sampled (temperature 0.8, the page's top-k of 40), so the seed typed here must reach the engine.
+    const PROMPT: &str = "the ";
+    const NEW_TOKENS: usize = 12;
+    type_into(&root, "#prompt", PROMPT);
+    type_into(&root, "#gen-tokens", &NEW_TOKENS.to_string());
+    type_into(&root, "#temperature", "0.8");
+    type_into(&root, "#gen-seed", "5");
     find(&root, "[data-testid=generate]").click();
     until("both generations", 60.0, || !text_of(&root, "[data-testid=compare-tuned]").is_empty()).await;
-    assert!(text_of(&root, "[data-testid=compare-base]").starts_with("the "));
-    assert!(text_of(&root, "[data-testid=compare-tuned]").starts_with("the "));
+    let (shown_base, shown_tuned) = (text_of(&root, "[data-testid=compare-base]"), text_of(&root, "[data-testid=compare-tuned]"));
+
+    // The oracle: the engine's own generation with the same prompt, length, seed and sampling, from
+    // the base model and from an adapter trained outside the page with the page's settings.
+    let studio = state.studio.get_untracked().unwrap();
+    let (opts, settings) = state.form.parse(studio.config()).unwrap();
+    assert_eq!((opts.rank, settings.steps), (4, 6));
+    let sampling = Sampling { temperature: 0.8, top_k: 40, seed: 5 };
+    let base = studio.generate(PROMPT, NEW_TOKENS, &sampling, None).await.unwrap();
+    let (_, _, _, run) = unbroken_run(&studio, &opts, &settings).await;
+    let tuned = studio.generate(PROMPT, NEW_TOKENS, &sampling, Some(&run)).await.unwrap();
+    assert!(!base.is_empty() && !tuned.is_empty(), "the engine continues the prompt: {base:?}, {tuned:?}");
+    assert_eq!(shown_base, format!("{PROMPT}{base}"), "the base model's text");
+    assert_eq!(shown_tuned, format!("{PROMPT}{tuned}"), "the adapter's text");
 }
 
 fn train_and_download() -> impl IntoView {
@@ -221,15 +239,17 @@ async fn a_lost_device_keeps_the_text_and_the_adapter() {
 
 /// The oracle for the page's runs: the engine trains `opts` with `settings` on TEXT, outside the
 /// page and never stopped. Returns the validation loss before training (B = 0: the base model),
-/// each step's training loss, and the validation loss at the end.
-async fn unbroken_run(studio: &Studio, opts: &LoraOptions, settings: &TrainSettings) -> (f64, Vec<f64>, f64) {
+/// each step's training loss, the validation loss at the end, and the finished run.
+async fn unbroken_run(studio: &Studio, opts: &LoraOptions, settings: &TrainSettings) -> (f64, Vec<f64>, f64, Run) {
     let mut run = studio.start(TEXT, opts, settings.clone()).await.unwrap();
     let base = studio.validation_loss(&run).await.unwrap();
     let mut losses = Vec::new();
     while !run.finished() {
         losses.push(studio.step(&mut run).await.unwrap().loss.unwrap() as f64);
     }
-    (base, losses, studio.validation_loss(&run).await.unwrap())
+    assert_eq!(losses.len(), settings.steps, "one training loss per step");
+    let val = studio.validation_loss(&run).await.unwrap();
+    (base, losses, val, run)
 }
 
 fn rank_demo() -> impl IntoView {
@@ -266,7 +286,7 @@ async fn the_rank_demo_tables_each_ranks_validation_loss() {
     let mut vals = Vec::new();
     for (i, rank) in [1usize, 4].into_iter().enumerate() {
         let o = LoraOptions { rank, alpha: 2.0 * rank as f32, ..opts.clone() };
-        let (base, _, val) = unbroken_run(&studio, &o, &settings).await;
+        let (base, _, val, _) = unbroken_run(&studio, &o, &settings).await;
         assert!((shown_base - base).abs() < 1e-5, "base {shown_base} vs {base}");
         let shown: f64 = row_attr(i as u32, "data-val").parse().unwrap();
         assert_eq!(row_attr(i as u32, "data-rank"), rank.to_string());
@@ -367,8 +387,9 @@ async fn stop_and_resume_end_where_an_unbroken_run_does() {
 
     let studio = state.studio.get_untracked().unwrap();
     let (opts, settings) = state.form.parse(studio.config()).unwrap();
-    let (_, losses, val) = unbroken_run(&studio, &opts, &settings).await;
+    let (_, losses, val, _) = unbroken_run(&studio, &opts, &settings).await;
     assert!((shown - val).abs() < 1e-5, "after stop and resume {shown}, unbroken {val}");
+    assert_eq!(train.len(), losses.len(), "training losses {train:?} vs {losses:?}");
     for (a, b) in train.iter().zip(&losses) {
         assert!((a - b).abs() < 1e-4, "training losses {train:?} vs {losses:?}");
     }

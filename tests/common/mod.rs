@@ -34,3 +34,23 @@ pub async fn gpu() -> GpuContext {
         Err(e) => panic!("no GPU for the GPU tests: {e}"),
     }
 }
+
+/// Largest |got − want| (absolute). The two must have the same, non-zero length: a truncated or
+/// empty output fails here rather than comparing only a prefix. A NaN or an infinity on either
+/// side counts as an infinite difference (`f32::max` alone would drop a NaN).
+pub fn max_abs_diff(got: &[f32], want: &[f32], what: &str) -> f32 {
+    assert_eq!(got.len(), want.len(), "{what}: {} values, expected {}", got.len(), want.len());
+    assert!(!want.is_empty(), "{what}: nothing to compare");
+    got.iter().zip(want).fold(0.0f32, |worst, (&a, &b)| {
+        let e = (a - b).abs();
+        if e.is_finite() { worst.max(e) } else { f32::INFINITY }
+    })
+}
+
+/// `loratab::selftest::max_error` (relative to max(1, |want|)), after asserting the two have the
+/// same, non-zero length, so a mismatch names itself instead of reading as an infinite error.
+pub fn max_rel_error(got: &[f32], want: &[f32], what: &str) -> f32 {
+    assert_eq!(got.len(), want.len(), "{what}: {} values, expected {}", got.len(), want.len());
+    assert!(!want.is_empty(), "{what}: nothing to compare");
+    loratab::selftest::max_error(got, want)
+}

@@ -14,6 +14,15 @@ before(async () => {
 });
 after(async () => site?.close());
 
+// src/selftest.rs's `run`: for X·W, X·Wᵀ and Xᵀ·G, (m, n, k) = (7, 33, 130) and (130, 65, 33),
+// named `matmul {layout} {m}×{k}·{k}×{n}`; then add, scale and the sum of squares.
+const CHECKS = [
+  ...['X·W', 'X·Wᵀ', 'Xᵀ·G'].flatMap((l) => [`matmul ${l} 7×130·130×33`, `matmul ${l} 130×33·33×65`]),
+  'add ×1000',
+  'scale ×1000',
+  'sum of squares ×70001',
+];
+
 async function finalStatus(page) {
   const status = page.getByTestId('selftest');
   await page.waitForFunction(
@@ -34,7 +43,12 @@ test('the page reports the GPU self-test passed on real WebGPU', async () => {
     await page.getByTestId('gpu-summary').click();
     const { status, text } = await finalStatus(page);
     assert.equal(status, 'passed', `${text}\n${errors.join('\n')}`);
-    assert.match(text, /Self-test passed: (\d+) of \1 GPU checks/);
+    // Every check src/selftest.rs's `run` makes, by name and in order: three matmul layouts × two
+    // shapes, add, scale and the sum of squares. A self-test that ran none ("0 of 0") fails here.
+    assert.match(text, new RegExp(`Self-test passed: ${CHECKS.length} of ${CHECKS.length} GPU checks`));
+    const rows = await page.locator('tbody tr').evaluateAll((trs) => trs.map((tr) => [...tr.cells].map((td) => td.textContent.trim())));
+    assert.deepEqual(rows.map((r) => r[0]), CHECKS, 'the checks the self-test runs');
+    assert.ok(rows.every((r) => r[3] === 'ok'), `every row says ok: ${JSON.stringify(rows)}`);
     const adapter = (await page.getByTestId('adapter-name').textContent()).trim();
     assert.ok(adapter.length > 0, 'the adapter name is shown');
     const failedRows = await page.locator('tbody tr', { hasText: 'FAIL' }).count();
