@@ -54,8 +54,7 @@ pub trait Pass {
     /// y = the projection at `site` of block `l` applied to x. The frozen linear alone by default; the
     /// trainer adds its adapter's branch here.
     #[allow(clippy::too_many_arguments)]
-    fn project(&self, ctx: &GpuContext, enc: &mut Recorder, l: usize, block: &GpuBlock, site: Site, x: &GpuTensor, y: &GpuTensor) -> Result<(), GpuError> {
-        let _ = l;
+    fn project(&self, ctx: &GpuContext, enc: &mut Recorder, _l: usize, block: &GpuBlock, site: Site, x: &GpuTensor, y: &GpuTensor) -> Result<(), GpuError> {
         site.linear(block).expect("the block has this site").encode(ctx, enc, x, self.rows(), y)
     }
     /// Positions and attention: rotate q and k (Llama's RoPE) and write att from q, k, v.

@@ -61,31 +61,17 @@ impl GpuLinear {
         Ok(Self { weight, bias, in_dim: l.in_dim, out_dim: l.out_dim, layout: l.layout })
     }
 
-    /// y [rows, out] = x [rows, in] · W (+ b), writing y from float `y_offset` with row pitch `ldy`.
-    fn encode_into(
-        &self,
-        ctx: &GpuContext,
-        enc: &mut Recorder,
-        x: &GpuTensor,
-        rows: usize,
-        y: &GpuTensor,
-        ldy: usize,
-        y_offset: usize,
-    ) -> Result<(), GpuError> {
+    /// y [rows, out] = x [rows, in] · W (+ b); a weight split by output rows writes its column blocks.
+    pub(crate) fn encode(&self, ctx: &GpuContext, enc: &mut Recorder, x: &GpuTensor, rows: usize, y: &GpuTensor) -> Result<(), GpuError> {
         for (row0, part) in &self.weight.parts {
             let spec = match self.layout {
                 WeightLayout::InOut => Matmul::new(rows, self.out_dim, self.in_dim, Layout::XW),
                 WeightLayout::OutIn => Matmul::new(rows, part.shape[0], self.in_dim, Layout::XWt),
             }
-            .into_block(ldy, y_offset, *row0);
+            .into_block(self.out_dim, 0, *row0);
             gpu::matmul::encode(ctx, enc, &spec, x, part, self.bias.as_ref(), y)?;
         }
         Ok(())
-    }
-
-    /// y [rows, out] = x [rows, in] · W (+ b).
-    pub(crate) fn encode(&self, ctx: &GpuContext, enc: &mut Recorder, x: &GpuTensor, rows: usize, y: &GpuTensor) -> Result<(), GpuError> {
-        self.encode_into(ctx, enc, x, rows, y, self.out_dim, 0)
     }
 
     /// dx [rows, in] = beta·dx + dy·(∂y/∂x): dy·W for W [out, in], dy·Wᵀ for Conv1D's W [in, out]

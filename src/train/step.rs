@@ -301,41 +301,7 @@ impl Trainer {
         Ok(&self.acts.lora.xd)
     }
 
-    /// y = frozen layer (+ its adapter part, if any) of x: the trainer's projection (see [`Pass`]).
-    #[allow(clippy::too_many_arguments)]
-    fn linear(
-        &self,
-        ctx: &GpuContext,
-        enc: &mut Recorder,
-        l: usize,
-        block: &GpuBlock,
-        site: Site,
-        x: &GpuTensor,
-        y: &GpuTensor,
-    ) -> Result<(), GpuError> {
-        let lin = site.linear(block).expect("the site exists in this architecture");
-        let n = self.rows;
-        lin.encode(ctx, enc, x, n, y)?;
-        if !self.adapter_on.get() {
-            return Ok(());
-        }
-        if let Some(&(m, p)) = self.lora.index.get(&(l, site)) {
-            let module = &self.lora.modules[m];
-            let (r, u) = (module.rank, &self.acts.lora.u[m]);
-            if p == 0 {
-                // u = x·Aᵀ (shared by every part of a fused module, which all read the same x).
-                let x = self.dropped(ctx, enc, m, x)?;
-                let spec = Matmul::new(n, r, module.in_dim, Layout::XWt);
-                gpu::matmul::encode(ctx, enc, &spec, x, &module.a.value, None, u)?;
-            }
-            // y += s·u·B_pᵀ
-            let spec = Matmul::new(n, lin.out_dim, r, Layout::XWt).scaled(module.scale, 1.0);
-            gpu::matmul::encode(ctx, enc, &spec, u, &module.parts[p].1.value, None, y)?;
-        }
-        Ok(())
-    }
-
-    /// Backward of [`Trainer::linear`] given dy: the adapter's dB (and, at its last part, dA), and
+    /// Backward of the trainer's [`Pass::project`] given dy: the adapter's dB (and, at its last part, dA), and
     /// dx = beta·dx + dy·∂y/∂x (+ the adapter's s·g·A) when `dx` is given. `acc` is 1 to add the
     /// adapter's gradients to those already in its `grad` buffers (accumulation), 0 to overwrite.
     /// A frozen part (see [`GpuLora::freeze`]) gets no dB: its gradient stays zero.
@@ -538,8 +504,28 @@ impl Pass for Trainer {
         }
     }
 
+    /// y = frozen layer (+ its adapter part, if any) of x.
     fn project(&self, ctx: &GpuContext, enc: &mut Recorder, l: usize, block: &GpuBlock, site: Site, x: &GpuTensor, y: &GpuTensor) -> Result<(), GpuError> {
-        self.linear(ctx, enc, l, block, site, x, y)
+        let lin = site.linear(block).expect("the site exists in this architecture");
+        let n = self.rows;
+        lin.encode(ctx, enc, x, n, y)?;
+        if !self.adapter_on.get() {
+            return Ok(());
+        }
+        if let Some(&(m, p)) = self.lora.index.get(&(l, site)) {
+            let module = &self.lora.modules[m];
+            let (r, u) = (module.rank, &self.acts.lora.u[m]);
+            if p == 0 {
+                // u = x·Aᵀ (shared by every part of a fused module, which all read the same x).
+                let x = self.dropped(ctx, enc, m, x)?;
+                let spec = Matmul::new(n, r, module.in_dim, Layout::XWt);
+                gpu::matmul::encode(ctx, enc, &spec, x, &module.a.value, None, u)?;
+            }
+            // y += s·u·B_pᵀ
+            let spec = Matmul::new(n, lin.out_dim, r, Layout::XWt).scaled(module.scale, 1.0);
+            gpu::matmul::encode(ctx, enc, &spec, u, &module.parts[p].1.value, None, y)?;
+        }
+        Ok(())
     }
 
     fn attend(&self, ctx: &GpuContext, enc: &mut Recorder, c: &Config, l: usize, a: &BlockActs) -> Result<(), GpuError> {
@@ -548,12 +534,12 @@ impl Pass for Trainer {
             gpu::rope::encode_batched(ctx, enc, a.q, self.batch, t, c.num_heads, c.head_dim, c.rope_theta)?;
             gpu::rope::encode_batched(ctx, enc, a.k, self.batch, t, c.num_kv_heads, c.head_dim, c.rope_theta)?;
         }
-        let w = &self.acts.window;
+        let (w, heads) = (&self.acts.window, heads(c));
         for s in 0..self.batch {
             copy_rows(enc, a.q, s * t, &w.qs, 0, t, qd);
             copy_rows(enc, a.k, s * t, &w.ks, 0, t, kvd);
             copy_rows(enc, a.v, s * t, &w.vs, 0, t, kvd);
-            gpu::attention::encode(ctx, enc, &w.qs, &w.ks, &w.vs, &w.os, &self.acts.layers[l].probs[s], t, 0, &heads(c))?;
+            gpu::attention::encode(ctx, enc, &w.qs, &w.ks, &w.vs, &w.os, &self.acts.layers[l].probs[s], t, 0, &heads)?;
             copy_rows(enc, &w.os, 0, a.att, s * t, t, qd);
         }
         Ok(())
