@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::gpu::{self, GpuContext};
 use crate::lora::{Adapter, LoraOptions, Target};
-use crate::model::{Arch, Block, Config, GpuModel, HostTensor, Linear, Mlp, Model, Norm, WeightLayout};
+use crate::model::{Arch, Block, Config, GpuModel, HostTensor, Linear, Mlp, Model, Norm, Weight, WeightFormat, WeightLayout};
 use crate::ops::{Layout, Matmul};
 use crate::rng::Rng;
 use crate::train::{self, memory, Session, TrainError, TrainSettings, Trainer};
@@ -107,7 +107,8 @@ pub fn random_model(c: &Config, seed: u64) -> Model {
     };
     let (d, f, v) = (c.hidden_size, c.intermediate_size, c.vocab_size);
     let gpt2 = c.arch == Arch::Gpt2;
-    let token_embedding = random(&[v, d]);
+    let matrix = |t: HostTensor| Weight::from_f32(&t, WeightFormat::F32, "random").expect("f32 takes any shape");
+    let token_embedding = matrix(random(&[v, d]));
     let position_embedding = gpt2.then(|| random(&[c.max_positions, d]));
     let norm = |d: usize| Norm {
         weight: HostTensor::new(vec![1.0; d], vec![d]),
@@ -116,7 +117,7 @@ pub fn random_model(c: &Config, seed: u64) -> Model {
     let mut linear = |i: usize, o: usize, bias: bool| {
         let (shape, layout) = if gpt2 { ([i, o], WeightLayout::InOut) } else { ([o, i], WeightLayout::OutIn) };
         Linear {
-            weight: random(&shape),
+            weight: matrix(random(&shape)),
             bias: bias.then(|| HostTensor::new(vec![0.0; o], vec![o])),
             in_dim: i,
             out_dim: o,

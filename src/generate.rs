@@ -1,7 +1,7 @@
 //! Text generation with a KV cache: the prompt is run once, then each new token costs one position.
 
 use crate::gpu::GpuContext;
-use crate::model::{GpuModel, ModelError};
+use crate::model::{Branch, GpuModel, ModelError};
 use crate::rng::Rng;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -41,13 +41,15 @@ pub fn sample(logits: &[f32], s: &Sampling, rng: &mut Rng) -> u32 {
     order[order.len() - 1] as u32
 }
 
-/// Up to `max_tokens` new tokens after `prompt` (fewer if the context fills up).
+/// Up to `max_tokens` new tokens after `prompt` (fewer if the context fills up), with an adapter
+/// run beside the frozen weights when `adapter` is given.
 pub async fn generate(
     ctx: &GpuContext,
     model: &GpuModel,
     prompt: &[u32],
     max_tokens: usize,
     sampling: &Sampling,
+    adapter: Option<&dyn Branch>,
 ) -> Result<Vec<u32>, ModelError> {
     if prompt.is_empty() {
         return Err(ModelError::EmptyText);
@@ -57,7 +59,7 @@ pub async fn generate(
     let mut past = 0;
     let mut next_input = prompt.to_vec();
     while out.len() < max_tokens && past + next_input.len() <= model.config.max_positions {
-        let last = model.last_logits(ctx, &next_input, past).await?;
+        let last = model.last_logits(ctx, &next_input, past, adapter).await?;
         let token = sample(&last, sampling, &mut rng);
         out.push(token);
         past += next_input.len();

@@ -196,7 +196,7 @@ mod cli {
     ) -> Result<(), CliError> {
         let (ctx, model, tokenizer) = open(dir, adapter).await?;
         let ids = tokenizer.encode(prompt)?;
-        let out = loratab::generate::generate(&ctx, &model, &ids, max_tokens, sampling).await?;
+        let out = loratab::generate::generate(&ctx, &model, &ids, max_tokens, sampling, None).await?;
         println!("{}{}", prompt, tokenizer.decode(&out)?);
         Ok(())
     }

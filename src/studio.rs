@@ -8,7 +8,7 @@
 use crate::generate::{self, Sampling};
 use crate::gpu::{GpuContext, GpuError};
 use crate::lora::{self, Adapter, LoraError, LoraOptions};
-use crate::model::{config_json_f32, save_safetensors, Arch, Config, GpuModel, Model, ModelError, ModelFiles, Tokenizer};
+use crate::model::{config_json_f32, save_safetensors, Arch, Branch, Config, GpuModel, Model, ModelError, ModelFiles, Tokenizer};
 use crate::train::memory::MemoryBudget;
 use crate::train::{self, Dataset, GpuLora, Session, StepReport, TrainError, TrainSettings, TrainingState};
 use crate::zip::{self, ZipError};
@@ -378,22 +378,17 @@ impl Studio {
         Ok(SavedAdapter { adapter, state: Some(run.session.state(&self.ctx).await?) })
     }
 
-    /// Continue `prompt` by up to `max_tokens` tokens, with `run`'s adapter merged in when given.
+    /// Continue `prompt` by up to `max_tokens` tokens, with `run`'s adapter when given. The adapter
+    /// runs beside the frozen weights (not merged into them: compact weights cannot hold W + s·B·A,
+    /// and the base stays exactly the base for the next call).
     pub async fn generate(&self, prompt: &str, max_tokens: usize, sampling: &Sampling, adapter: Option<&Run>) -> Result<String, StudioError> {
         let ids = self.tokenize(prompt)?;
         if ids.len() >= self.config().max_positions {
             return Err(ModelError::TooLong { tokens: ids.len(), max: self.config().max_positions }.into());
         }
-        let lora = adapter.map(|r| &r.session.trainer.lora);
-        if let Some(lora) = lora {
-            lora.merge_into(&self.ctx, &self.model).await?;
-        }
-        let out = generate::generate(&self.ctx, &self.model, &ids, max_tokens, sampling).await;
-        // Take the adapter out again even if generation failed, so the base model stays the base.
-        if let Some(lora) = lora {
-            lora.unmerge_from(&self.ctx, &self.model).await?;
-        }
-        Ok(self.tokenizer.decode(&out?)?)
+        let lora = adapter.map(|r| &r.session.trainer.lora as &dyn Branch);
+        let out = generate::generate(&self.ctx, &self.model, &ids, max_tokens, sampling, lora).await?;
+        Ok(self.tokenizer.decode(&out)?)
     }
 
     /// A zip of the merged model folder (config.json, tokenizer.json, model.safetensors in f32) that

@@ -116,7 +116,7 @@ gpu_test! {
             let sampling = loratab::generate::Sampling { temperature: 0.0, top_k: 0, seed: 0 };
             let want = f.ids("greedy");
             assert!(!want.is_empty(), "{}: golden greedy tokens", f.name);
-            let got = loratab::generate::generate(&ctx, &gm, &f.ids("prompt"), want.len(), &sampling).await.unwrap();
+            let got = loratab::generate::generate(&ctx, &gm, &f.ids("prompt"), want.len(), &sampling, None).await.unwrap();
             assert_eq!(got, want, "{}", f.name);
         }
     }

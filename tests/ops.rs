@@ -290,3 +290,115 @@ gpu_test! {
         assert!(a.iter().zip(&b).filter(|(x, y)| x != y).count() > 400, "seeds give different masks");
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Frozen weights kept compact (f16, bf16, Q8_0, Q4_0, Q4_1): decoded inside the kernels.
+
+use loratab::model::{HostTensor, Weight, WeightFormat};
+
+/// A random [rows, cols] weight packed in `format`, its GPU copy, and its CPU dequantization.
+async fn packed(ctx: &loratab::gpu::GpuContext, rng: &mut Rng, rows: usize, cols: usize, format: WeightFormat) -> (loratab::gpu::GpuTensor, Vec<f32>) {
+    let w = Weight::from_f32(&HostTensor::new(rng.vec(rows * cols), vec![rows, cols]), format, "w").unwrap();
+    let gpu = ctx.upload_weight(&w).await.unwrap();
+    assert_eq!(gpu.format, format);
+    assert_eq!(gpu.bytes(), format.bytes(rows * cols));
+    (gpu, w.to_f32().data)
+}
+
+gpu_test! {
+    /// Every format's decoding on the GPU equals the CPU reference bit for bit, read both ways a
+    /// kernel reads a weight: the embedding lookup (row by row) and matmul's B operand (X·W with
+    /// X = I reads it along rows, X·Wᵀ with X = I along columns; multiplying by 1 and adding 0s is
+    /// exact).
+    async fn weight_formats_decode_exactly_on_the_gpu() {
+        let ctx = gpu().await;
+        let mut rng = Rng::new(90);
+        for format in WeightFormat::ALL {
+            for (rows, cols) in [(3, 64), (37, 96)] {
+                let (w, want) = packed(&ctx, &mut rng, rows, cols, format).await;
+                let ids: Vec<u32> = (0..rows as u32).collect();
+                let i = ctx.upload_u32(&ids, &[rows]).await.unwrap();
+                let o = ctx.zeros(&[rows, cols]).await.unwrap();
+                ctx.run(|enc| loratab::gpu::embedding::encode(&ctx, enc, &w, cols, 0, &i, &o, false)).await.unwrap();
+                assert_eq!(ctx.read(&o).await.unwrap(), want, "{format} embedding {rows}x{cols}");
+
+                // X·W: W read as B [K = rows, N = cols]; C = W.
+                let eye = |n: usize| (0..n * n).map(|j| if j % (n + 1) == 0 { 1.0 } else { 0.0 }).collect::<Vec<f32>>();
+                let a = ctx.upload(&eye(rows), &[rows, rows]).await.unwrap();
+                let c = ctx.zeros(&[rows, cols]).await.unwrap();
+                let spec = Matmul::new(rows, cols, rows, Layout::XW);
+                ctx.run(|enc| loratab::gpu::matmul::encode(&ctx, enc, &spec, &a, &w, None, &c)).await.unwrap();
+                assert_eq!(ctx.read(&c).await.unwrap(), want, "{format} X·W {rows}x{cols}");
+
+                // X·Wᵀ: W read as B [N = rows, K = cols]; C = Wᵀ.
+                let a = ctx.upload(&eye(cols), &[cols, cols]).await.unwrap();
+                let c = ctx.zeros(&[cols, rows]).await.unwrap();
+                let spec = Matmul::new(cols, rows, cols, Layout::XWt);
+                ctx.run(|enc| loratab::gpu::matmul::encode(&ctx, enc, &spec, &a, &w, None, &c)).await.unwrap();
+                let got = ctx.read(&c).await.unwrap();
+                let transposed: Vec<f32> = (0..cols * rows).map(|j| want[(j % rows) * cols + j / rows]).collect();
+                assert_eq!(got, transposed, "{format} X·Wᵀ {rows}x{cols}");
+            }
+        }
+    }
+}
+
+gpu_test! {
+    /// A matmul whose weight is compact equals the f32 reference run on the dequantized weight, in
+    /// both layouts a frozen weight is read in (forward X·Wᵀ / GPT-2's X·W, and the input gradient
+    /// dY·W), with bias, scale and accumulation, into and from column blocks (a split vocabulary).
+    async fn compact_weight_matmul_matches_f32_on_dequantized() {
+        let ctx = gpu().await;
+        let mut rng = Rng::new(91);
+        for format in WeightFormat::ALL {
+            for (m, n, k) in [(1, 96, 64), (7, 33, 128), (130, 64, 96)] {
+                for layout in [Layout::XW, Layout::XWt] {
+                    // The block runs along the stored rows: N for [K, N], K for [N, K].
+                    let (rows, cols) = if layout == Layout::XW { (k, n) } else { (n, k) };
+                    if format.is_quantized() && cols % 32 != 0 {
+                        continue;
+                    }
+                    let (w, dequantized) = packed(&ctx, &mut rng, rows, cols, format).await;
+                    let wide = n + 5;
+                    let spec = Matmul::new(m, n, k, layout).scaled(0.5, 1.0).into_block(wide, 0, 3);
+                    let (a, bias, c0) = (rng.vec(spec.a_len()), rng.vec(spec.bias_offset + n), rng.vec(spec.c_len()));
+                    let ta = ctx.upload(&a, &[a.len()]).await.unwrap();
+                    let tbias = ctx.upload(&bias, &[bias.len()]).await.unwrap();
+                    let tc = ctx.upload(&c0, &[c0.len()]).await.unwrap();
+                    ctx.run(|enc| loratab::gpu::matmul::encode(&ctx, enc, &spec, &ta, &w, Some(&tbias), &tc)).await.unwrap();
+                    let mut want = c0;
+                    reference::matmul::matmul(&spec, &a, &dequantized, Some(&bias), &mut want);
+                    let e = max_error(&ctx.read(&tc).await.unwrap(), &want);
+                    assert!(e <= MATMUL_TOLERANCE, "{format} {layout:?} m={m} n={n} k={k}: max error {e}");
+                }
+            }
+            // The LM head's backward reads A as a column block of the logits' gradient.
+            let (v, d, rows) = (100, 64, 7);
+            let (w, dequantized) = packed(&ctx, &mut rng, 60, d, format).await;
+            let spec = Matmul::new(rows, d, 60, Layout::XW).from_block(v, 40);
+            let a = rng.vec(rows * v);
+            let ta = ctx.upload(&a, &[a.len()]).await.unwrap();
+            let tc = ctx.zeros(&[rows * d]).await.unwrap();
+            ctx.run(|enc| loratab::gpu::matmul::encode(&ctx, enc, &spec, &ta, &w, None, &tc)).await.unwrap();
+            let mut want = vec![0.0; rows * d];
+            reference::matmul::matmul(&spec, &a, &dequantized, None, &mut want);
+            let e = max_error(&ctx.read(&tc).await.unwrap(), &want);
+            assert!(e <= MATMUL_TOLERANCE, "{format} from_block: max error {e}");
+        }
+    }
+}
+
+gpu_test! {
+    /// Only a weight operand may be packed: a compact A or C is refused with a sentence.
+    async fn compact_tensors_are_refused_where_f32_is_needed() {
+        let ctx = gpu().await;
+        let mut rng = Rng::new(92);
+        let (w, _) = packed(&ctx, &mut rng, 32, 32, WeightFormat::Q8_0).await;
+        let f = ctx.upload(&rng.vec(32 * 32), &[32, 32]).await.unwrap();
+        let spec = Matmul::new(32, 32, 32, Layout::XW);
+        for (a, c) in [(&w, &f), (&f, &w)] {
+            let err = ctx.run(|enc| loratab::gpu::matmul::encode(&ctx, enc, &spec, a, &f, None, c)).await.unwrap_err();
+            assert!(err.to_string().contains("only a weight operand may be packed"), "{err}");
+        }
+    }
+}

@@ -111,7 +111,7 @@ gpu_test! {
         let (mut merged, tok) = Model::from_files(&files()).unwrap();
         lora::merge(&mut merged, &saved.adapter).unwrap();
         let merged_gpu = GpuModel::upload(&studio.ctx, &merged).await.unwrap();
-        let ids = loratab::generate::generate(&studio.ctx, &merged_gpu, &tok.encode("the ").unwrap(), 8, &GREEDY).await.unwrap();
+        let ids = loratab::generate::generate(&studio.ctx, &merged_gpu, &tok.encode("the ").unwrap(), 8, &GREEDY, None).await.unwrap();
         assert_eq!(tuned, tok.decode(&ids).unwrap());
         assert_eq!(studio.generate("the ", 8, &GREEDY, None).await.unwrap(), base_text);
 

@@ -1,19 +1,15 @@
 //! Launcher for `shaders/embedding.wgsl`: out[t, :] = (or +=) table[ids[t] − row0, :] for the ids this
 //! part of the table holds. CPU reference: `reference::embedding`.
 
-use super::{check_len, check_u32, launch_1d, GpuContext, GpuError, GpuTensor, Kernel1d, Recorder};
+use super::{check_len, check_u32, for_format, launch_1d, weight_kernels, GpuContext, GpuError, GpuTensor, Kernel1d, Recorder};
 
-/// The lookup composed with the f32 weight seam (`shaders/weight_f32.wgsl`: the table is read only
-/// through `weight_at`, so another storage format is another `weight_<format>.wgsl` here, as in
-/// `matmul`) and the 1-D prelude.
-const KERNEL: Kernel1d = Kernel1d {
-    name: "embedding_f32",
-    source: concat!(
-        include_str!("../../shaders/embedding.wgsl"),
-        include_str!("../../shaders/weight_f32.wgsl"),
-        include_str!("../../shaders/prelude_1d.wgsl"),
-    ),
-};
+/// The lookup composed with each weight format's `weight_at` (`shaders/weight_<format>.wgsl`: the
+/// table stays packed and is decoded per value) and the 1-D prelude; picked by the table's format.
+const KERNELS: [Kernel1d; 6] = weight_kernels!(
+    "embedding",
+    include_str!("../../shaders/embedding.wgsl"),
+    include_str!("../../shaders/prelude_1d.wgsl")
+);
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -61,5 +57,6 @@ pub fn encode(
         rows: rows as u32,
         accumulate: accumulate as u32,
     };
-    launch_1d(ctx, encoder, "embedding", &KERNEL, tokens * dim, &[&ids.buffer, &table.buffer, &out.buffer], params)
+    super::check_f32("embedding", "out", out)?;
+    launch_1d(ctx, encoder, "embedding", for_format(&KERNELS, table.format), tokens * dim, &[&ids.buffer, &table.buffer, &out.buffer], params)
 }

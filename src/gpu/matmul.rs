@@ -2,22 +2,16 @@
 //! with optional bias, scale and accumulation. CPU reference: `reference::matmul`.
 //!
 //! The kernel reads its B operand (the weight) only through `weight_at`, defined by a small
-//! `shaders/weight_<format>.wgsl` composed after it here; today the one format is f32
-//! (`shaders/weight_f32.wgsl`, also used by the embedding lookup). To add a frozen-weight format
-//! (f16, bf16, Q8_0, Q4_0, Q4_1): write `shaders/weight_<format>.wgsl` (binding 1 over the packed
-//! words, `fn weight_at(i: u32) -> f32` decoding value i of the row-major matrix), compose it with
-//! `matmul.wgsl` under its own pipeline name as [`SOURCE_F32`] does, give the CPU side the same
-//! dequantization (the reference, and the tests comparing against it), and pick the source by the
-//! weight tensor's format in [`encode`]. The tiling, layouts and accumulation do not change.
+//! `shaders/weight_<format>.wgsl` composed after it here, one pipeline per format (f32, f16, bf16,
+//! Q8_0, Q4_0, Q4_1), picked by B's [`GpuTensor::format`]: a frozen weight stays packed on the GPU
+//! and is dequantized as the tile is staged. The CPU reference of each format's decoding is
+//! `model::Weight::to_f32`. The tiling, layouts and accumulation do not depend on the format.
 
-use super::{check_len, GpuContext, GpuError, GpuTensor, Recorder};
+use super::{check_f32, check_len, for_format, weight_kernels, GpuContext, GpuError, GpuTensor, Kernel1d, Recorder};
 use crate::ops::Matmul;
 
-/// matmul.wgsl with f32 weights: (pipeline name, WGSL source).
-const SOURCE_F32: (&str, &str) = (
-    "matmul_f32",
-    concat!(include_str!("../../shaders/matmul.wgsl"), include_str!("../../shaders/weight_f32.wgsl")),
-);
+/// matmul.wgsl composed with each weight format, `matmul_<format>`: picked by B's format.
+const KERNELS: [Kernel1d; 6] = weight_kernels!("matmul", include_str!("../../shaders/matmul.wgsl"));
 const TILE: usize = 64;
 
 #[repr(C)]
@@ -51,6 +45,8 @@ pub fn encode(
     bias: Option<&GpuTensor>,
     c: &GpuTensor,
 ) -> Result<(), GpuError> {
+    check_f32("matmul", "A", a)?;
+    check_f32("matmul", "C", c)?;
     check_len("matmul", "A", a, spec.a_len())?;
     check_len("matmul", "B", b, spec.b_len())?;
     check_len("matmul", "C", c, spec.c_len())?;
@@ -86,8 +82,8 @@ pub fn encode(
         lda: spec.lda as u32,
         a_offset: spec.a_offset as u32,
     };
-    let (name, source) = SOURCE_F32;
-    let pipeline = ctx.pipeline(name, source, "main", &[]);
+    let kernel = for_format(&KERNELS, b.format);
+    let pipeline = ctx.pipeline(kernel.name, kernel.source, "main", &[]);
     let uniform = ctx.uniform(&params);
     // Without a bias the shader never reads binding 2, but WebGPU wants something bound: reuse A.
     let bias = bias.unwrap_or(a);

@@ -83,7 +83,7 @@ impl From<wgpu::Error> for GpuError {
 pub(crate) const WORKGROUP_1D: u32 = 256;
 const _: () = assert!(WORKGROUP_1D == 256, "the row kernels and workgroup_reduce.wgsl still hard-code 256 threads");
 
-/// One element-wise (1-D) kernel: `name` keys its pipeline, `source` is the kernel's WGSL followed by
+/// One kernel's pipeline name and WGSL source. The 1-D (element-wise) kernels: `name` keys its pipeline, `source` is the kernel's WGSL followed by
 /// `shaders/prelude_1d.wgsl` (see [`kernel_1d!`]). Its entry point is `main`, its last binding the
 /// uniform parameters.
 pub(crate) struct Kernel1d {
@@ -104,6 +104,47 @@ macro_rules! kernel_1d {
     };
 }
 pub(crate) use kernel_1d;
+
+/// One kernel that reads a frozen weight, composed with each `shaders/weight_<format>.wgsl` (in
+/// [`WeightFormat::ALL`](crate::model::WeightFormat::ALL)'s order): `[(pipeline name, source); 6]`,
+/// the name being `<name>_<format>`. The kernel's other parts follow as further sources.
+macro_rules! weight_kernels {
+    ($name:literal, $kernel:expr $(, $more:expr)*) => {
+        [
+            weight_kernels!(@one $name, "f32", $kernel $(, $more)*),
+            weight_kernels!(@one $name, "f16", $kernel $(, $more)*),
+            weight_kernels!(@one $name, "bf16", $kernel $(, $more)*),
+            weight_kernels!(@one $name, "q8_0", $kernel $(, $more)*),
+            weight_kernels!(@one $name, "q4_0", $kernel $(, $more)*),
+            weight_kernels!(@one $name, "q4_1", $kernel $(, $more)*),
+        ]
+    };
+    (@one $name:literal, $format:literal, $kernel:expr $(, $more:expr)*) => {
+        $crate::gpu::Kernel1d {
+            name: concat!($name, "_", $format),
+            source: concat!(
+                $kernel,
+                include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/weight_", $format, ".wgsl")),
+                $($more,)*
+            ),
+        }
+    };
+}
+pub(crate) use weight_kernels;
+
+/// The variant of a [`weight_kernels!`] table for `format`.
+pub(crate) fn for_format(table: &[Kernel1d; 6], format: crate::model::WeightFormat) -> &Kernel1d {
+    let i = crate::model::WeightFormat::ALL.iter().position(|&f| f == format).expect("ALL lists every format");
+    &table[i]
+}
+
+/// `GpuError::Shape` for `op` unless `t` holds plain f32 values (only a weight operand may be packed).
+pub(crate) fn check_f32(op: &'static str, what: &str, t: &GpuTensor) -> Result<(), GpuError> {
+    if t.format != crate::model::WeightFormat::F32 {
+        return Err(GpuError::Shape { op, detail: format!("{what} is stored as {}, but only a weight operand may be packed", t.format) });
+    }
+    Ok(())
+}
 
 /// Record one dispatch of the 1-D `kernel` over `n` items: `n` checked to fit a u32 (the shader
 /// indexes with u32; `op` names the op in that error), nothing recorded for n = 0, the pipeline with

@@ -1,9 +1,11 @@
-//! `GpuTensor`: an f32 storage buffer and its row-major shape.
+//! `GpuTensor`: a storage buffer and its row-major shape: f32 values, or a frozen weight packed in
+//! a [`WeightFormat`] that only the kernels reading weights (matmul's B, the embedding) decode.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::{GpuContext, GpuError};
+use crate::model::{Weight, WeightFormat};
 
 /// Clones share the buffer (wgpu buffers are reference counted) and its [`Allocation`], so the
 /// bytes are counted once and released when the last clone goes.
@@ -11,6 +13,8 @@ use super::{GpuContext, GpuError};
 pub struct GpuTensor {
     pub buffer: wgpu::Buffer,
     pub shape: Vec<usize>,
+    /// F32 for everything but frozen weights uploaded with [`GpuContext::upload_weight`].
+    pub format: WeightFormat,
     _alloc: Arc<Allocation>,
 }
 
@@ -66,7 +70,7 @@ impl GpuTensor {
     }
 
     pub fn bytes(&self) -> u64 {
-        (self.len() * 4) as u64
+        self.format.bytes(self.len())
     }
 }
 
@@ -93,7 +97,7 @@ impl GpuContext {
 
     fn tensor(&self, buffer: wgpu::Buffer, shape: &[usize]) -> GpuTensor {
         let alloc = Allocation::new(&self.memory, buffer.size());
-        GpuTensor { buffer, shape: shape.to_vec(), _alloc: alloc }
+        GpuTensor { buffer, shape: shape.to_vec(), format: WeightFormat::F32, _alloc: alloc }
     }
 
     /// Bytes of tensors live on this device now, and at most since the last peak reset.
@@ -127,6 +131,22 @@ impl GpuContext {
             })
             .await?;
         Ok(self.tensor(buffer, shape))
+    }
+
+    /// Copy a frozen weight to the GPU in its own format (its packed words, as the
+    /// `shaders/weight_<format>.wgsl` of the kernels reading it expect them).
+    pub async fn upload_weight(&self, w: &Weight) -> Result<GpuTensor, GpuError> {
+        self.check_size("a weight", w.bytes())?;
+        let buffer = self
+            .scoped(|| {
+                let buffer = self.storage_buffer("weight", w.bytes());
+                self.queue.write_buffer(&buffer, 0, bytemuck::cast_slice(&w.words));
+                Ok(buffer)
+            })
+            .await?;
+        let mut t = self.tensor(buffer, &w.shape);
+        t.format = w.format;
+        Ok(t)
     }
 
     /// Copy integer data (token ids, targets) to a new GPU buffer; WGSL reads it as `array<u32>`.

@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde_json::{json, Value};
 
-use crate::model::{load_safetensors, save_safetensors, HostTensor, Linear, Model, WeightLayout};
+use crate::model::{load_safetensors, save_safetensors, HostTensor, Linear, Model, Weight, WeightFormat, WeightLayout};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoraError {
@@ -235,8 +235,11 @@ impl Adapter {
 }
 
 /// Add s·(B·A)[rows] to a linear layer's weight (respecting its layout). `rows` selects the part of
-/// B that belongs to this layer (all of it, or one third of GPT-2's fused c_attn).
+/// B that belongs to this layer (all of it, or one third of GPT-2's fused c_attn). A compact weight
+/// (f16, Q4_1, …) is merged into an f32 copy that replaces it: rounding W + ΔW back to 4 bits would
+/// lose most of ΔW, and a merged model is saved in f32 anyway.
 fn merge_into(l: &mut Linear, pair: &LoraPair, row0: usize) {
+    let mut w = l.weight.to_f32();
     let r = pair.a.shape[0];
     let (in_dim, out_dim) = (l.in_dim, l.out_dim);
     for o in 0..out_dim {
@@ -250,9 +253,10 @@ fn merge_into(l: &mut Linear, pair: &LoraPair, row0: usize) {
                 WeightLayout::OutIn => o * in_dim + i,
                 WeightLayout::InOut => i * out_dim + o,
             };
-            l.weight.data[idx] += pair.scale * d;
+            w.data[idx] += pair.scale * d;
         }
     }
+    l.weight = Weight::from_f32(&w, WeightFormat::F32, "merged").expect("f32 takes any shape");
 }
 
 /// W += s·B·A for every module of the adapter (on the CPU), checking shapes first.

@@ -39,6 +39,18 @@ pub struct BlockActs<'a> {
     pub h_out: &'a GpuTensor,
 }
 
+/// An adapter run beside the frozen projections instead of merged into them: what inference does
+/// with compact weights, which cannot hold W + s·B·A (and it keeps the base exact for the next call).
+pub trait Branch {
+    /// The scratch [rows, scratch_cols()] that [`Branch::encode`] gets (the adapter's largest rank).
+    fn scratch_cols(&self) -> usize;
+    /// y [rows, out] += the adapter's output at `site` of block `l` for x [rows, in], if it adapts
+    /// that site. Sites of one fused module are projected in order from the same x, so `u` computed
+    /// at the first may be reused by the next.
+    #[allow(clippy::too_many_arguments)]
+    fn encode(&self, ctx: &GpuContext, enc: &mut Recorder, l: usize, site: Site, x: &GpuTensor, rows: usize, u: &GpuTensor, y: &GpuTensor) -> Result<(), GpuError>;
+}
+
 /// What one encoding of the network needs from its caller.
 pub trait Pass {
     /// Rows of every row-wise op (tokens of the call, or windows × tokens of a batch).

@@ -3,10 +3,11 @@
 //! backward) is here. `forward` runs the one network of `block.rs` over new tokens with the KV
 //! cache ([`CachedPass`]), then the LM head.
 
-use super::block::{self, BlockActs, Pass};
+use super::block::{self, BlockActs, Branch, Pass};
 use super::*;
 use crate::gpu::{self, GpuContext, GpuTensor, Recorder};
 use crate::ops::{Layout, Matmul};
+use crate::lora::Site;
 use crate::reference::attention::Heads;
 
 /// A [rows, cols] matrix kept as consecutive row blocks, each within the GPU's binding limit
@@ -19,18 +20,25 @@ pub struct RowParts {
 }
 
 impl RowParts {
-    async fn upload(ctx: &GpuContext, t: &HostTensor) -> Result<Self, ModelError> {
-        let (rows, cols) = (t.shape[0], t.shape[1]);
-        let per_part = ((ctx.max_binding() / 4) as usize / cols.max(1)).max(1);
+    /// Upload `w` in its own format, cut into row blocks that each fit one binding.
+    async fn upload(ctx: &GpuContext, w: &Weight) -> Result<Self, ModelError> {
+        let (rows, cols) = (w.shape[0], w.shape[1]);
+        let row_bytes = w.format.bytes(cols).max(1);
+        let per_part = (ctx.max_binding() / row_bytes).max(1) as usize;
         let mut parts = Vec::new();
         let mut row0 = 0;
         while row0 < rows {
             let n = per_part.min(rows - row0);
-            let data = &t.data[row0 * cols..(row0 + n) * cols];
-            parts.push((row0, ctx.upload(data, &[n, cols]).await?));
+            let part = if n == rows { ctx.upload_weight(w).await? } else { ctx.upload_weight(&w.slice_rows(row0, n)).await? };
+            parts.push((row0, part));
             row0 += n;
         }
         Ok(Self { parts, rows, cols })
+    }
+
+    /// GPU bytes of all parts.
+    pub fn bytes(&self) -> u64 {
+        self.parts.iter().map(|(_, p)| p.bytes()).sum()
     }
 }
 
@@ -49,7 +57,7 @@ impl GpuLinear {
         if l.layout == WeightLayout::InOut && weight.parts.len() > 1 {
             return Err(GpuError::TooLarge {
                 what: "a Conv1D weight".into(),
-                bytes: (l.weight.data.len() * 4) as u64,
+                bytes: l.weight.bytes(),
                 limit: ctx.max_binding(),
             }
             .into());
@@ -224,6 +232,11 @@ impl GpuModel {
     /// Final hidden states [tokens, hidden] (after the last norm) for `tokens` at positions
     /// past..past+len, attending to the `past` positions already in the KV cache (0 starts anew).
     pub async fn hidden(&self, ctx: &GpuContext, tokens: &[u32], past: usize) -> Result<GpuTensor, ModelError> {
+        self.hidden_with(ctx, tokens, past, None).await
+    }
+
+    /// [`GpuModel::hidden`] with an adapter run beside the frozen projections.
+    pub async fn hidden_with(&self, ctx: &GpuContext, tokens: &[u32], past: usize, branch: Option<&dyn Branch>) -> Result<GpuTensor, ModelError> {
         let c = &self.config;
         let t = tokens.len();
         if t == 0 {
@@ -239,7 +252,12 @@ impl GpuModel {
         let heads = heads(c);
         // Activations for this call, shared by every block (the trainer keeps its own per block).
         let positions: Vec<u32> = (past as u32..(past + t) as u32).collect();
+        let branch = match branch {
+            Some(b) => Some((b, ctx.zeros(&[t, b.scratch_cols()]).await?)),
+            None => None,
+        };
         let pass = CachedPass {
+            branch,
             rows: t,
             past,
             layers: self.blocks.len(),
@@ -316,9 +334,10 @@ impl GpuModel {
         self.logits(ctx, &h, 0, tokens.len()).await
     }
 
-    /// Logits of the last token only [vocab] (all that sampling needs).
-    pub async fn last_logits(&self, ctx: &GpuContext, tokens: &[u32], past: usize) -> Result<Vec<f32>, ModelError> {
-        let h = self.hidden(ctx, tokens, past).await?;
+    /// Logits of the last token only [vocab] (all that sampling needs), with `branch` beside the
+    /// frozen projections when given.
+    pub async fn last_logits(&self, ctx: &GpuContext, tokens: &[u32], past: usize, branch: Option<&dyn Branch>) -> Result<Vec<f32>, ModelError> {
+        let h = self.hidden_with(ctx, tokens, past, branch).await?;
         Ok(ctx.read(&self.logits(ctx, &h, tokens.len() - 1, 1).await?).await?)
     }
 
@@ -353,7 +372,9 @@ pub(crate) fn heads(c: &Config) -> Heads {
 /// The inference forward's [`Pass`]: one set of activations shared by every block (the residual
 /// stream alternates between `x` and `x2`), RoPE from position `past`, k and v appended to the KV
 /// cache and attended over with everything cached before them.
-struct CachedPass {
+struct CachedPass<'a> {
+    /// An adapter beside the frozen projections, and its scratch [rows, rank].
+    branch: Option<(&'a dyn Branch, GpuTensor)>,
     rows: usize,
     past: usize,
     layers: usize,
@@ -375,9 +396,17 @@ struct CachedPass {
     out: GpuTensor,
 }
 
-impl Pass for CachedPass {
+impl Pass for CachedPass<'_> {
     fn rows(&self) -> usize {
         self.rows
+    }
+
+    fn project(&self, ctx: &GpuContext, enc: &mut Recorder, l: usize, block: &GpuBlock, site: Site, x: &GpuTensor, y: &GpuTensor) -> Result<(), GpuError> {
+        site.linear(block).expect("the block has this site").encode(ctx, enc, x, self.rows, y)?;
+        match &self.branch {
+            Some((branch, u)) => branch.encode(ctx, enc, l, site, x, self.rows, u, y),
+            None => Ok(()),
+        }
     }
 
     fn ids(&self) -> (&GpuTensor, &GpuTensor) {

@@ -61,43 +61,40 @@ impl ModelFiles {
     }
 }
 
-/// Every tensor of one safetensors file, converted to f32.
-pub fn load_safetensors(file: &str, bytes: &[u8]) -> Result<HashMap<String, HostTensor>, ModelError> {
+/// Every tensor of one safetensors file in its stored format: F16 and BF16 stay 16-bit (the GPU
+/// keeps frozen weights so), F32 and integer tensors (token ids in golden files, GPT-2's old
+/// causal-mask buffers) become f32.
+pub fn load_weights(file: &str, bytes: &[u8]) -> Result<HashMap<String, Weight>, ModelError> {
     use safetensors::Dtype;
     let st = safetensors::SafeTensors::deserialize(bytes)
         .map_err(|e| ModelError::Safetensors { file: file.to_string(), reason: e.to_string() })?;
     let mut out = HashMap::new();
     for (name, view) in st.tensors() {
-        let data = view.data();
-        let values: Vec<f32> = match view.dtype() {
-            Dtype::F32 => data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-            Dtype::F16 => data
-                .chunks_exact(2)
-                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-            Dtype::BF16 => data
-                .chunks_exact(2)
-                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-            // Integer tensors (token ids in golden files, GPT-2's old causal-mask buffers) as f32.
-            Dtype::I64 => data
-                .chunks_exact(8)
-                .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")) as f32)
-                .collect(),
-            Dtype::I32 => data
-                .chunks_exact(4)
-                .map(|c| i32::from_le_bytes(c.try_into().expect("4 bytes")) as f32)
-                .collect(),
+        let (data, shape) = (view.data(), view.shape());
+        let ints = |width: usize, int: fn(&[u8]) -> f32| {
+            HostTensor::new(data.chunks_exact(width).map(int).collect(), shape.to_vec())
+        };
+        let weight = match view.dtype() {
+            Dtype::F32 => Weight::from_stored(WeightFormat::F32, shape, data, &name)?,
+            Dtype::F16 => Weight::from_stored(WeightFormat::F16, shape, data, &name)?,
+            Dtype::BF16 => Weight::from_stored(WeightFormat::Bf16, shape, data, &name)?,
+            Dtype::I64 => Weight::from_f32(&ints(8, |c| i64::from_le_bytes(c.try_into().expect("8 bytes")) as f32), WeightFormat::F32, &name)?,
+            Dtype::I32 => Weight::from_f32(&ints(4, |c| i32::from_le_bytes(c.try_into().expect("4 bytes")) as f32), WeightFormat::F32, &name)?,
             other => return Err(ModelError::UnsupportedDtype { name, dtype: format!("{other:?}") }),
         };
-        out.insert(name, HostTensor::new(values, view.shape().to_vec()));
+        out.insert(name, weight);
     }
     Ok(out)
 }
 
+/// Every tensor of one safetensors file, converted to f32.
+pub fn load_safetensors(file: &str, bytes: &[u8]) -> Result<HashMap<String, HostTensor>, ModelError> {
+    Ok(load_weights(file, bytes)?.into_iter().map(|(name, w)| (name, w.to_f32())).collect())
+}
+
 /// Named tensors, taken one by one with the shape config.json implies.
 struct Tensors {
-    map: HashMap<String, HostTensor>,
+    map: HashMap<String, Weight>,
     prefixes: &'static [&'static str],
     model_type: String,
 }
@@ -107,7 +104,7 @@ impl Tensors {
         self.prefixes.iter().map(|p| format!("{p}{name}")).find(|k| self.map.contains_key(k))
     }
 
-    fn take(&mut self, name: &str, shape: &[usize]) -> Result<HostTensor, ModelError> {
+    fn take(&mut self, name: &str, shape: &[usize]) -> Result<Weight, ModelError> {
         let key = self.find(name).ok_or_else(|| ModelError::MissingTensor {
             name: format!("{}{name}", self.prefixes[0]),
             model_type: self.model_type.clone(),
@@ -119,14 +116,19 @@ impl Tensors {
         Ok(t)
     }
 
-    fn take_opt(&mut self, name: &str, shape: &[usize]) -> Result<Option<HostTensor>, ModelError> {
+    fn take_opt(&mut self, name: &str, shape: &[usize]) -> Result<Option<Weight>, ModelError> {
         if self.find(name).is_some() { self.take(name, shape).map(Some) } else { Ok(None) }
+    }
+
+    /// A vector (norm weight, bias) or position table: always f32 on the host and the GPU.
+    fn take_f32(&mut self, name: &str, shape: &[usize]) -> Result<HostTensor, ModelError> {
+        Ok(self.take(name, shape)?.to_f32())
     }
 
     fn norm(&mut self, name: &str, dim: usize, with_bias: bool) -> Result<Norm, ModelError> {
         Ok(Norm {
-            weight: self.take(&format!("{name}.weight"), &[dim])?,
-            bias: if with_bias { Some(self.take(&format!("{name}.bias"), &[dim])?) } else { None },
+            weight: self.take_f32(&format!("{name}.weight"), &[dim])?,
+            bias: if with_bias { Some(self.take_f32(&format!("{name}.bias"), &[dim])?) } else { None },
         })
     }
 
@@ -134,7 +136,7 @@ impl Tensors {
     fn linear(&mut self, name: &str, in_dim: usize, out_dim: usize, bias: bool) -> Result<Linear, ModelError> {
         Ok(Linear {
             weight: self.take(&format!("{name}.weight"), &[out_dim, in_dim])?,
-            bias: if bias { Some(self.take(&format!("{name}.bias"), &[out_dim])?) } else { None },
+            bias: if bias { Some(self.take_f32(&format!("{name}.bias"), &[out_dim])?) } else { None },
             in_dim,
             out_dim,
             layout: WeightLayout::OutIn,
@@ -145,7 +147,7 @@ impl Tensors {
     fn conv1d(&mut self, name: &str, in_dim: usize, out_dim: usize) -> Result<Linear, ModelError> {
         Ok(Linear {
             weight: self.take(&format!("{name}.weight"), &[in_dim, out_dim])?,
-            bias: Some(self.take(&format!("{name}.bias"), &[out_dim])?),
+            bias: Some(self.take_f32(&format!("{name}.bias"), &[out_dim])?),
             in_dim,
             out_dim,
             layout: WeightLayout::InOut,
@@ -153,23 +155,31 @@ impl Tensors {
     }
 }
 
-/// Split GPT-2's fused c_attn (weight [in, 3·d], bias [3·d]) into q, k, v Conv1D layers.
-fn split_c_attn(fused: Linear, d: usize) -> [Linear; 3] {
+/// Split GPT-2's fused c_attn (weight [in, 3·d], bias [3·d]) into q, k, v Conv1D layers, each in
+/// the fused weight's format (column slices of a 16-bit weight repack exactly).
+fn split_c_attn(fused: Linear, d: usize) -> Result<[Linear; 3], ModelError> {
     let in_dim = fused.in_dim;
     let bias = fused.bias.expect("c_attn has a bias");
-    std::array::from_fn(|part| {
-        let mut w = Vec::with_capacity(in_dim * d);
-        for row in fused.weight.data.chunks(3 * d) {
-            w.extend_from_slice(&row[part * d..(part + 1) * d]);
-        }
+    let all = fused.weight.to_f32();
+    let parts: Vec<Weight> = (0..3)
+        .map(|part| {
+            let mut w = Vec::with_capacity(in_dim * d);
+            for row in all.data.chunks(3 * d) {
+                w.extend_from_slice(&row[part * d..(part + 1) * d]);
+            }
+            Weight::from_f32(&HostTensor::new(w, vec![in_dim, d]), fused.weight.format, "attn.c_attn.weight")
+        })
+        .collect::<Result<_, _>>()?;
+    let mut parts = parts.into_iter();
+    Ok(std::array::from_fn(|part| {
         Linear {
-            weight: HostTensor::new(w, vec![in_dim, d]),
+            weight: parts.next().expect("three parts"),
             bias: Some(HostTensor::new(bias.data[part * d..(part + 1) * d].to_vec(), vec![d])),
             in_dim,
             out_dim: d,
             layout: WeightLayout::InOut,
         }
-    })
+    }))
 }
 
 impl Model {
@@ -178,7 +188,7 @@ impl Model {
         let config = Config::from_json(&files.config)?;
         let mut map = HashMap::new();
         for (name, bytes) in &files.weights {
-            map.extend(load_safetensors(name, bytes)?);
+            map.extend(load_weights(name, bytes)?);
         }
         let model = Self::from_tensors(config, map)?;
         let tokenizer = Tokenizer::from_bytes(&files.tokenizer)?;
@@ -198,7 +208,7 @@ impl Model {
     }
 
     /// Arrange named tensors (as transformers names them) into the model, checking every shape.
-    pub fn from_tensors(config: Config, map: HashMap<String, HostTensor>) -> Result<Model, ModelError> {
+    pub fn from_tensors(config: Config, map: HashMap<String, Weight>) -> Result<Model, ModelError> {
         let c = &config;
         let (d, v, f) = (c.hidden_size, c.vocab_size, c.intermediate_size);
         match c.arch {
@@ -206,11 +216,11 @@ impl Model {
                 // GPT2LMHeadModel prefixes "transformer."; a bare GPT2Model (the original gpt2 files) does not.
                 let mut t = Tensors { map, prefixes: &["transformer.", ""], model_type: c.model_type.clone() };
                 let token_embedding = t.take("wte.weight", &[v, d])?;
-                let position_embedding = Some(t.take("wpe.weight", &[c.max_positions, d])?);
+                let position_embedding = Some(t.take_f32("wpe.weight", &[c.max_positions, d])?);
                 let mut blocks = Vec::new();
                 for i in 0..c.num_layers {
                     let p = format!("h.{i}");
-                    let [q, k, vv] = split_c_attn(t.conv1d(&format!("{p}.attn.c_attn"), d, 3 * d)?, d);
+                    let [q, k, vv] = split_c_attn(t.conv1d(&format!("{p}.attn.c_attn"), d, 3 * d)?, d)?;
                     blocks.push(Block {
                         attn_norm: t.norm(&format!("{p}.ln_1"), d, true)?,
                         q,
@@ -284,7 +294,7 @@ impl Model {
         let mut out = Vec::new();
         let mut put = |name: String, t: &HostTensor| out.push((name, t.clone()));
         fn linear(put: &mut dyn FnMut(String, &HostTensor), name: &str, l: &Linear) {
-            put(format!("{name}.weight"), &l.weight);
+            put(format!("{name}.weight"), &l.weight.to_f32());
             if let Some(b) = &l.bias {
                 put(format!("{name}.bias"), b);
             }
@@ -297,7 +307,7 @@ impl Model {
         };
         match c.arch {
             Arch::Gpt2 => {
-                put("transformer.wte.weight".into(), &self.token_embedding);
+                put("transformer.wte.weight".into(), &self.token_embedding.to_f32());
                 if let Some(p) = &self.position_embedding {
                     put("transformer.wpe.weight".into(), p);
                 }
@@ -306,10 +316,11 @@ impl Model {
                     norm(&mut put, &format!("{p}.ln_1"), &b.attn_norm);
                     // Re-fuse q, k, v ([in, d] each) into c_attn [in, 3d].
                     let (d_in, d) = (b.q.in_dim, b.q.out_dim);
+                    let qkv = [&b.q, &b.k, &b.v].map(|l| l.weight.to_f32().data);
                     let mut w = Vec::with_capacity(d_in * 3 * d);
                     for row in 0..d_in {
-                        for part in [&b.q, &b.k, &b.v] {
-                            w.extend_from_slice(&part.weight.data[row * d..(row + 1) * d]);
+                        for part in &qkv {
+                            w.extend_from_slice(&part[row * d..(row + 1) * d]);
                         }
                     }
                     let bias: Vec<f32> = [&b.q, &b.k, &b.v]
@@ -328,7 +339,7 @@ impl Model {
                 norm(&mut put, "transformer.ln_f", &self.final_norm);
             }
             Arch::Llama => {
-                put("model.embed_tokens.weight".into(), &self.token_embedding);
+                put("model.embed_tokens.weight".into(), &self.token_embedding.to_f32());
                 for (i, b) in self.blocks.iter().enumerate() {
                     let p = format!("model.layers.{i}");
                     norm(&mut put, &format!("{p}.input_layernorm"), &b.attn_norm);

@@ -4,18 +4,21 @@
 //! (`gpu::model`) both read this structure top to bottom.
 
 pub(crate) mod block;
+pub use block::Branch;
 mod config;
 mod forward;
 mod load;
 mod tokenizer;
+mod weight;
 pub mod default;
 
 pub use config::{config_json_f32, Arch, Config};
 pub(crate) use forward::heads;
 pub use forward::{GpuBlock, GpuLinear, GpuMlp, GpuModel, GpuNorm, RowParts};
-pub use load::{load_safetensors, save_safetensors, save_safetensors_f16, ModelFiles};
+pub use load::{load_safetensors, load_weights, save_safetensors, save_safetensors_f16, ModelFiles};
 pub(crate) use load::serialize_views;
 pub use tokenizer::Tokenizer;
+pub use weight::{Weight, WeightFormat};
 
 use crate::gpu::GpuError;
 
@@ -32,6 +35,8 @@ pub enum ModelError {
     UnsupportedModelType(String),
     #[error("{file} is not a valid safetensors file ({reason}); it may be truncated or corrupted: download it again")]
     Safetensors { file: String, reason: String },
+    #[error("tensor `{name}` cannot be kept in that format: {detail}")]
+    Format { name: String, detail: String },
     #[error("tensor `{name}` is stored as {dtype}; loratab reads F32, F16 and BF16 weights")]
     UnsupportedDtype { name: String, dtype: String },
     #[error("tensor `{name}` is missing from the weights: the files do not match config.json ({model_type})")]
@@ -77,7 +82,8 @@ pub enum WeightLayout {
 
 #[derive(Debug, Clone)]
 pub struct Linear {
-    pub weight: HostTensor,
+    /// In its storage format (f16 stays f16, a Q4_1 GGUF tensor stays Q4_1): the GPU keeps it so.
+    pub weight: Weight,
     pub bias: Option<HostTensor>,
     pub in_dim: usize,
     pub out_dim: usize,
@@ -114,8 +120,8 @@ pub struct Block {
 #[derive(Debug, Clone)]
 pub struct Model {
     pub config: Config,
-    /// [vocab, hidden]
-    pub token_embedding: HostTensor,
+    /// [vocab, hidden], in its storage format like the linear weights.
+    pub token_embedding: Weight,
     /// GPT-2's learned positions [max_positions, hidden].
     pub position_embedding: Option<HostTensor>,
     pub blocks: Vec<Block>,
@@ -124,11 +130,33 @@ pub struct Model {
     pub lm_head: Option<Linear>,
 }
 
+/// The frozen matrices of a model with names for messages, by shared or mutable reference (`$m`
+/// is `mut` or nothing): one list for both.
+macro_rules! frozen_matrices {
+    ($model:ident, $($m:ident)?) => {{
+        let mut out = vec![("embed_tokens.weight".to_string(), &$($m)? $model.token_embedding)];
+        for (i, b) in (&$($m)? $model.blocks).into_iter().enumerate() {
+            let mlp = match &$($m)? b.mlp {
+                Mlp::Gelu { fc, proj } => vec![("fc", fc), ("proj", proj)],
+                Mlp::SwiGlu { gate, up, down } => vec![("gate_proj", gate), ("up_proj", up), ("down_proj", down)],
+            };
+            let attn = [("q_proj", &$($m)? b.q), ("k_proj", &$($m)? b.k), ("v_proj", &$($m)? b.v), ("o_proj", &$($m)? b.o)];
+            for (name, l) in attn.into_iter().chain(mlp) {
+                out.push((format!("layers.{i}.{name}.weight"), &$($m)? l.weight));
+            }
+        }
+        if let Some(h) = &$($m)? $model.lm_head {
+            out.push(("lm_head.weight".to_string(), &$($m)? h.weight));
+        }
+        out
+    }};
+}
+
 impl Model {
     pub fn num_params(&self) -> usize {
-        let lin = |l: &Linear| l.weight.data.len() + l.bias.as_ref().map_or(0, |b| b.data.len());
+        let lin = |l: &Linear| l.weight.len() + l.bias.as_ref().map_or(0, |b| b.data.len());
         let norm = |n: &Norm| n.weight.data.len() + n.bias.as_ref().map_or(0, |b| b.data.len());
-        let mut n = self.token_embedding.data.len()
+        let mut n = self.token_embedding.len()
             + self.position_embedding.as_ref().map_or(0, |p| p.data.len())
             + norm(&self.final_norm)
             + self.lm_head.as_ref().map_or(0, lin);
@@ -140,6 +168,33 @@ impl Model {
             };
         }
         n
+    }
+
+    /// Every frozen matrix (token embedding, linear weights) with a name for messages.
+    fn matrices_mut(&mut self) -> Vec<(String, &mut Weight)> {
+        frozen_matrices!(self, mut)
+    }
+
+    fn matrices(&self) -> Vec<(String, &Weight)> {
+        frozen_matrices!(self,)
+    }
+
+    /// Keep every frozen matrix in `format` (`--base-dtype`: quantize or widen at load, like
+    /// `load_in_8bit`/`load_in_4bit`); norms, biases and positions stay f32.
+    pub fn convert_weights(&mut self, format: WeightFormat) -> Result<(), ModelError> {
+        for (name, w) in self.matrices_mut() {
+            *w = w.convert(format, &name)?;
+        }
+        Ok(())
+    }
+
+    /// The frozen matrices' formats and how many of each (e.g. "q4_1 ×210, q8_0 ×1").
+    pub fn weight_formats(&self) -> std::collections::BTreeMap<WeightFormat, usize> {
+        let mut counts = std::collections::BTreeMap::new();
+        for (_, w) in self.matrices() {
+            *counts.entry(w.format).or_insert(0) += 1;
+        }
+        counts
     }
 
     /// Check token ids against the vocabulary before they reach a GPU kernel.

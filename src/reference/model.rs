@@ -13,7 +13,7 @@ pub fn linear(x: &[f32], rows: usize, l: &Linear) -> Vec<f32> {
     };
     let spec = Matmul::new(rows, l.out_dim, l.in_dim, layout);
     let mut y = vec![0.0; rows * l.out_dim];
-    matmul::matmul(&spec, x, &l.weight.data, l.bias.as_ref().map(|b| b.data.as_slice()), &mut y);
+    matmul::matmul(&spec, x, &l.weight.to_f32().data, l.bias.as_ref().map(|b| b.data.as_slice()), &mut y);
     y
 }
 
@@ -30,7 +30,7 @@ pub fn forward(model: &Model, tokens: &[u32]) -> Vec<f32> {
     let c = &model.config;
     let (t, d) = (tokens.len(), c.hidden_size);
     let mut x = vec![0.0; t * d];
-    embedding::embedding(&model.token_embedding.data, d, tokens, &mut x, false);
+    embedding::embedding(&model.token_embedding.to_f32().data, d, tokens, &mut x, false);
     if let Some(pos) = &model.position_embedding {
         let positions: Vec<u32> = (0..t as u32).collect();
         embedding::embedding(&pos.data, d, &positions, &mut x, true);
@@ -65,7 +65,7 @@ pub fn forward(model: &Model, tokens: &[u32]) -> Vec<f32> {
         None => {
             let mut logits = vec![0.0; t * c.vocab_size];
             let spec = Matmul::new(t, c.vocab_size, d, Layout::XWt);
-            matmul::matmul(&spec, &h, &model.token_embedding.data, None, &mut logits);
+            matmul::matmul(&spec, &h, &model.token_embedding.to_f32().data, None, &mut logits);
             logits
         }
     }

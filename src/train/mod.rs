@@ -43,6 +43,8 @@ pub enum TrainError {
     Batch(String),
     #[error("{0} is not supported by the trainer yet")]
     Unsupported(String),
+    #[error("`{module}` cannot be merged on the GPU: its frozen weight is kept in {format}, which cannot hold W + s·B·A. Generation runs the adapter beside the weight instead; `loratab merge` merges into an f32 copy")]
+    CompactMerge { module: String, format: crate::model::WeightFormat },
     #[error("the text has {tokens} tokens, too short for training with --seq-len {seq_len}: it needs at least {needed} (one window to train on and one to validate on); give more text or a smaller --seq-len")]
     TextTooShort { tokens: usize, seq_len: usize, needed: usize },
     /// A training setting that cannot work (rank 0, a learning rate ≤ 0, …): the sentence says which.

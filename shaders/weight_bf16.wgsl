@@ -1,0 +1,11 @@
+
+// ---- weight_bf16.wgsl: the frozen-weight seam (see weight_f32.wgsl) for bfloat16.
+// Layout: word i/2 holds values 2j (low half) and 2j+1 (high half); a bf16 is the top 16 bits of
+// an f32, so decoding is a shift. CPU reference: model::weight (WeightFormat::Bf16).
+
+@group(0) @binding(1) var<storage, read> weight: array<u32>;
+
+fn weight_at(i: u32) -> f32 {
+    let w = weight[i >> 1u];
+    return bitcast<f32>(select(w << 16u, w & 0xffff0000u, (i & 1u) == 1u));
+}

@@ -1,0 +1,15 @@
+
+// ---- weight_q4_1.wgsl: the frozen-weight seam (see weight_f32.wgsl) for ggml's Q4_1.
+// Layout: 5 words per block of 32 values (ggml's 20 bytes): word 0 = the f16 scale d (low half) and
+// the f16 minimum m (high half), words 1..5 = the 32 4-bit quants in value order (nibble k of word
+// 1 + j is value 8j + k). value = q · d + m. CPU reference: model::weight (WeightFormat::Q4_1).
+
+@group(0) @binding(1) var<storage, read> weight: array<u32>;
+
+fn weight_at(i: u32) -> f32 {
+    let b = (i >> 5u) * 5u;
+    let dm = unpack2x16float(weight[b]);
+    let j = i & 31u;
+    let q = (weight[b + 1u + (j >> 3u)] >> (4u * (j & 7u))) & 0xfu;
+    return f32(q) * dm.x + dm.y;
+}
