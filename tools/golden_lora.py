@@ -38,15 +38,17 @@ bias="none", all other LoraConfig fields at their PEFT defaults):
                     Tokens come from golden_gguf.build_tokenizer(), the tokenizer the GGUF's
                     vocabulary was trained as (asserted equal to the GGUF's token list).
   llama-bf16        base built here into tests/fixtures/lora/llama-bf16/base/: a random
-                    LlamaForCausalLM whose linear dimensions are all multiples of 32
-                    (hidden_size=64, intermediate_size=128, 4 heads, 2 kv heads, head_dim 16,
-                    2 layers, untied LM head, vocab 300 = the shared tokenizer of
-                    tools/golden_forward.py, whose tokenizer.json is copied in; other settings
-                    and the 1-D perturbation as llama-tiny there; torch.manual_seed(0) before
-                    building), saved with save_pretrained in bfloat16 and loaded back as float32.
+                    LlamaForCausalLM whose linear dimensions are all multiples of 32: the
+                    config.json of tests/fixtures/llama-tiny with hidden_size=64,
+                    intermediate_size=128, 4 heads, 2 kv heads, head_dim 16 (so 2 layers,
+                    vocab 300 = the shared tokenizer of tools/golden_forward.py, whose
+                    tokenizer.json is copied in), untied LM head; torch.manual_seed(0), then
+                    golden_forward.perturb_1d_params (norm weights 1 + 0.1 N(0,1)); saved with
+                    save_pretrained in bfloat16 and loaded back as float32 (1.1e5 parameters,
+                    base/model.safetensors 227 KB).
                     r=4, lora_alpha=8, target_modules=[q,k,v,o,gate,up,down]_proj.
   llama-f16         the same base with a tied LM head, saved in float16
-                    (tests/fixtures/lora/llama-f16/base/); same LoRA settings.
+                    (tests/fixtures/lora/llama-f16/base/, 189 KB); same LoRA settings.
   All with task_type="CAUSAL_LM".
   gguf-q, llama-bf16 and llama-f16 are the goldens for keeping frozen weights compact on the
   GPU: their losses and gradients are those of the DEQUANTIZED (f32) model. They have no
@@ -211,43 +213,18 @@ CASES = [
         base="qwen2-tiny",
         lora=dict(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"]),
     ),
-    dict(
-        case="gguf-q",
-        base="gguf",
-        gguf_file="tiny.gguf",
-        merged=False,
-        lora=dict(r=4, lora_alpha=8, target_modules=LLAMA_ALL),
-    ),
-    dict(
-        case="llama-bf16",
-        base="lora/llama-bf16/base",
-        build=dict(dtype=torch.bfloat16, tie_word_embeddings=False),
-        merged=False,
-        lora=dict(r=4, lora_alpha=8, target_modules=LLAMA_ALL),
-    ),
-    dict(
-        case="llama-f16",
-        base="lora/llama-f16/base",
-        build=dict(dtype=torch.float16, tie_word_embeddings=True),
-        merged=False,
-        lora=dict(r=4, lora_alpha=8, target_modules=LLAMA_ALL),
-    ),
 ]
 
-# The base built for llama-bf16 / llama-f16: every linear dimension a multiple of 32.
-COMPACT_LLAMA = dict(
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    hidden_act="silu",
-    max_position_embeddings=64,
-    rms_norm_eps=1e-5,
-    rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
-    initializer_range=0.2,
-)
+# The compact-base cases: every llama projection adapted, no merged/ (see the docstring).
+COMPACT_LORA = dict(r=4, lora_alpha=8, target_modules=LLAMA_ALL)
+CASES.append(dict(case="gguf-q", base="gguf", gguf_file="tiny.gguf", merged=False, lora=COMPACT_LORA))
+for _name, _dtype, _tied in [("llama-bf16", torch.bfloat16, False), ("llama-f16", torch.float16, True)]:
+    CASES.append(dict(case=_name, base=f"lora/{_name}/base", build=dict(dtype=_dtype, tie_word_embeddings=_tied),
+                      merged=False, lora=COMPACT_LORA))
 
+# The base built for llama-bf16 / llama-f16: llama-tiny's config.json with every linear
+# dimension a multiple of 32.
+COMPACT_LLAMA = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, head_dim=16)
 
 # ---------------------------------------------------------------------------
 # Helpers
@@ -321,18 +298,11 @@ def build_base(spec) -> None:
     folder = os.path.join(FIXTURES, spec["base"])
     os.makedirs(folder)
     llama_tiny = os.path.join(FIXTURES, "llama-tiny")
-    with open(os.path.join(llama_tiny, "config.json"), encoding="utf-8") as f:
-        tiny = json.load(f)
     build = spec["build"]
-    config = LlamaConfig(
-        vocab_size=tiny["vocab_size"],
-        bos_token_id=tiny["bos_token_id"],
-        eos_token_id=tiny["eos_token_id"],
-        tie_word_embeddings=build["tie_word_embeddings"],
-        attn_implementation="eager",
-        dtype="float32",
-        **COMPACT_LLAMA,
+    config = LlamaConfig.from_pretrained(
+        llama_tiny, tie_word_embeddings=build["tie_word_embeddings"], attn_implementation="eager", **COMPACT_LLAMA
     )
+    assert config.dtype in ("float32", torch.float32), config.dtype
     torch.manual_seed(0)
     model = LlamaForCausalLM(config).to(torch.float32)
     perturb_1d_params(model)
