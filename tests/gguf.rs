@@ -26,13 +26,7 @@ fn golden_json() -> serde_json::Value {
 
 /// The imported folder's files, as `loratab eval --model` would read them.
 fn imported_files(f16: bool) -> ModelFiles {
-    let files = import(TINY).unwrap().files(f16).unwrap();
-    let get = |name: &str| files.iter().find(|(n, _)| *n == name).unwrap().1.clone();
-    ModelFiles {
-        config: String::from_utf8(get("config.json")).unwrap(),
-        weights: vec![("model.safetensors".into(), get("model.safetensors"))],
-        tokenizer: get("tokenizer.json"),
-    }
+    common::gguf_model_files(TINY, f16)
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! The GPU LoRA training step against PEFT (tools/golden_lora.py wrote tests/fixtures/lora/<case>/):
 //! the loss of the golden batch, the gradient of every lora_A / lora_B, and a 3-step AdamW trajectory
 //! (losses and final adapters). Fixtures are compiled in, so the same tests run natively and in
-//! headless Chromium.
+//! headless Chromium. The cases gguf-q (Q8_0/Q4_0/Q4_1/F16/BF16 GGUF), llama-bf16 and llama-f16 have
+//! bases stored compact; PEFT's goldens for them are those of the dequantized (f32) model.
 
 mod common;
 use common::{gpu, max_abs_diff};
@@ -10,29 +11,80 @@ use loratab::gpu::adamw::AdamW;
 use loratab::lora::Adapter;
 use loratab::model::{load_safetensors, GpuModel, HostTensor, Model, ModelFiles};
 use loratab::train::{GpuLora, Trainer};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+
+/// A case's base model as stored on disk.
+enum Base {
+    /// A Hugging Face folder: config.json, one model.safetensors (f32, f16 or bf16), tokenizer.json.
+    Folder { config: &'static str, weights: &'static [u8], tokenizer: &'static [u8] },
+    /// A llama GGUF file.
+    Gguf(&'static [u8]),
+}
+
+impl Base {
+    /// The files loratab loads the base from.
+    fn files(&self) -> ModelFiles {
+        match *self {
+            Base::Folder { config, weights, tokenizer } => ModelFiles {
+                config: config.to_string(),
+                weights: vec![("model.safetensors".into(), weights.to_vec())],
+                tokenizer: tokenizer.to_vec(),
+            },
+            // compact: today a GGUF reaches the engine through `loratab import-gguf`'s f32 folder; once the
+            // engine keeps GGUF tensors compact, load it through that path here instead.
+            Base::Gguf(bytes) => common::gguf_model_files(bytes, false),
+        }
+    }
+
+    /// How the weight matrices of the transformer blocks are stored in the file ("F32", "F16", "BF16",
+    /// "Q8_0", …): what the GPU must keep once weights stay compact.
+    fn stored_formats(&self) -> BTreeSet<String> {
+        match *self {
+            Base::Folder { weights, .. } => safetensors::SafeTensors::deserialize(weights)
+                .unwrap()
+                .tensors()
+                .into_iter()
+                .filter(|(name, view)| name.contains(".layers.") && view.shape().len() == 2)
+                .map(|(_, view)| format!("{:?}", view.dtype()))
+                .collect(),
+            Base::Gguf(bytes) => loratab::gguf::Gguf::parse(bytes)
+                .unwrap()
+                .tensors
+                .iter()
+                .filter(|t| t.name.starts_with("blk.") && t.dims.len() == 2)
+                .map(|t| t.kind.name.to_string())
+                .collect(),
+        }
+    }
+}
 
 struct Case {
     name: &'static str,
-    config: &'static str,
-    weights: &'static [u8],
-    tokenizer: &'static [u8],
+    base: Base,
     adapter_config: &'static str,
     adapter: &'static [u8],
     golden: &'static [u8],
 }
 
 macro_rules! case {
-    ($name:literal, $base:literal) => {
+    ($name:literal, base: $base:expr) => {
         Case {
             name: $name,
-            config: include_str!(concat!("fixtures/", $base, "/config.json")),
-            weights: include_bytes!(concat!("fixtures/", $base, "/model.safetensors")),
-            tokenizer: include_bytes!(concat!("fixtures/", $base, "/tokenizer.json")),
+            base: $base,
             adapter_config: include_str!(concat!("fixtures/lora/", $name, "/adapter/adapter_config.json")),
             adapter: include_bytes!(concat!("fixtures/lora/", $name, "/adapter/adapter_model.safetensors")),
             golden: include_bytes!(concat!("fixtures/lora/", $name, "/golden.safetensors")),
         }
+    };
+    ($name:literal, $base:literal) => {
+        case!(
+            $name,
+            base: Base::Folder {
+                config: include_str!(concat!("fixtures/", $base, "/config.json")),
+                weights: include_bytes!(concat!("fixtures/", $base, "/model.safetensors")),
+                tokenizer: include_bytes!(concat!("fixtures/", $base, "/tokenizer.json")),
+            }
+        )
     };
 }
 
@@ -47,6 +99,19 @@ fn llama_all_rslora() -> Case {
 }
 fn qwen2_qv() -> Case {
     case!("qwen2-qv", "qwen2-tiny")
+}
+/// tests/fixtures/gguf/tiny.gguf (Q8_0, Q4_0, Q4_1, F16, BF16 and F32 tensors), all seven llama
+/// projections adapted.
+fn gguf_q() -> Case {
+    case!("gguf-q", base: Base::Gguf(include_bytes!("fixtures/gguf/tiny.gguf")))
+}
+/// A llama with 32-multiple dimensions stored in bf16 (untied head), all seven projections adapted.
+fn llama_bf16() -> Case {
+    case!("llama-bf16", "lora/llama-bf16/base")
+}
+/// The same shapes stored in f16, with a tied head.
+fn llama_f16() -> Case {
+    case!("llama-f16", "lora/llama-f16/base")
 }
 
 const BATCH: usize = 2;
@@ -86,12 +151,7 @@ impl Case {
     }
 
     async fn trainer_with_dropout(&self, ctx: &loratab::gpu::GpuContext, dropout: f32) -> (GpuModel, Trainer) {
-        let files = ModelFiles {
-            config: self.config.to_string(),
-            weights: vec![("model.safetensors".into(), self.weights.to_vec())],
-            tokenizer: self.tokenizer.to_vec(),
-        };
-        let (model, _) = Model::from_files(&files).unwrap_or_else(|e| panic!("{}: {e}", self.name));
+        let (model, _) = Model::from_files(&self.base.files()).unwrap_or_else(|e| panic!("{}: {e}", self.name));
         let mut adapter = Adapter::from_files(self.adapter_config, self.adapter).unwrap();
         adapter.config.lora_dropout = dropout;
         let gm = GpuModel::upload(ctx, &model).await.unwrap();
@@ -104,6 +164,8 @@ impl Case {
     async fn check_gradients(&self) {
         let ctx = gpu().await;
         let (gm, trainer) = self.trainer(&ctx).await;
+        // compact: once the engine keeps frozen weights compact, assert here that `gm` holds the blocks'
+        // weight matrices in `self.base.stored_formats()` (BF16, F16, Q8_0, Q4_0, Q4_1, …), not widened to f32.
         self.compare_gradients(&ctx, &gm, trainer, &self.golden(), "").await;
     }
 
@@ -207,6 +269,26 @@ gpu_test! {
     async fn gpt2_cattn_loss_and_gradients() { gpt2_cattn().check_gradients().await }
 }
 gpu_test! {
+    async fn gguf_q_loss_and_gradients() { gguf_q().check_gradients().await }
+}
+gpu_test! {
+    async fn llama_bf16_loss_and_gradients() { llama_bf16().check_gradients().await }
+}
+gpu_test! {
+    async fn llama_f16_loss_and_gradients() { llama_f16().check_gradients().await }
+}
+
+/// The compact cases' bases store what they are meant to test (the formats come from the files).
+#[test]
+fn compact_bases_are_stored_compact() {
+    let formats = |case: Case| case.base.stored_formats().into_iter().collect::<Vec<_>>();
+    assert_eq!(formats(gguf_q()), ["BF16", "F16", "F32", "Q4_0", "Q4_1", "Q8_0"]);
+    assert_eq!(formats(llama_bf16()), ["BF16"]);
+    assert_eq!(formats(llama_f16()), ["F16"]);
+    assert_eq!(formats(llama_qv()), ["F32"]);
+}
+
+gpu_test! {
     async fn llama_qv_split_vocabulary_gradients() { llama_qv().check_split_vocabulary().await }
 }
 gpu_test! {
@@ -233,6 +315,15 @@ gpu_test! {
 }
 gpu_test! {
     async fn gpt2_cattn_adamw_trajectory() { gpt2_cattn().check_adamw().await }
+}
+gpu_test! {
+    async fn gguf_q_adamw_trajectory() { gguf_q().check_adamw().await }
+}
+gpu_test! {
+    async fn llama_bf16_adamw_trajectory() { llama_bf16().check_adamw().await }
+}
+gpu_test! {
+    async fn llama_f16_adamw_trajectory() { llama_f16().check_adamw().await }
 }
 
 gpu_test! {
@@ -275,12 +366,7 @@ impl Case {
         let merged = sum / n as f64;
         assert!((merged - unmerged).abs() < 1e-5, "{}: merged {merged} vs unmerged {unmerged}", self.name);
 
-        let files = ModelFiles {
-            config: self.config.to_string(),
-            weights: vec![("model.safetensors".into(), self.weights.to_vec())],
-            tokenizer: self.tokenizer.to_vec(),
-        };
-        let (mut cpu_merged, _) = Model::from_files(&files).unwrap();
+        let (mut cpu_merged, _) = Model::from_files(&self.base.files()).unwrap();
         loratab::lora::merge(&mut cpu_merged, &Adapter::from_files(self.adapter_config, self.adapter).unwrap()).unwrap();
         let cpu_gm = GpuModel::upload(&ctx, &cpu_merged).await.unwrap();
         let want = ctx.read(&cpu_gm.forward(&ctx, &tokens[..SEQ], 0).await.unwrap()).await.unwrap();

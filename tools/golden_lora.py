@@ -27,7 +27,33 @@ bias="none", all other LoraConfig fields at their PEFT defaults):
                     rank_pattern={"gate_proj": 2}, alpha_pattern={"down_proj": 4}.
   qwen2-qv          base qwen2-tiny (f16 on disk, loaded as float32), r=2, lora_alpha=4,
                     target_modules=["q_proj", "v_proj"].
+  gguf-q            base tests/fixtures/gguf/tiny.gguf (tools/golden_gguf.py: Q8_0, Q4_0, Q4_1,
+                    F16, BF16 and F32 tensors) as transformers' GGUF loader dequantizes it:
+                    AutoModelForCausalLM.from_pretrained("tests/fixtures/gguf",
+                    gguf_file="tiny.gguf", dtype=float32) (q/k rows un-permuted from llama.cpp's
+                    layout, tensors named as in a transformers checkpoint), r=4, lora_alpha=8,
+                    target_modules=[q,k,v,o,gate,up,down]_proj, so linears stored as each of
+                    Q8_0, Q4_0, Q4_1, F16 and BF16 are adapted (golden.json "base_types" lists the
+                    GGUF type of every adapted linear; the script asserts all five occur).
+                    Tokens come from golden_gguf.build_tokenizer(), the tokenizer the GGUF's
+                    vocabulary was trained as (asserted equal to the GGUF's token list).
+  llama-bf16        base built here into tests/fixtures/lora/llama-bf16/base/: a random
+                    LlamaForCausalLM whose linear dimensions are all multiples of 32: the
+                    config.json of tests/fixtures/llama-tiny with hidden_size=64,
+                    intermediate_size=128, 4 heads, 2 kv heads, head_dim 16 (so 2 layers,
+                    vocab 300 = the shared tokenizer of tools/golden_forward.py, whose
+                    tokenizer.json is copied in), untied LM head; torch.manual_seed(0), then
+                    golden_forward.perturb_1d_params (norm weights 1 + 0.1 N(0,1)); saved with
+                    save_pretrained in bfloat16 and loaded back as float32 (1.1e5 parameters,
+                    base/model.safetensors 227 KB).
+                    r=4, lora_alpha=8, target_modules=[q,k,v,o,gate,up,down]_proj.
+  llama-f16         the same base with a tied LM head, saved in float16
+                    (tests/fixtures/lora/llama-f16/base/, 189 KB); same LoRA settings.
   All with task_type="CAUSAL_LM".
+  gguf-q, llama-bf16 and llama-f16 are the goldens for keeping frozen weights compact on the
+  GPU: their losses and gradients are those of the DEQUANTIZED (f32) model. They have no
+  merged/ folder (see below) and their golden.json "base" is the folder path under
+  tests/fixtures (e.g. "gguf", "lora/llama-bf16/base"), with "gguf_file" for gguf-q.
 
 LoRA definition (PEFT): for a targeted linear y = x W^T + b (W: [out, in]) the adapted
 layer computes y = x W^T + b + scaling * (x A^T) B^T with A = lora_A.weight [r, in],
@@ -82,7 +108,11 @@ golden.json:
   rank_pattern, alpha_pattern, fan_in_fan_out,
   loss, step_losses [step1..3], final_loss (as in golden.safetensors),
   merged_loss: loss on the batch of merged/ reloaded with AutoModelForCausalLM (asserted
-               equal to `loss` within 1e-6),
+               equal to `loss` within 1e-6); for cases without merged/, the loss of the
+               in-memory merge_and_unload() model,
+  gguf-q only: gguf_file, and base_types {adapted module path: GGUF type of its base weight},
+  llama-bf16 / llama-f16 only: base_dtype (storage dtype of base/model.safetensors) and
+               tie_word_embeddings,
   eval_loss_64, eval_tokens_64: the initial adapter model scored with the eval
                definition of tools/golden_forward.py: eval.txt ids cut into consecutive
                chunks of 64 tokens (last shorter chunk counted if >= 2 tokens), each
@@ -91,8 +121,10 @@ golden.json:
   modules: {module path: {"r", "alpha", "scaling"}} as used by PEFT,
   batch_offsets, batch_seq_len, optimizer settings, library versions.
 
-merged/ is saved in float32 for every case (including qwen2-qv, whose base is f16 on
-disk), since the merged weights W + scaling * B A are float32.
+merged/ is saved in float32 for every case that has one (including qwen2-qv, whose base
+is f16 on disk), since the merged weights W + scaling * B A are float32. gguf-q,
+llama-bf16 and llama-f16 skip it (merge_and_unload is still checked in memory; the
+fixtures stay small and their base is not a plain f32 folder).
 
 Verification (asserts): adapter/ keys == the grad./final. names; the saved adapter
 tensors equal the in-memory initial adapter; PeftModel.from_pretrained(base, adapter/)
@@ -102,15 +134,19 @@ equal the recorded ones.
 
 How to run (from the repo root; exact versions in tools/requirements-golden.txt, which
 now includes peft):
-  .venv-golden/bin/python tools/golden_lora.py
+  .venv-golden/bin/python tools/golden_lora.py [case ...]
 The script is deterministic (fixed seeds, single CPU thread,
-torch.use_deterministic_algorithms) and regenerates tests/fixtures/lora/ from scratch.
+torch.use_deterministic_algorithms) and regenerates the named cases' folders under
+tests/fixtures/lora/ from scratch (all cases when none is named; that also deletes the
+dropout.safetensors files of tools/golden_dropout.py, which must then be rerun). Another
+CPU may round differently in the last float bit (the same torch build gave ~1e-7
+different losses on another machine), so regenerate only the cases you change.
 It re-executes itself with PYTHONHASHSEED=0 because PEFT writes the target_modules set
 into adapter_config.json in hash order, and it loads the bases through the relative path
 tests/fixtures/<base> so adapter_config.json's base_model_name_or_path (and the PEFT
 model card adapter/README.md) carry no machine-specific path.
-It requires the base fixtures of tools/golden_forward.py to exist (it does not
-regenerate them).
+It requires the base fixtures of tools/golden_forward.py and tools/golden_gguf.py to exist
+(it does not regenerate them; it does rebuild the bases of llama-bf16 and llama-f16).
 """
 
 import copy
@@ -120,6 +156,7 @@ import os
 import shutil
 import sys
 
+import gguf
 import torch
 from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
@@ -127,7 +164,11 @@ from tokenizers import Tokenizer
 import peft
 import transformers
 from peft import LoraConfig, PeftModel, get_peft_model
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import golden_gguf  # noqa: E402
+from golden_forward import perturb_1d_params  # noqa: E402
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(REPO_ROOT, "tests", "fixtures")
@@ -174,16 +215,27 @@ CASES = [
     ),
 ]
 
+# The compact-base cases: every llama projection adapted, no merged/ (see the docstring).
+COMPACT_LORA = dict(r=4, lora_alpha=8, target_modules=LLAMA_ALL)
+CASES.append(dict(case="gguf-q", base="gguf", gguf_file="tiny.gguf", merged=False, lora=COMPACT_LORA))
+for _name, _dtype, _tied in [("llama-bf16", torch.bfloat16, False), ("llama-f16", torch.float16, True)]:
+    CASES.append(dict(case=_name, base=f"lora/{_name}/base", build=dict(dtype=_dtype, tie_word_embeddings=_tied),
+                      merged=False, lora=COMPACT_LORA))
+
+# The base built for llama-bf16 / llama-f16: llama-tiny's config.json with every linear
+# dimension a multiple of 32.
+COMPACT_LLAMA = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, head_dim=16)
 
 # ---------------------------------------------------------------------------
 # Helpers
 # ---------------------------------------------------------------------------
 
-def load_base(base: str):
+def load_base(base: str, gguf_file=None):
     # Relative path (cwd is the repo root, see main()) so that the adapter_config.json
     # field base_model_name_or_path reads "tests/fixtures/<base>", not a machine path.
+    extra = dict(gguf_file=gguf_file) if gguf_file else {}
     model = AutoModelForCausalLM.from_pretrained(
-        os.path.join(FIXTURES_REL, base), dtype=torch.float32, attn_implementation="eager"
+        os.path.join(FIXTURES_REL, base), dtype=torch.float32, attn_implementation="eager", **extra
     )
     assert all(p.dtype == torch.float32 for p in model.parameters())
     return model.eval()
@@ -237,8 +289,59 @@ def module_info(model):
     return info
 
 
+def spec_base(spec):
+    return load_base(spec["base"], spec.get("gguf_file"))
+
+
+def build_base(spec) -> None:
+    """Write the random llama base of llama-bf16 / llama-f16 (see the docstring)."""
+    folder = os.path.join(FIXTURES, spec["base"])
+    os.makedirs(folder)
+    llama_tiny = os.path.join(FIXTURES, "llama-tiny")
+    build = spec["build"]
+    config = LlamaConfig.from_pretrained(
+        llama_tiny, tie_word_embeddings=build["tie_word_embeddings"], attn_implementation="eager", **COMPACT_LLAMA
+    )
+    assert config.dtype in ("float32", torch.float32), config.dtype
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config).to(torch.float32)
+    perturb_1d_params(model)
+    for name, p in model.named_parameters():
+        if p.ndim == 2 and "embed_tokens" not in name and "lm_head" not in name:
+            assert all(d % 32 == 0 for d in p.shape), (name, p.shape)
+    model.eval().to(build["dtype"]).save_pretrained(folder)
+    shutil.copyfile(os.path.join(llama_tiny, "tokenizer.json"), os.path.join(folder, "tokenizer.json"))
+    stored = {v.dtype for v in load_file(os.path.join(folder, "model.safetensors")).values()}
+    assert stored == {build["dtype"]}, stored
+
+
+def gguf_linear_types(mods):
+    """{module path: GGUF storage type} for every adapted linear of gguf-q."""
+    out = {}
+    for path in mods:
+        gname = golden_gguf.gguf_name(path + ".weight")
+        out[path] = golden_gguf.TYPES.get(gname, golden_gguf.Q.F32).name
+    kinds = set(out.values())
+    assert {"Q8_0", "Q4_0", "Q4_1", "F16", "BF16"} <= kinds, kinds
+    return out
+
+
+def eval_ids(spec, text):
+    """ids of `text` under the base's tokenizer (for gguf-q: the GGUF's source tokenizer)."""
+    if spec.get("gguf_file"):
+        tok = golden_gguf.build_tokenizer()
+        reader = gguf.GGUFReader(os.path.join(FIXTURES, spec["base"], spec["gguf_file"]))
+        field = reader.fields["tokenizer.ggml.tokens"]
+        tokens = [bytes(field.parts[i]).decode("utf-8") for i in field.data]
+        vocab = tok.get_vocab()
+        assert tokens == sorted(vocab, key=vocab.get), "the GGUF was not written with this tokenizer"
+    else:
+        tok = Tokenizer.from_file(os.path.join(FIXTURES, spec["base"], "tokenizer.json"))
+    return tok.encode(text, add_special_tokens=False).ids
+
+
 def make_peft_model(spec):
-    base = load_base(spec["base"])
+    base = spec_base(spec)
     cfg = LoraConfig(task_type="CAUSAL_LM", lora_dropout=0.0, bias="none", **spec["lora"])
     torch.manual_seed(0)
     model = get_peft_model(base, cfg)
@@ -255,7 +358,7 @@ def make_peft_model(spec):
 # One case
 # ---------------------------------------------------------------------------
 
-def run_case(spec, eval_ids_by_base):
+def run_case(spec, eval_text):
     case, base = spec["case"], spec["base"]
     folder = os.path.join(OUT_ROOT, case)
     if os.path.isdir(folder):
@@ -263,8 +366,10 @@ def run_case(spec, eval_ids_by_base):
     os.makedirs(folder)
     adapter_dir = os.path.join(folder, "adapter")
     merged_dir = os.path.join(folder, "merged")
+    if "build" in spec:
+        build_base(spec)
 
-    ids = eval_ids_by_base[base]
+    ids = eval_ids(spec, eval_text)
     assert max(BATCH_OFFSETS) + BATCH_SEQ_LEN <= len(ids)
     tokens = torch.tensor([ids[o:o + BATCH_SEQ_LEN] for o in BATCH_OFFSETS], dtype=torch.int64)
 
@@ -309,16 +414,19 @@ def run_case(spec, eval_ids_by_base):
     with torch.no_grad():
         merged_mem_loss = float(batch_loss(merged, tokens))
     assert abs(merged_mem_loss - loss_val) < 1e-6, (merged_mem_loss, loss_val)
-    merged.save_pretrained(merged_dir)
-    shutil.copyfile(os.path.join(FIXTURES, base, "tokenizer.json"), os.path.join(merged_dir, "tokenizer.json"))
-    merged_re = load_base(os.path.relpath(merged_dir, FIXTURES))
-    with torch.no_grad():
-        merged_loss = float(batch_loss(merged_re, tokens))
-    assert abs(merged_loss - loss_val) < 1e-6, (merged_loss, loss_val)
-    del merged, merged_re
+    merged_loss = merged_mem_loss
+    if spec.get("merged", True):
+        merged.save_pretrained(merged_dir)
+        shutil.copyfile(os.path.join(FIXTURES, base, "tokenizer.json"), os.path.join(merged_dir, "tokenizer.json"))
+        merged_re = load_base(os.path.relpath(merged_dir, FIXTURES))
+        with torch.no_grad():
+            merged_loss = float(batch_loss(merged_re, tokens))
+        assert abs(merged_loss - loss_val) < 1e-6, (merged_loss, loss_val)
+        del merged_re
+    del merged
 
     # ---- reload check: PeftModel.from_pretrained(base, adapter/) ----
-    reloaded = PeftModel.from_pretrained(load_base(base), adapter_dir).eval()
+    reloaded = PeftModel.from_pretrained(spec_base(spec), adapter_dir).eval()
     with torch.no_grad():
         reload_loss = float(batch_loss(reloaded, tokens))
     assert abs(reload_loss - loss_val) < 1e-6, (reload_loss, loss_val)
@@ -326,7 +434,7 @@ def run_case(spec, eval_ids_by_base):
     del reloaded
 
     # ---- AdamW trajectory from a fresh reload of the initial adapter ----
-    traj = PeftModel.from_pretrained(load_base(base), adapter_dir, is_trainable=True).eval()
+    traj = PeftModel.from_pretrained(spec_base(spec), adapter_dir, is_trainable=True).eval()
     tparams = lora_params(traj)
     assert [k for k, _ in tparams] == [k for k, _ in params]
     for k, p in tparams:
@@ -369,6 +477,9 @@ def run_case(spec, eval_ids_by_base):
     info = {
         "case": case,
         "base": base,
+        **({"gguf_file": spec["gguf_file"], "base_types": gguf_linear_types(mods)} if spec.get("gguf_file") else {}),
+        **({"base_dtype": str(spec["build"]["dtype"]).removeprefix("torch."),
+            "tie_word_embeddings": spec["build"]["tie_word_embeddings"]} if "build" in spec else {}),
         "r": lcfg["r"],
         "lora_alpha": lcfg["lora_alpha"],
         "use_rslora": bool(lcfg.get("use_rslora", False)),
@@ -417,13 +528,13 @@ def main() -> int:
     os.makedirs(OUT_ROOT, exist_ok=True)
     with open(os.path.join(FIXTURES, "eval.txt"), "r", encoding="utf-8", newline="") as f:
         eval_text = f.read()
-    eval_ids = {}
-    for spec in CASES:
-        tok = Tokenizer.from_file(os.path.join(FIXTURES, spec["base"], "tokenizer.json"))
-        eval_ids[spec["base"]] = tok.encode(eval_text, add_special_tokens=False).ids
     print(f"torch {torch.__version__} transformers {transformers.__version__} peft {peft.__version__}")
+    names = [spec["case"] for spec in CASES]
+    unknown = [n for n in sys.argv[1:] if n not in names]
+    assert not unknown, f"unknown cases {unknown}; the cases are {names}"
     for spec in CASES:
-        run_case(spec, eval_ids)
+        if not sys.argv[1:] or spec["case"] in sys.argv[1:]:
+            run_case(spec, eval_text)
     print("all LoRA fixtures written and verified")
     return 0
 

@@ -54,3 +54,15 @@ pub fn max_rel_error(got: &[f32], want: &[f32], what: &str) -> f32 {
     assert!(!want.is_empty(), "{what}: nothing to compare");
     loratab::selftest::max_error(got, want)
 }
+
+/// A GGUF file as `loratab import-gguf` writes it out (weights in f16 when `f16`, else f32), read
+/// back the way `loratab eval --model` reads the folder.
+pub fn gguf_model_files(gguf: &[u8], f16: bool) -> loratab::model::ModelFiles {
+    let files = loratab::gguf::import(gguf).unwrap().files(f16).unwrap();
+    let get = |name: &str| files.iter().find(|(n, _)| *n == name).unwrap().1.clone();
+    loratab::model::ModelFiles {
+        config: String::from_utf8(get("config.json")).unwrap(),
+        weights: vec![("model.safetensors".into(), get("model.safetensors"))],
+        tokenizer: get("tokenizer.json"),
+    }
+}
