@@ -6,13 +6,14 @@ use std::collections::BTreeMap;
 use serde_json::{json, Value as Json};
 
 use super::{tokenizer, Gguf, GgufError, TensorInfo, Value};
-use crate::model::{save_safetensors, save_safetensors_f16, HostTensor, Tokenizer};
+use crate::model::{save_safetensors, save_safetensors_f16, Config, HostTensor, Model, Tokenizer, Weight, WeightFormat};
 
-/// A converted model, before it is written out.
+/// A converted model, before it is written out or loaded.
 pub struct Imported {
     pub config: Json,
-    /// HF names, torch shapes, f32 values.
-    pub tensors: Vec<(String, HostTensor)>,
+    /// HF names, torch shapes, each tensor in the format the file stores it in (repacked for the
+    /// GPU: see `model::Weight`), q and k rows already in transformers' order.
+    pub tensors: Vec<(String, Weight)>,
     pub tokenizer: Json,
     pub tokenizer_config: Json,
     pub generation_config: Json,
@@ -23,7 +24,16 @@ pub struct Imported {
 
 impl Imported {
     pub fn num_params(&self) -> usize {
-        self.tensors.iter().map(|(_, t)| t.data.len()).sum()
+        self.tensors.iter().map(|(_, t)| t.len()).sum()
+    }
+
+    /// The model and its tokenizer, with every weight matrix kept in the file's format (a Q4_1
+    /// tensor stays Q4_1 on the GPU); norms become f32.
+    pub fn model(&self) -> Result<(Model, Tokenizer), GgufError> {
+        let config = Config::from_json(&self.config.to_string())?;
+        let model = Model::from_tensors(config, self.tensors.iter().cloned().collect())?;
+        let tokenizer = Tokenizer::from_bytes(&serde_json::to_vec(&self.tokenizer).expect("JSON values serialize"))?;
+        Ok((model, tokenizer))
     }
 
     /// (file name, bytes) of the model folder; weights in f16 when `f16`, else f32.
@@ -31,7 +41,8 @@ impl Imported {
         let mut config = self.config.clone();
         config["torch_dtype"] = if f16 { "float16" } else { "float32" }.into();
         let pretty = |v: &Json| serde_json::to_vec_pretty(v).expect("JSON values serialize");
-        let weights = if f16 { save_safetensors_f16(&self.tensors)? } else { save_safetensors(&self.tensors)? };
+        let tensors: Vec<(String, HostTensor)> = self.tensors.iter().map(|(n, w)| (n.clone(), w.to_f32())).collect();
+        let weights = if f16 { save_safetensors_f16(&tensors)? } else { save_safetensors(&tensors)? };
         Ok(vec![
             ("config.json", pretty(&config)),
             ("generation_config.json", pretty(&self.generation_config)),
@@ -94,20 +105,32 @@ fn json_f32(x: f32) -> Json {
 
 /// Undo convert_hf_to_gguf.py's `permute` of q/k rows: within each head, GGUF row 2i + j is HF row
 /// j·(head_dim/2) + i (llama.cpp's RoPE rotates adjacent pairs, HF's rotates the two halves).
-fn unpermute(data: &[f32], heads: usize, cols: usize) -> Vec<f32> {
-    let head_rows = data.len() / cols / heads;
+/// Whole rows move, so a quantized weight is reordered without decoding it.
+fn unpermute(w: &Weight, heads: usize) -> Weight {
+    let head_rows = w.shape[0] / heads;
     let half = head_rows / 2;
-    let mut out = vec![0.0; data.len()];
+    let mut order = vec![0; w.shape[0]];
     for h in 0..heads {
         for i in 0..half {
             for j in 0..2 {
-                let src = (h * head_rows + 2 * i + j) * cols;
-                let dst = (h * head_rows + j * half + i) * cols;
-                out[dst..dst + cols].copy_from_slice(&data[src..src + cols]);
+                order[h * head_rows + j * half + i] = h * head_rows + 2 * i + j;
             }
         }
     }
-    out
+    w.permute_rows(&order)
+}
+
+/// The format a ggml type is kept in on the GPU; None for types loratab does not decode.
+fn weight_format(kind: &str) -> Option<WeightFormat> {
+    Some(match kind {
+        "F32" => WeightFormat::F32,
+        "F16" => WeightFormat::F16,
+        "BF16" => WeightFormat::Bf16,
+        "Q8_0" => WeightFormat::Q8_0,
+        "Q4_0" => WeightFormat::Q4_0,
+        "Q4_1" => WeightFormat::Q4_1,
+        _ => return None,
+    })
 }
 
 /// llama.cpp's names → transformers' names: whole-model tensors, then the parts of `blk.N.`.
@@ -238,13 +261,14 @@ pub fn import(bytes: &[u8]) -> Result<Imported, GgufError> {
     let mut tensors = Vec::with_capacity(names.len());
     for hf in names {
         let t: &TensorInfo = by_name.get(&hf).ok_or_else(|| GgufError::MissingTensor(gguf_name(&hf)))?;
-        let mut data = g.tensor_f32(t)?;
+        let format = weight_format(t.kind.name).ok_or_else(|| GgufError::UnsupportedType { name: t.name.clone(), kind: t.kind.name })?;
+        let mut w = Weight::from_stored(format, &t.shape(), g.raw(t), &t.name)?;
         if hf.ends_with("q_proj.weight") {
-            data = unpermute(&data, heads, hidden);
+            w = unpermute(&w, heads);
         } else if hf.ends_with("k_proj.weight") {
-            data = unpermute(&data, kv_heads, hidden);
+            w = unpermute(&w, kv_heads);
         }
-        tensors.push((hf, HostTensor::new(data, t.shape())));
+        tensors.push((hf, w));
     }
 
     let ids = |k: &str| m.opt_usize(&format!("tokenizer.ggml.{k}"));
@@ -313,7 +337,9 @@ mod tests {
     fn unpermute_inverts_llama_cpp_permute() {
         let (heads, head_dim, cols) = (3, 8, 5);
         let w: Vec<f32> = (0..heads * head_dim * cols).map(|x| x as f32).collect();
-        assert_eq!(unpermute(&permute(&w, heads, cols), heads, cols), w);
+        let shape = vec![heads * head_dim, cols];
+        let permuted = Weight::from_f32(&HostTensor::new(permute(&w, heads, cols), shape.clone()), WeightFormat::F32, "q").unwrap();
+        assert_eq!(unpermute(&permuted, heads).to_f32().data, w);
         assert_ne!(permute(&w, heads, cols), w);
     }
 
