@@ -259,9 +259,10 @@ async fn report_memory(ctx: &GpuContext, config: &Config, session: &Session) -> 
     let measured = ctx.memory().live();
     let budget = memory::estimate(config, &session.adapter(ctx).await?, &session.settings);
     eprintln!(
-        "GPU memory: weights {} + activations {} + adapter {} + AdamW moments {} = {} (measured {})",
+        "GPU memory: weights {} + activations {}{} + adapter {} + AdamW moments {} = {} (measured {})",
         memory::human(budget.weights),
         memory::human(budget.activations),
+        if session.settings.grad_checkpoint { " with gradient checkpointing" } else { "" },
         memory::human(budget.adapter),
         memory::human(budget.optimizer),
         memory::human(budget.total()),
