@@ -122,7 +122,7 @@ impl Trainer {
         }
         let n = batch * seq;
         let logit_rows = match options.logit_rows {
-            Some(rows) if rows == 0 => return Err(TrainError::InvalidSetting { setting: "logit_rows", message: "a chunk of logits needs at least one row".into() }),
+            Some(0) => return Err(TrainError::InvalidSetting { setting: "logit_rows", message: "a chunk of logits needs at least one row".into() }),
             Some(rows) => rows.min(n),
             None => activations::logit_rows(c.vocab_size, n, ctx.max_binding()),
         };
