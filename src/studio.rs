@@ -13,6 +13,10 @@ use crate::train::memory::MemoryBudget;
 use crate::train::{self, Dataset, GpuLora, Session, StepReport, TrainError, TrainSettings, TrainingState};
 use crate::zip::{self, ZipError};
 
+/// GPU memory the page assumes a browser tab can use: WebGPU tells a page no memory size, and
+/// integrated GPUs share the machine's memory with everything else (see [`Studio::memory_hint`]).
+pub const TAB_GPU_MEMORY: u64 = 4 << 30;
+
 /// Everything the page can fail with, as one sentence.
 #[derive(Debug, thiserror::Error)]
 pub enum StudioError {
@@ -331,6 +335,24 @@ impl Studio {
         train::validate_lora(opts)?;
         let adapter = Adapter::from_options(self.config(), opts)?;
         Ok(train::memory::estimate(self.config(), &adapter, settings))
+    }
+
+    /// A sentence for the settings panel when training with `settings` needs more GPU memory than
+    /// `limit` bytes: suggest gradient checkpointing (with what it would need) while it is off,
+    /// else a smaller batch or sequence. None when it fits (or the settings are not usable).
+    pub fn memory_hint(&self, opts: &LoraOptions, settings: &TrainSettings, limit: u64) -> Option<String> {
+        let need = self.memory(opts, settings).ok()?.total();
+        if need <= limit {
+            return None;
+        }
+        let (need, limit_s) = (train::memory::human(need), train::memory::human(limit));
+        Some(if settings.grad_checkpoint {
+            format!("Training needs {need}, more than the {limit_s} a browser tab can count on: lower the batch or the sequence length.")
+        } else {
+            let checkpointed = TrainSettings { grad_checkpoint: true, ..settings.clone() };
+            let less = train::memory::human(self.memory(opts, &checkpointed).ok()?.total());
+            format!("Training needs {need}, more than the {limit_s} a browser tab can count on: gradient checkpointing would need {less}.")
+        })
     }
 
     /// A new adapter with `opts`, ready to train on `text` with `settings`.

@@ -75,6 +75,19 @@ gpu_test! {
         let mem = studio.memory(&opts(4), &settings(1)).unwrap();
         assert_eq!(mem.optimizer, 8 * size.params as u64);
         assert_eq!(mem.weights, 4 * elements as u64);
+
+        // The settings panel's memory hint: none when the run fits; over the limit, gradient
+        // checkpointing while it is off (it needs less), else a smaller batch or sequence.
+        let (o, s) = (opts(4), settings(1));
+        let ckpt = TrainSettings { grad_checkpoint: true, ..s.clone() };
+        let (need, less) = (mem.total(), studio.memory(&o, &ckpt).unwrap().total());
+        assert!(less < need, "checkpointing needs {less} bytes, without {need}");
+        assert_eq!(studio.memory_hint(&o, &s, need), None);
+        let hint = studio.memory_hint(&o, &s, need - 1).unwrap();
+        assert!(hint.contains("gradient checkpointing would need") && hint.contains(&loratab::train::memory::human(less)), "{hint}");
+        let hint = studio.memory_hint(&o, &ckpt, less - 1).unwrap();
+        assert!(hint.contains("lower the batch"), "{hint}");
+        assert_eq!(studio.memory_hint(&o, &ckpt, less), None);
     }
 }
 

@@ -418,6 +418,93 @@ gpu_test! {
     }
 }
 
+/// The gradients in the adapter's grad buffers, after asserting some are non-zero (so that an
+/// equality of two runs means something).
+async fn nonzero_grads(ctx: &GpuContext, lora: &loratab::train::GpuLora, what: &str) -> BTreeMap<String, Vec<f32>> {
+    let grads: BTreeMap<String, Vec<f32>> = lora.read_grads(ctx).await.unwrap().into_iter().map(|(k, t)| (k, t.data)).collect();
+    for (key, g) in &grads {
+        // A frozen part (GPT-2's unchosen c_attn rows) stays zero; every A has a gradient.
+        if key.contains("lora_A") {
+            assert!(g.iter().any(|&x| x != 0.0), "{what}: {key} has no gradient");
+        }
+    }
+    grads
+}
+
+/// The same gradients, key by key, to within 1e-6 (relative to max(1, |x|)): the two ways of
+/// running run the same kernels on the same values, so they are expected to be bit-identical.
+fn assert_same_grads(a: &BTreeMap<String, Vec<f32>>, b: &BTreeMap<String, Vec<f32>>, what: &str) {
+    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>(), "{what}: the same tensors");
+    let mut worst = 0.0f32;
+    for (key, g) in a {
+        worst = worst.max(common::max_rel_error(&b[key], g, &format!("{what} {key}")));
+    }
+    assert!(worst <= 1e-6, "{what}: gradients differ by {worst:.2e}");
+    println!("{what}: worst gradient difference {worst:.2e}");
+}
+
+gpu_test! {
+    /// Gradient checkpointing (each block's forward recomputed from its input in the backward)
+    /// changes neither the loss nor any gradient: two steps of a session, with and without, on
+    /// Llama (untied head, SwiGLU) and GPT-2 (tied head, fused c_attn), with LoRA dropout (the
+    /// recompute must regenerate the forward's masks) and without.
+    async fn gradient_checkpointing_changes_nothing() {
+        let ctx = gpu().await;
+        let cases = [(llama(), "q,k,v,o,gate,up,down", 0.0), (llama(), "q,v,down", 0.3), (gpt2(), "q,k,v,o,up,down", 0.0), (gpt2(), "q,v,up", 0.3)];
+        for (f, targets, dropout) in cases {
+            let o = LoraOptions { dropout, ..opts(targets, 3) };
+            let what = format!("{} {targets} dropout {dropout}", f.name);
+            let mut runs = Vec::new();
+            for grad_checkpoint in [false, true] {
+                let s = TrainSettings { batch: 2, seq_len: 16, log_every: 1, grad_checkpoint, ..settings(2, 5e-2) };
+                let (gm, mut session) = session(&ctx, &f, &o, s).await;
+                let mut losses = Vec::new();
+                // The second step's gradients: B is no longer zero, so every path carries some.
+                for _ in 0..2 {
+                    losses.push(session.step(&ctx, &gm).await.unwrap().loss.unwrap());
+                }
+                runs.push((losses, nonzero_grads(&ctx, &session.trainer.lora, &what).await, tensors(&ctx, &session).await));
+            }
+            let ((l0, g0, t0), (l1, g1, t1)) = (&runs[0], &runs[1]);
+            assert_eq!(l0, l1, "{what}: losses with and without checkpointing");
+            assert_same_grads(g0, g1, &what);
+            assert!(t0 == t1, "{what}: the adapters after two steps differ");
+        }
+    }
+}
+
+gpu_test! {
+    /// The LM head and the loss over chunks of 5 rows (the last one partial) give the same training
+    /// loss, gradients and scored loss as one chunk of all rows, on an untied (Llama) and a tied
+    /// (GPT-2) head.
+    async fn chunked_cross_entropy_matches_one_chunk() {
+        use loratab::gpu::adamw::AdamW;
+        use loratab::train::{Trainer, TrainerOptions};
+        let ctx = gpu().await;
+        let (batch, seq) = (2, 16);
+        for f in [llama(), gpt2()] {
+            let (gm, tokens) = f.gpu_model(&ctx).await;
+            let mut runs = Vec::new();
+            for logit_rows in [None, Some(5)] {
+                let lora = new_lora(&ctx, &gm, &opts("q,v", 4)).await.unwrap();
+                let options = TrainerOptions { logit_rows, ..TrainerOptions::default() };
+                let mut t = Trainer::with_options(&ctx, &gm, lora, batch, seq, options).await.unwrap();
+                let opt = AdamW { lr: 5e-2, ..AdamW::default() };
+                t.train_step(&ctx, &gm, &tokens[..batch * seq], &opt, 1.0).await.unwrap();
+                let first = t.read_loss(&ctx).await.unwrap();
+                t.compute_gradients(&ctx, &gm, &tokens[batch * seq..2 * batch * seq]).await.unwrap();
+                let second = t.read_loss(&ctx).await.unwrap();
+                let scored = t.loss_sum(&ctx, &gm, &[&tokens[..seq], &tokens[seq..2 * seq - 3]]).await.unwrap();
+                runs.push((vec![first, second], scored, nonzero_grads(&ctx, &t.lora, f.name).await));
+            }
+            let ((l0, s0, g0), (l1, s1, g1)) = (&runs[0], &runs[1]);
+            assert_eq!(l0, l1, "{}: training losses in chunks", f.name);
+            assert_eq!(s0, s1, "{}: scored loss in chunks", f.name);
+            assert_same_grads(g0, g1, &format!("{} in chunks of 5 rows", f.name));
+        }
+    }
+}
+
 /// The CLI end to end (native only: files and processes).
 #[cfg(not(target_arch = "wasm32"))]
 mod cli {
@@ -497,14 +584,15 @@ mod cli {
         let base = eval_loss("tests/fixtures/gpt2-tiny", None);
         assert!(trained < base, "{trained} vs {base}");
 
-        // Resume to 9 steps into another folder.
+        // Resume to 9 steps into another folder, with gradient checkpointing (same results, less memory).
         let out2 = tmp("cli-resumed");
-        let mut args = vec!["train", "--out", out2.to_str().unwrap(), "--steps", "9", "--resume", out_s];
+        let mut args = vec!["train", "--out", out2.to_str().unwrap(), "--steps", "9", "--resume", out_s, "--grad-checkpoint"];
         args.extend(common);
         let (ok, stdout, err) = loratab(&args);
         assert!(ok, "{err}");
         assert_eq!(json(&stdout)["steps"], 9);
         assert!(err.contains("from step 6"), "{err}");
+        assert!(err.contains("with gradient checkpointing"), "{err}");
         // Nothing left to do is a sentence.
         let mut args = vec!["train", "--out", out2.to_str().unwrap(), "--steps", "9", "--resume", out2.to_str().unwrap()];
         args.extend(common);

@@ -25,18 +25,19 @@ macro_rules! files {
 
 async fn check(files: ModelFiles, targets: &str, rank: usize, batch: usize, seq_len: usize) {
     let opts = LoraOptions { rank, alpha: 2.0 * rank as f32, targets: Target::parse_list(targets).unwrap(), ..LoraOptions::default() };
-    check_with(files, opts, batch, seq_len).await
+    check_with(files, opts, batch, seq_len, false).await;
 }
 
-async fn check_with(files: ModelFiles, opts: LoraOptions, batch: usize, seq_len: usize) {
+/// Estimate against measurement for one run; the budget checked.
+async fn check_with(files: ModelFiles, opts: LoraOptions, batch: usize, seq_len: usize, grad_checkpoint: bool) -> memory::MemoryBudget {
     let ctx = gpu().await;
     let (model, tok) = Model::from_files(&files).unwrap();
     let targets: Vec<&str> = opts.targets.iter().map(|t| t.name()).collect();
     let (targets, rank) = (targets.join(","), opts.rank);
-    let settings = TrainSettings { steps: 3, batch, seq_len, log_every: 1, ..TrainSettings::default() };
+    let settings = TrainSettings { steps: 3, batch, seq_len, log_every: 1, grad_checkpoint, ..TrainSettings::default() };
     let adapter = Adapter::from_options(&model.config, &opts).unwrap();
     let budget = memory::estimate(&model.config, &adapter, &settings);
-    let what = format!("{} {targets} r={rank} B={batch} T={seq_len}", model.config.model_type);
+    let what = format!("{} {targets} r={rank} B={batch} T={seq_len} checkpointing {grad_checkpoint}", model.config.model_type);
 
     assert_eq!(ctx.memory().live(), 0);
     let gm = GpuModel::upload(&ctx, &model).await.unwrap();
@@ -73,6 +74,7 @@ async fn check_with(files: ModelFiles, opts: LoraOptions, batch: usize, seq_len:
     drop(session);
     drop(gm);
     assert_eq!(ctx.memory().live(), 0, "{what}: everything is released");
+    budget
 }
 
 gpu_test! {
@@ -107,6 +109,72 @@ gpu_test! {
         let a = memory::estimate(&model.config, &Adapter::from_options(&model.config, &plain).unwrap(), &s);
         let b = memory::estimate(&model.config, &Adapter::from_options(&model.config, &dropped).unwrap(), &s);
         assert_eq!(b.activations - a.activations, 4 * 32 * model.config.intermediate_size as u64 - 4);
-        check_with(files!("llama-tiny"), dropped, 2, 16).await;
+        check_with(files!("llama-tiny"), dropped, 2, 16, false).await;
+    }
+}
+
+gpu_test! {
+    /// With gradient checkpointing the trainer allocates exactly the estimate too, and less than
+    /// without: per layer beyond the first, everything a block keeps except its input.
+    async fn checkpointing_memory_matches_budget() {
+        let llama = LoraOptions { dropout: 0.1, targets: Target::parse_list("q,v,down").unwrap(), ..LoraOptions::default() };
+        let gpt2 = LoraOptions { targets: Target::parse_list("q,v,up").unwrap(), ..LoraOptions::default() };
+        for (files, opts) in [(files!("llama-tiny"), llama), (files!("gpt2-tiny"), gpt2)] {
+            let (model, _) = Model::from_files(&files).unwrap();
+            let c = &model.config;
+            let (batch, seq) = (2, 16);
+            let kept = check_with(files.clone(), opts.clone(), batch, seq, true).await;
+            let all = check_with(files, opts, batch, seq, false).await;
+            // What one block keeps besides its input, counted from the config: h1, q, k, v, the
+            // attention output, x_mid, h2, the MLP's activations, and each window's probabilities.
+            let n = batch * seq;
+            let (d, f, qd, kvd) = (c.hidden_size, c.intermediate_size, c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
+            let mlp = if c.model_type == "gpt2" { 2 * n * f + 1 } else { 3 * n * f };
+            let per_layer = 3 * n * d + n * qd + 2 * n * kvd + n * qd + mlp + batch * c.num_heads * seq * seq;
+            let saved = (c.num_layers - 1) as u64 * 4 * per_layer as u64;
+            assert!(c.num_layers > 1);
+            assert_eq!(all.activations - kept.activations, saved, "{}: checkpointing saves", c.model_type);
+            assert_eq!(all.total() - kept.total(), saved);
+        }
+    }
+}
+
+/// A Qwen2.5-0.5B-shaped config (d 896, 24 layers, 14/2 heads of 64, ffn 4864, vocab 151936, tied).
+const QWEN_0_5B: &str = r#"{"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": 896,
+  "intermediate_size": 4864, "num_hidden_layers": 24, "num_attention_heads": 14, "num_key_value_heads": 2,
+  "max_position_embeddings": 32768, "rms_norm_eps": 1e-06, "rope_theta": 1000000.0, "tie_word_embeddings": true,
+  "vocab_size": 151936, "hidden_act": "silu"}"#;
+
+gpu_test! {
+    /// The LM head and the loss run a chunk of rows at a time: logits (and their gradient) take the
+    /// same few MiB at one window as at eight, where keeping all of them would take over a GB.
+    async fn logits_memory_does_not_grow_with_the_batch() {
+        use loratab::model::Config;
+        let c = Config::from_json(QWEN_0_5B).unwrap();
+        let v = c.vocab_size as u64;
+        let opts = LoraOptions { rank: 8, targets: Target::parse_list("q,v").unwrap(), ..LoraOptions::default() };
+        let adapter = Adapter::from_options(&c, &opts).unwrap();
+        let settings = |batch, grad_checkpoint| TrainSettings { batch, seq_len: 256, grad_checkpoint, ..TrainSettings::default() };
+        let budget = |batch, grad_checkpoint| memory::estimate(&c, &adapter, &settings(batch, grad_checkpoint));
+        let (one, eight) = (budget(1, false), budget(8, false));
+        assert_eq!(one.logits, eight.logits);
+        assert!(one.logits <= 2 * (16 << 20) && one.logits >= 2 * 4 * v, "{} bytes of logits", one.logits);
+        // What the vocabulary adds to the activations (against twice the vocabulary) is the same at
+        // one window as at eight: all logits at once would make it grow eightfold.
+        let doubled = loratab::model::Config { vocab_size: 2 * c.vocab_size, ..c.clone() };
+        let vocab_part = |batch| memory::estimate(&doubled, &adapter, &settings(batch, false)).activations as i64 - budget(batch, false).activations as i64;
+        assert_eq!(vocab_part(1), vocab_part(8));
+        assert!(vocab_part(1).unsigned_abs() < 4 << 20, "{}", vocab_part(1));
+        // A batch smaller than a chunk keeps all its rows' logits: a window of 4 tokens.
+        let small = memory::estimate(&c, &adapter, &TrainSettings { batch: 1, seq_len: 4, ..TrainSettings::default() });
+        assert_eq!(small.logits, 2 * 4 * 4 * v);
+        for grad_checkpoint in [false, true] {
+            let b = budget(4, grad_checkpoint);
+            println!(
+                "Qwen2.5-0.5B shape, batch 4 x 256, r=8 q,v, checkpointing {grad_checkpoint}: weights {} + activations {} (logits {}) + adapter {} + AdamW {} = {}; without weights {}",
+                memory::human(b.weights), memory::human(b.activations), memory::human(b.logits), memory::human(b.adapter),
+                memory::human(b.optimizer), memory::human(b.total()), memory::human(b.total() - b.weights)
+            );
+        }
     }
 }

@@ -60,6 +60,12 @@ impl Recorder {
         self.encoder.copy_buffer_to_buffer(source, source_offset, destination, destination_offset, size);
     }
 
+    /// `wgpu::CommandEncoder::clear_buffer` (the whole buffer to zeros), after ending the open pass.
+    pub fn clear_buffer(&mut self, buffer: &wgpu::Buffer) {
+        self.end_pass();
+        self.encoder.clear_buffer(buffer, 0, None);
+    }
+
     /// Compute passes begun so far (a copy splits them).
     pub fn passes(&self) -> usize {
         self.passes

@@ -99,8 +99,9 @@ pub fn encode_network(ctx: &GpuContext, enc: &mut Recorder, model: &GpuModel, pa
     Ok(())
 }
 
-/// One block (see the module comment), ending with the norm that reads its output.
-fn encode_block(ctx: &GpuContext, enc: &mut Recorder, c: &Config, l: usize, b: &GpuBlock, next_norm: &GpuNorm, pass: &impl Pass) -> Result<(), GpuError> {
+/// One block (see the module comment), ending with the norm that reads its output. Also run alone by
+/// the trainer's gradient checkpointing, to recompute a block's activations from its input.
+pub(crate) fn encode_block(ctx: &GpuContext, enc: &mut Recorder, c: &Config, l: usize, b: &GpuBlock, next_norm: &GpuNorm, pass: &impl Pass) -> Result<(), GpuError> {
     let a = pass.acts(l);
     let rows = pass.rows();
     pass.project(ctx, enc, l, b, Site::Q, a.h1, a.q)?;

@@ -3,6 +3,11 @@
 //! exactly this table and `train::memory` sums it, so the estimate equals the allocation by
 //! construction.
 //!
+//! Two choices shape the table beyond the batch ([`Keep`]): the LM head and the loss run over chunks of
+//! `logit_rows` rows, so logits and their gradient exist for one chunk only; and with gradient
+//! checkpointing only the block inputs are kept per layer, with one layer's worth of the other
+//! activations that every block's forward writes and the backward recomputes block by block.
+//!
 //! Each group is a struct generic over what an entry is: `Vec<usize>` (its shape) when planned,
 //! `GpuTensor` once allocated. One macro declares a group's fields once and derives both walks over
 //! them (listing and filling), in the same order.
@@ -37,10 +42,9 @@ macro_rules! activation_group {
 }
 
 activation_group! {
-    /// What the forward keeps of one block for the backward.
+    /// What the forward keeps of one block for the backward, besides its input (kept in
+    /// [`Activations::inputs`], also with checkpointing).
     LayerActs {
-        /// Block input [N, d] (the attention norm's input).
-        x_in: one,
         /// attn_norm(x_in) [N, d]: the input of q, k, v.
         h1: one,
         /// After RoPE (Llama): [N, q_dim], [N, kv_dim], [N, kv_dim].
@@ -65,9 +69,14 @@ activation_group! {
 
 activation_group! {
     /// The batch, the network's end and the loss: [N] ids, positions and targets (u32), the last
-    /// block's output and its norm [N, d], logits and their gradient [N, vocab], per-row losses, a
-    /// column of ones (for the mean as a product) and the accumulated loss [1].
-    RowActs { ids: one, pos_ids: one, targets: one, x_final: one, hf: one, logits: one, dlogits: one, losses: one, ones: one, loss: one }
+    /// block's output and its norm [N, d]; for one chunk of C rows, its rows of the norm and their
+    /// gradient [C, d], its targets and losses [C], logits and their gradient [C, vocab]; per-row
+    /// losses [N], a column of ones (for the mean as a product) and the accumulated loss [1].
+    RowActs {
+        ids: one, pos_ids: one, targets: one, x_final: one, hf: one,
+        chunk_h: one, chunk_dh: one, chunk_targets: one, chunk_losses: one, logits: one, dlogits: one,
+        losses: one, ones: one, loss: one,
+    }
 }
 
 activation_group! {
@@ -89,6 +98,9 @@ activation_group! {
 
 /// The whole table.
 pub(crate) struct Activations<T> {
+    /// Every block's input [N, d] (block l's attention-norm input).
+    pub inputs: Vec<T>,
+    /// Per block, or one shared by all with gradient checkpointing.
     pub layers: Vec<LayerActs<T>>,
     pub rows: RowActs<T>,
     pub lora: LoraActs<T>,
@@ -99,7 +111,7 @@ pub(crate) struct Activations<T> {
 impl<T> Activations<T> {
     /// Every entry with its name.
     pub fn each(&self) -> Vec<(&'static str, &T)> {
-        let mut out = Vec::new();
+        let mut out: Vec<(&'static str, &T)> = self.inputs.iter().map(|t| ("x_in", t)).collect();
         for l in &self.layers {
             l.each(&mut out);
         }
@@ -113,25 +125,47 @@ impl<T> Activations<T> {
     /// The same table with its entries taken in [`Activations::each`]'s order from `values`.
     pub fn fill<U>(&self, values: impl IntoIterator<Item = U>) -> Activations<U> {
         let mut values = values.into_iter();
+        let inputs = self.inputs.iter().map(|_| values.next().expect("one value per entry")).collect();
         let layers = self.layers.iter().map(|l| l.fill(&mut values)).collect();
         let rows = self.rows.fill(&mut values);
         let lora = self.lora.fill(&mut values);
         let scratch = self.scratch.fill(&mut values);
         let window = self.window.fill(&mut values);
         assert!(values.next().is_none(), "more values than activations");
-        Activations { layers, rows, lora, scratch, window }
+        Activations { inputs, layers, rows, lora, scratch, window }
     }
 }
 
+/// Bytes of logits (and as much again of their gradient) one chunk may take: small next to a
+/// model's weights, large enough that the head's matmul is not starved of rows (GPT-2's 50257-word
+/// vocabulary: 83 rows; Qwen2.5's 151936: 27), and under WebGPU's smallest binding limit (128 MiB).
+pub(crate) const LOGIT_CHUNK_BYTES: u64 = 16 << 20;
+
+/// Rows of logits per chunk for `rows` rows of a `vocab`-word vocabulary: as many as fit
+/// `min(LOGIT_CHUNK_BYTES, max_binding)` bytes, at least one, at most `rows`.
+pub(crate) fn logit_rows(vocab: usize, rows: usize, max_binding: u64) -> usize {
+    let bytes = LOGIT_CHUNK_BYTES.min(max_binding);
+    ((bytes / (4 * vocab.max(1) as u64)) as usize).clamp(1, rows.max(1))
+}
+
+/// The activation table's choices beyond the batch shape (see the module comment).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Keep {
+    /// Rows per chunk of the LM head and the loss.
+    pub logit_rows: usize,
+    /// Gradient checkpointing: one shared set of block activations, recomputed in the backward.
+    pub checkpoint: bool,
+}
+
 /// Shapes of the activations of `batch` windows of `seq` tokens, with adapter modules of `ranks` and
-/// dropout on inputs up to `dropout_in` wide (0: no dropout).
-pub(crate) fn plan(c: &Config, batch: usize, seq: usize, ranks: &[usize], dropout_in: usize) -> Activations<Vec<usize>> {
+/// dropout on inputs up to `dropout_in` wide (0: no dropout), laid out as `keep` says.
+pub(crate) fn plan(c: &Config, batch: usize, seq: usize, ranks: &[usize], dropout_in: usize, keep: Keep) -> Activations<Vec<usize>> {
     let (n, d, f, qd, kvd, v) = (batch * seq, c.hidden_size, c.intermediate_size, c.q_dim(), c.kv_dim(), c.vocab_size);
+    let chunk = keep.logit_rows;
     // GPT-2's MLP has no third activation (Llama's silu(gate)·up).
     let f3 = if c.arch == Arch::Llama { f } else { 0 };
     let heads = Heads { q_heads: c.num_heads, kv_heads: c.num_kv_heads, head_dim: c.head_dim };
     let layer = || LayerActs {
-        x_in: vec![n, d],
         h1: vec![n, d],
         q: vec![n, qd],
         k: vec![n, kvd],
@@ -144,16 +178,22 @@ pub(crate) fn plan(c: &Config, batch: usize, seq: usize, ranks: &[usize], dropou
         ff2: vec![n, f],
         ff3: vec![n, f3],
     };
+    let layer_sets = if keep.checkpoint { c.num_layers.min(1) } else { c.num_layers };
     Activations {
-        layers: (0..c.num_layers).map(|_| layer()).collect(),
+        inputs: vec![vec![n, d]; c.num_layers],
+        layers: (0..layer_sets).map(|_| layer()).collect(),
         rows: RowActs {
             ids: vec![n],
             pos_ids: vec![n],
             targets: vec![n],
             x_final: vec![n, d],
             hf: vec![n, d],
-            logits: vec![n, v],
-            dlogits: vec![n, v],
+            chunk_h: vec![chunk, d],
+            chunk_dh: vec![chunk, d],
+            chunk_targets: vec![chunk],
+            chunk_losses: vec![chunk],
+            logits: vec![chunk, v],
+            dlogits: vec![chunk, v],
             losses: vec![n],
             ones: vec![n],
             loss: vec![1],

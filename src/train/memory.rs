@@ -6,6 +6,10 @@
 //! `GpuLora::new`, `Trainer::new` and `Session::new` allocate; `GpuContext::memory()` measures them
 //! (tests compare the two exactly). The CLI prints both; the web page uses the estimate to refuse a
 //! run that cannot fit before it starts.
+//!
+//! Activations depend on the vocabulary only through one chunk of logits (see
+//! `activations::LOGIT_CHUNK_BYTES`), and with gradient checkpointing
+//! (`TrainSettings::grad_checkpoint`) on the number of layers only through each block's input.
 
 use crate::gpu;
 use crate::lora::{module_sites, Adapter};
@@ -24,9 +28,13 @@ pub struct MemoryBudget {
     pub optimizer: u64,
     /// What one micro-batch keeps from the forward for the backward, plus the backward's scratch.
     pub activations: u64,
+    /// Of `activations`: the logits of one chunk of rows and their gradient (the LM head and the
+    /// loss run a chunk at a time, so this stops growing with the batch at a few MiB).
+    pub logits: u64,
 }
 
 impl MemoryBudget {
+    /// Weights, adapter, optimizer and activations (`logits` is part of `activations`).
     pub fn total(&self) -> u64 {
         self.weights + self.adapter + self.optimizer + self.activations
     }
@@ -69,23 +77,28 @@ pub fn estimate(c: &Config, adapter: &Adapter, settings: &TrainSettings) -> Memo
     // Dropout keeps the dropped input of one module at a time.
     let max_in = adapter.modules.values().map(|m| m.a.shape[1]).max().unwrap_or(0);
     let dropout = if adapter.config.lora_dropout > 0.0 { max_in } else { 0 };
+    // The trainer's chunk rule with WebGPU's smallest binding limit, which every device meets: the
+    // chunk is then `LOGIT_CHUNK_BYTES` at most whatever the device.
+    let (batch, seq) = (settings.batch, settings.seq_len);
+    let logit_rows = super::activations::logit_rows(c.vocab_size, batch * seq, WEBGPU_MIN_BINDING);
+    let keep = super::activations::Keep { logit_rows, checkpoint: settings.grad_checkpoint };
+    let table = super::activations::plan(c, batch, seq, &ranks, dropout, keep);
+    let bytes = |shape: &Vec<usize>| tensor(shape.iter().product());
+    let kept: u64 = table.each().into_iter().map(|(_, shape)| bytes(shape)).sum();
+    // `Session::new`'s clipping scratch.
+    let clip_work = values.iter().map(|&n| gpu::sum_squares::workspace_len(n)).max().unwrap_or(1);
+    let clip = tensor(clip_work) + tensor(1) + tensor(values.len());
     MemoryBudget {
         weights: weights(c),
         adapter: 2 * adapter_values,
         optimizer: 2 * adapter_values,
-        activations: activations(c, &ranks, settings.batch, settings.seq_len, dropout, &values),
+        activations: kept + clip,
+        logits: bytes(&table.rows.logits) + bytes(&table.rows.dlogits),
     }
 }
 
-/// `Trainer::new`'s buffers for `batch` windows of `seq` tokens (its activation table, summed), plus
-/// `Session::new`'s clipping scratch.
-fn activations(c: &Config, ranks: &[usize], batch: usize, seq: usize, dropout_in: usize, values: &[usize]) -> u64 {
-    let table = super::activations::plan(c, batch, seq, ranks, dropout_in);
-    let kept: u64 = table.each().into_iter().map(|(_, shape)| tensor(shape.iter().product())).sum();
-    let clip_work = values.iter().map(|&n| gpu::sum_squares::workspace_len(n)).max().unwrap_or(1);
-    let clip = tensor(clip_work) + tensor(1) + tensor(values.len());
-    kept + clip
-}
+/// WebGPU's guaranteed `maxStorageBufferBindingSize`.
+const WEBGPU_MIN_BINDING: u64 = 128 << 20;
 
 /// "12.3 MB"-style size for reports.
 pub fn human(bytes: u64) -> String {

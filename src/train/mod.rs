@@ -21,7 +21,7 @@ mod step;
 
 pub use data::Dataset;
 pub use run::{check_resume, new_lora, validate_lora, Decay, Schedule, Session, StepReport, TrainSettings, TrainingState};
-pub use step::Trainer;
+pub use step::{Trainer, TrainerOptions};
 
 use std::collections::{BTreeMap, HashMap};
 

@@ -20,7 +20,7 @@
 use std::collections::HashMap;
 
 use super::data::{Dataset, Sampler};
-use super::{GpuLora, Site, TrainError, Trainer};
+use super::{GpuLora, Site, TrainError, Trainer, TrainerOptions};
 use crate::eval::{self, EvalResult};
 use crate::gpu::{self, adamw::AdamW, GpuContext, GpuTensor};
 use crate::lora::{Adapter, LoraOptions};
@@ -89,6 +89,11 @@ pub struct TrainSettings {
     pub log_every: usize,
     /// Batch sampling seed.
     pub seed: u64,
+    /// Gradient checkpointing: keep only each block's input from the forward and recompute the
+    /// rest block by block in the backward (about one more forward of compute for activations that
+    /// no longer grow with the number of layers beyond one [tokens, hidden] tensor each; identical
+    /// gradients).
+    pub grad_checkpoint: bool,
 }
 
 impl Default for TrainSettings {
@@ -105,6 +110,7 @@ impl Default for TrainSettings {
             weight_decay: 0.0,
             log_every: 10,
             seed: 0,
+            grad_checkpoint: false,
         }
     }
 }
@@ -245,7 +251,8 @@ impl Session {
         let data = Dataset::new(tokens, settings.seq_len)?;
         let mut sampler = data.sampler(settings.seed);
         sampler.skip(lora.step as usize * settings.grad_accum * settings.batch);
-        let mut trainer = Trainer::new(ctx, model, lora, settings.batch, settings.seq_len).await?;
+        let options = TrainerOptions { grad_checkpoint: settings.grad_checkpoint, ..TrainerOptions::default() };
+        let mut trainer = Trainer::with_options(ctx, model, lora, settings.batch, settings.seq_len, options).await?;
         trainer.dropout_seed = settings.seed as u32 ^ (settings.seed >> 32) as u32;
         let tensors = trainable(&trainer.lora);
         let all_tensors: usize = trainer.lora.modules.iter().map(|m| 1 + m.parts.len()).sum();

@@ -7,6 +7,16 @@
 //! output, the mid residual (MLP-norm input), its norm and the MLP's pre-activations; per adapted
 //! module u = x·Aᵀ. The gradient of the embeddings is never formed: nothing before the first block
 //! is trainable, and the first block's input gradient is skipped too.
+//!
+//! The LM head and the loss run over chunks of rows ([`TrainerOptions::logit_rows`]): per chunk the
+//! logits, their losses and — in a training forward — their gradient and its product with the head,
+//! dh (the final norm's output gradient, kept for the backward). Logits never exist for more than
+//! one chunk, so a large vocabulary costs a fixed few MiB whatever the batch.
+//!
+//! Gradient checkpointing ([`TrainerOptions::grad_checkpoint`]): every block writes its activations
+//! into one shared set and only the block inputs are kept per layer; the backward re-runs each
+//! block's forward from its input (the same kernels on the same values, dropout masks regenerated
+//! from the same seeds, so the same bits) just before that block's backward.
 
 use std::cell::Cell;
 
@@ -27,6 +37,12 @@ pub struct Trainer {
     rows: usize,
     /// Predicted positions: B·(T − 1).
     count: usize,
+    /// Rows per chunk of the LM head and the loss.
+    logit_rows: usize,
+    /// Gradient checkpointing (see the module comment), and whether a block's forward is being
+    /// recomputed in the backward (its outputs then go to buffers that are free by then).
+    checkpoint: bool,
+    recomputing: Cell<bool>,
     /// Every activation and scratch tensor (`activations::plan`, the table the memory estimate sums).
     acts: Activations<GpuTensor>,
     /// How many batch losses `loss` holds, and the last value read (returned if none since).
@@ -47,6 +63,16 @@ pub struct Trainer {
     caches: std::cell::RefCell<std::collections::HashMap<&'static str, std::sync::Arc<std::sync::Mutex<DispatchCache>>>>,
 }
 
+/// How a [`Trainer`] lays out its activations (the defaults are what training runs with).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TrainerOptions {
+    /// Keep only each block's input and recompute the rest in the backward.
+    pub grad_checkpoint: bool,
+    /// Rows per chunk of the LM head and the loss; None: as many as fit 16 MiB of logits (and the
+    /// GPU's binding limit), at least one. Smaller chunks change no result, only the dispatch count.
+    pub logit_rows: Option<usize>,
+}
+
 /// Copy `rows` rows of `width` floats from row `src_row` of `src` to row `dst_row` of `dst`.
 #[allow(clippy::too_many_arguments)]
 fn copy_rows(
@@ -65,23 +91,24 @@ fn copy_rows(
 impl Trainer {
     /// Allocate the activations for batches of `batch` windows of `seq` tokens.
     pub async fn new(ctx: &GpuContext, model: &GpuModel, lora: GpuLora, batch: usize, seq: usize) -> Result<Self, TrainError> {
+        Self::with_options(ctx, model, lora, batch, seq, TrainerOptions::default()).await
+    }
+
+    /// [`Trainer::new`] with the activations laid out as `options` says.
+    pub async fn with_options(
+        ctx: &GpuContext,
+        model: &GpuModel,
+        lora: GpuLora,
+        batch: usize,
+        seq: usize,
+        options: TrainerOptions,
+    ) -> Result<Self, TrainError> {
         let c = &model.config;
         if batch == 0 || seq < 2 {
             return Err(TrainError::Batch(format!("{batch} windows of {seq} tokens: need at least one window of two tokens")));
         }
         if seq > c.max_positions {
             return Err(TrainError::Batch(format!("windows of {seq} tokens do not fit the model's context of {}", c.max_positions)));
-        }
-        // The logits of a whole micro-batch live in one buffer (a 50k vocabulary makes them the
-        // largest activation by far).
-        let logit_bytes = (batch * seq * c.vocab_size * 4) as u64;
-        if logit_bytes > ctx.max_binding() {
-            return Err(TrainError::Batch(format!(
-                "{batch} windows of {seq} tokens need {} of logits ({} per token), over this GPU's {} per buffer: use a smaller batch or seq-len",
-                super::memory::human(logit_bytes),
-                super::memory::human((c.vocab_size * 4) as u64),
-                super::memory::human(ctx.max_binding())
-            )));
         }
         for b in &model.blocks {
             let mut layers = vec![&b.q, &b.k, &b.v, &b.o];
@@ -94,13 +121,19 @@ impl Trainer {
             }
         }
         let n = batch * seq;
+        let logit_rows = match options.logit_rows {
+            Some(0) => return Err(TrainError::InvalidSetting { setting: "logit_rows", message: "a chunk of logits needs at least one row".into() }),
+            Some(rows) => rows.min(n),
+            None => activations::logit_rows(c.vocab_size, n, ctx.max_binding()),
+        };
         let dropout = lora.config.lora_dropout;
         if !(0.0..1.0).contains(&dropout) {
             return Err(TrainError::InvalidSetting { setting: "dropout", message: format!("LoRA dropout must be in [0, 1), not {dropout}") });
         }
         let ranks: Vec<usize> = lora.modules.iter().map(|m| m.rank).collect();
         let max_in = lora.modules.iter().map(|m| m.in_dim).max().unwrap_or(0);
-        let plan = activations::plan(c, batch, seq, &ranks, if dropout > 0.0 { max_in } else { 0 });
+        let keep = activations::Keep { logit_rows, checkpoint: options.grad_checkpoint };
+        let plan = activations::plan(c, batch, seq, &ranks, if dropout > 0.0 { max_in } else { 0 }, keep);
         let mut tensors = Vec::new();
         for (_, shape) in plan.each() {
             tensors.push(ctx.zeros(shape).await?);
@@ -116,6 +149,9 @@ impl Trainer {
             seq,
             rows: n,
             count: batch * (seq - 1),
+            logit_rows,
+            checkpoint: options.grad_checkpoint,
+            recomputing: Cell::new(false),
             acts,
             loss_terms: Cell::new(0),
             last_loss: Cell::new(f32::NAN),
@@ -276,7 +312,13 @@ impl Trainer {
 
     /// The block input of layer `l` (`x_final` after the last block).
     fn x_in(&self, l: usize) -> &GpuTensor {
-        self.acts.layers.get(l).map_or(&self.acts.rows.x_final, |a| &a.x_in)
+        self.acts.inputs.get(l).unwrap_or(&self.acts.rows.x_final)
+    }
+
+    /// Where block `l`'s activations other than its input live: its own set, or the one shared set
+    /// with checkpointing.
+    fn layer(&self, l: usize) -> &activations::LayerActs<GpuTensor> {
+        &self.acts.layers[if self.checkpoint { 0 } else { l }]
     }
 
     /// Whether adapter inputs are dropped in the forward being encoded.
@@ -357,15 +399,15 @@ impl Trainer {
         Ok(())
     }
 
-    /// The forward pass and per-row losses; with `count_loss`, the batch's mean loss is added to
-    /// `loss` (see [`Trainer::read_loss`]).
+    /// The forward pass and per-row losses; with `count_loss` (a training forward), also the LM
+    /// head's part of the backward (see [`Trainer::encode_head`]), and the batch's mean loss is added
+    /// to `loss` (see [`Trainer::read_loss`]).
     fn encode_forward(&self, ctx: &GpuContext, enc: &mut Recorder, model: &GpuModel, count_loss: bool) -> Result<(), GpuError> {
         // Only training forwards (those whose loss counts) drop adapter inputs.
         self.training.set(count_loss);
-        let (n, v) = (self.rows, model.config.vocab_size);
+        let n = self.rows;
         block::encode_network(ctx, enc, model, self)?;
-        model.encode_logits(ctx, enc, &self.acts.rows.hf, n, &self.acts.rows.logits)?;
-        gpu::cross_entropy::encode(ctx, enc, &self.acts.rows.logits, &self.acts.rows.targets, &self.acts.rows.losses, n, v)?;
+        self.encode_head(ctx, enc, model, count_loss)?;
         if !count_loss {
             return Ok(());
         }
@@ -378,18 +420,33 @@ impl Trainer {
         Ok(())
     }
 
-    /// The backward pass; `acc` = 1 adds the adapter's gradients to its `grad` buffers, 0 overwrites.
-    fn encode_backward(&self, ctx: &GpuContext, enc: &mut Recorder, model: &GpuModel, acc: f32) -> Result<(), GpuError> {
-        let c = &model.config;
-        let (n, v) = (self.rows, c.vocab_size);
-        gpu::cross_entropy::encode_backward(ctx, enc, &self.acts.rows.logits, &self.acts.rows.targets, &self.acts.rows.dlogits, n, v, 1.0 / self.count as f32)?;
-        // LM head: input gradient only.
-        model.encode_logits_backward(ctx, enc, &self.acts.rows.dlogits, n, &self.acts.scratch.dh)?;
-        self.encode_blocks_backward(ctx, enc, model, acc)
+    /// The LM head and the per-row losses, `logit_rows` rows at a time; with `backward`, per chunk
+    /// also dlogits = ∂(mean loss)/∂logits and dh = dlogits·∂logits/∂hf (input gradient only: the
+    /// head is frozen) into `scratch.dh`, where the backward starts. Rows are independent in every
+    /// op here, so the chunking changes no value.
+    fn encode_head(&self, ctx: &GpuContext, enc: &mut Recorder, model: &GpuModel, backward: bool) -> Result<(), GpuError> {
+        let (d, v) = (model.config.hidden_size, model.config.vocab_size);
+        let r = &self.acts.rows;
+        for row0 in (0..self.rows).step_by(self.logit_rows) {
+            let m = self.logit_rows.min(self.rows - row0);
+            copy_rows(enc, &r.hf, row0, &r.chunk_h, 0, m, d);
+            copy_rows(enc, &r.targets, row0, &r.chunk_targets, 0, m, 1);
+            model.encode_logits(ctx, enc, &r.chunk_h, m, &r.logits)?;
+            gpu::cross_entropy::encode(ctx, enc, &r.logits, &r.chunk_targets, &r.chunk_losses, m, v)?;
+            copy_rows(enc, &r.chunk_losses, 0, &r.losses, row0, m, 1);
+            if backward {
+                gpu::cross_entropy::encode_backward(ctx, enc, &r.logits, &r.chunk_targets, &r.dlogits, m, v, 1.0 / self.count as f32)?;
+                model.encode_logits_backward(ctx, enc, &r.dlogits, m, &r.chunk_dh)?;
+                copy_rows(enc, &r.chunk_dh, 0, &self.acts.scratch.dh, row0, m, d);
+            }
+        }
+        Ok(())
     }
 
-    /// The backward from dh (the final norm's output gradient) down through every block.
-    fn encode_blocks_backward(&self, ctx: &GpuContext, enc: &mut Recorder, model: &GpuModel, acc: f32) -> Result<(), GpuError> {
+    /// The backward from dh (the final norm's output gradient, left by the training forward's
+    /// [`Trainer::encode_head`]) down through every block; `acc` = 1 adds the adapter's gradients to
+    /// its `grad` buffers, 0 overwrites.
+    fn encode_backward(&self, ctx: &GpuContext, enc: &mut Recorder, model: &GpuModel, acc: f32) -> Result<(), GpuError> {
         let c = &model.config;
         let (n, t, qd, kvd) = (self.rows, self.seq, c.q_dim(), c.kv_dim());
         let heads = heads(c);
@@ -400,7 +457,10 @@ impl Trainer {
         let (mut cur, mut other) = (&self.acts.scratch.grad_a, &self.acts.scratch.grad_b);
         model.final_norm.encode_backward(ctx, enc, c, &self.acts.rows.x_final, &self.acts.scratch.dh, n, cur)?;
         for (l, b) in model.blocks.iter().enumerate().rev() {
-            let a = &self.acts.layers[l];
+            if self.checkpoint {
+                self.encode_recompute(ctx, enc, model, l)?;
+            }
+            let a = self.layer(l);
             // MLP: x_out = x_mid + mlp(mlp_norm(x_mid)).
             match &b.mlp {
                 GpuMlp::Gelu { .. } => {
@@ -445,12 +505,32 @@ impl Trainer {
             self.linear_backward(ctx, enc, acc, l, b, Site::K, &a.h1, &self.acts.scratch.dk, dx(1.0))?;
             self.linear_backward(ctx, enc, acc, l, b, Site::V, &a.h1, &self.acts.scratch.dv, dx(1.0))?;
             if !first {
-                b.attn_norm.encode_backward(ctx, enc, c, &a.x_in, &self.acts.scratch.dh, n, &self.acts.scratch.dtmp)?;
+                b.attn_norm.encode_backward(ctx, enc, c, self.x_in(l), &self.acts.scratch.dh, n, &self.acts.scratch.dtmp)?;
                 gpu::add::encode(ctx, enc, cur, &self.acts.scratch.dtmp, other)?;
                 std::mem::swap(&mut cur, &mut other);
             }
         }
         Ok(())
+    }
+
+    /// Block `l`'s forward again from its kept input, into the shared layer set (checkpointing).
+    fn encode_recompute(&self, ctx: &GpuContext, enc: &mut Recorder, model: &GpuModel, l: usize) -> Result<(), GpuError> {
+        let (c, b, a, n) = (&model.config, &model.blocks[l], self.layer(l), self.rows);
+        // h1 exactly as the forward made it: block 0's by the norm alone, later blocks' by the
+        // previous block's fused residual + norm, here with a zero residual (x + 0 = x, and the
+        // same arithmetic after it; the plain norm's reduction may round differently).
+        if l == 0 {
+            b.attn_norm.encode(ctx, enc, c, self.x_in(0), n, &a.h1)?;
+        } else {
+            let zero = &self.acts.scratch.proj;
+            enc.clear_buffer(&zero.buffer);
+            b.attn_norm.encode_residual(ctx, enc, c, self.x_in(l), zero, &a.x_mid, n, &a.h1)?;
+        }
+        let next_norm = model.blocks.get(l + 1).map_or(&model.final_norm, |nb| &nb.attn_norm);
+        self.recomputing.set(true);
+        let result = block::encode_block(ctx, enc, c, l, b, next_norm, self);
+        self.recomputing.set(false);
+        result
     }
 
     fn encode_update(&self, ctx: &GpuContext, enc: &mut Recorder, opt: &AdamW, step: u32, grad_scale: f32) -> Result<(), GpuError> {
@@ -464,7 +544,8 @@ impl Trainer {
     }
 }
 
-/// The trainer's side of the one network (`model::block`): every block keeps its own activations,
+/// The trainer's side of the one network (`model::block`): every block keeps its own activations
+/// (or, checkpointing, its input, the rest in one shared set),
 /// projections add the adapter, and attention runs window by window with positions t mod T,
 /// keeping each window's probabilities for the backward.
 impl Pass for Trainer {
@@ -485,9 +566,18 @@ impl Pass for Trainer {
     }
 
     fn acts(&self, l: usize) -> BlockActs<'_> {
-        let a = &self.acts.layers[l];
+        let a = self.layer(l);
+        // A recomputed block must not overwrite what its backward still reads (with checkpointing
+        // the next h1 is this block's own h1): its output and the next norm go to x_final and hf,
+        // whose last readers (the final norm's backward, the LM head) ran before.
+        let (x_out, h_out) = if self.recomputing.get() {
+            (&self.acts.rows.x_final, &self.acts.rows.hf)
+        } else {
+            let h_out = if l + 1 < self.acts.inputs.len() { &self.layer(l + 1).h1 } else { &self.acts.rows.hf };
+            (self.x_in(l + 1), h_out)
+        };
         BlockActs {
-            x_in: &a.x_in,
+            x_in: self.x_in(l),
             h1: &a.h1,
             q: &a.q,
             k: &a.k,
@@ -499,8 +589,8 @@ impl Pass for Trainer {
             ff1: &a.ff1,
             ff2: &a.ff2,
             ff3: &a.ff3,
-            x_out: self.x_in(l + 1),
-            h_out: self.acts.layers.get(l + 1).map_or(&self.acts.rows.hf, |next| &next.h1),
+            x_out,
+            h_out,
         }
     }
 
@@ -539,7 +629,7 @@ impl Pass for Trainer {
             copy_rows(enc, a.q, s * t, &w.qs, 0, t, qd);
             copy_rows(enc, a.k, s * t, &w.ks, 0, t, kvd);
             copy_rows(enc, a.v, s * t, &w.vs, 0, t, kvd);
-            gpu::attention::encode(ctx, enc, &w.qs, &w.ks, &w.vs, &w.os, &self.acts.layers[l].probs[s], t, 0, &heads)?;
+            gpu::attention::encode(ctx, enc, &w.qs, &w.ks, &w.vs, &w.os, &self.layer(l).probs[s], t, 0, &heads)?;
             copy_rows(enc, &w.os, 0, a.att, s * t, t, qd);
         }
         Ok(())

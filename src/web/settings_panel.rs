@@ -6,6 +6,7 @@ use leptos::prelude::*;
 use super::format;
 use super::state::AppState;
 use crate::lora::Target;
+use crate::studio::TAB_GPU_MEMORY;
 
 /// One labelled number field with its explanation.
 #[component]
@@ -58,6 +59,13 @@ pub fn SettingsPanel() -> impl IntoView {
             Err(e) => view! { <p data-testid="settings-error" class="status-failed" role="alert">{e}</p> }.into_any(),
         })
     };
+    // When the run would not fit a tab's GPU memory: what to change (a sentence from the engine).
+    let memory_hint = move || {
+        let studio = state.studio.get()?;
+        let (o, s) = f.parse(studio.config()).ok()?;
+        let hint = studio.memory_hint(&o, &s, TAB_GPU_MEMORY)?;
+        Some(view! { <p data-testid="memory-hint" role="status">{hint}</p> })
+    };
     view! {
         <section aria-labelledby="settings-heading">
             <h2 id="settings-heading">"3. Settings"</h2>
@@ -80,6 +88,14 @@ pub fn SettingsPanel() -> impl IntoView {
                 {target_box(Target::Up, "MLP up")}
                 {target_box(Target::Down, "MLP down")}
             </fieldset>
+            <label for="grad-checkpoint" class="check">
+                <input id="grad-checkpoint" type="checkbox" aria-describedby="grad-checkpoint-help"
+                    prop:checked=move || f.grad_checkpoint.get()
+                    on:change=move |ev| f.grad_checkpoint.set(event_target_checked(&ev))/>
+                "Gradient checkpointing "
+                <small id="grad-checkpoint-help">"Keeps only each layer's input and recomputes the rest while going backward: much less GPU memory, about a third more compute, the same result."</small>
+            </label>
+            {memory_hint}
             {verdict}
         </section>
     }

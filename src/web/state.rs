@@ -82,6 +82,8 @@ pub struct SettingsForm {
     pub batch: RwSignal<String>,
     pub seq_len: RwSignal<String>,
     pub seed: RwSignal<String>,
+    /// Gradient checkpointing (`TrainSettings::grad_checkpoint`).
+    pub grad_checkpoint: RwSignal<bool>,
 }
 
 fn number<T: std::str::FromStr>(what: &str, s: &str) -> Result<T, String> {
@@ -99,6 +101,7 @@ impl SettingsForm {
             batch: RwSignal::new("4".into()),
             seq_len: RwSignal::new("128".into()),
             seed: RwSignal::new("0".into()),
+            grad_checkpoint: RwSignal::new(false),
         }
     }
 
@@ -127,6 +130,7 @@ impl SettingsForm {
             // Read the loss back about 100 times per run (each read waits for the GPU).
             log_every: (steps / 100).max(1),
             seed,
+            grad_checkpoint: self.grad_checkpoint.get(),
             ..TrainSettings::default()
         };
         crate::train::validate_lora(&opts).map_err(|e| e.to_string())?;
