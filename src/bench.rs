@@ -433,6 +433,7 @@ async fn bench_train(ctx: &GpuContext, case: &TrainCase, log: &dyn Fn(&str)) -> 
     let before = ctx.memory().live();
     ctx.memory().reset_peak();
     let model = GpuModel::upload(ctx, &host).await?;
+    let frozen = memory::weights(&host, ctx.max_binding());
     drop(host);
     let opts = lora_options(&case.lora, case.lora.rank)?;
     let lora = train::new_lora(ctx, &model, &opts).await?;
@@ -464,7 +465,7 @@ async fn bench_train(ctx: &GpuContext, case: &TrainCase, log: &dyn Fn(&str)) -> 
     let cpu = cpu0.zip(cpu_seconds()).map(|(a, b)| (b - a) / case.steps as f64);
     let measured = ctx.memory().peak() - before;
     let adapter = Adapter::from_options(&c, &opts)?;
-    let budget = memory::estimate(&c, &adapter, &settings).total();
+    let budget = memory::estimate(frozen, &c, &adapter, &settings).total();
     let tokens = (case.batch * case.seq) as f64;
     let mut rows = vec![
         Row { key: format!("{} step", case.key), value: step * 1e3, unit: "ms".into() },

@@ -14,14 +14,8 @@ fn main() -> std::process::ExitCode {
 #[cfg(not(target_arch = "wasm32"))]
 mod train_cli;
 
-/// The files of the model folder `dir`, or of the embedded default model when none is given.
 #[cfg(not(target_arch = "wasm32"))]
-fn model_files(dir: Option<&std::path::Path>) -> Result<loratab::model::ModelFiles, loratab::model::ModelError> {
-    match dir {
-        Some(dir) => loratab::model::ModelFiles::read_dir(dir),
-        None => Ok(loratab::model::default::files()),
-    }
-}
+mod model_arg;
 
 #[cfg(not(target_arch = "wasm32"))]
 mod bench_cli;
@@ -33,7 +27,8 @@ mod cli {
     use loratab::gguf::GgufError;
     use loratab::gpu::GpuContext;
     use loratab::lora::{self, Adapter, LoraError};
-    use loratab::model::{GpuModel, Model, ModelError, Tokenizer};
+    use crate::model_arg::{OpenError, Source};
+    use loratab::model::{GpuModel, Model, ModelError, Tokenizer, WeightFormat};
     use std::path::{Path, PathBuf};
     use std::process::ExitCode;
 
@@ -48,10 +43,14 @@ mod cli {
     enum Command {
         /// Score a text file: mean next-token cross-entropy over consecutive chunks (one JSON line).
         Eval {
-            /// A Hugging Face model folder (config.json, model.safetensors, tokenizer.json);
-            /// default: the embedded austen-5m.
+            /// A Hugging Face model folder (config.json, model.safetensors, tokenizer.json) or a llama
+            /// .gguf file; default: the embedded austen-5m.
             #[arg(long)]
             model: Option<PathBuf>,
+            /// Keep the frozen weights in this format on the GPU: f32, f16, bf16, q8_0, q4_0 or q4_1
+            /// (default: as the file stores them).
+            #[arg(long, value_parser = crate::model_arg::parse_format)]
+            base_dtype: Option<WeightFormat>,
             /// The text file to score.
             #[arg(long)]
             text: PathBuf,
@@ -64,7 +63,7 @@ mod cli {
         },
         /// Merge a PEFT LoRA adapter into its base model and write a model folder transformers loads.
         Merge {
-            /// The base model folder (default: the embedded austen-5m).
+            /// The base model folder or llama .gguf file (default: the embedded austen-5m).
             #[arg(long)]
             model: Option<PathBuf>,
             #[arg(long)]
@@ -74,9 +73,12 @@ mod cli {
         },
         /// Continue a prompt with the model (KV cache; temperature 0 = greedy).
         Generate {
-            /// The model folder (default: the embedded austen-5m).
+            /// The model folder or llama .gguf file (default: the embedded austen-5m).
             #[arg(long)]
             model: Option<PathBuf>,
+            /// Keep the frozen weights in this format on the GPU (default: as stored).
+            #[arg(long, value_parser = crate::model_arg::parse_format)]
+            base_dtype: Option<WeightFormat>,
             #[arg(long)]
             prompt: String,
             #[arg(long, default_value_t = 50)]
@@ -121,12 +123,14 @@ mod cli {
         let cli = Cli::parse();
         match cli.command {
             Command::Info { json } => pollster::block_on(info(json)),
-            Command::Eval { model, text, seq_len, adapter } => {
-                report(pollster::block_on(eval(model.as_deref(), adapter.as_deref(), &text, seq_len)))
+            Command::Eval { model, base_dtype, text, seq_len, adapter } => {
+                let base = Base { model: model.as_deref(), format: base_dtype, adapter: adapter.as_deref() };
+                report(pollster::block_on(eval(&base, &text, seq_len)))
             }
-            Command::Generate { model, prompt, max_tokens, temperature, top_k, seed, adapter } => {
+            Command::Generate { model, base_dtype, prompt, max_tokens, temperature, top_k, seed, adapter } => {
                 let sampling = Sampling { temperature, top_k, seed };
-                report(pollster::block_on(generate(model.as_deref(), adapter.as_deref(), &prompt, max_tokens, &sampling)))
+                let base = Base { model: model.as_deref(), format: base_dtype, adapter: adapter.as_deref() };
+                report(pollster::block_on(generate(&base, &prompt, max_tokens, &sampling)))
             }
             Command::Merge { model, adapter, out } => report(merge(model.as_deref(), &adapter, &out)),
             Command::Train(args) => report(crate::train_cli::run(args)),
@@ -156,64 +160,89 @@ mod cli {
         Write { path: String, reason: String },
         #[error("{path}: {source}")]
         Gguf { path: String, source: GgufError },
+        #[error(transparent)]
+        Open(#[from] OpenError),
+        #[error("--out {0} is the base model itself: write the merged model to another folder")]
+        OutIsBase(String),
     }
 
-    fn load(dir: Option<&Path>, adapter: Option<&Path>) -> Result<(Model, Tokenizer), CliError> {
-        let (mut model, tokenizer) = Model::from_files(&crate::model_files(dir)?)?;
-        if let Some(adapter) = adapter {
+    /// The model the flags name: `--model` (folder, .gguf or the default), `--base-dtype`, `--adapter`.
+    struct Base<'a> {
+        model: Option<&'a Path>,
+        format: Option<WeightFormat>,
+        adapter: Option<&'a Path>,
+    }
+
+    /// The model in the requested format with the adapter (if any) merged in; an adapter's layers
+    /// become f32 (the merge's exact sum), the rest stays compact.
+    fn load(base: &Base) -> Result<(Model, Tokenizer), CliError> {
+        let (mut model, tokenizer) = Source::open(base.model)?.model(base.format)?;
+        if let Some(adapter) = base.adapter {
             lora::merge(&mut model, &Adapter::load_dir(adapter)?)?;
         }
         Ok((model, tokenizer))
     }
 
-    async fn open(dir: Option<&Path>, adapter: Option<&Path>) -> Result<(GpuContext, GpuModel, Tokenizer), CliError> {
-        let (model, tokenizer) = load(dir, adapter)?;
+    /// The model on the GPU, and the GPU bytes its frozen weights took there (measured).
+    async fn open(base: &Base<'_>) -> Result<(GpuContext, GpuModel, Tokenizer, Weights), CliError> {
+        let (model, tokenizer) = load(base)?;
         let ctx = GpuContext::new().await;
         let ctx = ctx.map_err(ModelError::from)?;
         let gpu_model = GpuModel::upload(&ctx, &model).await?;
-        Ok((ctx, gpu_model, tokenizer))
+        let weights = Weights { bytes: ctx.memory().live(), formats: crate::model_arg::formats(&model) };
+        Ok((ctx, gpu_model, tokenizer, weights))
     }
 
-    async fn eval(dir: Option<&Path>, adapter: Option<&Path>, text: &Path, seq_len: Option<usize>) -> Result<(), CliError> {
+    /// The frozen weights as they are on the GPU.
+    struct Weights {
+        bytes: u64,
+        formats: String,
+    }
+
+    async fn eval(base: &Base<'_>, text: &Path, seq_len: Option<usize>) -> Result<(), CliError> {
         let text = std::fs::read_to_string(text).map_err(|e| ModelError::Io {
             path: text.display().to_string(),
             reason: e.to_string(),
         })?;
-        let (ctx, model, tokenizer) = open(dir, adapter).await?;
+        let (ctx, model, tokenizer, weights) = open(base).await?;
         let tokens = tokenizer.encode(&text)?;
         let seq_len = seq_len.unwrap_or(loratab::eval::default_seq_len(model.config.max_positions));
         let r = loratab::eval::eval(&ctx, &model, &tokens, seq_len).await?;
-        println!("{}", serde_json::json!({ "loss": r.loss, "ppl": r.ppl, "tokens": r.tokens }));
+        let weights = serde_json::json!({ "gpu_bytes": weights.bytes, "formats": weights.formats });
+        println!("{}", serde_json::json!({ "loss": r.loss, "ppl": r.ppl, "tokens": r.tokens, "weights": weights }));
         Ok(())
     }
 
-    async fn generate(
-        dir: Option<&Path>,
-        adapter: Option<&Path>,
-        prompt: &str,
-        max_tokens: usize,
-        sampling: &Sampling,
-    ) -> Result<(), CliError> {
-        let (ctx, model, tokenizer) = open(dir, adapter).await?;
+    async fn generate(base: &Base<'_>, prompt: &str, max_tokens: usize, sampling: &Sampling) -> Result<(), CliError> {
+        let (ctx, model, tokenizer, _) = open(base).await?;
         let ids = tokenizer.encode(prompt)?;
         let out = loratab::generate::generate(&ctx, &model, &ids, max_tokens, sampling, None).await?;
         println!("{}{}", prompt, tokenizer.decode(&out)?);
         Ok(())
     }
 
-    /// Write `dir/config.json`, `tokenizer.json` (copied) and `model.safetensors` (merged, f32).
-    fn merge(model_dir: Option<&Path>, adapter: &Path, out: &Path) -> Result<(), CliError> {
-        let files = crate::model_files(model_dir)?;
-        let (mut model, _) = Model::from_files(&files)?;
+    /// Write a model folder transformers loads: the base's config.json (saying f32) and tokenizer
+    /// files, and model.safetensors merged in f32 (a GGUF base dequantized as ggml does).
+    fn merge(model_path: Option<&Path>, adapter: &Path, out: &Path) -> Result<(), CliError> {
+        if let Some(path) = model_path {
+            // Written files would replace the base's own (or fail on a .gguf file) halfway through.
+            let same = |a: &Path, b: &Path| matches!((a.canonicalize(), b.canonicalize()), (Ok(a), Ok(b)) if a == b);
+            if same(path, out) {
+                return Err(CliError::OutIsBase(out.display().to_string()));
+            }
+        }
+        let source = Source::open(model_path)?;
+        let (mut model, _) = source.model(None)?;
         lora::merge(&mut model, &Adapter::load_dir(adapter)?)?;
         let write = |name: &str, bytes: &[u8]| {
             let path = out.join(name);
             std::fs::write(&path, bytes).map_err(|e| CliError::Write { path: path.display().to_string(), reason: e.to_string() })
         };
         std::fs::create_dir_all(out).map_err(|e| CliError::Write { path: out.display().to_string(), reason: e.to_string() })?;
-        // The merged weights are f32 whatever the base stored.
-        write("config.json", loratab::model::config_json_f32(&files.config)?.as_bytes())?;
-        write("tokenizer.json", &files.tokenizer)?;
+        for (name, bytes) in source.folder_files()? {
+            write(name, &bytes)?;
+        }
+        drop(source);
         write("model.safetensors", &loratab::model::save_safetensors(&model.to_tensors())?)?;
         println!("merged model written to {}", out.display());
         Ok(())

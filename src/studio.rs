@@ -334,7 +334,7 @@ impl Studio {
     pub fn memory(&self, opts: &LoraOptions, settings: &TrainSettings) -> Result<MemoryBudget, StudioError> {
         train::validate_lora(opts)?;
         let adapter = Adapter::from_options(self.config(), opts)?;
-        Ok(train::memory::estimate(self.config(), &adapter, settings))
+        Ok(train::memory::estimate(self.model.weight_bytes(), self.config(), &adapter, settings))
     }
 
     /// A sentence for the settings panel when training with `settings` needs more GPU memory than

@@ -14,7 +14,7 @@ use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use loratab::gpu::GpuContext;
 use loratab::lora::{Adapter, Init, LoraError, LoraOptions, Target};
-use loratab::model::{Config, GpuModel, Model, ModelError};
+use loratab::model::{Config, GpuModel, ModelError, WeightFormat};
 use loratab::train::{self, memory, Decay, GpuLora, Session, TrainError, TrainSettings, TrainingState};
 
 const STATE_FILE: &str = "training_state.safetensors";
@@ -36,10 +36,14 @@ pub enum InitArg {
 
 #[derive(Args)]
 pub struct TrainArgs {
-    /// A Hugging Face model folder (config.json, model.safetensors, tokenizer.json); default: the
-    /// embedded austen-5m.
+    /// A Hugging Face model folder (config.json, model.safetensors, tokenizer.json) or a llama .gguf
+    /// file (the adapter is then for the model it dequantizes to); default: the embedded austen-5m.
     #[arg(long)]
     model: Option<PathBuf>,
+    /// Keep the frozen weights in this format on the GPU: f32, f16, bf16, q8_0, q4_0 or q4_1
+    /// (default: as the file stores them; quantizing trains the adapter for the quantized model).
+    #[arg(long, value_parser = crate::model_arg::parse_format)]
+    base_dtype: Option<WeightFormat>,
     /// The text to train on (the last ~10% of its windows are held out for validation).
     #[arg(long)]
     text: PathBuf,
@@ -119,6 +123,8 @@ pub enum TrainCliError {
     #[error(transparent)]
     Model(#[from] ModelError),
     #[error(transparent)]
+    Open(#[from] crate::model_arg::OpenError),
+    #[error(transparent)]
     Lora(#[from] LoraError),
     #[error(transparent)]
     Train(#[from] TrainError),
@@ -145,9 +151,9 @@ fn rank_pattern(s: &str) -> Result<std::collections::BTreeMap<Target, usize>, Tr
 }
 
 /// Write the adapter and the training state into `dir`.
-async fn save(ctx: &GpuContext, session: &Session, base: &Path, dir: &Path) -> Result<(), TrainCliError> {
+async fn save(ctx: &GpuContext, session: &Session, base: &str, dir: &Path) -> Result<(), TrainCliError> {
     let mut adapter = session.adapter(ctx).await?;
-    adapter.config.base_model_name_or_path = Some(base.display().to_string());
+    adapter.config.base_model_name_or_path = Some(base.to_string());
     let write_err = |e: std::io::Error| TrainError::Write { path: dir.display().to_string(), reason: e.to_string() };
     adapter.save_dir(dir).map_err(write_err)?;
     let state = session.state(ctx).await?.to_bytes()?;
@@ -169,21 +175,24 @@ pub fn run(args: TrainArgs) -> Result<(), TrainCliError> {
 async fn train(args: TrainArgs, stop: Arc<AtomicBool>) -> Result<(), TrainCliError> {
     let text = std::fs::read_to_string(&args.text)
         .map_err(|e| ModelError::Io { path: args.text.display().to_string(), reason: e.to_string() })?;
-    let (model, tokenizer) = Model::from_files(&crate::model_files(args.model.as_deref())?)?;
+    let (model, tokenizer) = crate::model_arg::Source::open(args.model.as_deref())?.model(args.base_dtype)?;
     // Recorded in the adapter's config as PEFT's base_model_name_or_path.
-    let base = args.model.clone().unwrap_or_else(|| PathBuf::from(loratab::model::default::PATH));
+    let base = crate::model_arg::base_name(args.model.as_deref());
     let tokens = tokenizer.encode(&text)?;
     let settings = settings(&args, &model.config);
     // Before the GPU starts, so a bad setting costs no device set-up.
     settings.validate(&model.config)?;
     let ctx = GpuContext::new().await.map_err(ModelError::from)?;
+    let frozen = Frozen { bytes: memory::weights(&model, ctx.max_binding()), formats: crate::model_arg::formats(&model) };
     let gm = GpuModel::upload(&ctx, &model).await?;
+    // The host copy is not needed again (the GPU holds the weights).
+    drop(model);
     let lora = match &args.resume {
         Some(dir) => resume(&ctx, &gm, dir, settings.steps).await?,
         None => train::new_lora(&ctx, &gm, &lora_options(&args)?).await?,
     };
     let mut session = Session::new(&ctx, &gm, tokens, lora, settings).await?;
-    let memory = report_memory(&ctx, &model.config, &session).await?;
+    let memory = report_memory(&ctx, &gm.config, &frozen, &session).await?;
     let run = train_loop(&ctx, &gm, &mut session, &args, &base, &stop).await?;
     save(&ctx, &session, &base, &args.out).await?;
     report(&ctx, &session, &args.out, &run, &memory);
@@ -248,16 +257,24 @@ async fn resume(ctx: &GpuContext, gm: &GpuModel, dir: &Path, steps: usize) -> Re
     Ok(lora)
 }
 
+/// The frozen weights' GPU bytes worked out before upload, and their formats ("q4_1 ×210, q8_0 ×1").
+struct Frozen {
+    bytes: u64,
+    formats: String,
+}
+
 /// What training holds on the GPU: worked out from the shapes, and measured.
 struct Memory {
     budget: memory::MemoryBudget,
     measured: u64,
+    formats: String,
 }
 
 /// Print the GPU memory budget beside what is measured, so a wrong estimate shows.
-async fn report_memory(ctx: &GpuContext, config: &Config, session: &Session) -> Result<Memory, TrainCliError> {
+async fn report_memory(ctx: &GpuContext, config: &Config, frozen: &Frozen, session: &Session) -> Result<Memory, TrainCliError> {
     let measured = ctx.memory().live();
-    let budget = memory::estimate(config, &session.adapter(ctx).await?, &session.settings);
+    let budget = memory::estimate(frozen.bytes, config, &session.adapter(ctx).await?, &session.settings);
+    eprintln!("frozen weights: {} ({})", memory::human(budget.weights), frozen.formats);
     eprintln!(
         "GPU memory: weights {} + activations {}{} + adapter {} + AdamW moments {} = {} (measured {})",
         memory::human(budget.weights),
@@ -268,7 +285,7 @@ async fn report_memory(ctx: &GpuContext, config: &Config, session: &Session) -> 
         memory::human(budget.total()),
         memory::human(measured)
     );
-    Ok(Memory { budget, measured })
+    Ok(Memory { budget, measured, formats: frozen.formats.clone() })
 }
 
 /// How the loop ended.
@@ -288,7 +305,7 @@ async fn train_loop(
     gm: &GpuModel,
     session: &mut Session,
     args: &TrainArgs,
-    base: &Path,
+    base: &str,
     stop: &AtomicBool,
 ) -> Result<LoopEnd, TrainCliError> {
     let s = session.settings.clone();
@@ -360,6 +377,7 @@ fn report(ctx: &GpuContext, session: &Session, out: &Path, run: &LoopEnd, memory
         "interrupted": run.interrupted,
         "gpu_memory": {
             "weights": budget.weights,
+            "weight_formats": memory.formats,
             "activations": budget.activations,
             "adapter": budget.adapter,
             "optimizer": budget.optimizer,

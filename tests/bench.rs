@@ -19,7 +19,14 @@ fn hf_configs_read_back_as_the_benchmarked_shapes() {
 fn random_default_model_has_every_parameter() {
     let c = bench::model_config("default").unwrap();
     let m = bench::random_model(&c, 0);
-    assert_eq!(4 * m.num_params() as u64, loratab::train::memory::weights(&c));
+    // A Llama's parameters from its shape: per block two RMSNorms, q, k, v, o and the SwiGLU MLP.
+    let (d, f, qd, kvd, v) = (c.hidden_size, c.intermediate_size, c.q_dim(), c.kv_dim(), c.vocab_size);
+    let block = 2 * d + d * qd + 2 * d * kvd + qd * d + 3 * d * f;
+    let head = if c.tie_word_embeddings { 0 } else { v * d };
+    let params = c.num_layers * block + v * d + d + head;
+    assert_eq!(m.num_params(), params);
+    // Random models are f32, whole on the GPU when nothing is split.
+    assert_eq!(loratab::train::memory::weights(&m, u64::MAX), 4 * params as u64);
 }
 
 #[test]

@@ -8,7 +8,7 @@ mod common;
 use common::gpu;
 
 use loratab::lora::{Adapter, LoraOptions, Target};
-use loratab::model::{GpuModel, Model, ModelFiles};
+use loratab::model::{GpuModel, Mlp, Model, ModelFiles, Weight, WeightFormat};
 use loratab::train::{memory, new_lora, Session, TrainSettings};
 
 const TEXT: &str = include_str!("fixtures/eval.txt");
@@ -30,20 +30,53 @@ async fn check(files: ModelFiles, targets: &str, rank: usize, batch: usize, seq_
 
 /// Estimate against measurement for one run; the budget checked.
 async fn check_with(files: ModelFiles, opts: LoraOptions, batch: usize, seq_len: usize, grad_checkpoint: bool) -> memory::MemoryBudget {
-    let ctx = gpu().await;
     let (model, tok) = Model::from_files(&files).unwrap();
+    check_model(model, tok.encode(TEXT).unwrap(), opts, batch, seq_len, grad_checkpoint).await
+}
+
+/// GPU bytes of every parameter once: weight matrices at their format's size per value (the GPU
+/// layouts of model/weight.rs: f16/bf16 2 bytes, Q8_0 36 and Q4_0/Q4_1 20 bytes per 32 values, a
+/// buffer rounded up to whole words), everything else (norms, biases, positions) f32.
+fn stored_bytes(model: &Model) -> u64 {
+    let mut matrices: Vec<&Weight> = vec![&model.token_embedding];
+    for b in &model.blocks {
+        matrices.extend([&b.q.weight, &b.k.weight, &b.v.weight, &b.o.weight]);
+        match &b.mlp {
+            Mlp::Gelu { fc, proj } => matrices.extend([&fc.weight, &proj.weight]),
+            Mlp::SwiGlu { gate, up, down } => matrices.extend([&gate.weight, &up.weight, &down.weight]),
+        }
+    }
+    matrices.extend(model.lm_head.as_ref().map(|h| &h.weight));
+    let size = |w: &Weight| -> u64 {
+        let (bytes, values) = match w.format {
+            WeightFormat::F32 => (4, 1),
+            WeightFormat::F16 | WeightFormat::Bf16 => (2, 1),
+            WeightFormat::Q8_0 => (36, 32),
+            WeightFormat::Q4_0 | WeightFormat::Q4_1 => (20, 32),
+        };
+        ((w.len() * bytes).div_ceil(values).div_ceil(4) * 4) as u64
+    };
+    let matrix_values: usize = matrices.iter().map(|w| w.len()).sum();
+    4 * (model.num_params() - matrix_values) as u64 + matrices.into_iter().map(size).sum::<u64>()
+}
+
+/// Estimate against measurement for `model` (already in the format to test).
+async fn check_model(model: Model, tokens: Vec<u32>, opts: LoraOptions, batch: usize, seq_len: usize, grad_checkpoint: bool) -> memory::MemoryBudget {
+    let ctx = gpu().await;
     let targets: Vec<&str> = opts.targets.iter().map(|t| t.name()).collect();
     let (targets, rank) = (targets.join(","), opts.rank);
     let settings = TrainSettings { steps: 3, batch, seq_len, log_every: 1, grad_checkpoint, ..TrainSettings::default() };
     let adapter = Adapter::from_options(&model.config, &opts).unwrap();
-    let budget = memory::estimate(&model.config, &adapter, &settings);
-    let what = format!("{} {targets} r={rank} B={batch} T={seq_len} checkpointing {grad_checkpoint}", model.config.model_type);
+    let budget = memory::estimate(memory::weights(&model, ctx.max_binding()), &model.config, &adapter, &settings);
+    let formats: Vec<String> = model.weight_formats().iter().map(|(f, n)| format!("{f} ×{n}")).collect();
+    let what = format!("{} ({}) {targets} r={rank} B={batch} T={seq_len} checkpointing {grad_checkpoint}", model.config.model_type, formats.join(", "));
 
     assert_eq!(ctx.memory().live(), 0);
     let gm = GpuModel::upload(&ctx, &model).await.unwrap();
     let weights = ctx.memory().live();
-    // Independent of the estimate: every parameter of the host model, once, in f32.
-    assert_eq!(weights, 4 * model.num_params() as u64, "{what}: weights on the GPU");
+    // Independent of the estimate: every parameter of the host model once, at its format's size.
+    assert_eq!(weights, stored_bytes(&model), "{what}: weights on the GPU");
+    assert_eq!(weights, gm.weight_bytes(), "{what}: the GPU model's own count");
     assert_eq!(weights, budget.weights, "{what}: weights estimate");
 
     let lora = new_lora(&ctx, &gm, &opts).await.unwrap();
@@ -53,7 +86,7 @@ async fn check_with(files: ModelFiles, opts: LoraOptions, batch: usize, seq_len:
     assert_eq!(trainable, 16 * adapter_values as u64, "{what}: adapter + AdamW state");
     assert_eq!(trainable, budget.adapter + budget.optimizer, "{what}: adapter estimate");
 
-    let mut session = Session::new(&ctx, &gm, tok.encode(TEXT).unwrap(), lora, settings).await.unwrap();
+    let mut session = Session::new(&ctx, &gm, tokens, lora, settings).await.unwrap();
     let activations = ctx.memory().live() - weights - trainable;
     assert_eq!(activations, budget.activations, "{what}: activations estimate");
     assert_eq!(ctx.memory().live(), budget.total());
@@ -98,6 +131,47 @@ gpu_test! {
     }
 }
 
+/// A llama with 32-multiple dimensions, stored in f16 (tied head).
+fn llama_f16() -> ModelFiles {
+    files!("lora/llama-f16/base")
+}
+
+gpu_test! {
+    /// Frozen weights kept compact count at their compact size: f16 as stored, and quantized to
+    /// Q4_0 and Q8_0 (`--base-dtype`), the whole budget still exact.
+    async fn compact_memory_matches_budget() {
+        let opts = LoraOptions { rank: 4, targets: Target::parse_list("q,v,down").unwrap(), ..LoraOptions::default() };
+        let (f16, tok) = Model::from_files(&llama_f16()).unwrap();
+        let tokens = tok.encode(TEXT).unwrap();
+        assert_eq!(f16.weight_formats().keys().collect::<Vec<_>>(), [&WeightFormat::F16]);
+        let f32_bytes = 4 * f16.num_params() as u64;
+        let b = check_model(f16.clone(), tokens.clone(), opts.clone(), 2, 16, false).await;
+        assert!(b.weights < f32_bytes * 55 / 100, "f16: {} of {f32_bytes} bytes", b.weights);
+        for format in [WeightFormat::Q4_0, WeightFormat::Q8_0] {
+            let mut model = f16.clone();
+            model.convert_weights(format).unwrap();
+            let b = check_model(model, tokens.clone(), opts.clone(), 2, 16, false).await;
+            assert!(b.weights < f32_bytes * 35 / 100, "{format}: {} of {f32_bytes} bytes", b.weights);
+        }
+    }
+}
+
+gpu_test! {
+    /// Compact weights larger than one binding are cut into row blocks; the estimate counts the
+    /// same blocks (upload only: activations this small a binding cannot hold are not the point).
+    async fn split_compact_weights_match_budget() {
+        let (mut model, _) = Model::from_files(&llama_f16()).unwrap();
+        model.convert_weights(WeightFormat::Q4_1).unwrap();
+        let ctx = gpu().await;
+        // The tied embedding (300 rows of 2 Q4_1 blocks) and the MLP matrices exceed 4000 bytes.
+        ctx.set_max_binding(4000);
+        let gm = GpuModel::upload(&ctx, &model).await.unwrap();
+        assert!(gm.token_embedding.parts.len() > 1, "the embedding should be split");
+        assert_eq!(ctx.memory().live(), memory::weights(&model, 4000));
+        assert_eq!(ctx.memory().live(), stored_bytes(&model));
+    }
+}
+
 gpu_test! {
     async fn dropout_memory_matches_budget() {
         // Dropout turns the one-word placeholder into a [B·T, widest in] buffer (down's in = ffn).
@@ -106,8 +180,9 @@ gpu_test! {
         let plain = LoraOptions { targets: Target::parse_list("q,v,down").unwrap(), ..LoraOptions::default() };
         let dropped = LoraOptions { dropout: 0.1, ..plain.clone() };
         let s = TrainSettings { batch: 2, seq_len: 16, ..TrainSettings::default() };
-        let a = memory::estimate(&model.config, &Adapter::from_options(&model.config, &plain).unwrap(), &s);
-        let b = memory::estimate(&model.config, &Adapter::from_options(&model.config, &dropped).unwrap(), &s);
+        let frozen = memory::weights(&model, u64::MAX);
+        let a = memory::estimate(frozen, &model.config, &Adapter::from_options(&model.config, &plain).unwrap(), &s);
+        let b = memory::estimate(frozen, &model.config, &Adapter::from_options(&model.config, &dropped).unwrap(), &s);
         assert_eq!(b.activations - a.activations, 4 * 32 * model.config.intermediate_size as u64 - 4);
         check_with(files!("llama-tiny"), dropped, 2, 16, false).await;
     }
@@ -155,25 +230,26 @@ gpu_test! {
         let opts = LoraOptions { rank: 8, targets: Target::parse_list("q,v").unwrap(), ..LoraOptions::default() };
         let adapter = Adapter::from_options(&c, &opts).unwrap();
         let settings = |batch, grad_checkpoint| TrainSettings { batch, seq_len: 256, grad_checkpoint, ..TrainSettings::default() };
-        let budget = |batch, grad_checkpoint| memory::estimate(&c, &adapter, &settings(batch, grad_checkpoint));
+        // Only a config here (no 2 GB of weights): the frozen weights are left out of these budgets.
+        let budget = |batch, grad_checkpoint| memory::estimate(0, &c, &adapter, &settings(batch, grad_checkpoint));
         let (one, eight) = (budget(1, false), budget(8, false));
         assert_eq!(one.logits, eight.logits);
         assert!(one.logits <= 2 * (16 << 20) && one.logits >= 2 * 4 * v, "{} bytes of logits", one.logits);
         // What the vocabulary adds to the activations (against twice the vocabulary) is the same at
         // one window as at eight: all logits at once would make it grow eightfold.
         let doubled = loratab::model::Config { vocab_size: 2 * c.vocab_size, ..c.clone() };
-        let vocab_part = |batch| memory::estimate(&doubled, &adapter, &settings(batch, false)).activations as i64 - budget(batch, false).activations as i64;
+        let vocab_part = |batch| memory::estimate(0, &doubled, &adapter, &settings(batch, false)).activations as i64 - budget(batch, false).activations as i64;
         assert_eq!(vocab_part(1), vocab_part(8));
         assert!(vocab_part(1).unsigned_abs() < 4 << 20, "{}", vocab_part(1));
         // A batch smaller than a chunk keeps all its rows' logits: a window of 4 tokens.
-        let small = memory::estimate(&c, &adapter, &TrainSettings { batch: 1, seq_len: 4, ..TrainSettings::default() });
+        let small = memory::estimate(0, &c, &adapter, &TrainSettings { batch: 1, seq_len: 4, ..TrainSettings::default() });
         assert_eq!(small.logits, 2 * 4 * 4 * v);
         for grad_checkpoint in [false, true] {
             let b = budget(4, grad_checkpoint);
             println!(
-                "Qwen2.5-0.5B shape, batch 4 x 256, r=8 q,v, checkpointing {grad_checkpoint}: weights {} + activations {} (logits {}) + adapter {} + AdamW {} = {}; without weights {}",
-                memory::human(b.weights), memory::human(b.activations), memory::human(b.logits), memory::human(b.adapter),
-                memory::human(b.optimizer), memory::human(b.total()), memory::human(b.total() - b.weights)
+                "Qwen2.5-0.5B shape, batch 4 x 256, r=8 q,v, checkpointing {grad_checkpoint}: activations {} (logits {}) + adapter {} + AdamW {} = {} besides the frozen weights",
+                memory::human(b.activations), memory::human(b.logits), memory::human(b.adapter),
+                memory::human(b.optimizer), memory::human(b.total())
             );
         }
     }

@@ -38,18 +38,25 @@ impl Imported {
 
     /// (file name, bytes) of the model folder; weights in f16 when `f16`, else f32.
     pub fn files(&self, f16: bool) -> Result<Vec<(&'static str, Vec<u8>)>, GgufError> {
+        let tensors: Vec<(String, HostTensor)> = self.tensors.iter().map(|(n, w)| (n.clone(), w.to_f32())).collect();
+        let weights = if f16 { save_safetensors_f16(&tensors)? } else { save_safetensors(&tensors)? };
+        let mut files = self.folder_files(f16);
+        files.push(("model.safetensors", weights));
+        Ok(files)
+    }
+
+    /// The folder's files other than model.safetensors, its config.json saying f16 or f32 weights
+    /// (also what `loratab merge` writes beside the merged f32 weights of a GGUF base).
+    pub fn folder_files(&self, f16: bool) -> Vec<(&'static str, Vec<u8>)> {
         let mut config = self.config.clone();
         config["torch_dtype"] = if f16 { "float16" } else { "float32" }.into();
         let pretty = |v: &Json| serde_json::to_vec_pretty(v).expect("JSON values serialize");
-        let tensors: Vec<(String, HostTensor)> = self.tensors.iter().map(|(n, w)| (n.clone(), w.to_f32())).collect();
-        let weights = if f16 { save_safetensors_f16(&tensors)? } else { save_safetensors(&tensors)? };
-        Ok(vec![
+        vec![
             ("config.json", pretty(&config)),
             ("generation_config.json", pretty(&self.generation_config)),
             ("tokenizer.json", serde_json::to_vec(&self.tokenizer).expect("JSON values serialize")),
             ("tokenizer_config.json", pretty(&self.tokenizer_config)),
-            ("model.safetensors", weights),
-        ])
+        ]
     }
 }
 

@@ -23,17 +23,21 @@ impl RowParts {
     /// Upload `w` in its own format, cut into row blocks that each fit one binding.
     async fn upload(ctx: &GpuContext, w: &Weight) -> Result<Self, ModelError> {
         let (rows, cols) = (w.shape[0], w.shape[1]);
-        let row_bytes = w.format.bytes(cols).max(1);
-        let per_part = (ctx.max_binding() / row_bytes).max(1) as usize;
         let mut parts = Vec::new();
-        let mut row0 = 0;
-        while row0 < rows {
-            let n = per_part.min(rows - row0);
+        for (row0, n) in Self::blocks(w, ctx.max_binding()) {
             let part = if n == rows { ctx.upload_weight(w).await? } else { ctx.upload_weight(&w.slice_rows(row0, n)).await? };
             parts.push((row0, part));
-            row0 += n;
         }
         Ok(Self { parts, rows, cols })
+    }
+
+    /// (first row, rows) of each block `upload` cuts `w` into under a binding limit of
+    /// `max_binding` bytes (also what the memory budget counts, so the two cannot drift apart).
+    pub fn blocks(w: &Weight, max_binding: u64) -> Vec<(usize, usize)> {
+        let rows = w.shape[0];
+        let row_bytes = w.format.bytes(w.cols()).max(1);
+        let per_part = (max_binding / row_bytes).max(1) as usize;
+        (0..rows).step_by(per_part).map(|row0| (row0, per_part.min(rows - row0))).collect()
     }
 
     /// GPU bytes of all parts.
@@ -213,6 +217,26 @@ impl GpuModel {
             },
             kv_cache: Default::default(),
         })
+    }
+
+    /// GPU bytes of the frozen weights (the buffers `upload` made; not the KV cache): what the
+    /// training budget counts for a model already on the GPU.
+    pub fn weight_bytes(&self) -> u64 {
+        let size = |t: &GpuTensor| t.buffer.size();
+        let opt = |t: &Option<GpuTensor>| t.as_ref().map_or(0, size);
+        let parts = |p: &RowParts| p.parts.iter().map(|(_, t)| size(t)).sum::<u64>();
+        let linear = |l: &GpuLinear| parts(&l.weight) + opt(&l.bias);
+        let norm = |n: &GpuNorm| size(&n.weight) + opt(&n.bias);
+        let mut total = parts(&self.token_embedding) + opt(&self.position_embedding) + norm(&self.final_norm);
+        total += self.lm_head.as_ref().map_or(0, linear);
+        for b in &self.blocks {
+            let mlp = match &b.mlp {
+                GpuMlp::Gelu { fc, proj } => linear(fc) + linear(proj),
+                GpuMlp::SwiGlu { gate, up, down } => linear(gate) + linear(up) + linear(down),
+            };
+            total += norm(&b.attn_norm) + norm(&b.mlp_norm) + linear(&b.q) + linear(&b.k) + linear(&b.v) + linear(&b.o) + mlp;
+        }
+        total
     }
 
     /// The KV cache (handles to the same buffers), allocated on first use.

@@ -13,14 +13,14 @@
 
 use crate::gpu;
 use crate::lora::{module_sites, Adapter};
-use crate::model::{Arch, Config};
+use crate::model::{Config, HostTensor, Linear, Mlp, Model, Norm, RowParts, Weight};
 
 use super::TrainSettings;
 
 /// Bytes, by what they hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct MemoryBudget {
-    /// The frozen model (f32 on the GPU whatever the file stored).
+    /// The frozen model, each weight matrix in its storage format (f16, Q4_1, …).
     pub weights: u64,
     /// Adapter values A, B and their gradients.
     pub adapter: u64,
@@ -45,23 +45,33 @@ fn tensor(n: usize) -> u64 {
     n.max(1) as u64 * 4
 }
 
-/// Bytes of the frozen model on the GPU, tensor by tensor as `GpuModel::upload` makes them.
-/// Weights larger than one binding are split in row blocks; the blocks add up to the same bytes.
-pub fn weights(c: &Config) -> u64 {
-    let (d, f, qd, kvd, v) = (c.hidden_size, c.intermediate_size, c.q_dim(), c.kv_dim(), c.vocab_size);
-    let gpt2 = c.arch == Arch::Gpt2;
-    // LayerNorm has a bias, RMSNorm does not.
-    let norm = tensor(d) * if gpt2 { 2 } else { 1 };
-    let linear = |i: usize, o: usize, bias: bool| tensor(i * o) + if bias { tensor(o) } else { 0 };
-    let mlp = if gpt2 { linear(d, f, c.mlp_bias) + linear(f, d, c.mlp_bias) } else { 2 * linear(d, f, c.mlp_bias) + linear(f, d, c.mlp_bias) };
-    let block = 2 * norm + linear(d, qd, c.qkv_bias) + 2 * linear(d, kvd, c.qkv_bias) + linear(qd, d, c.o_bias) + mlp;
-    let embedding = tensor(v * d) + if gpt2 { tensor(c.max_positions * d) } else { 0 };
-    let head = if c.tie_word_embeddings { 0 } else { linear(d, v, false) };
-    c.num_layers as u64 * block + embedding + norm + head
+/// Bytes of the frozen model on the GPU, tensor by tensor as `GpuModel::upload` makes them under a
+/// binding limit of `max_binding` bytes: each weight matrix in its own format (f16, Q4_1, …), cut
+/// into the same row blocks (`RowParts::blocks`), the norms, biases and positions in f32.
+pub fn weights(model: &Model, max_binding: u64) -> u64 {
+    let f32s = |t: &HostTensor| tensor(t.data.len());
+    let matrix = |w: &Weight| -> u64 {
+        let blocks = RowParts::blocks(w, max_binding);
+        // WebGPU buffers are at least one word, as for f32 tensors.
+        blocks.iter().map(|&(_, n)| w.format.bytes(n * w.cols()).max(4)).sum()
+    };
+    let linear = |l: &Linear| matrix(&l.weight) + l.bias.as_ref().map_or(0, f32s);
+    let norm = |n: &Norm| f32s(&n.weight) + n.bias.as_ref().map_or(0, f32s);
+    let mut total = matrix(&model.token_embedding) + model.position_embedding.as_ref().map_or(0, f32s);
+    total += norm(&model.final_norm) + model.lm_head.as_ref().map_or(0, linear);
+    for b in &model.blocks {
+        let mlp: u64 = match &b.mlp {
+            Mlp::Gelu { fc, proj } => linear(fc) + linear(proj),
+            Mlp::SwiGlu { gate, up, down } => linear(gate) + linear(up) + linear(down),
+        };
+        total += norm(&b.attn_norm) + norm(&b.mlp_norm) + linear(&b.q) + linear(&b.k) + linear(&b.v) + linear(&b.o) + mlp;
+    }
+    total
 }
 
-/// The whole budget of training `adapter` on `model` with `settings`.
-pub fn estimate(c: &Config, adapter: &Adapter, settings: &TrainSettings) -> MemoryBudget {
+/// The whole budget of training `adapter` with `settings` on a model of config `c` whose frozen
+/// weights take `weights` bytes on the GPU ([`weights`] before upload).
+pub fn estimate(weights: u64, c: &Config, adapter: &Adapter, settings: &TrainSettings) -> MemoryBudget {
     // The GPU keeps A whole and B in one row block per layer it feeds (GPT-2's c_attn: q, k, v).
     let mut values = Vec::new();
     for (name, m) in &adapter.modules {
@@ -89,7 +99,7 @@ pub fn estimate(c: &Config, adapter: &Adapter, settings: &TrainSettings) -> Memo
     let clip_work = values.iter().map(|&n| gpu::sum_squares::workspace_len(n)).max().unwrap_or(1);
     let clip = tensor(clip_work) + tensor(1) + tensor(values.len());
     MemoryBudget {
-        weights: weights(c),
+        weights,
         adapter: 2 * adapter_values,
         optimizer: 2 * adapter_values,
         activations: kept + clip,
