@@ -87,3 +87,151 @@ fn import_gguf_writes_a_folder_eval_scores_like_transformers() {
     assert_eq!(err.trim(), "error: tests/fixtures/eval.txt: not a GGUF file: it starts with \"Ever\" instead of \"GGUF\"");
     assert!(!out.exists());
 }
+
+mod common;
+
+const TINY_GGUF: &str = "tests/fixtures/gguf/tiny.gguf";
+
+/// A scratch folder for one test, removed first if a previous run left it.
+fn scratch(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("loratab-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn json(out: &str) -> serde_json::Value {
+    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+#[test]
+fn eval_reads_a_gguf_directly_and_keeps_it_compact() {
+    let eval = |extra: &[&str]| {
+        let args = [&["eval", "--model", TINY_GGUF, "--text", "tests/fixtures/eval.txt", "--seq-len", "512"], extra].concat();
+        let (ok, out, err) = loratab(&args);
+        assert!(ok, "{err}");
+        json(&out)
+    };
+    let want = golden("gguf", "loss");
+    let compact = eval(&[]);
+    assert!((compact["loss"].as_f64().unwrap() - want).abs() < 1e-4, "{compact} vs transformers {want}");
+    // Every matrix stays in the file's type: the counts of the file's 2-D tensors by type.
+    let mut stored = std::collections::BTreeMap::new();
+    for t in loratab::gguf::Gguf::parse(&std::fs::read(TINY_GGUF).unwrap()).unwrap().tensors.iter().filter(|t| t.dims.len() == 2) {
+        *stored.entry(t.kind.name.to_lowercase()).or_insert(0) += 1;
+    }
+    let shown: std::collections::BTreeMap<String, i32> = compact["weights"]["formats"]
+        .as_str()
+        .unwrap()
+        .split(", ")
+        .map(|f| f.split_once(" ×").map(|(k, n)| (k.to_string(), n.parse().unwrap())).unwrap())
+        .collect();
+    assert_eq!(shown, stored);
+    // Widened to f32 the values (and so the loss) are the same; the GPU holds more bytes.
+    let wide = eval(&["--base-dtype", "f32"]);
+    assert!((wide["loss"].as_f64().unwrap() - want).abs() < 1e-4, "{wide}");
+    assert_eq!(wide["weights"]["formats"], "f32 ×16");
+    let (small, big) = (compact["weights"]["gpu_bytes"].as_u64().unwrap(), wide["weights"]["gpu_bytes"].as_u64().unwrap());
+    assert!(small * 3 < big, "compact {small} bytes vs f32 {big}");
+}
+
+#[test]
+fn train_on_a_gguf_then_eval_and_merge() {
+    let dir = scratch("gguf-train");
+    let adapter = dir.join("adapter");
+    let merged = dir.join("merged");
+    let (adapter_s, merged_s) = (adapter.to_str().unwrap(), merged.to_str().unwrap());
+    let train = ["train", "--model", TINY_GGUF, "--text", "tests/fixtures/eval.txt", "--out", adapter_s, "--steps", "2", "--rank", "2"];
+    let tiny = ["--batch", "1", "--seq-len", "16", "--eval-every", "0", "--log-every", "1", "--lr", "0.05", "--targets", "q,v,down"];
+    let (ok, out, err) = loratab(&[&train[..], &tiny].concat());
+    assert!(ok, "{err}");
+    assert_eq!(json(&out)["steps"], 2);
+    assert!(err.contains("frozen weights: ") && err.contains("q8_0 ×4"), "{err}");
+    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(adapter.join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(config["base_model_name_or_path"], "tiny.gguf");
+
+    // The adapter on the GGUF scores as the merged f32 folder does.
+    let text = ["--text", "tests/fixtures/eval.txt", "--seq-len", "64"];
+    let (ok, out, err) = loratab(&[&["eval", "--model", TINY_GGUF, "--adapter", adapter_s][..], &text].concat());
+    assert!(ok, "{err}");
+    let with_adapter = json(&out)["loss"].as_f64().unwrap();
+    let (ok, _, err) = loratab(&["merge", "--model", TINY_GGUF, "--adapter", adapter_s, "--out", merged_s]);
+    assert!(ok, "{err}");
+    for file in ["config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json", "model.safetensors"] {
+        assert!(merged.join(file).is_file(), "{file} missing from the merged folder");
+    }
+    let (ok, out, err) = loratab(&[&["eval", "--model", merged_s][..], &text].concat());
+    assert!(ok, "{err}");
+    let merged_loss = json(&out)["loss"].as_f64().unwrap();
+    assert!((merged_loss - with_adapter).abs() < 1e-5, "merged {merged_loss} vs adapter {with_adapter}");
+    // ... and the adapter changed something, so that equality means something.
+    let (ok, out, err) = loratab(&[&["eval", "--model", TINY_GGUF][..], &text].concat());
+    assert!(ok, "{err}");
+    let base = json(&out)["loss"].as_f64().unwrap();
+    assert!((base - with_adapter).abs() > 1e-3, "base {base} vs adapter {with_adapter}");
+
+    // Merging over the base itself is refused before anything is written.
+    let (ok, _, err) = loratab(&["merge", "--model", TINY_GGUF, "--adapter", adapter_s, "--out", TINY_GGUF]);
+    assert!(!ok);
+    assert!(err.contains("is the base model itself"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn bad_gguf_files_and_formats_are_sentences() {
+    use loratab::gguf::{Kind, Value};
+    let dir = scratch("gguf-bad");
+    let tiny = std::fs::read(TINY_GGUF).unwrap();
+    let (meta, tensors) = common::gguf_parts(&tiny);
+    let zeros = |dims: &[u64], code: u32| {
+        let k = Kind::from_code(code).unwrap();
+        vec![0u8; (dims.iter().product::<u64>() / k.block * k.bytes) as usize]
+    };
+
+    // A Q4_K tensor (a valid file: a feed-forward width of 256 makes whole 256-value blocks).
+    let mut q4k_meta = meta.clone();
+    q4k_meta.insert("llama.feed_forward_length".into(), Value::U32(256));
+    let mut q4k = tensors.clone();
+    for t in q4k.iter_mut().filter(|t| t.0.contains(".ffn_") && t.1.len() == 2) {
+        t.1 = if t.0.contains("ffn_down") { vec![256, 64] } else { vec![64, 256] };
+        if t.0 == "blk.0.ffn_down.weight" {
+            t.2 = 12;
+        }
+        t.3 = zeros(&t.1, t.2);
+    }
+    // Rows of 48 values in a Q8_0 tensor: not whole blocks of 32.
+    let mut ragged = tensors.clone();
+    ragged[0].1[0] = 48;
+    let cases: [(&str, Vec<u8>, &str); 4] = [
+        ("q4k", common::write_gguf(&q4k_meta, &q4k), "tensor `blk.0.ffn_down.weight` is stored as Q4_K; loratab imports F32, F16, BF16, Q8_0, Q4_0 and Q4_1 tensors"),
+        ("truncated", tiny[..tiny.len() - 100].to_vec(), "tensor `output.weight` lies outside the data section"),
+        ("ragged", common::write_gguf(&meta, &ragged), "its rows of 48 values do not fill whole Q8_0 blocks of 32"),
+        ("text", b"just some text".to_vec(), "not a GGUF file"),
+    ];
+    for (name, bytes, want) in cases {
+        let path = dir.join(format!("{name}.gguf"));
+        std::fs::write(&path, bytes).unwrap();
+        let path = path.to_str().unwrap();
+        for command in ["eval", "train"] {
+            let mut args = vec![command, "--model", path, "--text", "tests/fixtures/eval.txt"];
+            if command == "train" {
+                args.extend(["--out", dir.to_str().unwrap()]);
+            }
+            let (ok, _, err) = loratab(&args);
+            assert!(!ok, "{name} {command}");
+            assert!(err.starts_with(&format!("error: {path}: ")) && err.contains(want), "{name} {command}: {err}");
+            assert!(!err.contains("panicked"), "{err}");
+        }
+    }
+    let missing = dir.join("missing.gguf");
+    let (ok, _, err) = loratab(&["eval", "--model", missing.to_str().unwrap(), "--text", "tests/fixtures/eval.txt"]);
+    assert!(!ok && err.contains("could not read") && err.contains("missing.gguf"), "{err}");
+
+    // --base-dtype: an unknown name, and a model whose rows are not whole blocks (llama-tiny's 48).
+    let (ok, _, err) = loratab(&["eval", "--model", TINY_GGUF, "--text", "tests/fixtures/eval.txt", "--base-dtype", "q5_k"]);
+    assert!(!ok && err.contains("`q5_k` is not a weight format: choose one of f32, f16, bf16, q8_0, q4_0, q4_1"), "{err}");
+    let (ok, _, err) = loratab(&["eval", "--model", "tests/fixtures/llama-tiny", "--text", "tests/fixtures/eval.txt", "--base-dtype", "q4_0"]);
+    assert!(!ok && err.starts_with("error: tensor `") && err.contains("not a multiple of q4_0's block of 32"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -4,12 +4,12 @@
 //! formulas on hand-made blocks, and broken or unsupported files → sentences, never panics.
 
 mod common;
-use common::gpu;
+use common::{gpu, write_gguf, GgufTensor};
 
 use std::collections::BTreeMap;
 
 use loratab::gguf::{dequantize, import, Gguf, GgufError, Kind, Value};
-use loratab::model::{load_safetensors, GpuModel, HostTensor, Model, ModelFiles, Tokenizer};
+use loratab::model::{load_safetensors, GpuModel, HostTensor, Model, ModelFiles, Tokenizer, Weight, WeightFormat};
 
 const TINY: &[u8] = include_bytes!("fixtures/gguf/tiny.gguf");
 const GOLDEN: &[u8] = include_bytes!("fixtures/gguf/golden.safetensors");
@@ -92,18 +92,42 @@ fn f16_weights_are_the_f32_ones_rounded() {
 }
 
 gpu_test! {
-    /// `loratab eval` on the imported folder scores eval.txt as transformers scores the GGUF.
+    /// eval.txt scores as transformers scores the GGUF, both with the GGUF loaded directly (its
+    /// tensors kept Q8_0/Q4_0/Q4_1/F16/BF16 on the GPU) and through the imported f32 folder.
     async fn eval_loss_matches_transformers() {
         let ctx = gpu().await;
-        let (model, tokenizer) = Model::from_files(&imported_files(false)).unwrap();
-        let gm = GpuModel::upload(&ctx, &model).await.unwrap();
-        let tokens = tokenizer.encode(EVAL_TEXT).unwrap();
-        let json = golden_json();
-        assert_eq!(tokens.len() as u64, json["loss_tokens"].as_u64().unwrap());
-        let r = loratab::eval::eval(&ctx, &gm, &tokens, model.config.max_positions).await.unwrap();
-        let want = golden()["loss"].data[0] as f64;
-        assert!((r.loss - want).abs() < 1e-4, "loss {} vs transformers {want}", r.loss);
+        let direct = import(TINY).unwrap().model().unwrap();
+        assert_eq!(direct.0.token_embedding.format, WeightFormat::Q8_0);
+        let folder = Model::from_files(&imported_files(false)).unwrap();
+        for (what, (model, tokenizer)) in [("direct", direct), ("folder", folder)] {
+            let gm = GpuModel::upload(&ctx, &model).await.unwrap();
+            let tokens = tokenizer.encode(EVAL_TEXT).unwrap();
+            let json = golden_json();
+            assert_eq!(tokens.len() as u64, json["loss_tokens"].as_u64().unwrap());
+            let r = loratab::eval::eval(&ctx, &gm, &tokens, model.config.max_positions).await.unwrap();
+            let want = golden()["loss"].data[0] as f64;
+            assert!((r.loss - want).abs() < 1e-4, "{what}: loss {} vs transformers {want}", r.loss);
+        }
     }
+}
+
+/// The GPU layout a stored tensor is repacked into decodes (`Weight::to_f32`, the shaders' CPU
+/// reference) to exactly what ggml's formulas make of the file's bytes, for every tensor and type
+/// of the fixture.
+#[test]
+fn repacked_tensors_decode_as_ggml_does() {
+    let g = Gguf::parse(TINY).unwrap();
+    let mut kinds = std::collections::BTreeSet::new();
+    for t in &g.tensors {
+        let format = WeightFormat::parse(t.kind.name).unwrap();
+        let w = Weight::from_stored(format, &t.shape(), g.raw(t), &t.name).unwrap();
+        assert_eq!((w.format, &w.shape), (format, &t.shape()), "{}", t.name);
+        let want = dequantize(t.kind, g.raw(t)).unwrap();
+        let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&w.to_f32().data), bits(&want), "{} ({})", t.name, t.kind.name);
+        kinds.insert(t.kind.name);
+    }
+    assert_eq!(kinds.into_iter().collect::<Vec<_>>(), ["BF16", "F16", "F32", "Q4_0", "Q4_1", "Q8_0"]);
 }
 
 // ---- dequantization: ggml's formulas on hand-made blocks ----
@@ -170,80 +194,9 @@ fn float_types_decode_bit_for_bit() {
 
 // ---- broken and unsupported files ----
 
-/// A GGUF writer for tests: metadata and tensors (name, ggml dims, type code, bytes) → a v3 file.
-fn write_gguf(metadata: &BTreeMap<String, Value>, tensors: &[(String, Vec<u64>, u32, Vec<u8>)]) -> Vec<u8> {
-    fn string(out: &mut Vec<u8>, s: &str) {
-        out.extend((s.len() as u64).to_le_bytes());
-        out.extend(s.as_bytes());
-    }
-    fn code(v: &Value) -> u32 {
-        match v {
-            Value::U8(_) => 0,
-            Value::I8(_) => 1,
-            Value::U16(_) => 2,
-            Value::I16(_) => 3,
-            Value::U32(_) => 4,
-            Value::I32(_) => 5,
-            Value::F32(_) => 6,
-            Value::Bool(_) => 7,
-            Value::Str(_) => 8,
-            Value::Array(_) => 9,
-            Value::U64(_) => 10,
-            Value::I64(_) => 11,
-            Value::F64(_) => 12,
-        }
-    }
-    fn value(out: &mut Vec<u8>, v: &Value) {
-        match v {
-            Value::U8(x) => out.push(*x),
-            Value::I8(x) => out.push(*x as u8),
-            Value::U16(x) => out.extend(x.to_le_bytes()),
-            Value::I16(x) => out.extend(x.to_le_bytes()),
-            Value::U32(x) => out.extend(x.to_le_bytes()),
-            Value::I32(x) => out.extend(x.to_le_bytes()),
-            Value::F32(x) => out.extend(x.to_le_bytes()),
-            Value::Bool(x) => out.push(*x as u8),
-            Value::Str(s) => string(out, s),
-            Value::Array(items) => {
-                out.extend(items.first().map_or(0, code).to_le_bytes());
-                out.extend((items.len() as u64).to_le_bytes());
-                items.iter().for_each(|i| value(out, i));
-            }
-            Value::U64(x) => out.extend(x.to_le_bytes()),
-            Value::I64(x) => out.extend(x.to_le_bytes()),
-            Value::F64(x) => out.extend(x.to_le_bytes()),
-        }
-    }
-    let align = metadata.get("general.alignment").and_then(Value::as_int).unwrap_or(32) as usize;
-    let mut out = b"GGUF".to_vec();
-    out.extend(3u32.to_le_bytes());
-    out.extend((tensors.len() as u64).to_le_bytes());
-    out.extend((metadata.len() as u64).to_le_bytes());
-    for (k, v) in metadata {
-        string(&mut out, k);
-        out.extend(code(v).to_le_bytes());
-        value(&mut out, v);
-    }
-    let mut data = Vec::new();
-    for (name, dims, kind, bytes) in tensors {
-        string(&mut out, name);
-        out.extend((dims.len() as u32).to_le_bytes());
-        dims.iter().for_each(|d| out.extend(d.to_le_bytes()));
-        out.extend(kind.to_le_bytes());
-        out.extend((data.len() as u64).to_le_bytes());
-        data.extend(bytes);
-        data.resize(data.len().div_ceil(align) * align, 0);
-    }
-    out.resize(out.len().div_ceil(align) * align, 0);
-    out.extend(data);
-    out
-}
-
 /// The tiny fixture taken apart, to be changed and written again.
-fn tiny_parts() -> (BTreeMap<String, Value>, Vec<(String, Vec<u64>, u32, Vec<u8>)>) {
-    let g = Gguf::parse(TINY).unwrap();
-    let tensors = g.tensors.iter().map(|t| (t.name.clone(), t.dims.clone(), t.kind.code, g.raw(t).to_vec())).collect();
-    (g.metadata.clone(), tensors)
+fn tiny_parts() -> (BTreeMap<String, Value>, Vec<GgufTensor>) {
+    common::gguf_parts(TINY)
 }
 
 fn import_err(bytes: &[u8]) -> String {

@@ -4,6 +4,9 @@
 
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
+
+use loratab::gguf::Value;
 use loratab::gpu::GpuContext;
 
 #[cfg(target_arch = "wasm32")]
@@ -66,3 +69,83 @@ pub fn gguf_model_files(gguf: &[u8], f16: bool) -> loratab::model::ModelFiles {
         tokenizer: get("tokenizer.json"),
     }
 }
+
+/// A GGUF tensor for [`write_gguf`]: name, ggml dims (ne0 first), type code, stored bytes.
+pub type GgufTensor = (String, Vec<u64>, u32, Vec<u8>);
+
+/// A GGUF writer for tests: metadata and tensors (name, ggml dims, type code, bytes) → a v3 file.
+pub fn write_gguf(metadata: &BTreeMap<String, Value>, tensors: &[GgufTensor]) -> Vec<u8> {
+    fn string(out: &mut Vec<u8>, s: &str) {
+        out.extend((s.len() as u64).to_le_bytes());
+        out.extend(s.as_bytes());
+    }
+    fn code(v: &Value) -> u32 {
+        match v {
+            Value::U8(_) => 0,
+            Value::I8(_) => 1,
+            Value::U16(_) => 2,
+            Value::I16(_) => 3,
+            Value::U32(_) => 4,
+            Value::I32(_) => 5,
+            Value::F32(_) => 6,
+            Value::Bool(_) => 7,
+            Value::Str(_) => 8,
+            Value::Array(_) => 9,
+            Value::U64(_) => 10,
+            Value::I64(_) => 11,
+            Value::F64(_) => 12,
+        }
+    }
+    fn value(out: &mut Vec<u8>, v: &Value) {
+        match v {
+            Value::U8(x) => out.push(*x),
+            Value::I8(x) => out.push(*x as u8),
+            Value::U16(x) => out.extend(x.to_le_bytes()),
+            Value::I16(x) => out.extend(x.to_le_bytes()),
+            Value::U32(x) => out.extend(x.to_le_bytes()),
+            Value::I32(x) => out.extend(x.to_le_bytes()),
+            Value::F32(x) => out.extend(x.to_le_bytes()),
+            Value::Bool(x) => out.push(*x as u8),
+            Value::Str(s) => string(out, s),
+            Value::Array(items) => {
+                out.extend(items.first().map_or(0, code).to_le_bytes());
+                out.extend((items.len() as u64).to_le_bytes());
+                items.iter().for_each(|i| value(out, i));
+            }
+            Value::U64(x) => out.extend(x.to_le_bytes()),
+            Value::I64(x) => out.extend(x.to_le_bytes()),
+            Value::F64(x) => out.extend(x.to_le_bytes()),
+        }
+    }
+    let align = metadata.get("general.alignment").and_then(Value::as_int).unwrap_or(32) as usize;
+    let mut out = b"GGUF".to_vec();
+    out.extend(3u32.to_le_bytes());
+    out.extend((tensors.len() as u64).to_le_bytes());
+    out.extend((metadata.len() as u64).to_le_bytes());
+    for (k, v) in metadata {
+        string(&mut out, k);
+        out.extend(code(v).to_le_bytes());
+        value(&mut out, v);
+    }
+    let mut data = Vec::new();
+    for (name, dims, kind, bytes) in tensors {
+        string(&mut out, name);
+        out.extend((dims.len() as u32).to_le_bytes());
+        dims.iter().for_each(|d| out.extend(d.to_le_bytes()));
+        out.extend(kind.to_le_bytes());
+        out.extend((data.len() as u64).to_le_bytes());
+        data.extend(bytes);
+        data.resize(data.len().div_ceil(align) * align, 0);
+    }
+    out.resize(out.len().div_ceil(align) * align, 0);
+    out.extend(data);
+    out
+}
+
+/// A GGUF file taken apart (metadata, tensors), to be changed and written again with [`write_gguf`].
+pub fn gguf_parts(bytes: &[u8]) -> (BTreeMap<String, Value>, Vec<GgufTensor>) {
+    let g = loratab::gguf::Gguf::parse(bytes).unwrap();
+    let tensors = g.tensors.iter().map(|t| (t.name.clone(), t.dims.clone(), t.kind.code, g.raw(t).to_vec())).collect();
+    (g.metadata.clone(), tensors)
+}
+
