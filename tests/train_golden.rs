@@ -9,7 +9,7 @@ use common::{gpu, max_abs_diff};
 
 use loratab::gpu::adamw::AdamW;
 use loratab::lora::Adapter;
-use loratab::model::{load_safetensors, GpuModel, HostTensor, Model, ModelFiles};
+use loratab::model::{load_safetensors, GpuMlp, GpuModel, HostTensor, Model, ModelFiles, RowParts, WeightFormat};
 use loratab::train::{GpuLora, Trainer};
 use std::collections::{BTreeSet, HashMap};
 
@@ -22,17 +22,63 @@ enum Base {
 }
 
 impl Base {
-    /// The files loratab loads the base from.
-    fn files(&self) -> ModelFiles {
+    /// The base as loratab loads it: a folder's files, or the GGUF directly (tensors kept in the
+    /// file's formats, as `loratab train --model x.gguf` loads it).
+    fn model(&self) -> Model {
         match *self {
-            Base::Folder { config, weights, tokenizer } => ModelFiles {
-                config: config.to_string(),
-                weights: vec![("model.safetensors".into(), weights.to_vec())],
-                tokenizer: tokenizer.to_vec(),
-            },
-            // compact: today a GGUF reaches the engine through `loratab import-gguf`'s f32 folder; once the
-            // engine keeps GGUF tensors compact, load it through that path here instead.
-            Base::Gguf(bytes) => common::gguf_model_files(bytes, false),
+            Base::Folder { config, weights, tokenizer } => {
+                let files = ModelFiles {
+                    config: config.to_string(),
+                    weights: vec![("model.safetensors".into(), weights.to_vec())],
+                    tokenizer: tokenizer.to_vec(),
+                };
+                Model::from_files(&files).unwrap().0
+            }
+            Base::Gguf(bytes) => loratab::gguf::import(bytes).unwrap().model().unwrap().0,
+        }
+    }
+
+    /// The stored type of one tensor, named as transformers (`hf`) and llama.cpp (`gguf`) name it.
+    fn stored_format(&self, hf: &str, gguf: &str) -> WeightFormat {
+        let name = match *self {
+            Base::Folder { weights, .. } => {
+                format!("{:?}", safetensors::SafeTensors::deserialize(weights).unwrap().tensor(hf).unwrap().dtype())
+            }
+            Base::Gguf(bytes) => {
+                let g = loratab::gguf::Gguf::parse(bytes).unwrap();
+                g.tensors.iter().find(|t| t.name == gguf).unwrap().kind.name.to_string()
+            }
+        };
+        WeightFormat::parse(&name).unwrap()
+    }
+
+    /// Assert that the GPU keeps every weight matrix in the format the file stores it in (BF16,
+    /// F16, Q8_0, Q4_0, Q4_1, …), not widened to f32: every row block of every matrix.
+    fn assert_kept_compact(&self, gm: &GpuModel, case: &str) {
+        let check = |parts: &RowParts, hf: &str, gguf: &str| {
+            let want = self.stored_format(hf, gguf);
+            for (row0, part) in &parts.parts {
+                assert_eq!(part.format, want, "{case}: {hf} rows from {row0} on the GPU");
+            }
+        };
+        check(&gm.token_embedding, "model.embed_tokens.weight", "token_embd.weight");
+        if let Some(head) = &gm.lm_head {
+            check(&head.weight, "lm_head.weight", "output.weight");
+        }
+        for (i, b) in gm.blocks.iter().enumerate() {
+            let GpuMlp::SwiGlu { gate, up, down } = &b.mlp else { panic!("{case}: the compact cases are llamas") };
+            let linears = [
+                (&b.q, "self_attn.q_proj", "attn_q"),
+                (&b.k, "self_attn.k_proj", "attn_k"),
+                (&b.v, "self_attn.v_proj", "attn_v"),
+                (&b.o, "self_attn.o_proj", "attn_output"),
+                (gate, "mlp.gate_proj", "ffn_gate"),
+                (up, "mlp.up_proj", "ffn_up"),
+                (down, "mlp.down_proj", "ffn_down"),
+            ];
+            for (l, hf, gguf) in linears {
+                check(&l.weight, &format!("model.layers.{i}.{hf}.weight"), &format!("blk.{i}.{gguf}.weight"));
+            }
         }
     }
 
@@ -151,10 +197,14 @@ impl Case {
     }
 
     async fn trainer_with_dropout(&self, ctx: &loratab::gpu::GpuContext, dropout: f32) -> (GpuModel, Trainer) {
-        let (model, _) = Model::from_files(&self.base.files()).unwrap_or_else(|e| panic!("{}: {e}", self.name));
+        self.trainer_on(ctx, &self.base.model(), dropout).await
+    }
+
+    /// The case's adapter on `model` (the base, possibly in another format).
+    async fn trainer_on(&self, ctx: &loratab::gpu::GpuContext, model: &Model, dropout: f32) -> (GpuModel, Trainer) {
         let mut adapter = Adapter::from_files(self.adapter_config, self.adapter).unwrap();
         adapter.config.lora_dropout = dropout;
-        let gm = GpuModel::upload(ctx, &model).await.unwrap();
+        let gm = GpuModel::upload(ctx, model).await.unwrap();
         let lora = GpuLora::new(ctx, &gm, &adapter).await.unwrap();
         let trainer = Trainer::new(ctx, &gm, lora, BATCH, SEQ).await.unwrap();
         (gm, trainer)
@@ -164,8 +214,10 @@ impl Case {
     async fn check_gradients(&self) {
         let ctx = gpu().await;
         let (gm, trainer) = self.trainer(&ctx).await;
-        // compact: once the engine keeps frozen weights compact, assert here that `gm` holds the blocks'
-        // weight matrices in `self.base.stored_formats()` (BF16, F16, Q8_0, Q4_0, Q4_1, …), not widened to f32.
+        // The bases stored compact (gguf-q, llama-bf16, llama-f16) must stay so on the GPU.
+        if self.base.stored_formats().iter().any(|f| f != "F32") {
+            self.base.assert_kept_compact(&gm, self.name);
+        }
         self.compare_gradients(&ctx, &gm, trainer, &self.golden(), "").await;
     }
 
@@ -347,10 +399,18 @@ gpu_test! {
 
 impl Case {
     /// Merge on the GPU: the merged model's loss equals the unmerged adapter's (1e-5), its logits
-    /// equal a CPU merge's, and unmerging restores the base logits.
+    /// equal a CPU merge's, and unmerging restores the base logits. A base kept compact (qwen2-tiny's
+    /// f16) is refused with a sentence and merged once widened to f32.
     async fn check_merge(&self) {
         let ctx = gpu().await;
-        let (gm, mut trainer) = self.trainer(&ctx).await;
+        let mut base = self.base.model();
+        if base.weight_formats().keys().any(|&f| f != WeightFormat::F32) {
+            let (gm, trainer) = self.trainer(&ctx).await;
+            let e = trainer.lora.merge_into(&ctx, &gm).await.unwrap_err();
+            assert!(matches!(e, loratab::train::TrainError::CompactMerge { .. }), "{}: {e}", self.name);
+            base.convert_weights(WeightFormat::F32).unwrap();
+        }
+        let (gm, mut trainer) = self.trainer_on(&ctx, &base, 0.0).await;
         let tokens = self.tokens();
         trainer.compute_gradients(&ctx, &gm, &tokens).await.unwrap();
         let unmerged = trainer.read_loss(&ctx).await.unwrap() as f64;
@@ -366,7 +426,7 @@ impl Case {
         let merged = sum / n as f64;
         assert!((merged - unmerged).abs() < 1e-5, "{}: merged {merged} vs unmerged {unmerged}", self.name);
 
-        let (mut cpu_merged, _) = Model::from_files(&self.base.files()).unwrap();
+        let mut cpu_merged = base;
         loratab::lora::merge(&mut cpu_merged, &Adapter::from_files(self.adapter_config, self.adapter).unwrap()).unwrap();
         let cpu_gm = GpuModel::upload(&ctx, &cpu_merged).await.unwrap();
         let want = ctx.read(&cpu_gm.forward(&ctx, &tokens[..SEQ], 0).await.unwrap()).await.unwrap();
@@ -384,7 +444,7 @@ impl Case {
 
 gpu_test! {
     async fn gpu_merge_and_unmerge_match() {
-        for case in [gpt2_cattn(), llama_qv(), llama_all_rslora(), qwen2_qv()] {
+        for case in [gpt2_cattn(), llama_qv(), llama_all_rslora(), qwen2_qv(), gguf_q(), llama_f16()] {
             case.check_merge().await;
         }
     }
