@@ -133,6 +133,12 @@ fn eval_reads_a_gguf_directly_and_keeps_it_compact() {
     assert_eq!(wide["weights"]["formats"], "f32 ×16");
     let (small, big) = (compact["weights"]["gpu_bytes"].as_u64().unwrap(), wide["weights"]["gpu_bytes"].as_u64().unwrap());
     assert!(small * 3 < big, "compact {small} bytes vs f32 {big}");
+
+    // generate reads the GGUF the same way: greedy decoding is the same text twice.
+    let args = ["generate", "--model", TINY_GGUF, "--prompt", "The quick", "--max-tokens", "6", "--temperature", "0"];
+    let (ok, first, err) = loratab(&args);
+    assert!(ok && first.starts_with("The quick"), "{err}{first}");
+    assert_eq!(loratab(&args).1, first);
 }
 
 #[test]
@@ -169,6 +175,16 @@ fn train_on_a_gguf_then_eval_and_merge() {
     assert!(ok, "{err}");
     let base = json(&out)["loss"].as_f64().unwrap();
     assert!((base - with_adapter).abs() > 1e-3, "base {base} vs adapter {with_adapter}");
+
+    // --base-dtype requantizes the GGUF's matrices for training; the budget is still the measurement.
+    let requantized = dir.join("q8");
+    let train = ["train", "--model", TINY_GGUF, "--text", "tests/fixtures/eval.txt", "--out", requantized.to_str().unwrap(), "--steps", "1"];
+    let (ok, out, err) = loratab(&[&train[..], &tiny, &["--base-dtype", "q8_0"]].concat());
+    assert!(ok, "{err}");
+    assert!(err.contains("(q8_0 ×16)"), "{err}");
+    let memory = &json(&out)["gpu_memory"];
+    assert_eq!(memory["budget"], memory["measured"], "{memory}");
+    assert_eq!(memory["weight_formats"], "q8_0 ×16");
 
     // Merging over the base itself is refused before anything is written.
     let (ok, _, err) = loratab(&["merge", "--model", TINY_GGUF, "--adapter", adapter_s, "--out", TINY_GGUF]);
