@@ -205,6 +205,15 @@ gpu_test! {
         let mut clash = opts("q,v", 0);
         clash.rank_override = BTreeMap::from([(Target::Q, 4), (Target::V, 2)]);
         assert!(Adapter::from_options(&g.config, &clash).unwrap_err().to_string().contains("one rank"));
+
+        // A rank above min(in, out) of an adapted layer is refused before anything is allocated:
+        // v maps 48 → 16 features (rank ≤ 16), so 16 is fine and 17 is not, also as an override.
+        assert!(Adapter::from_options(&l.config, &LoraOptions { rank: 16, ..opts("q,v", 0) }).is_ok());
+        let err = Adapter::from_options(&l.config, &LoraOptions { rank: 17, ..opts("q,v", 0) }).unwrap_err();
+        assert!(err.to_string().contains("rank 17 is more than v can use") && err.to_string().contains("at most 16"), "{err}");
+        let mut big = opts("q,v", 0);
+        big.rank_override = BTreeMap::from([(Target::Q, 100000)]);
+        assert!(Adapter::from_options(&l.config, &big).unwrap_err().to_string().contains("rank 100000 is more than q can use"));
     }
 }
 
