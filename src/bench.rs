@@ -30,8 +30,8 @@ use crate::ops::{Layout, Matmul};
 use crate::rng::Rng;
 use crate::train::{self, memory, Session, TrainError, TrainSettings, Trainer};
 
-/// The model shapes the bench knows, by name.
-pub const MODELS: [&str; 3] = ["default", "gpt2", "smollm2"];
+/// The model shapes the bench knows, by name (the first three are the default set).
+pub const MODELS: [&str; 4] = ["default", "gpt2", "smollm2", "qwen0.5b"];
 
 /// The shape of a named model (random weights are made by [`random_model`]).
 pub fn model_config(name: &str) -> Option<Config> {
@@ -57,6 +57,8 @@ pub fn model_config(name: &str) -> Option<Config> {
         // models/austen-5m: the Llama that `tools/pretrain.py` trains.
         "default" => llama(4096, 256, 6, 4, 2, 688, 512, 10000.0, true),
         "smollm2" => llama(49152, 576, 30, 9, 3, 1536, 8192, 100000.0, true),
+        // Qwen2.5-0.5B: 14 query / 2 key-value heads of 64, biases on q, k, v (a Qwen2 layout).
+        "qwen0.5b" => Config { model_type: "qwen2".into(), qkv_bias: true, head_dim: 64, ..llama(151936, 896, 24, 14, 2, 4864, 32768, 1000000.0, true) },
         "gpt2" => Config {
             arch: Arch::Gpt2,
             model_type: "gpt2".into(),
@@ -87,8 +89,9 @@ pub fn hf_config(c: &Config) -> serde_json::Value {
             "n_head": c.num_heads, "n_inner": c.intermediate_size, "n_positions": c.max_positions,
             "layer_norm_epsilon": c.norm_eps, "activation_function": "gelu_new", "tie_word_embeddings": c.tie_word_embeddings,
         }),
+        // qwen2 implies q, k, v biases (transformers' Qwen2 has no flag for them).
         Arch::Llama => serde_json::json!({
-            "model_type": "llama", "vocab_size": c.vocab_size, "hidden_size": c.hidden_size,
+            "model_type": c.model_type, "vocab_size": c.vocab_size, "hidden_size": c.hidden_size,
             "num_hidden_layers": c.num_layers, "num_attention_heads": c.num_heads,
             "num_key_value_heads": c.num_kv_heads, "head_dim": c.head_dim, "intermediate_size": c.intermediate_size,
             "max_position_embeddings": c.max_positions, "rms_norm_eps": c.norm_eps, "rope_theta": c.rope_theta,
@@ -159,6 +162,13 @@ pub struct MatmulCase {
     pub k: usize,
     /// "XW", "XWt" or "XtG" (see [`Layout`]).
     pub layout: String,
+    /// B's storage format (a frozen weight kept compact: f16, q8_0, ...); f32 for gradients.
+    #[serde(default = "f32_name")]
+    pub format: String,
+}
+
+fn f32_name() -> String {
+    "f32".into()
 }
 
 /// LoRA settings shared by both sides (PEFT's `LoraConfig` and AdamW's).
@@ -185,6 +195,11 @@ pub struct TrainCase {
     /// Untimed steps first (pipelines, allocations), then timed ones.
     pub warmup: usize,
     pub steps: usize,
+    /// The frozen weights' format (`--base-dtype`); PyTorch runs only the f32 cases.
+    #[serde(default = "f32_name")]
+    pub format: String,
+    #[serde(default)]
+    pub grad_checkpoint: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -239,13 +254,16 @@ pub struct BenchOptions {
     pub ranks: Vec<usize>,
     pub forward_reps: usize,
     pub forward_models: Vec<String>,
+    /// Frozen-weight formats of the matmul and train sections (f32 first: PyTorch's comparison).
+    pub formats: Vec<WeightFormat>,
+    pub grad_checkpoint: bool,
 }
 
 impl Default for BenchOptions {
     fn default() -> Self {
         Self {
             only: vec!["matmul".into(), "train".into(), "forward".into()],
-            models: MODELS.iter().map(|s| s.to_string()).collect(),
+            models: MODELS[..3].iter().map(|s| s.to_string()).collect(),
             seqs: vec![128, 256],
             batch: 1,
             steps: 2,
@@ -253,6 +271,8 @@ impl Default for BenchOptions {
             ranks: vec![1, 4, 8, 16, 64],
             forward_reps: 7,
             forward_models: vec!["default".into()],
+            formats: vec![WeightFormat::F32],
+            grad_checkpoint: false,
         }
     }
 }
@@ -268,8 +288,10 @@ pub enum BenchError {
     Model(#[from] crate::model::ModelError),
     #[error(transparent)]
     Lora(#[from] crate::lora::LoraError),
-    #[error("unknown model `{0}` (known: default, gpt2, smollm2)")]
+    #[error("unknown model `{0}` (known: default, gpt2, smollm2, qwen0.5b)")]
     UnknownModel(String),
+    #[error("unknown weight format `{0}` (known: f32, f16, bf16, q8_0, q4_0, q4_1)")]
+    UnknownFormat(String),
     #[error("waiting for the GPU failed: {0}")]
     Poll(String),
 }
@@ -306,33 +328,53 @@ pub fn cases(opts: &BenchOptions) -> Result<Cases, BenchError> {
             let (fwd, bwd) = if c.arch == Arch::Gpt2 { ("XW", "XWt") } else { ("XWt", "XW") };
             // The LM head's columns, capped so that W fits one 128 MiB binding (GPT-2's is split).
             let vocab = c.vocab_size.min((128 << 20) / 4 / d);
-            let mut add = |what: &str, m, n, k, layout: &str| {
-                out.matmul.push(MatmulCase { key: format!("matmul {name} {what} {m}x{k}·{k}x{n} {layout}"), m, n, k, layout: layout.into() })
-            };
-            add("q", rows, qd, d, fwd);
-            add("mlp up", rows, f, d, fwd);
-            add("mlp down", rows, d, f, fwd);
-            add("lm head", rows, vocab, d, "XWt");
-            add("dx mlp up", rows, d, f, bwd);
-            add("weight grad", d, d, rows, "XtG");
+            for &format in &opts.formats {
+                let mut add = |what: &str, m, n, k, layout: &str| {
+                    // A quantized weight's rows (N for X·W's [K, N], K for X·Wᵀ's [N, K]) must be whole blocks.
+                    let row = if layout == "XW" { n } else { k };
+                    if format.is_quantized() && row % 32 != 0 {
+                        return;
+                    }
+                    let tag = if format == WeightFormat::F32 { String::new() } else { format!(" {format}") };
+                    let key = format!("matmul {name} {what} {m}x{k}·{k}x{n} {layout}{tag}");
+                    out.matmul.push(MatmulCase { key, m, n, k, layout: layout.into(), format: format.name().into() })
+                };
+                add("q", rows, qd, d, fwd);
+                add("mlp up", rows, f, d, fwd);
+                add("mlp down", rows, d, f, fwd);
+                add("lm head", rows, vocab, d, "XWt");
+                add("dx mlp up", rows, d, f, bwd);
+            }
+            let key = format!("matmul {name} weight grad {d}x{rows}·{rows}x{d} XtG");
+            out.matmul.push(MatmulCase { key, m: d, n: d, k: rows, layout: "XtG".into(), format: f32_name() });
         }
     }
     if has("train") {
         for name in &opts.models {
             let c = config(name)?;
-            for &seq in &opts.seqs {
-                out.train.push(TrainCase {
-                    key: format!("train {name} b{} seq{seq} r8", opts.batch),
-                    model: name.clone(),
-                    hf_config: hf_config(&c),
-                    batch: opts.batch,
-                    seq,
-                    lora: lora_case(c.arch, 8),
-                    lr: 1e-3,
-                    max_grad_norm: 1.0,
-                    warmup: opts.warmup,
-                    steps: opts.steps,
-                });
+            // Quantized formats need every weight row in whole blocks of 32.
+            let whole_blocks = [c.hidden_size, c.intermediate_size, c.q_dim()].iter().all(|x| x % 32 == 0);
+            for &format in opts.formats.iter().filter(|f| !f.is_quantized() || whole_blocks) {
+                for &seq in &opts.seqs {
+                    let mut tag = if format == WeightFormat::F32 { String::new() } else { format!(" {format}") };
+                    if opts.grad_checkpoint {
+                        tag += " ckpt";
+                    }
+                    out.train.push(TrainCase {
+                        key: format!("train {name} b{} seq{seq} r8{tag}", opts.batch),
+                        model: name.clone(),
+                        hf_config: hf_config(&c),
+                        batch: opts.batch,
+                        seq,
+                        lora: lora_case(c.arch, 8),
+                        lr: 1e-3,
+                        max_grad_norm: 1.0,
+                        warmup: opts.warmup,
+                        steps: opts.steps,
+                        format: format.name().into(),
+                        grad_checkpoint: opts.grad_checkpoint,
+                    });
+                }
             }
         }
     }
@@ -390,7 +432,10 @@ async fn bench_matmul(ctx: &GpuContext, case: &MatmulCase) -> Result<Row, BenchE
     let spec = Matmul::new(case.m, case.n, case.k, layout(&case.layout));
     let mut rng = Rng::new(1);
     let a = ctx.upload(&rng.vec(spec.a_len()), &[spec.a_len()]).await?;
-    let b = ctx.upload(&rng.vec(spec.b_len()), &[spec.b_len()]).await?;
+    // B as the frozen weight is stored: [N, K] for X·Wᵀ, [K, N] otherwise.
+    let b_shape = if spec.layout == Layout::XWt { [spec.n, spec.k] } else { [spec.k, spec.n] };
+    let b = HostTensor::new(rng.vec(spec.b_len()), b_shape.to_vec());
+    let b = ctx.upload_weight(&Weight::from_f32(&b, format(&case.format)?, "B")?).await?;
     let c = ctx.zeros(&[spec.c_len()]).await?;
     let (a, b, c) = (&a, &b, &c);
     let run = |reps: usize| async move {
@@ -427,9 +472,14 @@ fn tokens(vocab: usize, n: usize, seed: u64) -> Vec<u32> {
     (0..n).map(|_| (rng.next_u64() % vocab as u64) as u32).collect()
 }
 
+fn format(name: &str) -> Result<WeightFormat, BenchError> {
+    WeightFormat::parse(name).ok_or_else(|| BenchError::UnknownFormat(name.into()))
+}
+
 async fn bench_train(ctx: &GpuContext, case: &TrainCase, log: &dyn Fn(&str)) -> Result<Vec<Row>, BenchError> {
     let c = config(&case.model)?;
-    let host = random_model(&c, 0);
+    let mut host = random_model(&c, 0);
+    host.convert_weights(format(&case.format)?)?;
     let before = ctx.memory().live();
     ctx.memory().reset_peak();
     let model = GpuModel::upload(ctx, &host).await?;
@@ -446,6 +496,7 @@ async fn bench_train(ctx: &GpuContext, case: &TrainCase, log: &dyn Fn(&str)) -> 
         warmup: 0,
         max_grad_norm: Some(case.max_grad_norm),
         log_every: total,
+        grad_checkpoint: case.grad_checkpoint,
         ..TrainSettings::default()
     };
     // Enough text for every step's windows plus the held-out split.

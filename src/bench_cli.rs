@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 use loratab::bench::{self, BenchError, BenchOptions, Results};
+use loratab::model::WeightFormat;
 use loratab::gpu::GpuContext;
 
 #[derive(Args)]
@@ -13,9 +14,17 @@ pub struct BenchArgs {
     /// Sections to run, comma-separated: matmul, train (with memory), forward.
     #[arg(long, default_value = "matmul,train,forward")]
     only: String,
-    /// Model shapes (random weights): default (models/austen-5m's shape), gpt2 (124M), smollm2 (135M).
+    /// Model shapes (random weights): default (models/austen-5m's shape), gpt2 (124M), smollm2 (135M),
+    /// qwen0.5b (Qwen2.5-0.5B's shape; not in the default set).
     #[arg(long, default_value = "default,gpt2,smollm2")]
     models: String,
+    /// Frozen-weight formats of the matmul and train sections: f32, f16, bf16, q8_0, q4_0, q4_1
+    /// (PyTorch runs the f32 cases only).
+    #[arg(long, default_value = "f32")]
+    formats: String,
+    /// Train with gradient checkpointing.
+    #[arg(long)]
+    grad_checkpoint: bool,
     /// Tokens per window for training (the forward section and the matmul rows use the first).
     #[arg(long, default_value = "128,256")]
     seqs: String,
@@ -108,6 +117,11 @@ pub fn run(args: BenchArgs) -> Result<(), BenchCliError> {
         ranks: list("ranks", &args.ranks)?,
         forward_reps: args.forward_reps.max(1),
         forward_models: list("forward-models", &args.forward_models)?,
+        formats: list::<String>("formats", &args.formats)?
+            .iter()
+            .map(|f| WeightFormat::parse(f).ok_or_else(|| BenchCliError::Usage(format!("--formats: `{f}` is not one of f32, f16, bf16, q8_0, q4_0, q4_1"))))
+            .collect::<Result<_, _>>()?,
+        grad_checkpoint: args.grad_checkpoint,
     };
     if args.quick {
         opts.models = vec!["default".into()];

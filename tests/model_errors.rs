@@ -140,6 +140,39 @@ fn missing_tensor_is_reported() {
 }
 
 #[test]
+fn non_finite_weights_are_refused_by_name() {
+    let f = files("llama-tiny");
+    let tensors = load_safetensors("m", &f.weights[0].1).unwrap();
+    let mut list: Vec<_> = tensors.into_iter().map(|(k, t)| (k, t.shape, t.data)).collect();
+    let bad = list.iter().position(|(k, _, _)| k == "model.layers.1.self_attn.v_proj.weight").unwrap();
+    list[bad].2[5] = f32::NAN;
+    let mut broken = files("llama-tiny");
+    broken.weights[0].1 = safetensors_bytes(&list);
+    let err = load_err(&broken);
+    assert!(matches!(err, ModelError::NonFinite { ref name } if name == "model.layers.1.self_attn.v_proj.weight"), "{err:?}");
+    assert!(err.to_string().contains("NaN or infinite"), "{err}");
+}
+
+#[test]
+fn non_finite_adapters_are_refused_by_name() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/lora/llama-qv/adapter");
+    let config = std::fs::read_to_string(dir.join("adapter_config.json")).unwrap();
+    let weights = std::fs::read(dir.join("adapter_model.safetensors")).unwrap();
+    let good = loratab::lora::Adapter::from_files(&config, &weights).unwrap();
+    let mut list = Vec::new();
+    for (module, pair) in &good.modules {
+        let mut b = pair.b.data.clone();
+        if module.ends_with("layers.0.self_attn.v_proj") {
+            b[0] = f32::INFINITY;
+        }
+        list.push((format!("base_model.model.{module}.lora_A.weight"), pair.a.shape.clone(), pair.a.data.clone()));
+        list.push((format!("base_model.model.{module}.lora_B.weight"), pair.b.shape.clone(), b));
+    }
+    let err = loratab::lora::Adapter::from_files(&config, &safetensors_bytes(&list)).map(|_| ()).unwrap_err();
+    assert!(err.to_string().contains("layers.0.self_attn.v_proj.lora_B") && err.to_string().contains("NaN or infinite"), "{err}");
+}
+
+#[test]
 fn unknown_model_type_is_reported() {
     let mut f = files("gpt2-tiny");
     f.config = f.config.replace("\"model_type\": \"gpt2\"", "\"model_type\": \"bert\"");

@@ -205,6 +205,15 @@ gpu_test! {
         let mut clash = opts("q,v", 0);
         clash.rank_override = BTreeMap::from([(Target::Q, 4), (Target::V, 2)]);
         assert!(Adapter::from_options(&g.config, &clash).unwrap_err().to_string().contains("one rank"));
+
+        // A rank above min(in, out) of an adapted layer is refused before anything is allocated:
+        // v maps 48 → 16 features (rank ≤ 16), so 16 is fine and 17 is not, also as an override.
+        assert!(Adapter::from_options(&l.config, &LoraOptions { rank: 16, ..opts("q,v", 0) }).is_ok());
+        let err = Adapter::from_options(&l.config, &LoraOptions { rank: 17, ..opts("q,v", 0) }).unwrap_err();
+        assert!(err.to_string().contains("rank 17 is more than v can use") && err.to_string().contains("at most 16"), "{err}");
+        let mut big = opts("q,v", 0);
+        big.rank_override = BTreeMap::from([(Target::Q, 100000)]);
+        assert!(Adapter::from_options(&l.config, &big).unwrap_err().to_string().contains("rank 100000 is more than q can use"));
     }
 }
 
@@ -321,6 +330,28 @@ async fn tensors(ctx: &GpuContext, s: &Session) -> Vec<(String, Vec<f32>, Vec<f3
 async fn run(ctx: &GpuContext, gm: &GpuModel, s: &mut Session) {
     while !s.finished() {
         s.step(ctx, gm).await.unwrap();
+    }
+}
+
+gpu_test! {
+    /// A step whose gradients are not finite is refused and not applied: the adapter stays the
+    /// previous step's, byte for byte, and the error says what to change. One NaN is put into an
+    /// A after step 1 (what an overflow leaves behind), so step 2's gradients are NaN.
+    async fn a_diverging_step_is_not_applied() {
+        let ctx = gpu().await;
+        let s = TrainSettings { max_grad_norm: None, ..settings(5, 1e-3) };
+        let (gm, mut session) = session(&ctx, &llama(), &opts("q,v", 3), s).await;
+        session.step(&ctx, &gm).await.unwrap();
+        let a = &session.trainer.lora.modules[0].a.value;
+        ctx.queue.write_buffer(&a.buffer, 4, &f32::NAN.to_le_bytes());
+        let before = tensors(&ctx, &session).await;
+        let err = session.step(&ctx, &gm).await.unwrap_err();
+        assert!(matches!(err, TrainError::NonFinite { step: 2, clipping: false }), "{err:?}");
+        assert!(err.to_string().contains("lower the learning rate") && err.to_string().contains("--max-grad-norm"), "{err}");
+        assert_eq!(session.steps_done(), 1);
+        // Unchanged, NaN included (compared as bits: NaN ≠ NaN).
+        let bits = |t: &[(String, Vec<f32>, Vec<f32>)]| -> Vec<u32> { t.iter().flat_map(|(_, a, b)| a.iter().chain(b)).map(|v| v.to_bits()).collect() };
+        assert_eq!(bits(&tensors(&ctx, &session).await), bits(&before));
     }
 }
 

@@ -254,3 +254,25 @@ gpu_test! {
         }
     }
 }
+
+gpu_test! {
+    /// A run with a tensor larger than one binding is refused before it allocates anything: the
+    /// error names the tensor and the GPU's memory is what it was.
+    async fn oversized_activation_is_refused_before_allocating() {
+        let ctx = gpu().await;
+        let (model, tok) = Model::from_files(&files!("llama-tiny")).unwrap();
+        let gm = GpuModel::upload(&ctx, &model).await.unwrap();
+        let opts = LoraOptions { rank: 4, alpha: 8.0, targets: Target::parse_list("q,v").unwrap(), ..LoraOptions::default() };
+        let lora = new_lora(&ctx, &gm, &opts).await.unwrap();
+        let before = ctx.memory().live();
+        ctx.memory().reset_peak();
+        // The largest activation of 4 × 32 tokens is an [128, 74] MLP buffer (37,888 bytes).
+        ctx.set_max_binding(32 << 10);
+        let settings = TrainSettings { steps: 2, batch: 4, seq_len: 32, ..TrainSettings::default() };
+        let err = Session::new(&ctx, &gm, tok.encode(TEXT).unwrap(), lora, settings).await.map(|_| ()).unwrap_err();
+        assert!(err.to_string().contains("the activation `") && err.to_string().contains("4 windows of 32 tokens"), "{err}");
+        // Nothing was allocated on the way (the peak never rose); the adapter went with the session.
+        assert_eq!(ctx.memory().peak(), before, "nothing was allocated");
+        assert!(ctx.memory().live() < before);
+    }
+}

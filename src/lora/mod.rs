@@ -190,6 +190,12 @@ impl Adapter {
             if a.shape.len() != 2 || b.shape.len() != 2 || a.shape[0] != r || b.shape[1] != r {
                 return Err(LoraError::Shape { module, expected: vec![r], found: [a.shape, b.shape].concat() });
             }
+            if let Some(half) = [("lora_A", &a), ("lora_B", &b)].iter().find(|(_, t)| t.data.iter().any(|v| !v.is_finite())) {
+                return Err(LoraError::Weights(format!(
+                    "`{module}.{}` contains NaN or infinite values: the run that saved it diverged; use an earlier checkpoint or train again with a lower learning rate",
+                    half.0
+                )));
+            }
             let scale = config.scale_for(&module);
             modules.insert(module, LoraPair { a, b, scale });
         }

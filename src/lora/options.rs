@@ -209,6 +209,19 @@ impl LoraConfig {
                 rank_pattern.insert(m, r);
             }
         }
+        // A rank above min(in, out) adds parameters but no expressiveness (B·A is at most that
+        // rank), and a huge one only exhausts memory: refused before anything is allocated.
+        for &t in &opts.targets {
+            let (in_dim, out_dim) = t.dims(model)?;
+            let r = opts.rank_override.get(&t).copied().unwrap_or(opts.rank);
+            let most = in_dim.min(out_dim);
+            if r > most {
+                return Err(LoraError::Options(format!(
+                    "rank {r} is more than {} can use: its layer maps {in_dim} features to {out_dim}, so B·A has rank at most {most}; use a rank of at most {most}",
+                    t.name()
+                )));
+            }
+        }
         Ok(Self {
             r: opts.rank,
             lora_alpha: opts.alpha,

@@ -113,6 +113,8 @@ impl Tensors {
         if t.shape != shape {
             return Err(ModelError::ShapeMismatch { name: key, expected: shape.to_vec(), found: t.shape });
         }
+        // Only the tensors the model uses: an unused buffer may hold −∞ on purpose (old causal masks).
+        t.check_finite(&key)?;
         Ok(t)
     }
 

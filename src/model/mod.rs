@@ -35,6 +35,8 @@ pub enum ModelError {
     UnsupportedModelType(String),
     #[error("{file} is not a valid safetensors file ({reason}); it may be truncated or corrupted: download it again")]
     Safetensors { file: String, reason: String },
+    #[error("tensor `{name}` contains NaN or infinite values: the file is corrupted or the model diverged when it was trained; use another copy of the model")]
+    NonFinite { name: String },
     #[error("tensor `{name}` cannot be kept in that format: {detail}")]
     Format { name: String, detail: String },
     #[error("tensor `{name}` is stored as {dtype}; loratab reads F32, F16 and BF16 weights")]

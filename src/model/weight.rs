@@ -189,6 +189,22 @@ impl Weight {
         Ok(Self { format, shape: shape.to_vec(), words })
     }
 
+    /// Refuse a weight holding NaN or ±∞ (a quantized block's scale or minimum, or any value of
+    /// the float formats): it would make every loss NaN without saying why.
+    pub fn check_finite(&self, name: &str) -> Result<(), ModelError> {
+        let scales = |w: &[u32], per: usize| w.chunks_exact(per).flat_map(|b| [b[0] & 0xffff, b[0] >> 16]).map(f16_value).collect::<Vec<_>>();
+        let bad = match self.format {
+            WeightFormat::F32 => self.words.iter().any(|&b| !f32::from_bits(b).is_finite()),
+            WeightFormat::F16 | WeightFormat::Bf16 => self.to_f32().data.iter().any(|v| !v.is_finite()),
+            WeightFormat::Q8_0 => scales(&self.words, 9).iter().any(|v| !v.is_finite()),
+            WeightFormat::Q4_0 | WeightFormat::Q4_1 => scales(&self.words, 5).iter().any(|v| !v.is_finite()),
+        };
+        if bad {
+            return Err(ModelError::NonFinite { name: name.to_string() });
+        }
+        Ok(())
+    }
+
     /// The values as f32: the CPU reference of `shaders/weight_<format>.wgsl`.
     pub fn to_f32(&self) -> HostTensor {
         let n = self.len();
@@ -368,6 +384,18 @@ mod tests {
             if !f.is_quantized() {
                 assert_eq!(Weight::from_f32(&back, f, "t").unwrap().to_f32(), back, "{f}");
             }
+        }
+    }
+
+    #[test]
+    fn non_finite_weights_are_named() {
+        for f in WeightFormat::ALL {
+            let mut x = values(64);
+            x[37] = if f.is_quantized() { 1e30 } else { f32::NAN }; // a quantized scale overflows f16 to ∞
+            let w = Weight::from_f32(&HostTensor::new(x, vec![2, 32]), f, "w").unwrap();
+            assert!(matches!(w.check_finite("layer.w"), Err(ModelError::NonFinite { ref name }) if name == "layer.w"), "{f}");
+            let ok = Weight::from_f32(&HostTensor::new(values(64), vec![2, 32]), f, "w").unwrap();
+            assert!(ok.check_finite("w").is_ok(), "{f}");
         }
     }
 

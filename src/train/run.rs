@@ -10,8 +10,8 @@
 //! read back each step; the CPU takes norm = √Σ / k (the norm of the mean gradient) and passes
 //! grad_scale = min(1, max_norm / norm) / k to AdamW, which applies it to the summed gradients. That
 //! read-back is one synchronisation per step (the loss is not read then); computing the scale on the
-//! GPU would need AdamW to read it from a buffer, which it does not yet. With `max_grad_norm: None`
-//! there is no read-back at all until the loss is read.
+//! GPU would need AdamW to read it from a buffer, which it does not yet. The norm is read even with
+//! `max_grad_norm: None`: a non-finite norm means the step diverged, and it is then not applied.
 //!
 //! Schedule ([`Schedule`]): linear warmup, then cosine (default) or linear decay to 0 at the end.
 //! Everything random comes from the seed, so a run is reproducible; a resumed run (adapter + AdamW
@@ -214,7 +214,7 @@ pub struct StepReport {
     /// Optimizer steps done, this one included.
     pub step: usize,
     pub lr: f32,
-    /// Norm of the mean gradient before clipping (None when clipping is off).
+    /// Norm of the mean gradient before clipping.
     pub grad_norm: Option<f32>,
     /// Mean training loss of the steps since the last read (Some every `log_every` steps and at the end).
     pub loss: Option<f32>,
@@ -297,16 +297,20 @@ impl Session {
             let tokens = self.sampler.next_batch(&self.data, s.batch);
             self.trainer.accumulate_gradients(ctx, model, &tokens, micro > 0).await?;
         }
-        // 2. Clip the mean gradient (Σ / k) to a global norm of max_grad_norm.
-        let (grad_norm, clip) = match s.max_grad_norm {
-            Some(max) => {
-                let norm = self.gradient_norm(ctx).await? / k as f32;
-                (Some(norm), if norm > max { max / norm } else { 1.0 })
-            }
-            None => (None, 1.0),
-        };
-        // 3. AdamW at this step's learning rate, on the summed gradients · clip / k.
+        // 2. The mean gradient's global norm (Σ / k): a NaN or ∞ anywhere makes it non-finite, and
+        // then the step is not applied, so the adapter stays the last good one. Clip it to
+        // max_grad_norm when set.
         let step = self.steps_done() + 1;
+        let norm = self.gradient_norm(ctx).await? / k as f32;
+        if !norm.is_finite() {
+            return Err(TrainError::NonFinite { step, clipping: s.max_grad_norm.is_some() });
+        }
+        let clip = match s.max_grad_norm {
+            Some(max) if norm > max => max / norm,
+            _ => 1.0,
+        };
+        let grad_norm = Some(norm);
+        // 3. AdamW at this step's learning rate, on the summed gradients · clip / k.
         let lr = self.schedule.lr(step);
         let opt = AdamW { lr, weight_decay: s.weight_decay, ..AdamW::default() };
         self.trainer.update(ctx, &opt, clip / k as f32).await?;

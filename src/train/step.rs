@@ -134,6 +134,16 @@ impl Trainer {
         let max_in = lora.modules.iter().map(|m| m.in_dim).max().unwrap_or(0);
         let keep = activations::Keep { logit_rows, checkpoint: options.grad_checkpoint };
         let plan = activations::plan(c, batch, seq, &ranks, if dropout > 0.0 { max_in } else { 0 }, keep);
+        // Every tensor must fit one binding: refused here, before anything is allocated, rather
+        // than after most of the run's memory is taken.
+        let limit = ctx.max_binding();
+        for (name, shape) in plan.each() {
+            let bytes = 4 * shape.iter().product::<usize>() as u64;
+            if bytes > limit {
+                let what = format!("the activation `{name}` {shape:?} of {batch} windows of {seq} tokens");
+                return Err(GpuError::TooLarge { what, bytes, limit }.into());
+            }
+        }
         let mut tensors = Vec::new();
         for (_, shape) in plan.each() {
             tensors.push(ctx.zeros(shape).await?);
