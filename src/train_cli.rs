@@ -329,8 +329,19 @@ async fn train_loop(
     let start = Instant::now();
     let (mut tokens_run, mut loss) = (0usize, f32::NAN);
     let mut interrupted = false;
+    let start_val = val;
     while !session.finished() {
-        let r = session.step(ctx, gm).await?;
+        let r = match session.step(ctx, gm).await {
+            Ok(r) => r,
+            // The step was not applied: keep what the run had learnt before it diverged.
+            Err(e @ train::TrainError::NonFinite { .. }) => {
+                bar.abandon();
+                save(ctx, session, base, &args.out).await?;
+                eprintln!("the adapter of step {} was saved to {}", session.steps_done(), args.out.display());
+                return Err(e.into());
+            }
+            Err(e) => return Err(e.into()),
+        };
         tokens_run += r.tokens;
         if let Some(l) = r.loss {
             loss = l;
@@ -344,6 +355,9 @@ async fn train_loop(
         bar.set_position(r.step as u64);
         if at_eval {
             bar.suspend(|| eprintln!("step {}: loss {loss:.4}, validation loss {val:.4}, {rate:.0} tokens/s", r.step));
+            if train::diverging(start_val, val) {
+                bar.suspend(|| eprintln!("{}", train::DIVERGING));
+            }
         }
         if args.save_every > 0 && r.step % args.save_every == 0 && !session.finished() {
             save(ctx, session, base, &args.out).await?;

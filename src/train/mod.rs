@@ -20,7 +20,7 @@ mod run;
 mod step;
 
 pub use data::Dataset;
-pub use run::{check_resume, new_lora, validate_lora, Decay, Schedule, Session, StepReport, TrainSettings, TrainingState};
+pub use run::{check_resume, diverging, new_lora, validate_lora, Decay, Schedule, Session, StepReport, TrainSettings, TrainingState, DIVERGING};
 pub use step::{Trainer, TrainerOptions};
 
 use std::collections::{BTreeMap, HashMap};

@@ -209,6 +209,15 @@ pub async fn new_lora(ctx: &GpuContext, model: &GpuModel, opts: &LoraOptions) ->
 }
 
 /// What one optimizer step reports.
+/// Whether a validation loss has risen far above the run's starting one (by more than 1 nat and
+/// half again): the learning rate is too high for this model and data.
+pub fn diverging(start: f64, now: f64) -> bool {
+    !now.is_finite() || (now > start + 1.0 && now > 1.5 * start)
+}
+
+/// What to tell the user when [`diverging`] says so.
+pub const DIVERGING: &str = "the validation loss is rising far above where the run started: training is diverging. Stop and lower the learning rate (or enable gradient clipping, --max-grad-norm 1.0)";
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StepReport {
     /// Optimizer steps done, this one included.
@@ -486,6 +495,12 @@ mod tests {
 
     /// The file is the same bytes however often it is written and after a round trip (the
     /// metadata once came out in a HashMap's order, which differs from one map to the next).
+    #[test]
+    fn divergence_is_a_large_rise() {
+        assert!(!diverging(3.0, 3.5) && !diverging(3.0, 2.0) && !diverging(0.5, 1.4));
+        assert!(diverging(3.0, 4.6) && diverging(0.5, 1.6) && diverging(3.0, f64::NAN));
+    }
+
     #[test]
     fn training_state_bytes_are_stable() {
         let tensor = |seed: f32| HostTensor::new((0..12).map(|i| seed + i as f32 * 0.25).collect(), vec![3, 4]);
