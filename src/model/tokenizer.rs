@@ -2,6 +2,9 @@
 
 use super::ModelError;
 
+/// Token ids and each token's byte range in the text.
+pub type IdsAndOffsets = (Vec<u32>, Vec<(usize, usize)>);
+
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     /// The same tokenizer without its post-processor, made on first use by
@@ -25,7 +28,7 @@ impl Tokenizer {
     /// Token ids of `text` (no special tokens added; added tokens such as `<|im_start|>` written in
     /// the text are recognised, as transformers' `apply_chat_template` tokenizes) with each token's
     /// byte range in `text`.
-    pub fn encode_with_offsets(&self, text: &str) -> Result<(Vec<u32>, Vec<(usize, usize)>), ModelError> {
+    pub fn encode_with_offsets(&self, text: &str) -> Result<IdsAndOffsets, ModelError> {
         let plain = self.untrimmed.get_or_init(|| {
             let mut t = self.inner.clone();
             t.with_post_processor(None::<tokenizers::PostProcessorWrapper>);
