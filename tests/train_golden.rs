@@ -10,7 +10,8 @@ use common::{gpu, max_abs_diff};
 use loratab::gpu::adamw::AdamW;
 use loratab::lora::Adapter;
 use loratab::model::{load_safetensors, GpuMlp, GpuModel, HostTensor, Model, ModelFiles, RowParts, WeightFormat};
-use loratab::train::{GpuLora, Trainer};
+use loratab::reference::cross_entropy::IGNORE;
+use loratab::train::{data::pad_batch, Example, GpuLora, Trainer};
 use std::collections::{BTreeSet, HashMap};
 
 /// A case's base model as stored on disk.
@@ -218,7 +219,7 @@ impl Case {
         if self.base.stored_formats().iter().any(|f| f != "F32") {
             self.base.assert_kept_compact(&gm, self.name);
         }
-        self.compare_gradients(&ctx, &gm, trainer, &self.golden(), "").await;
+        self.compare_gradients(&ctx, &gm, trainer, &self.golden(), (&self.tokens(), None), "").await;
     }
 
     /// The same with the vocabulary split across buffers (as GPT-2's on a 128 MiB-per-binding GPU):
@@ -229,7 +230,7 @@ impl Case {
         let (gm, trainer) = self.trainer(&ctx).await;
         let parts = gm.lm_head.as_ref().map_or(&gm.token_embedding, |h| &h.weight).parts.len();
         assert!(parts > 1, "{}: the head should be split, has {parts} part", self.name);
-        self.compare_gradients(&ctx, &gm, trainer, &self.golden(), " with a split vocabulary").await;
+        self.compare_gradients(&ctx, &gm, trainer, &self.golden(), (&self.tokens(), None), " with a split vocabulary").await;
     }
 
     /// The same with PEFT's lora_dropout at the golden p, PEFT using loratab's mask
@@ -245,11 +246,20 @@ impl Case {
         let (sum, count) = trainer.loss_sum(&ctx, &gm, &refs).await.unwrap();
         let plain = self.scalar("loss");
         assert!(((sum / count as f64) as f32 - plain).abs() < 1e-4, "{}: evaluation must not drop", self.name);
-        self.compare_gradients(&ctx, &gm, trainer, &golden, " with dropout").await;
+        self.compare_gradients(&ctx, &gm, trainer, &golden, (&self.tokens(), None), " with dropout").await;
     }
 
-    async fn compare_gradients(&self, ctx: &loratab::gpu::GpuContext, gm: &GpuModel, mut trainer: Trainer, golden: &HashMap<String, HostTensor>, what: &str) {
-        trainer.compute_gradients(ctx, gm, &self.tokens()).await.unwrap();
+    /// The loss and LoRA gradients of `batch` (tokens, and labels unless they are the tokens) against PEFT's.
+    async fn compare_gradients(
+        &self,
+        ctx: &loratab::gpu::GpuContext,
+        gm: &GpuModel,
+        mut trainer: Trainer,
+        golden: &HashMap<String, HostTensor>,
+        batch: (&[u32], Option<&[u32]>),
+        what: &str,
+    ) {
+        trainer.accumulate_labeled(ctx, gm, batch.0, batch.1, false).await.unwrap();
         let loss = trainer.read_loss(ctx).await.unwrap();
         let want = golden["loss"].data[0];
         assert!((loss - want).abs() < 1e-4, "{}{what}: loss {loss} vs PEFT {want}", self.name);
@@ -356,6 +366,52 @@ gpu_test! {
         gpt2_cattn().check_dropout(include_bytes!("fixtures/lora/gpt2-cattn/dropout.safetensors")).await
     }
 }
+impl Case {
+    /// Instruction tuning (tools/golden_sft.py): two examples of different lengths, right-padded,
+    /// labels −100 on their prompts and the padding. loratab's padding of the examples gives PEFT's
+    /// batch; the loss (mean over the learnt positions only), its evaluation and every LoRA
+    /// gradient equal PEFT's.
+    async fn check_sft(&self, golden: &[u8]) {
+        let golden = load_safetensors("sft.safetensors", golden).unwrap();
+        let ids_of = |key: &str| -> Vec<u32> { golden[key].data.iter().map(|&x| if x == -100.0 { IGNORE } else { x as u32 }).collect() };
+        let (ids, labels) = (ids_of("tokens"), ids_of("labels"));
+        assert_eq!((golden["tokens"].shape.as_slice(), golden["labels"].shape.as_slice()), ([BATCH, SEQ].as_slice(), [BATCH, SEQ].as_slice()));
+        let lengths = ids_of("lengths");
+        assert_eq!(lengths.len(), BATCH);
+        let examples: Vec<Example> = lengths
+            .iter()
+            .enumerate()
+            .map(|(b, &n)| {
+                let row = b * SEQ..b * SEQ + n as usize;
+                Example { ids: ids[row.clone()].to_vec(), labels: labels[row].to_vec() }
+            })
+            .collect();
+        assert!(examples[0].ids.len() < SEQ && examples.iter().all(|e| e.targets() > 0), "{}: the golden batch is padded", self.name);
+        let refs: Vec<&Example> = examples.iter().collect();
+        assert_eq!(pad_batch(&refs, BATCH, SEQ), (ids.clone(), labels.clone()), "{}: padded as PEFT's batch", self.name);
+
+        let ctx = gpu().await;
+        let (gm, trainer) = self.trainer(&ctx).await;
+        let scored: Vec<(&[u32], &[u32])> = examples.iter().map(|e| (e.ids.as_slice(), e.labels.as_slice())).collect();
+        let (sum, count) = trainer.loss_sum_labeled(&ctx, &gm, &scored).await.unwrap();
+        let want = golden["loss"].data[0];
+        assert_eq!(count, examples.iter().map(Example::targets).sum::<usize>());
+        assert!(((sum / count as f64) as f32 - want).abs() < 1e-4, "{}: evaluated {} vs PEFT {want}", self.name, sum / count as f64);
+        self.compare_gradients(&ctx, &gm, trainer, &golden, (&ids, Some(&labels)), " with answer-only labels").await;
+    }
+}
+
+gpu_test! {
+    async fn llama_qv_answer_only_loss_and_gradients() {
+        llama_qv().check_sft(include_bytes!("fixtures/lora/llama-qv/sft.safetensors")).await
+    }
+}
+gpu_test! {
+    async fn gpt2_cattn_answer_only_loss_and_gradients() {
+        gpt2_cattn().check_sft(include_bytes!("fixtures/lora/gpt2-cattn/sft.safetensors")).await
+    }
+}
+
 gpu_test! {
     async fn llama_qv_adamw_trajectory() { llama_qv().check_adamw().await }
 }

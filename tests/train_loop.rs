@@ -9,7 +9,7 @@ use common::gpu;
 use loratab::gpu::GpuContext;
 use loratab::lora::{Adapter, Init, LoraOptions, Target};
 use loratab::model::{GpuModel, Model, ModelFiles, Tokenizer};
-use loratab::train::{new_lora, Dataset, Decay, Schedule, Session, TrainError, TrainSettings};
+use loratab::train::{new_lora, ChatTemplate, Dataset, Decay, Example, Schedule, Session, TrainError, TrainSettings};
 use std::collections::BTreeMap;
 
 const TEXT: &str = include_str!("fixtures/eval.txt");
@@ -533,6 +533,43 @@ gpu_test! {
             assert_eq!(s0, s1, "{}: scored loss in chunks", f.name);
             assert_same_grads(g0, g1, &format!("{} in chunks of 5 rows", f.name));
         }
+    }
+}
+
+gpu_test! {
+    /// Instruction tuning end to end on llama-tiny: JSON Lines prompt/completion pairs (`{i}?` →
+    /// `Letter {i}.`) through the
+    /// plain template (answer-only labels) into a session; the training answers' loss falls to less
+    /// than half, the held-out answers' (the validation loss) falls too, and both count only the
+    /// answer positions.
+    async fn session_learns_the_answers_of_examples() {
+        let ctx = gpu().await;
+        let (model, tok) = llama().model();
+        let gm = GpuModel::upload(&ctx, &model).await.unwrap();
+        let jsonl: String = (0..24).map(|i| format!("{{\"prompt\": \"{i}?\", \"completion\": \"Letter {i}.\"}}\n")).collect();
+        let parsed = loratab::train::parse_examples(&jsonl);
+        assert!(parsed.bad.is_empty(), "{:?}", parsed.bad);
+        let (examples, bad) = ChatTemplate::plain(None).examples(&tok, &parsed.records);
+        assert!(bad.is_empty() && examples.len() == 24);
+        let data = Dataset::from_examples(examples, 32).unwrap();
+        let ex = data.examples.clone().unwrap();
+        assert_eq!((ex.train.len(), ex.validation.len(), ex.truncated, ex.dropped), (22, 2, 0, 0));
+        let s = TrainSettings { batch: 4, seq_len: 32, log_every: 40, ..settings(40, 5e-2) };
+        let lora = new_lora(&ctx, &gm, &opts("q,v,down", 1)).await.unwrap();
+        let mut session = Session::with_data(&ctx, &gm, data, lora, s).await.unwrap();
+        let before = session.eval_examples(&ctx, &gm, &ex.train).await.unwrap();
+        assert_eq!(before.tokens, ex.train.iter().map(Example::targets).sum::<usize>());
+        let validation_before = session.validation_loss(&ctx, &gm).await.unwrap();
+        let mut last = None;
+        while !session.finished() {
+            last = session.step(&ctx, &gm).await.unwrap().loss.or(last);
+        }
+        let after = session.eval_examples(&ctx, &gm, &ex.train).await.unwrap();
+        let validation = session.validation_loss(&ctx, &gm).await.unwrap();
+        println!("answers' loss {:.3} → {:.3} (last steps {last:?}), validation {validation_before:.3} → {validation:.3}", before.loss, after.loss);
+        assert!(after.loss < 0.5 * before.loss, "training answers: {} → {}", before.loss, after.loss);
+        assert!(validation < validation_before, "validation: {validation_before} → {validation}");
+        assert!(last.is_some_and(f32::is_finite));
     }
 }
 

@@ -13,13 +13,17 @@
 //! and [`GpuLora::read_grads`] put the blocks back together in PEFT's layout.
 
 mod activations;
+pub mod chat;
 pub mod data;
+pub mod examples;
 mod merge;
 pub mod memory;
 mod run;
 mod step;
 
-pub use data::Dataset;
+pub use chat::{ChatTemplate, TemplateError, PLAIN_TEMPLATE};
+pub use data::{Dataset, Example, Examples};
+pub use examples::{parse as parse_examples, LineError, Message, Parsed, Record, Role};
 pub use run::{check_resume, diverging, new_lora, validate_lora, Decay, Schedule, Session, StepReport, TrainSettings, TrainingState, DIVERGING};
 pub use step::{Trainer, TrainerOptions};
 
@@ -49,6 +53,8 @@ pub enum TrainError {
     CompactMerge { module: String, format: crate::model::WeightFormat },
     #[error("the text has {tokens} tokens, too short for training with --seq-len {seq_len}: it needs at least {needed} (one window to train on and one to validate on); give more text or a smaller --seq-len")]
     TextTooShort { tokens: usize, seq_len: usize, needed: usize },
+    #[error("only {usable} example{} can be trained on{}: training needs at least two (one to train on and one to validate on)", if *usable == 1 { "" } else { "s" }, if *dropped > 0 { format!(" ({dropped} had no answer token left within --seq-len)") } else { String::new() })]
+    TooFewExamples { usable: usize, dropped: usize },
     /// A training setting that cannot work (rank 0, a learning rate ≤ 0, …): the sentence says which.
     #[error("{message}")]
     InvalidSetting { setting: &'static str, message: String },

@@ -13,6 +13,12 @@
 //! GPU would need AdamW to read it from a buffer, which it does not yet. The norm is read even with
 //! `max_grad_norm: None`: a non-finite norm means the step diverged, and it is then not applied.
 //!
+//! Instruction tuning ([`Session::with_data`] on [`Dataset::from_examples`]): the same loop on
+//! padded examples with labels; each micro-batch's loss is the mean over its learnt positions (the
+//! answers), and the k micro-batches of a step weigh equally (their mean gradient), as
+//! transformers' Trainer did before it counted tokens across accumulation. Validation is the mean
+//! loss over the held-out examples' learnt positions.
+//!
 //! Schedule ([`Schedule`]): linear warmup, then cosine (default) or linear decay to 0 at the end.
 //! Everything random comes from the seed, so a run is reproducible; a resumed run (adapter + AdamW
 //! moments + step from [`TrainingState`]) fast-forwards the batch sampler and continues exactly.
@@ -258,6 +264,16 @@ impl Session {
     ) -> Result<Self, TrainError> {
         settings.validate(&model.config)?;
         let data = Dataset::new(tokens, settings.seq_len)?;
+        Self::with_data(ctx, model, data, lora, settings).await
+    }
+
+    /// [`Session::new`] on a dataset already made: a text's ([`Dataset::new`]) or examples'
+    /// ([`Dataset::from_examples`]), cut with `settings.seq_len`.
+    pub async fn with_data(ctx: &GpuContext, model: &GpuModel, data: Dataset, lora: GpuLora, settings: TrainSettings) -> Result<Self, TrainError> {
+        settings.validate(&model.config)?;
+        if data.seq_len != settings.seq_len {
+            return Err(invalid("seq_len", format!("the data was cut into windows of {} tokens, the settings say {}", data.seq_len, settings.seq_len)));
+        }
         let mut sampler = data.sampler(settings.seed);
         sampler.skip(lora.step as usize * settings.grad_accum * settings.batch);
         let options = TrainerOptions { grad_checkpoint: settings.grad_checkpoint, ..TrainerOptions::default() };
@@ -303,8 +319,8 @@ impl Session {
         let k = s.grad_accum;
         // 1. k micro-batches: forward → loss → backward; their gradients add up in the grad buffers.
         for micro in 0..k {
-            let tokens = self.sampler.next_batch(&self.data, s.batch);
-            self.trainer.accumulate_gradients(ctx, model, &tokens, micro > 0).await?;
+            let (tokens, labels) = self.sampler.next_labeled_batch(&self.data, s.batch);
+            self.trainer.accumulate_labeled(ctx, model, &tokens, labels.as_deref(), micro > 0).await?;
         }
         // 2. The mean gradient's global norm (Σ / k): a NaN or ∞ anywhere makes it non-finite, and
         // then the step is not applied, so the adapter stays the last good one. Clip it to
@@ -349,10 +365,32 @@ impl Session {
 
     /// `eval`'s loss of `tokens` with the adapter as it is now (chunks of `seq_len`, each on its own).
     pub async fn eval_tokens(&self, ctx: &GpuContext, model: &GpuModel, tokens: &[u32]) -> Result<EvalResult, TrainError> {
-        let chunks: Vec<&[u32]> = eval::chunks(tokens, self.settings.seq_len).collect();
+        let chunks: Vec<(&[u32], &[u32])> = eval::chunks(tokens, self.settings.seq_len).map(|c| (c, c)).collect();
+        self.eval_labeled(ctx, model, &chunks).await
+    }
+
+    /// The validation loss: `eval`'s loss of the held-out span, or for examples the mean loss of
+    /// the held-out examples' learnt positions.
+    pub async fn validation_loss(&self, ctx: &GpuContext, model: &GpuModel) -> Result<f64, TrainError> {
+        match &self.data.examples {
+            None => Ok(self.eval_tokens(ctx, model, self.data.validation_tokens()).await?.loss),
+            Some(ex) => Ok(self.eval_examples(ctx, model, &ex.validation).await?.loss),
+        }
+    }
+
+    /// The mean loss of `examples`' learnt positions with the adapter as it is now (each example
+    /// on its own, cut to `seq_len`); `tokens` counts those positions.
+    pub async fn eval_examples(&self, ctx: &GpuContext, model: &GpuModel, examples: &[super::Example]) -> Result<EvalResult, TrainError> {
+        let t = self.settings.seq_len;
+        let cut: Vec<(&[u32], &[u32])> = examples.iter().filter(|e| e.ids.len() >= 2).map(|e| (&e.ids[..e.ids.len().min(t)], &e.labels[..e.labels.len().min(t)])).collect();
+        self.eval_labeled(ctx, model, &cut).await
+    }
+
+    /// Mean cross-entropy over the learnt positions of (ids, labels) chunks, `batch` at a time.
+    async fn eval_labeled(&self, ctx: &GpuContext, model: &GpuModel, chunks: &[(&[u32], &[u32])]) -> Result<EvalResult, TrainError> {
         let (mut sum, mut count) = (0.0, 0);
         for group in chunks.chunks(self.settings.batch) {
-            let (s, n) = self.trainer.loss_sum(ctx, model, group).await?;
+            let (s, n) = self.trainer.loss_sum_labeled(ctx, model, group).await?;
             sum += s;
             count += n;
         }
@@ -361,11 +399,6 @@ impl Session {
         }
         let loss = sum / count as f64;
         Ok(EvalResult { loss, ppl: loss.exp(), tokens: count })
-    }
-
-    /// The validation loss: `eval`'s loss of the held-out span.
-    pub async fn validation_loss(&self, ctx: &GpuContext, model: &GpuModel) -> Result<f64, TrainError> {
-        Ok(self.eval_tokens(ctx, model, self.data.validation_tokens()).await?.loss)
     }
 
     /// The adapter as trained so far, in PEFT's layout.

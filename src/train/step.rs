@@ -35,8 +35,9 @@ pub struct Trainer {
     pub batch: usize,
     pub seq: usize,
     rows: usize,
-    /// Predicted positions: B·(T − 1).
-    count: usize,
+    /// Positions of the batch on the GPU whose next token is learnt (B·(T − 1) for text windows;
+    /// fewer with labels): the loss is the mean over these.
+    count: Cell<usize>,
     /// Rows per chunk of the LM head and the loss.
     logit_rows: usize,
     /// Gradient checkpointing (see the module comment), and whether a block's forward is being
@@ -158,7 +159,7 @@ impl Trainer {
             batch,
             seq,
             rows: n,
-            count: batch * (seq - 1),
+            count: Cell::new(batch * (seq - 1)),
             logit_rows,
             checkpoint: options.grad_checkpoint,
             recomputing: Cell::new(false),
@@ -175,12 +176,15 @@ impl Trainer {
         })
     }
 
-    /// Write a batch ([B·T] ids, window after window) and its next-token targets to the GPU.
-    fn set_batch(&self, ctx: &GpuContext, model: &GpuModel, tokens: &[u32]) -> Result<(), TrainError> {
-        if tokens.len() != self.rows {
+    /// Write a batch ([B·T] ids, window after window) and its next-token targets to the GPU: within
+    /// each window, position i is trained to predict labels[i + 1] (`labels`: transformers' labels,
+    /// [`IGNORE`] where nothing is learnt; None: the tokens themselves, as for a text).
+    fn set_batch(&self, ctx: &GpuContext, model: &GpuModel, tokens: &[u32], labels: Option<&[u32]>) -> Result<(), TrainError> {
+        if tokens.len() != self.rows || labels.is_some_and(|l| l.len() != self.rows) {
             return Err(TrainError::Batch(format!(
-                "{} tokens given for {} windows of {} tokens",
+                "{} tokens ({} labels) given for {} windows of {} tokens",
                 tokens.len(),
+                labels.map_or(tokens.len(), <[u32]>::len),
                 self.batch,
                 self.seq
             )));
@@ -189,9 +193,15 @@ impl Trainer {
         if let Some(&id) = tokens.iter().find(|&&id| id as usize >= vocab) {
             return Err(crate::model::ModelError::TokenOutOfRange { id, vocab }.into());
         }
+        let labels = labels.unwrap_or(tokens);
         let targets: Vec<u32> = (0..self.rows)
-            .map(|i| if (i + 1) % self.seq == 0 { IGNORE } else { tokens[i + 1] })
+            .map(|i| if (i + 1) % self.seq == 0 { IGNORE } else { labels[i + 1] })
             .collect();
+        let count = targets.iter().filter(|&&t| t != IGNORE).count();
+        if count == 0 {
+            return Err(TrainError::Batch("no position of the batch has a label to learn".into()));
+        }
+        self.count.set(count);
         ctx.queue.write_buffer(&self.acts.rows.ids.buffer, 0, bytemuck::cast_slice(tokens));
         ctx.queue.write_buffer(&self.acts.rows.targets.buffer, 0, bytemuck::cast_slice(&targets));
         Ok(())
@@ -202,8 +212,15 @@ impl Trainer {
     /// and their positions ignored (attention is causal, so padding after a chunk cannot change it).
     /// The training loss (`read_loss`) is left alone.
     pub async fn loss_sum(&self, ctx: &GpuContext, model: &GpuModel, chunks: &[&[u32]]) -> Result<(f64, usize), TrainError> {
+        let labeled: Vec<(&[u32], &[u32])> = chunks.iter().map(|&c| (c, c)).collect();
+        self.loss_sum_labeled(ctx, model, &labeled).await
+    }
+
+    /// [`Trainer::loss_sum`] of examples with labels ((ids, transformers' labels) of equal length):
+    /// (Σ cross-entropy over the learnt positions, their number).
+    pub async fn loss_sum_labeled(&self, ctx: &GpuContext, model: &GpuModel, chunks: &[(&[u32], &[u32])]) -> Result<(f64, usize), TrainError> {
         let vocab = model.config.vocab_size;
-        if chunks.len() > self.batch || chunks.iter().any(|c| c.len() < 2 || c.len() > self.seq) {
+        if chunks.len() > self.batch || chunks.iter().any(|(c, l)| c.len() < 2 || c.len() > self.seq || l.len() != c.len()) {
             return Err(TrainError::Batch(format!(
                 "scoring takes at most {} chunks of 2..={} tokens",
                 self.batch, self.seq
@@ -211,19 +228,19 @@ impl Trainer {
         }
         let mut ids = vec![0u32; self.rows];
         let mut targets = vec![IGNORE; self.rows];
-        for (w, chunk) in chunks.iter().enumerate() {
+        for (w, (chunk, labels)) in chunks.iter().enumerate() {
             if let Some(&id) = chunk.iter().find(|&&id| id as usize >= vocab) {
                 return Err(crate::model::ModelError::TokenOutOfRange { id, vocab }.into());
             }
             ids[w * self.seq..w * self.seq + chunk.len()].copy_from_slice(chunk);
-            targets[w * self.seq..w * self.seq + chunk.len() - 1].copy_from_slice(&chunk[1..]);
+            targets[w * self.seq..w * self.seq + chunk.len() - 1].copy_from_slice(&labels[1..]);
         }
         ctx.queue.write_buffer(&self.acts.rows.ids.buffer, 0, bytemuck::cast_slice(&ids));
         ctx.queue.write_buffer(&self.acts.rows.targets.buffer, 0, bytemuck::cast_slice(&targets));
         ctx.run_cached(&self.cache("score"), |enc| self.encode_forward(ctx, enc, model, false)).await?;
         let losses = ctx.read(&self.acts.rows.losses).await?;
         let sum = losses.iter().zip(&targets).filter(|(_, &t)| t != IGNORE).map(|(&l, _)| l as f64).sum();
-        Ok((sum, chunks.iter().map(|c| c.len() - 1).sum()))
+        Ok((sum, targets.iter().filter(|&&t| t != IGNORE).count()))
     }
 
     /// The forward pass alone on the batch already on the GPU (the last `train_step`'s or
@@ -249,7 +266,7 @@ impl Trainer {
         opt: &AdamW,
         grad_scale: f32,
     ) -> Result<(), TrainError> {
-        self.set_batch(ctx, model, tokens)?;
+        self.set_batch(ctx, model, tokens, None)?;
         self.lora.step += 1;
         self.micro.set(0);
         let step = self.lora.step;
@@ -272,7 +289,20 @@ impl Trainer {
         tokens: &[u32],
         accumulate: bool,
     ) -> Result<(), TrainError> {
-        self.set_batch(ctx, model, tokens)?;
+        self.accumulate_labeled(ctx, model, tokens, None, accumulate).await
+    }
+
+    /// [`Trainer::accumulate_gradients`] with explicit labels (see `set_batch`): the loss is the
+    /// mean over the positions whose label is not [`IGNORE`].
+    pub async fn accumulate_labeled(
+        &mut self,
+        ctx: &GpuContext,
+        model: &GpuModel,
+        tokens: &[u32],
+        labels: Option<&[u32]>,
+        accumulate: bool,
+    ) -> Result<(), TrainError> {
+        self.set_batch(ctx, model, tokens, labels)?;
         let acc = if accumulate { 1.0 } else { 0.0 };
         self.micro.set(if accumulate { self.micro.get() + 1 } else { 0 });
         ctx.run_cached(&self.cache("gradients"), |enc| {
@@ -424,7 +454,7 @@ impl Trainer {
         // loss (+)= (1 / count) · Σ losses (ignored rows are 0), as a [1, N]·[N, 1] product.
         let terms = self.loss_terms.get();
         let beta = if terms == 0 { 0.0 } else { 1.0 };
-        let spec = Matmul::new(1, 1, n, Layout::XW).scaled(1.0 / self.count as f32, beta);
+        let spec = Matmul::new(1, 1, n, Layout::XW).scaled(1.0 / self.count.get() as f32, beta);
         gpu::matmul::encode(ctx, enc, &spec, &self.acts.rows.ones, &self.acts.rows.losses, None, &self.acts.rows.loss)?;
         self.loss_terms.set(terms + 1);
         Ok(())
@@ -445,7 +475,7 @@ impl Trainer {
             gpu::cross_entropy::encode(ctx, enc, &r.logits, &r.chunk_targets, &r.chunk_losses, m, v)?;
             copy_rows(enc, &r.chunk_losses, 0, &r.losses, row0, m, 1);
             if backward {
-                gpu::cross_entropy::encode_backward(ctx, enc, &r.logits, &r.chunk_targets, &r.dlogits, m, v, 1.0 / self.count as f32)?;
+                gpu::cross_entropy::encode_backward(ctx, enc, &r.logits, &r.chunk_targets, &r.dlogits, m, v, 1.0 / self.count.get() as f32)?;
                 model.encode_logits_backward(ctx, enc, &r.dlogits, m, &r.chunk_dh)?;
                 copy_rows(enc, &r.chunk_dh, 0, &self.acts.scratch.dh, row0, m, d);
             }
