@@ -41,6 +41,8 @@ pub enum StudioError {
     TextTooShort { tokens: usize, seq_len: usize, needed: usize },
     #[error("{0}")]
     TooBig(String),
+    #[error("tensor `{name}` cannot be kept in {format}: {detail}; choose “as stored”, f16 or f32 under Frozen weights")]
+    Format { name: String, format: WeightFormat, detail: String },
     #[error("the adapter has already taken {done} steps: set the number of steps above {done} to train it further")]
     AlreadyTrained { done: usize },
 }
@@ -343,7 +345,14 @@ impl Studio {
         frozen: Option<WeightFormat>,
     ) -> Result<Self, StudioError> {
         if let Some(format) = frozen {
-            model.convert_weights(format)?;
+            model.convert_weights(format).map_err(|e| match e {
+                // The library's sentence ends with the CLI's flag; the page names its select instead.
+                ModelError::Format { name, detail } => {
+                    let detail = detail.split(';').next().unwrap_or(&detail).to_string();
+                    StudioError::Format { name, format, detail }
+                }
+                e => e.into(),
+            })?;
         }
         let c = &model.config;
         check_fits(&ctx, c)?;

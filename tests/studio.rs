@@ -148,6 +148,10 @@ gpu_test! {
         assert!(err.to_string().starts_with("tokenizer.json is missing"), "{err}");
         let err = SavedAdapter::from_files(vec![("notes.txt".into(), b"hi".to_vec())]).err().unwrap();
         assert!(err.to_string().contains("adapter_config.json and adapter_model.safetensors"), "{err}");
+        // llama-tiny's rows of 48 are not whole blocks of 32: the page's sentence names its select.
+        let err = Studio::load_as(gpu().await, files().into(), "llama-tiny", Some(WeightFormat::Q4_0)).await.err().unwrap();
+        assert!(matches!(err, StudioError::Format { format: WeightFormat::Q4_0, .. }), "{err:?}");
+        assert!(err.to_string().ends_with("not a multiple of q4_0's block of 32; choose “as stored”, f16 or f32 under Frozen weights"), "{err}");
     }
 }
 

@@ -31,11 +31,12 @@ async fn load_files(state: AppState, chosen: Result<browser::Chosen, String>) {
     if let Some(i) = chosen.files.iter().position(|(n, _)| is_gguf(n)) {
         let (path, bytes) = chosen.files.swap_remove(i);
         let name = path.rsplit('/').next().unwrap_or(&path).to_string();
-        return state.load_model(ModelSource::Gguf { file_name: name.clone(), bytes: bytes.into() }, name).await;
+        let source = ModelSource::Gguf { file_name: name.clone(), bytes: bytes.into() };
+        return state.load_model(source, name, state.chosen_format()).await;
     }
     let name = model_name(&chosen.files);
     match model_files(chosen.files) {
-        Ok(files) => state.load_model(files.into(), name).await,
+        Ok(files) => state.load_model(files.into(), name, state.chosen_format()).await,
         Err(e) => {
             // PyTorch-only folders are common: say how to get safetensors.
             let pytorch = chosen.skipped.iter().any(|n| n.ends_with(".bin") || n.ends_with(".pt") || n.ends_with(".pth"));

@@ -243,15 +243,19 @@ impl AppState {
         }
     }
 
-    /// Load a model onto a new GPU device, its frozen matrices in the chosen format; the previous
-    /// model stays if this fails.
-    pub async fn load_model(self, source: ModelSource, name: String) {
+    /// The frozen weights' format chosen in the select (None: as stored). The select's values are
+    /// WeightFormat names, so only "" is not one.
+    pub fn chosen_format(&self) -> Option<WeightFormat> {
+        WeightFormat::parse(&self.frozen.get_untracked())
+    }
+
+    /// Load a model onto a new GPU device, its frozen matrices in `frozen` (None: as stored); the
+    /// previous model stays if this fails.
+    pub async fn load_model(self, source: ModelSource, name: String, frozen: Option<WeightFormat>) {
         if !self.claim("loading a model") {
             return;
         }
         self.model_status.set(ModelStatus::Loading(format!("Loading {name} onto the GPU…")));
-        // The page's own names are WeightFormat's, so only "" (as stored) is not one.
-        let frozen = WeightFormat::parse(&self.frozen.get_untracked());
         // Let the status paint before parsing a large file blocks the thread.
         browser::yield_now().await;
         match Studio::open(source, &name, frozen).await {
@@ -289,7 +293,7 @@ impl AppState {
             })
         };
         match fetched.await {
-            Ok(files) => self.load_model(files.into(), DEFAULT_MODEL.into()).await,
+            Ok(files) => self.load_model(files.into(), DEFAULT_MODEL.into(), self.chosen_format()).await,
             Err(e) => self.model_status.set(ModelStatus::Failed(format!("The default model could not be loaded: {e}."))),
         }
     }
@@ -313,7 +317,10 @@ impl AppState {
         self.release();
         let keep = if self.studio.get_untracked().is_some() { " The previous model stays loaded." } else { "" };
         match fetched {
-            Ok(Some(bytes)) => self.load_model(ModelSource::Gguf { file_name: SMOLLM2_FILE.into(), bytes: bytes.into() }, SMOLLM2_FILE.into()).await,
+            Ok(Some(bytes)) => {
+                let source = ModelSource::Gguf { file_name: SMOLLM2_FILE.into(), bytes: bytes.into() };
+                self.load_model(source, SMOLLM2_FILE.into(), self.chosen_format()).await
+            }
             Ok(None) => status.set(ModelStatus::Failed(format!(
                 "SmolLM2-135M-Instruct is not downloaded: run ./dev setup, which puts {SMOLLM2_FILE} (94 MB) in web/models/, then rebuild the page.{keep}"
             ))),
@@ -326,7 +333,8 @@ impl AppState {
     pub async fn reload(self) {
         let Some(lost) = self.lost.get_value() else { return self.load_default().await };
         let points = self.points.get_untracked();
-        self.load_model(lost.source().clone(), lost.info.name.clone()).await;
+        // As it was: same source, same format (whatever the select says now).
+        self.load_model(lost.source().clone(), lost.info.name.clone(), lost.frozen()).await;
         let Some(studio) = self.studio.get_untracked() else { return };
         self.lost.set_value(None);
         let Some(saved) = self.saved.get_untracked() else { return };

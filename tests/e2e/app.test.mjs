@@ -8,7 +8,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
-import { serve, launch, watchErrors, ARTIFACTS, DIST, unzip, safetensorsHeader, setField, waitFor } from './harness.mjs';
+import { serve, launch, watchErrors, ARTIFACTS, DIST, unzip, safetensorsHeader, setField, fillSettings, waitFor } from './harness.mjs';
 
 const MODEL = path.join(DIST, 'models/austen-5m');
 // A third of the ship's log: enough windows, and a short held-out part (validation is the slow bit on SwiftShader).
@@ -96,13 +96,7 @@ test('paste → train → compare → download on the default model', async (t) 
     assert.ok(overflow <= 0, `the page is ${overflow} px wider than a 1366 px laptop screen`);
     await page.setViewportSize({ width: 1400, height: 1000 });
 
-    await page.getByLabel('Training text').fill(TEXT);
-    await setField(page, 'Rank r', RANK);
-    await setField(page, 'Alpha α', 2 * RANK);
-    await setField(page, 'Learning rate', 0.03);
-    await setField(page, 'Steps', STEPS);
-    await setField(page, 'Batch', 4);
-    await setField(page, 'Sequence length', 32);
+    await fillSettings(page, { text: TEXT, rank: RANK, lr: 0.03, steps: STEPS, batch: 4, seqLen: 32 });
     // The default targets are q and v: params = layers · r · ((d + q_dim) + (d + kv_dim)).
     await page.waitForFunction(
       (p) => document.querySelector('[data-testid="adapter-size"]')?.dataset.params === String(p),

@@ -11,7 +11,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
-import { serve, launch, watchErrors, ARTIFACTS, DIST, unzip, safetensorsHeader, setField, waitFor } from './harness.mjs';
+import { serve, launch, watchErrors, ARTIFACTS, DIST, unzip, safetensorsHeader, fillSettings, waitFor } from './harness.mjs';
 
 const GGUF_NAME = 'smollm2-135m-instruct-q4_1.gguf';
 const GGUF = path.join(DIST, 'models', GGUF_NAME);
@@ -122,7 +122,7 @@ test('frozen weights: the format select; SmolLM2 Q4_1 GGUF loads, trains, and it
     await page.getByRole('button', { name: 'Reload the default model' }).click();
     let s = await settled(page, before, 120_000);
     assert.equal(s.state, 'failed');
-    assert.match(s.text, new RegExp(`^Could not load austen-5m: .*${f} values, not a multiple of q8_0's block of 32.*The previous model stays loaded\\.$`, 's'));
+    assert.match(s.text, new RegExp(`^Could not load austen-5m: .*${f} values, not a multiple of q8_0's block of 32; choose “as stored”, f16 or f32 under Frozen weights\\. The previous model stays loaded\\.$`, 's'));
     assert.equal(await page.getByTestId('model-name').textContent(), 'austen-5m');
     await page.getByTestId('frozen-format').selectOption('f32');
     before = s.text;
@@ -177,13 +177,7 @@ test('frozen weights: the format select; SmolLM2 Q4_1 GGUF loads, trains, and it
     assert.equal(Number(await page.getByTestId('weight-bytes').getAttribute('data-bytes')), expectedBytes, 'frozen weights on the GPU = the GGUF tensors, packed');
 
     // Two steps at small settings.
-    await page.getByLabel('Training text').fill(TEXT);
-    await setField(page, 'Rank r', RANK);
-    await setField(page, 'Alpha α', 2 * RANK);
-    await setField(page, 'Learning rate', 0.01);
-    await setField(page, 'Steps', STEPS);
-    await setField(page, 'Batch', 1);
-    await setField(page, 'Sequence length', SEQ);
+    await fillSettings(page, { text: TEXT, rank: RANK, lr: 0.01, steps: STEPS, batch: 1, seqLen: SEQ });
     await page.waitForFunction(() => document.querySelector('[data-testid="text-stats"]')?.textContent.includes('windows of 16 tokens'), null, { timeout: 60_000 });
     const estimate = Number(await page.getByTestId('memory').getAttribute('data-bytes'));
     assert.ok(estimate > expectedBytes, `the estimate ${estimate} holds the frozen weights ${expectedBytes}`);

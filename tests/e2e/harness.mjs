@@ -114,6 +114,17 @@ export async function setField(page, label, value) {
   await page.getByLabel(label, { exact: true }).fill(String(value));
 }
 
+/** The training text and the settings fields (targets stay the default q and v). */
+export async function fillSettings(page, { text, rank, lr, steps, batch, seqLen }) {
+  await page.getByLabel('Training text').fill(text);
+  await setField(page, 'Rank r', rank);
+  await setField(page, 'Alpha α', 2 * rank);
+  await setField(page, 'Learning rate', lr);
+  await setField(page, 'Steps', steps);
+  await setField(page, 'Batch', batch);
+  await setField(page, 'Sequence length', seqLen);
+}
+
 export async function waitFor(page, testid, attr, wanted, timeout) {
   await page.waitForFunction(
     ([id, a, w]) => {
