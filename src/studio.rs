@@ -1,5 +1,6 @@
 //! The engine behind the web app, platform-neutral so it is tested natively and in the browser:
-//! a [`Studio`] holds the GPU, one model on it, its tokenizer and the files it came from, and offers
+//! a [`Studio`] holds the GPU, one model on it (its frozen weights as stored or in a chosen format),
+//! its tokenizer and what it came from ([`ModelSource`]: a folder's files or a GGUF), and offers
 //! what the page needs as plain async calls — text statistics and the train/validation split,
 //! adapter sizes and a memory estimate for the settings, training runs ([`Run`]) step by step,
 //! validation loss, generation with or without the adapter, the adapter's PEFT files (or one zip)

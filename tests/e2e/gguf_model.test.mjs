@@ -173,11 +173,21 @@ test('frozen weights: the format select; SmolLM2 Q4_1 GGUF loads, trains, and it
     assert.match(s.text, /^Could not load cut\.gguf: .*(truncated|outside).*The previous model stays loaded\.$/s);
     assert.equal(await page.getByTestId('model-name').textContent(), 'austen-5m');
 
-    // The real file, from the same origin.
+    // The real file, from the same origin; every status shown on the way is kept (the progress).
+    await page.evaluate(() => {
+      // The status paragraph is rendered anew on each change: watch its section.
+      const read = () => document.querySelector('[data-testid="model-status"]')?.textContent;
+      window.statuses = [];
+      window.statusObserver = new MutationObserver(() => window.statuses.push(read()));
+      window.statusObserver.observe(document.querySelector('section[aria-labelledby="model-heading"]'), { childList: true, characterData: true, subtree: true });
+    });
     let t0 = Date.now();
     before = (await status(page)).text;
     await page.getByTestId('load-smollm2').click();
     s = await settled(page, before, 300_000);
+    const shown = await page.evaluate(() => { window.statusObserver.disconnect(); return window.statuses; });
+    const size = (fs.statSync(GGUF).size / 1e6).toFixed(1);
+    assert.ok(shown.some((x) => new RegExp(`^Downloading ${GGUF_NAME}: [\\d.]+ MB of ${size} MB…$`).test(x)), `download progress: ${shown.join(' | ')}`);
     assert.equal(s.state, 'ready', `${s.text}\n${errors.join('\n')}`);
     t.diagnostic(`SmolLM2 fetched, imported and uploaded in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
     assert.equal(await page.getByTestId('model-name').textContent(), GGUF_NAME);
