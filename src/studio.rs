@@ -1,14 +1,18 @@
 //! The engine behind the web app, platform-neutral so it is tested natively and in the browser:
-//! a [`Studio`] holds the GPU, one model on it, its tokenizer and the files it came from, and offers
+//! a [`Studio`] holds the GPU, one model on it (its frozen weights as stored or in a chosen format),
+//! its tokenizer and what it came from ([`ModelSource`]: a folder's files or a GGUF), and offers
 //! what the page needs as plain async calls — text statistics and the train/validation split,
 //! adapter sizes and a memory estimate for the settings, training runs ([`Run`]) step by step,
 //! validation loss, generation with or without the adapter, the adapter's PEFT files (or one zip)
 //! and the merged model. The page's components only call these; they never touch GPU buffers.
 
+use std::sync::Arc;
+
 use crate::generate::{self, Sampling};
+use crate::gguf::{self, GgufError};
 use crate::gpu::{GpuContext, GpuError};
 use crate::lora::{self, Adapter, LoraError, LoraOptions};
-use crate::model::{config_json_f32, save_safetensors, Arch, Branch, Config, GpuModel, Model, ModelError, ModelFiles, Tokenizer};
+use crate::model::{config_json_f32, save_safetensors, Arch, Branch, Config, GpuModel, Model, ModelError, ModelFiles, Tokenizer, WeightFormat};
 use crate::train::memory::MemoryBudget;
 use crate::train::{self, Dataset, GpuLora, Session, StepReport, TrainError, TrainSettings, TrainingState};
 use crate::zip::{self, ZipError};
@@ -30,6 +34,8 @@ pub enum StudioError {
     Train(TrainError),
     #[error(transparent)]
     Zip(#[from] ZipError),
+    #[error(transparent)]
+    Gguf(#[from] GgufError),
     /// A set of chosen files that is not a model or an adapter: the sentence says what is missing.
     #[error("{0}")]
     Files(String),
@@ -40,6 +46,8 @@ pub enum StudioError {
     TextTooShort { tokens: usize, seq_len: usize, needed: usize },
     #[error("{0}")]
     TooBig(String),
+    #[error("tensor `{name}` cannot be kept in {format}: {detail}; choose “as stored”, f16 or f32 under Frozen weights")]
+    Format { name: String, format: WeightFormat, detail: String },
     #[error("the adapter has already taken {done} steps: set the number of steps above {done} to train it further")]
     AlreadyTrained { done: usize },
 }
@@ -83,6 +91,61 @@ pub struct ModelInfo {
     pub hidden: usize,
     pub vocab: usize,
     pub context: usize,
+    /// Where it came from, for people: "a model folder" or the GGUF's general.name and file name.
+    pub source: String,
+    /// The frozen matrices' formats on the GPU and how many of each (e.g. [(q4_1, 210), (q8_0, 1)]).
+    pub formats: Vec<(WeightFormat, usize)>,
+    /// Bytes the frozen model takes on the GPU, as `GpuContext::memory()` measured them at upload.
+    pub weight_bytes: u64,
+}
+
+impl ModelInfo {
+    /// "q4_1 ×210, q8_0 ×1".
+    pub fn formats_text(&self) -> String {
+        self.formats.iter().map(|(f, n)| format!("{f} ×{n}")).collect::<Vec<_>>().join(", ")
+    }
+}
+
+/// What a model is loaded from, kept by the studio to load it again (a lost device) and to rebuild
+/// the host model for the merged download.
+#[derive(Clone)]
+pub enum ModelSource {
+    /// A Hugging Face folder's files (f16 stays f16).
+    Files(ModelFiles),
+    /// A llama GGUF file: its name (which adapters name as their base) and its bytes, shared
+    /// rather than copied (the page keeps one copy of a 100 MB file).
+    Gguf { file_name: String, bytes: Arc<[u8]> },
+}
+
+impl From<ModelFiles> for ModelSource {
+    fn from(files: ModelFiles) -> Self {
+        ModelSource::Files(files)
+    }
+}
+
+impl ModelSource {
+    /// The host model, its tokenizer, config.json's text and a description of the source.
+    fn host_model(&self) -> Result<(Model, Tokenizer, String, String), StudioError> {
+        match self {
+            ModelSource::Files(files) => {
+                let (model, tokenizer) = Model::from_files(files)?;
+                Ok((model, tokenizer, files.config.clone(), "a model folder".into()))
+            }
+            ModelSource::Gguf { file_name, bytes } => {
+                let imported = gguf::import(bytes)?;
+                // The tokenizer is rebuilt from the file's vocabulary, as `loratab import-gguf` does.
+                let (model, tokenizer) = imported.model()?;
+                let kinds = imported.kinds.iter().map(|(k, n)| format!("{k} ×{n}")).collect::<Vec<_>>().join(", ");
+                let title = imported.name.as_deref().map(|n| format!("{n}, ")).unwrap_or_default();
+                Ok((model, tokenizer, imported.config.to_string(), format!("{title}GGUF file {file_name} ({kinds})")))
+            }
+        }
+    }
+}
+
+/// Whether `name` is a GGUF file by its name (the page routes a dropped file by it).
+pub fn is_gguf(name: &str) -> bool {
+    name.to_ascii_lowercase().ends_with(".gguf")
 }
 
 /// Token count and the train/validation split of a text at one sequence length.
@@ -252,23 +315,53 @@ pub struct Studio {
     pub model: GpuModel,
     pub tokenizer: Tokenizer,
     pub info: ModelInfo,
-    /// The files as loaded (f16 stays f16), to rebuild the host model for a merged download.
-    files: ModelFiles,
+    /// What the model was loaded from, to rebuild the host model for a merged download.
+    source: ModelSource,
+    /// The format the frozen matrices were converted to at load (None: as stored).
+    frozen: Option<WeightFormat>,
 }
 
 impl Studio {
-    /// Open the GPU and load `files` onto it.
-    pub async fn open(files: ModelFiles, name: &str) -> Result<Self, StudioError> {
+    /// Open the GPU and load `source` onto it, its frozen matrices in `frozen` (None: as stored).
+    pub async fn open(source: ModelSource, name: &str, frozen: Option<WeightFormat>) -> Result<Self, StudioError> {
+        // Parsed before the GPU is opened: a bad file is refused without touching the device.
+        let host = source.host_model()?;
         let ctx = GpuContext::new().await?;
-        Self::load(ctx, files, name).await
+        Self::upload(ctx, source, host, name, frozen).await
     }
 
-    /// Load `files` onto the GPU of `ctx`; `name` is what the page calls the model.
-    pub async fn load(ctx: GpuContext, files: ModelFiles, name: &str) -> Result<Self, StudioError> {
-        let (model, tokenizer) = Model::from_files(&files)?;
+    /// Load `source` onto the GPU of `ctx` as stored; `name` is what the page calls the model.
+    pub async fn load(ctx: GpuContext, source: impl Into<ModelSource>, name: &str) -> Result<Self, StudioError> {
+        Self::load_as(ctx, source.into(), name, None).await
+    }
+
+    /// Load `source` onto the GPU of `ctx` with its frozen matrices converted to `frozen` (as
+    /// load_in_8bit / load_in_4bit do), or as stored when None.
+    pub async fn load_as(ctx: GpuContext, source: ModelSource, name: &str, frozen: Option<WeightFormat>) -> Result<Self, StudioError> {
+        let host = source.host_model()?;
+        Self::upload(ctx, source, host, name, frozen).await
+    }
+
+    async fn upload(
+        ctx: GpuContext,
+        source: ModelSource,
+        (mut model, tokenizer, config_json, described): (Model, Tokenizer, String, String),
+        name: &str,
+        frozen: Option<WeightFormat>,
+    ) -> Result<Self, StudioError> {
+        if let Some(format) = frozen {
+            model.convert_weights(format).map_err(|e| match e {
+                // The library's sentence ends with the CLI's flag; the page names its select instead.
+                ModelError::Format { name, detail } => {
+                    let detail = detail.split(';').next().unwrap_or(&detail).to_string();
+                    StudioError::Format { name, format, detail }
+                }
+                e => e.into(),
+            })?;
+        }
         let c = &model.config;
         check_fits(&ctx, c)?;
-        let architecture = serde_json::from_str::<serde_json::Value>(&files.config)
+        let architecture = serde_json::from_str::<serde_json::Value>(&config_json)
             .ok()
             .and_then(|v| v.get("architectures")?.get(0)?.as_str().map(String::from))
             .unwrap_or_else(|| c.model_type.clone());
@@ -281,18 +374,33 @@ impl Studio {
             hidden: c.hidden_size,
             vocab: c.vocab_size,
             context: c.max_positions,
+            source: described,
+            formats: model.weight_formats().into_iter().collect(),
+            weight_bytes: 0,
         };
+        let before = ctx.memory().live();
         let model = GpuModel::upload(&ctx, &model).await?;
-        Ok(Self { ctx, model, tokenizer, info, files })
+        let info = ModelInfo { weight_bytes: ctx.memory().live() - before, ..info };
+        Ok(Self { ctx, model, tokenizer, info, source, frozen })
     }
 
     pub fn config(&self) -> &Config {
         &self.model.config
     }
 
-    /// The files the model was loaded from (to load it again on a new device).
-    pub fn files(&self) -> &ModelFiles {
-        &self.files
+    /// What the model was loaded from (to load it again on a new device).
+    pub fn source(&self) -> &ModelSource {
+        &self.source
+    }
+
+    /// The format chosen for the frozen matrices at load (None: as stored).
+    pub fn frozen(&self) -> Option<WeightFormat> {
+        self.frozen
+    }
+
+    /// GPU bytes in use now, as `GpuContext::memory()` counts them.
+    pub fn gpu_bytes(&self) -> u64 {
+        self.ctx.memory().live()
     }
 
     pub fn tokenize(&self, text: &str) -> Result<Vec<u32>, StudioError> {
@@ -415,16 +523,32 @@ impl Studio {
 
     /// A zip of the merged model folder (config.json, tokenizer.json, model.safetensors in f32) that
     /// transformers loads without PEFT.
+    /// Whatever the base was (a folder, a GGUF, compact or not), the download is an f32 folder: the
+    /// host model is rebuilt from the source as stored, so no conversion chosen at load is baked in.
     pub fn merged_model_zip(&self, adapter: &Adapter) -> Result<Vec<u8>, StudioError> {
-        let (mut model, _) = Model::from_files(&self.files)?;
+        let (mut model, _, config, _) = self.source.host_model()?;
         lora::merge(&mut model, adapter)?;
         let weights = save_safetensors(&model.to_tensors())?;
-        let config = config_json_f32(&self.files.config)?;
-        Ok(zip::store(&[
-            ("config.json", config.as_bytes()),
-            ("tokenizer.json", self.files.tokenizer.as_slice()),
-            ("model.safetensors", weights.as_slice()),
-        ])?)
+        drop(model);
+        let config = config_json_f32(&config)?;
+        let mut files: Vec<(&str, &[u8])> = vec![("config.json", config.as_bytes())];
+        let gguf_files;
+        match &self.source {
+            ModelSource::Files(f) => files.push(("tokenizer.json", f.tokenizer.as_slice())),
+            ModelSource::Gguf { bytes, .. } => {
+                // The tokenizer files as `loratab import-gguf` writes them.
+                let imported = gguf::import(bytes)?;
+                let json = |v: &serde_json::Value| serde_json::to_vec_pretty(v).expect("JSON values serialize");
+                gguf_files = [
+                    ("tokenizer.json", serde_json::to_vec(&imported.tokenizer).expect("JSON values serialize")),
+                    ("tokenizer_config.json", json(&imported.tokenizer_config)),
+                    ("generation_config.json", json(&imported.generation_config)),
+                ];
+                files.extend(gguf_files.iter().map(|(n, b)| (*n, b.as_slice())));
+            }
+        }
+        files.push(("model.safetensors", weights.as_slice()));
+        Ok(zip::store(&files)?)
     }
 
     /// True for GPT-2-style models, where q, k and v share one fused adapter.

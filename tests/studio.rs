@@ -1,15 +1,16 @@
 //! The web app's engine (`studio::Studio`) on the llama-tiny fixture, natively and in headless
 //! Chromium: text split, adapter sizes, a short training run, export and re-import of the adapter
 //! (PEFT files and zip), generation with the adapter against a CPU-merged model, the merged-model
-//! download against the run's own validation loss, resuming, and the error sentences.
+//! download against the run's own validation loss, resuming, and the error sentences; a GGUF base
+//! kept compact (as stored or converted at load), its adapter and merged download.
 
 mod common;
 use common::gpu;
 
 use loratab::generate::Sampling;
 use loratab::lora::{self, LoraOptions, Target};
-use loratab::model::{GpuModel, Model, ModelFiles};
-use loratab::studio::{model_files, SavedAdapter, Studio, StudioError};
+use loratab::model::{GpuModel, Model, ModelFiles, WeightFormat};
+use loratab::studio::{model_files, ModelSource, SavedAdapter, Studio, StudioError};
 use loratab::train::TrainSettings;
 use loratab::zip;
 
@@ -17,6 +18,7 @@ const TEXT: &str = include_str!("fixtures/eval.txt");
 const CONFIG: &str = include_str!("fixtures/llama-tiny/config.json");
 const WEIGHTS: &[u8] = include_bytes!("fixtures/llama-tiny/model.safetensors");
 const TOKENIZER: &[u8] = include_bytes!("fixtures/llama-tiny/tokenizer.json");
+const TINY_GGUF: &[u8] = include_bytes!("fixtures/gguf/tiny.gguf");
 
 fn files() -> ModelFiles {
     ModelFiles {
@@ -159,6 +161,10 @@ gpu_test! {
         assert!(err.to_string().starts_with("tokenizer.json is missing"), "{err}");
         let err = SavedAdapter::from_files(vec![("notes.txt".into(), b"hi".to_vec())]).err().unwrap();
         assert!(err.to_string().contains("adapter_config.json and adapter_model.safetensors"), "{err}");
+        // llama-tiny's rows of 48 are not whole blocks of 32: the page's sentence names its select.
+        let err = Studio::load_as(gpu().await, files().into(), "llama-tiny", Some(WeightFormat::Q4_0)).await.err().unwrap();
+        assert!(matches!(err, StudioError::Format { format: WeightFormat::Q4_0, .. }), "{err:?}");
+        assert!(err.to_string().ends_with("not a multiple of q4_0's block of 32; choose “as stored”, f16 or f32 under Frozen weights"), "{err}");
     }
 }
 
@@ -212,5 +218,58 @@ gpu_test! {
         ctx.set_max_binding(20_000);
         let err = Studio::load(ctx, files(), "llama-tiny").await.err().unwrap();
         assert!(err.to_string().contains("one layer of this model"), "{err}");
+    }
+}
+
+gpu_test! {
+    /// A GGUF base stays in its stored formats on the GPU (or the one chosen at load); the bytes
+    /// measured at upload are the packed tensors', the adapter names the file, and the merged
+    /// download is the f32 folder that merging on the CPU into `import-gguf`'s output gives.
+    async fn a_gguf_base_stays_compact() {
+        let gguf = || ModelSource::Gguf { file_name: "tiny.gguf".into(), bytes: TINY_GGUF.into() };
+        let imported = loratab::gguf::import(TINY_GGUF).unwrap();
+        // Matrices keep their format; norms (1-D) are f32 on the GPU.
+        let expect = |convert: Option<WeightFormat>| {
+            let mut formats = std::collections::BTreeMap::new();
+            let mut bytes = 0;
+            for (_, w) in &imported.tensors {
+                if w.shape.len() == 1 {
+                    bytes += 4 * w.len() as u64;
+                } else {
+                    let f = convert.unwrap_or(w.format);
+                    *formats.entry(f).or_insert(0) += 1;
+                    bytes += f.bytes(w.len());
+                }
+            }
+            (formats.into_iter().collect::<Vec<_>>(), bytes)
+        };
+        let studio = Studio::load(gpu().await, gguf(), "tiny.gguf").await.unwrap();
+        assert!(studio.info.formats.len() > 2, "tiny.gguf mixes formats: {:?}", studio.info.formats);
+        assert_eq!((studio.info.formats.clone(), studio.info.weight_bytes), expect(None));
+        assert!(studio.info.source.contains("tiny.gguf"), "{}", studio.info.source);
+        let q8 = Studio::load_as(gpu().await, gguf(), "tiny.gguf", Some(WeightFormat::Q8_0)).await.unwrap();
+        assert_eq!((q8.info.formats.clone(), q8.info.weight_bytes), expect(Some(WeightFormat::Q8_0)));
+        assert_eq!(q8.frozen(), Some(WeightFormat::Q8_0));
+        drop(q8);
+
+        let mut run = studio.start(TEXT, &opts(2), TrainSettings { lr: 3e-2, ..settings(2) }).await.unwrap();
+        while !run.finished() {
+            assert!(studio.step(&mut run).await.unwrap().loss.unwrap().is_finite());
+        }
+        let saved = studio.snapshot(&run).await.unwrap();
+        assert_eq!(saved.adapter.config.base_model_name_or_path.as_deref(), Some("tiny.gguf"));
+        let merged = zip::read(&studio.merged_model_zip(&saved.adapter).unwrap()).unwrap();
+        let names: Vec<&str> = merged.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json", "model.safetensors"]);
+        let (got, _) = Model::from_files(&model_files(merged).unwrap()).unwrap();
+        let (mut want, _) = Model::from_files(&common::gguf_model_files(TINY_GGUF, false)).unwrap();
+        lora::merge(&mut want, &saved.adapter).unwrap();
+        assert_eq!(got.to_tensors(), want.to_tensors(), "the merged download");
+
+        // A download cut short is the reader's sentence, before any GPU work.
+        let cut = ModelSource::Gguf { file_name: "cut.gguf".into(), bytes: TINY_GGUF[..TINY_GGUF.len() / 2].into() };
+        let err = Studio::load(gpu().await, cut, "cut.gguf").await.err().unwrap();
+        assert!(matches!(err, StudioError::Gguf(_)), "{err:?}");
+        assert!(err.to_string().contains("truncated") || err.to_string().contains("outside"), "{err}");
     }
 }

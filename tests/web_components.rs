@@ -26,6 +26,7 @@ const TEXT: &str = include_str!("fixtures/eval.txt");
 const CONFIG: &str = include_str!("fixtures/llama-tiny/config.json");
 const WEIGHTS: &[u8] = include_bytes!("fixtures/llama-tiny/model.safetensors");
 const TOKENIZER: &[u8] = include_bytes!("fixtures/llama-tiny/tokenizer.json");
+const TINY_GGUF: &[u8] = include_bytes!("fixtures/gguf/tiny.gguf");
 
 fn document() -> web_sys::Document {
     web_sys::window().unwrap().document().unwrap()
@@ -358,6 +359,24 @@ async fn dropped_model_files_load_and_broken_ones_are_sentences() {
         .sum();
     assert_eq!(text_of(&root, "[data-testid=model-params]").replace(',', ""), params.to_string());
     assert_eq!(find(&root, "#train-text").unchecked_into::<web_sys::HtmlTextAreaElement>().value(), TEXT, "the text is kept");
+
+    // A GGUF cut short is the reader's sentence; the whole file loads as stored, named by its file,
+    // with the formats of its matrices (2-D tensors) as the file lists them.
+    let loaded = state.studio.get_untracked().unwrap();
+    drop_files(&root, &[("cut.gguf", &TINY_GGUF[..TINY_GGUF.len() / 2])]);
+    until("the cut GGUF", 60.0, || status().0 == "failed").await;
+    let (_, said) = status();
+    assert!(said.starts_with("Could not load cut.gguf:") && said.ends_with("The previous model stays loaded."), "{said}");
+    assert!(Rc::ptr_eq(&state.studio.get_untracked().unwrap(), &loaded), "the previous model stays");
+    drop_files(&root, &[("tiny.gguf", TINY_GGUF)]);
+    until("the GGUF", 60.0, || status().0 == "ready").await;
+    assert_eq!(text_of(&root, "[data-testid=model-name]"), "tiny.gguf");
+    let mut formats = std::collections::BTreeMap::new();
+    for (_, w) in loratab::gguf::import(TINY_GGUF).unwrap().tensors.iter().filter(|(_, w)| w.shape.len() == 2) {
+        *formats.entry(w.format).or_insert(0) += 1;
+    }
+    let listed: Vec<String> = formats.iter().map(|(f, n)| format!("{f} ×{n}")).collect();
+    assert_eq!(text_of(&root, "[data-testid=weight-formats]"), format!("{} (as stored)", listed.join(", ")));
 }
 
 /// Stop pauses a run (its adapter kept on the host) and Resume carries it on: the run ends where

@@ -38,13 +38,47 @@ pub async fn fetch_bytes(url: &str) -> Result<Vec<u8>, String> {
     Ok(Uint8Array::new(&buf).to_vec())
 }
 
+/// The bytes at `url` read chunk by chunk, `progress(bytes so far, total if the server says)` after
+/// each; Ok(None) when the file is not there (404, or a server's index.html in its place, as
+/// single-page servers answer any unknown path).
+pub async fn fetch_with_progress(url: &str, progress: impl Fn(u64, Option<u64>)) -> Result<Option<Vec<u8>>, String> {
+    let fail = |e: JsValue| format!("could not fetch {url}: {}", js_message(e));
+    let resp: web_sys::Response = JsFuture::from(window().fetch_with_str(url)).await.map_err(fail)?.unchecked_into();
+    let headers = js_sys::Reflect::get(&resp, &"headers".into()).map_err(fail)?;
+    let header = |name: &str| call(&headers, "get", &[&name.into()]).ok().and_then(|v| v.as_string());
+    if resp.status() == 404 || header("content-type").is_some_and(|t| t.starts_with("text/html")) {
+        return Ok(None);
+    }
+    if !resp.ok() {
+        return Err(format!("could not fetch {url}: the server answered {} {}", resp.status(), resp.status_text()));
+    }
+    let total = header("content-length").and_then(|n| n.parse().ok());
+    // Response.body's reader (by name: these web-sys types need features the app has no other use for).
+    let body = js_sys::Reflect::get(&resp, &"body".into()).map_err(fail)?;
+    let reader = call(&body, "getReader", &[]).map_err(fail)?;
+    let mut out = Vec::with_capacity(total.unwrap_or(0) as usize);
+    loop {
+        let promise: js_sys::Promise = call(&reader, "read", &[]).map_err(fail)?.unchecked_into();
+        let chunk = JsFuture::from(promise).await.map_err(fail)?;
+        if js_sys::Reflect::get(&chunk, &"done".into()).map_err(fail)?.as_bool() == Some(true) {
+            break;
+        }
+        let value: Uint8Array = js_sys::Reflect::get(&chunk, &"value".into()).map_err(fail)?.unchecked_into();
+        let at = out.len();
+        out.resize(at + value.length() as usize, 0);
+        value.copy_to(&mut out[at..]);
+        progress(out.len() as u64, total);
+    }
+    Ok(Some(out))
+}
+
 /// Whether a chosen or dropped file can matter: a model or an adapter is JSON, safetensors or a zip
-/// of them. Anything else in a Hugging Face folder (PyTorch `.bin` weights, `.git`, README) is not
+/// of them, or one GGUF file. Anything else in a Hugging Face folder (PyTorch `.bin` weights, `.git`, README) is not
 /// read at all, so picking a folder that also holds gigabytes of other formats costs nothing.
 pub fn wanted(path: &str) -> bool {
     let name = path.rsplit('/').next().unwrap_or(path).to_ascii_lowercase();
     !path.split('/').any(|part| part.starts_with('.') && part.len() > 1)
-        && [".json", ".safetensors", ".zip"].iter().any(|ext| name.ends_with(ext))
+        && [".json", ".safetensors", ".zip", ".gguf"].iter().any(|ext| name.ends_with(ext))
 }
 
 /// A file's path within a picked folder (`webkitRelativePath`), else its name.

@@ -11,16 +11,20 @@ use std::rc::Rc;
 use leptos::prelude::*;
 use leptos::task::spawn_local;
 
-use super::browser;
+use super::{browser, format};
 use crate::generate::Sampling;
 use crate::gpu::GpuError;
 use crate::lora::{LoraOptions, Target};
-use crate::model::{Config, ModelFiles};
-use crate::studio::{Run, SavedAdapter, Studio, StudioError, TextStats};
+use crate::model::{Config, ModelFiles, WeightFormat};
+use crate::studio::{ModelSource, Run, SavedAdapter, Studio, StudioError, TextStats};
 use crate::train::TrainSettings;
 
 /// The model the page loads with no user action, shipped next to the page by Trunk.
 pub const DEFAULT_MODEL: &str = "austen-5m";
+
+/// The second model offered: a GGUF that `./dev setup` downloads into web/models/ (git-ignored, so
+/// it may be absent), served from the same origin and fetched only when the user picks it.
+pub const SMOLLM2_FILE: &str = "smollm2-135m-instruct-q4_1.gguf";
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum ModelStatus {
@@ -167,6 +171,11 @@ pub struct AppState {
     pub alert: RwSignal<Option<String>>,
     /// The studio whose device was lost: its files load the same model again on a new device.
     pub lost: StoredValue<Option<Rc<Studio>>, LocalStorage>,
+    /// The format the frozen matrices get at the next load: "" keeps the stored one, else a
+    /// `WeightFormat` name (load_in_8bit / load_in_4bit, as the select offers them).
+    pub frozen: RwSignal<String>,
+    /// GPU bytes in use once the current run was set up (measured), to set beside the estimate.
+    pub train_bytes: RwSignal<Option<u64>>,
 }
 
 impl AppState {
@@ -189,6 +198,8 @@ impl AppState {
             busy: RwSignal::new(None),
             alert: RwSignal::new(None),
             lost: StoredValue::new_local(None),
+            frozen: RwSignal::new(String::new()),
+            train_bytes: RwSignal::new(None),
         }
     }
 
@@ -236,17 +247,27 @@ impl AppState {
         }
     }
 
-    /// Load model files onto a new GPU device; the previous model stays if this fails.
-    pub async fn load_model(self, files: ModelFiles, name: String) {
+    /// The frozen weights' format chosen in the select (None: as stored). The select's values are
+    /// WeightFormat names, so only "" is not one.
+    pub fn chosen_format(&self) -> Option<WeightFormat> {
+        WeightFormat::parse(&self.frozen.get_untracked())
+    }
+
+    /// Load a model onto a new GPU device, its frozen matrices in `frozen` (None: as stored); the
+    /// previous model stays if this fails.
+    pub async fn load_model(self, source: ModelSource, name: String, frozen: Option<WeightFormat>) {
         if !self.claim("loading a model") {
             return;
         }
         self.model_status.set(ModelStatus::Loading(format!("Loading {name} onto the GPU…")));
-        match Studio::open(files, &name).await {
+        // Let the status paint before parsing a large file blocks the thread.
+        browser::yield_now().await;
+        match Studio::open(source, &name, frozen).await {
             Ok(studio) => {
                 self.studio.set(Some(Rc::new(studio)));
                 // An adapter on the GPU belongs to the old model; the host snapshot stays downloadable.
                 self.run.set_value(None);
+                self.train_bytes.set(None);
                 self.points.set(Vec::new());
                 self.train_status.set(TrainStatus::Idle);
                 self.alert.set(None);
@@ -276,8 +297,38 @@ impl AppState {
             })
         };
         match fetched.await {
-            Ok(files) => self.load_model(files, DEFAULT_MODEL.into()).await,
+            Ok(files) => self.load_model(files.into(), DEFAULT_MODEL.into(), self.chosen_format()).await,
             Err(e) => self.model_status.set(ModelStatus::Failed(format!("The default model could not be loaded: {e}."))),
+        }
+    }
+
+    /// Fetch SmolLM2-135M-Instruct (Q4_1 GGUF) from next to the page, with progress, and load it.
+    pub async fn load_smollm2(self) {
+        if !self.claim("downloading a model") {
+            return;
+        }
+        let status = self.model_status;
+        status.set(ModelStatus::Loading(format!("Downloading {SMOLLM2_FILE}…")));
+        let shown = std::cell::Cell::new(0);
+        let progress = |got: u64, total: Option<u64>| {
+            // One update per MB, not per chunk.
+            if got / 1_000_000 != shown.replace(got / 1_000_000) {
+                let of = total.map(|t| format!(" of {}", format::bytes(t))).unwrap_or_default();
+                status.set(ModelStatus::Loading(format!("Downloading {SMOLLM2_FILE}: {}{of}…", format::bytes(got))));
+            }
+        };
+        let fetched = browser::fetch_with_progress(&format!("models/{SMOLLM2_FILE}"), progress).await;
+        self.release();
+        let keep = if self.studio.get_untracked().is_some() { " The previous model stays loaded." } else { "" };
+        match fetched {
+            Ok(Some(bytes)) => {
+                let source = ModelSource::Gguf { file_name: SMOLLM2_FILE.into(), bytes: bytes.into() };
+                self.load_model(source, SMOLLM2_FILE.into(), self.chosen_format()).await
+            }
+            Ok(None) => status.set(ModelStatus::Failed(format!(
+                "SmolLM2-135M-Instruct is not downloaded: run ./dev setup, which puts {SMOLLM2_FILE} (94 MB) in web/models/, then rebuild the page.{keep}"
+            ))),
+            Err(e) => status.set(ModelStatus::Failed(format!("SmolLM2-135M-Instruct could not be downloaded: {e}.{keep}"))),
         }
     }
 
@@ -286,7 +337,8 @@ impl AppState {
     pub async fn reload(self) {
         let Some(lost) = self.lost.get_value() else { return self.load_default().await };
         let points = self.points.get_untracked();
-        self.load_model(lost.files().clone(), lost.info.name.clone()).await;
+        // As it was: same source, same format (whatever the select says now).
+        self.load_model(lost.source().clone(), lost.info.name.clone(), lost.frozen()).await;
         let Some(studio) = self.studio.get_untracked() else { return };
         self.lost.set_value(None);
         let Some(saved) = self.saved.get_untracked() else { return };
@@ -335,10 +387,17 @@ impl AppState {
                     }
                     r
                 }
-                (_, _) => {
+                (_, old) => {
+                    // Freed first, so the GPU holds one run and the measured bytes are this run's.
+                    drop(old);
                     self.train_status.set(TrainStatus::Preparing);
                     self.points.set(Vec::new());
-                    studio.start(&text, &opts, settings).await
+                    self.train_bytes.set(None);
+                    let run = studio.start(&text, &opts, settings).await;
+                    if run.is_ok() {
+                        self.train_bytes.set(Some(studio.gpu_bytes()));
+                    }
+                    run
                 }
             };
             match run {

@@ -8,8 +8,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
-import zlib from 'node:zlib';
-import { serve, launch, watchErrors, ARTIFACTS, DIST } from './harness.mjs';
+import { serve, launch, watchErrors, ARTIFACTS, DIST, unzip, safetensorsHeader, setField, fillSettings, waitFor } from './harness.mjs';
 
 const MODEL = path.join(DIST, 'models/austen-5m');
 // A third of the ship's log: enough windows, and a short held-out part (validation is the slow bit on SwiftShader).
@@ -23,55 +22,6 @@ before(async () => {
   fs.mkdirSync(ARTIFACTS, { recursive: true });
 });
 after(async () => site?.close());
-
-/** The files of a stored (uncompressed) zip, by its central directory; each CRC is checked. */
-function unzip(buf) {
-  const eocd = buf.lastIndexOf(Buffer.from([0x50, 0x4b, 0x05, 0x06]));
-  assert.ok(eocd >= 0, 'the download is a zip file');
-  const count = buf.readUInt16LE(eocd + 10);
-  let at = buf.readUInt32LE(eocd + 16);
-  const files = {};
-  for (let i = 0; i < count; i++) {
-    assert.equal(buf.readUInt32LE(at), 0x02014b50);
-    const [method, crc, size, nameLen, extra, comment, local] = [
-      buf.readUInt16LE(at + 10), buf.readUInt32LE(at + 16), buf.readUInt32LE(at + 20),
-      buf.readUInt16LE(at + 28), buf.readUInt16LE(at + 30), buf.readUInt16LE(at + 32), buf.readUInt32LE(at + 42),
-    ];
-    const name = buf.toString('utf8', at + 46, at + 46 + nameLen);
-    assert.equal(method, 0, `${name} is stored`);
-    const start = local + 30 + buf.readUInt16LE(local + 26) + buf.readUInt16LE(local + 28);
-    const data = buf.subarray(start, start + size);
-    assert.equal(zlib.crc32(data), crc, `${name}'s CRC-32`);
-    files[name] = data;
-    at += 46 + nameLen + extra + comment;
-  }
-  return files;
-}
-
-/** The JSON header of a safetensors file (8-byte little-endian length, then JSON). */
-function safetensorsHeader(buf) {
-  const n = Number(buf.readBigUInt64LE(0));
-  const header = JSON.parse(buf.toString('utf8', 8, 8 + n));
-  const ends = Object.entries(header).filter(([k]) => k !== '__metadata__').map(([, t]) => t.data_offsets[1]);
-  assert.equal(Math.max(...ends), buf.length - 8 - n, 'the tensors fill the file');
-  return header;
-}
-
-async function setField(page, label, value) {
-  await page.getByLabel(label, { exact: true }).fill(String(value));
-}
-
-async function waitFor(page, testid, attr, wanted, timeout) {
-  await page.waitForFunction(
-    ([id, a, w]) => {
-      const v = document.querySelector(`[data-testid="${id}"]`)?.getAttribute(`data-${a}`);
-      return w === null ? v : v === w || v === 'failed';
-    },
-    [testid, attr, wanted],
-    { timeout },
-  );
-  return page.getByTestId(testid).getAttribute(`data-${attr}`);
-}
 
 const PROMPT = 'Day 3. Wind';
 
@@ -146,13 +96,7 @@ test('paste → train → compare → download on the default model', async (t) 
     assert.ok(overflow <= 0, `the page is ${overflow} px wider than a 1366 px laptop screen`);
     await page.setViewportSize({ width: 1400, height: 1000 });
 
-    await page.getByLabel('Training text').fill(TEXT);
-    await setField(page, 'Rank r', RANK);
-    await setField(page, 'Alpha α', 2 * RANK);
-    await setField(page, 'Learning rate', 0.03);
-    await setField(page, 'Steps', STEPS);
-    await setField(page, 'Batch', 4);
-    await setField(page, 'Sequence length', 32);
+    await fillSettings(page, { text: TEXT, rank: RANK, lr: 0.03, steps: STEPS, batch: 4, seqLen: 32 });
     // The default targets are q and v: params = layers · r · ((d + q_dim) + (d + kv_dim)).
     await page.waitForFunction(
       (p) => document.querySelector('[data-testid="adapter-size"]')?.dataset.params === String(p),
