@@ -8,7 +8,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
-import { serve, launch, watchErrors, ARTIFACTS, DIST, unzip, safetensorsHeader, setField, fillSettings, waitFor } from './harness.mjs';
+import { serve, launch, watchErrors, watchForeignRequests, ARTIFACTS, DIST, unzip, safetensorsHeader, setField, fillSettings, waitFor } from './harness.mjs';
 
 const MODEL = path.join(DIST, 'models/austen-5m');
 // A third of the ship's log: enough windows, and a short held-out part (validation is the slow bit on SwiftShader).
@@ -68,6 +68,7 @@ test('paste → train → compare → download on the default model', async (t) 
   try {
     const page = await browser.newPage({ acceptDownloads: true, viewport: { width: 1400, height: 1000 } });
     const errors = watchErrors(page);
+    const foreign = watchForeignRequests(page, site.url.replace(/\/$/, ''));
     // Main-thread tasks over 50 ms, as the browser reports them: measured and printed, not asserted
     // (speed belongs to benchmarks; SwiftShader runs WebGPU on this machine's CPUs).
     await page.addInitScript(() => {
@@ -195,6 +196,18 @@ test('paste → train → compare → download on the default model', async (t) 
     }
 
     assert.deepEqual(errors.filter((e) => !e.includes('favicon')), [], 'no errors in the console');
+
+    // Privacy: the whole flow made no request to another origin, and the page's policy refuses one.
+    assert.deepEqual(foreign, [], 'requests to other origins');
+    const policy = await page.evaluate(() => document.querySelector('meta[http-equiv="Content-Security-Policy"]')?.content);
+    assert.match(policy ?? '', /connect-src 'self'/, 'the page states its Content-Security-Policy');
+    // Blocked by the policy itself (this machine has no network either, so a failed fetch proves nothing).
+    const violated = await page.evaluate(() => new Promise((done) => {
+      document.addEventListener('securitypolicyviolation', (e) => done(e.effectiveDirective), { once: true });
+      fetch('https://example.com/steal').catch(() => {});
+      setTimeout(() => done('no violation'), 5000);
+    }));
+    assert.equal(violated, 'connect-src', 'a fetch to another origin is refused by the page');
   } finally {
     await browser.close();
   }

@@ -68,6 +68,17 @@ export async function launch({ webgpu = true } = {}) {
   });
 }
 
+/** Every request the page makes to another origin than `origin` (blob: and data: URLs are local).
+ *  The page must make none: the user's data never leaves the machine. */
+export function watchForeignRequests(page, origin) {
+  const foreign = [];
+  page.on('request', (r) => {
+    const url = r.url();
+    if (!url.startsWith(origin) && !url.startsWith('blob:') && !url.startsWith('data:')) foreign.push(url);
+  });
+  return foreign;
+}
+
 /** Collect page errors and console errors so a failing test can show them. */
 export function watchErrors(page) {
   const errors = [];
