@@ -31,7 +31,8 @@ pub struct BenchArgs {
     /// Windows per batch.
     #[arg(long, default_value_t = 1)]
     batch: usize,
-    /// Timed training steps per case (after --warmup untimed ones).
+    /// Timed training steps per case (after --warmup untimed ones); 0 with --warmup 0 measures the
+    /// training memory only.
     #[arg(long, default_value_t = 2)]
     steps: usize,
     #[arg(long, default_value_t = 1)]
@@ -112,7 +113,7 @@ pub fn run(args: BenchArgs) -> Result<(), BenchCliError> {
         models: list("models", &args.models)?,
         seqs: list("seqs", &args.seqs)?,
         batch: args.batch,
-        steps: args.steps.max(1),
+        steps: if args.warmup == 0 { args.steps } else { args.steps.max(1) },
         warmup: args.warmup,
         ranks: list("ranks", &args.ranks)?,
         forward_reps: args.forward_reps.max(1),
