@@ -10,8 +10,8 @@ use loratab::gpu::GpuContext;
 
 #[derive(Args)]
 pub struct BenchArgs {
-    /// Sections to run, comma-separated: matmul, train (with memory), forward.
-    #[arg(long, default_value = "matmul,train,forward")]
+    /// Sections to run, comma-separated: matmul, train (with memory), forward, generate.
+    #[arg(long, default_value = "matmul,train,forward,generate")]
     only: String,
     /// Model shapes (random weights): default (models/austen-5m's shape), gpt2 (124M), smollm2 (135M).
     #[arg(long, default_value = "default,gpt2,smollm2")]
@@ -36,6 +36,12 @@ pub struct BenchArgs {
     /// Forward passes timed per variant (the median is reported).
     #[arg(long, default_value_t = 7)]
     forward_reps: usize,
+    /// Models of the generate section (greedy, a prompt of the first --seqs tokens).
+    #[arg(long, default_value = "default,smollm2")]
+    generate_models: String,
+    /// New tokens per generation in the generate section.
+    #[arg(long, default_value_t = 16)]
+    new_tokens: usize,
     /// Only the default model at seq 128 (a minute on a software GPU).
     #[arg(long)]
     quick: bool,
@@ -108,10 +114,13 @@ pub fn run(args: BenchArgs) -> Result<(), BenchCliError> {
         ranks: list("ranks", &args.ranks)?,
         forward_reps: args.forward_reps.max(1),
         forward_models: list("forward-models", &args.forward_models)?,
+        generate_models: list("generate-models", &args.generate_models)?,
+        new_tokens: args.new_tokens,
     };
     if args.quick {
         opts.models = vec!["default".into()];
         opts.forward_models = vec!["default".into()];
+        opts.generate_models = vec!["default".into()];
         opts.seqs = vec![128];
     }
     let cases = bench::cases(&opts)?;
