@@ -11,12 +11,17 @@
 // B exactly once.
 //
 // Dispatch: 256 threads per workgroup; workgroup g = workgroup_id.y · num_workgroups.x + workgroup_id.x
-// (the grid spills into y past the per-dimension cap) owns COLS consecutive columns of C, and the
-// LANES threads of one column split K (k ≡ lane mod LANES), each keeping ROWS partial sums (one per
-// row of A) that are then summed over the lanes through workgroup memory, one barrier. The split is
-// chosen so that neighbouring threads read neighbouring words of B:
+// (the grid spills into y past the per-dimension cap) owns COLS = 256 / LANES consecutive columns of
+// C, and the LANES threads of one column split K (k ≡ lane mod LANES), each keeping ROWS partial
+// sums (one per row of A), then summed over the lanes through workgroup memory, one barrier. LANES
+// (override) is chosen by the launcher so that neighbouring threads read neighbouring words of B on
+// a GPU:
 //   X·Wᵀ: a column is a row of B, so 32 lanes run along it (thread = 32·column + lane), 8 columns;
 //   X·W:  a column is strided, so 64 columns run across threads (thread = column + 64·lane), 4 lanes.
+// On a CPU implementation (lavapipe) invocations are SIMD lanes of a core and every load is a
+// bounds-checked scalar load: LANES = 1 there (one thread per column over the whole of K, no
+// reduction) and WIDTH = 4 columns per thread (columns col, col + COLS, ...), so that each value
+// of A loaded serves 4 FMAs; THREADS (override) is then smaller, to spread N over more workgroups.
 // ROWS (override, = M) fixes the accumulator count so the per-row loops unroll.
 //
 // The weight seam: B is read only through `weight_at(i)` (flat row-major index), from the
@@ -25,31 +30,81 @@
 // Params and bindings 0 (a), 2 (bias), 3 (c), 4 (p): shaders/matmul_params.wgsl, composed after this file.
 
 override ROWS: u32 = 1u;
+override LANES: u32 = 32u;
+// Columns per thread when LANES = 1 (1..=4); each workgroup then owns THREADS · WIDTH columns.
+override WIDTH: u32 = 1u;
+override THREADS: u32 = 256u;
 const MAX_ROWS: u32 = 8u;
-const THREADS: u32 = 256u;
 
-// partial[m * THREADS + thread]: each thread's sum for row m.
+// partial[m * THREADS + thread]: each thread's sum for row m (THREADS ≤ 256).
 var<workgroup> partial: array<f32, 2048>;
 
-@compute @workgroup_size(256, 1, 1)
+// C[m, gn] of batch base_c = alpha · sum (+ beta · C) (+ bias).
+fn store(base_c: u32, m: u32, gn: u32, sum: f32) {
+    let idx = base_c + m * p.ldc + gn;
+    var v = p.alpha * sum;
+    if (p.beta != 0.0) {
+        v += p.beta * c[idx];
+    }
+    if (p.has_bias == 1u) {
+        v += bias[p.bias_offset + gn];
+    }
+    c[idx] = v;
+}
+
+// LANES = 1: columns col0 + col + j·THREADS (j < WIDTH) over the whole of K, stored directly.
+fn wide_columns(col0: u32, col: u32, base_a: u32, base_b: u32, base_c: u32) {
+    var acc: array<vec4<f32>, MAX_ROWS>;
+    var start: array<u32, 4>;
+    for (var j = 0u; j < 4u; j++) {
+        // Columns past N (or past WIDTH) read column 0 and are not stored.
+        let n = col0 + col + j * THREADS;
+        let ok = n < p.n && j < WIDTH;
+        start[j] = select(0u, select(n, n * p.k, p.trans_b == 1u), ok);
+    }
+    let step = select(p.n, 1u, p.trans_b == 1u);
+    for (var k = 0u; k < p.k; k++) {
+        let o = base_b + k * step;
+        var w = vec4<f32>(weight_at(o + start[0]), 0.0, 0.0, 0.0);
+        if (WIDTH > 1u) { w.y = weight_at(o + start[1]); }
+        if (WIDTH > 2u) { w.z = weight_at(o + start[2]); }
+        if (WIDTH > 3u) { w.w = weight_at(o + start[3]); }
+        for (var m = 0u; m < ROWS; m++) {
+            acc[m] = fma(vec4<f32>(a[base_a + m * p.lda + k]), w, acc[m]);
+        }
+    }
+    for (var j = 0u; j < WIDTH; j++) {
+        let n = col0 + col + j * THREADS;
+        if (n < p.n) {
+            for (var m = 0u; m < ROWS; m++) {
+                store(base_c, m, n, acc[m][j]);
+            }
+        }
+    }
+}
+
+@compute @workgroup_size(THREADS, 1, 1)
 fn main(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let wide = p.trans_b == 1u;
-    let lanes = select(4u, 32u, wide);
-    let cols = THREADS / lanes;
-    let lane = select(tid / 64u, tid % 32u, wide);
-    let col = select(tid % 64u, tid / 32u, wide);
-    let col0 = (wid.y * nwg.x + wid.x) * cols;
-    let n = col0 + col;
     let base_a = p.a_offset + wid.z * p.stride_a;
     let base_b = wid.z * p.stride_b;
     let base_c = p.c_offset + wid.z * p.stride_c;
+    if (LANES == 1u) {
+        wide_columns((wid.y * nwg.x + wid.x) * THREADS * WIDTH, tid, base_a, base_b, base_c);
+        return;
+    }
+    let cols = THREADS / LANES;
+    let lane = select(tid / cols, tid % LANES, wide);
+    let col = select(tid % cols, tid / LANES, wide);
+    let col0 = (wid.y * nwg.x + wid.x) * cols;
+    let n = col0 + col;
 
     var acc: array<f32, MAX_ROWS>;
     if (n < p.n) {
-        // B[k, n] at k·N + n, or B[n, k] at n·K + k: step `lanes` along k either way.
+        // B[k, n] at k·N + n, or B[n, k] at n·K + k: step `LANES` along k either way.
         let start = select(n, n * p.k, wide);
         let step = select(p.n, 1u, wide);
-        for (var k = lane; k < p.k; k += lanes) {
+        for (var k = lane; k < p.k; k += LANES) {
             let w = weight_at(base_b + start + k * step);
             for (var m = 0u; m < ROWS; m++) {
                 acc[m] = fma(a[base_a + m * p.lda + k], w, acc[m]);
@@ -68,18 +123,10 @@ fn main(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id) wid: v
         let gn = col0 + j;
         if (gn < p.n) {
             var s = 0.0;
-            for (var l = 0u; l < lanes; l++) {
-                s += partial[m * THREADS + select(j + 64u * l, 32u * j + l, wide)];
+            for (var l = 0u; l < LANES; l++) {
+                s += partial[m * THREADS + select(j + cols * l, LANES * j + l, wide)];
             }
-            let idx = base_c + m * p.ldc + gn;
-            var v = p.alpha * s;
-            if (p.beta != 0.0) {
-                v += p.beta * c[idx];
-            }
-            if (p.has_bias == 1u) {
-                v += bias[p.bias_offset + gn];
-            }
-            c[idx] = v;
+            store(base_c, m, gn, s);
         }
     }
 }

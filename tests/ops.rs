@@ -406,16 +406,19 @@ gpu_test! {
 gpu_test! {
     /// The small-M kernel (shaders/matvec.wgsl, what a decode step runs) against the CPU reference on
     /// the dequantized weight: every weight format, M = 1..=8, both layouts a frozen weight is read in,
-    /// N and K not multiples of a workgroup's 8 or 64 columns, with bias, scale and accumulation into
+    /// 1 (4 columns a thread), 4 and 32 threads per column, N and K not multiples of a workgroup's 8, 64 or 256 columns, with bias, scale and accumulation into
     /// a column block, from a column block of A, batched with a shared weight, and with the grid
     /// spilling into y (a cap of 5 workgroups per dimension: X·Wᵀ's 17 groups of 8 columns for N = 131).
     async fn matvec_matches_reference_for_every_format() {
+        use loratab::gpu::matvec;
         let ctx = gpu().await;
         ctx.set_max_workgroups_per_dim(5);
         let mut rng = Rng::new(93);
         for format in WeightFormat::ALL {
-            for m in 1..=loratab::gpu::matvec::MAX_ROWS {
-                for layout in [Layout::XW, Layout::XWt] {
+            // Every row count for two formats; the others (their weight_at checked above) at two.
+            let rows: Vec<usize> = if matches!(format, WeightFormat::F32 | WeightFormat::Q4_0) { (1..=matvec::MAX_ROWS).collect() } else { vec![1, 5] };
+            for m in rows {
+                for (l, layout) in [Layout::XW, Layout::XWt].into_iter().enumerate() {
                     // Quantized blocks run along the stored rows (N for [K, N], K for [N, K]): keep those whole.
                     let (n, k) = match (layout, format.is_quantized()) {
                         (Layout::XW, true) => (160, 37),
@@ -427,32 +430,36 @@ gpu_test! {
                     let (lda, ldc) = (k + 3, n + 5);
                     let batch = if m == 2 { 2 } else { 1 };
                     let spec = Matmul::new(m, n, k, layout).from_block(lda, 2).scaled(0.5, 1.0).into_block(ldc, 1, 3).batched(batch, true);
-                    assert!(loratab::gpu::matvec::fits(&spec));
+                    assert!(matvec::fits(&spec));
                     let (a, bias, c0) = (rng.vec(spec.a_len()), rng.vec(spec.bias_offset + n), rng.vec(spec.c_len()));
                     let ta = ctx.upload(&a, &[a.len()]).await.unwrap();
                     let tbias = ctx.upload(&bias, &[bias.len()]).await.unwrap();
-                    let tc = ctx.upload(&c0, &[c0.len()]).await.unwrap();
-                    ctx.run(|enc| loratab::gpu::matvec::encode(&ctx, enc, &spec, &ta, &w, Some(&tbias), &tc)).await.unwrap();
-                    let mut want = c0.clone();
-                    reference::matmul::matmul(&spec, &a, &dequantized, Some(&bias), &mut want);
-                    let e = max_error(&ctx.read(&tc).await.unwrap(), &want);
-                    assert!(e <= MATMUL_TOLERANCE, "{format} {layout:?} m={m} n={n} k={k}: max error {e}");
-
-                    // Plain: no bias, beta = 0 (C's old values are never read).
                     let plain = Matmul::new(m, n, k, layout);
-                    let tc = ctx.upload(&vec![f32::NAN; plain.c_len()], &[plain.c_len()]).await.unwrap();
-                    ctx.run(|enc| loratab::gpu::matvec::encode(&ctx, enc, &plain, &ta, &w, None, &tc)).await.unwrap();
-                    let mut want = vec![0.0; plain.c_len()];
-                    reference::matmul::matmul(&plain, &a, &dequantized, None, &mut want);
-                    let e = max_error(&ctx.read(&tc).await.unwrap(), &want);
-                    assert!(e <= MATMUL_TOLERANCE, "{format} {layout:?} m={m} plain: max error {e}");
+                    // The splits in turn: a CPU device runs 1 lane per column, a GPU 4 (X·W) or 32 (X·Wᵀ).
+                    {
+                        let lanes = [1, 4, 32][(m + l) % 3];
+                        let tc = ctx.upload(&c0, &[c0.len()]).await.unwrap();
+                        ctx.run(|enc| matvec::encode_split(&ctx, enc, &spec, [&ta, &w, &tc], Some(&tbias), lanes)).await.unwrap();
+                        let mut want = c0.clone();
+                        reference::matmul::matmul(&spec, &a, &dequantized, Some(&bias), &mut want);
+                        let e = max_error(&ctx.read(&tc).await.unwrap(), &want);
+                        assert!(e <= MATMUL_TOLERANCE, "{format} {layout:?} m={m} n={n} k={k} lanes={lanes}: max error {e}");
+
+                        // Plain: no bias, beta = 0 (C's old values are never read).
+                        let tc = ctx.upload(&vec![f32::NAN; plain.c_len()], &[plain.c_len()]).await.unwrap();
+                        ctx.run(|enc| matvec::encode_split(&ctx, enc, &plain, [&ta, &w, &tc], None, lanes)).await.unwrap();
+                        let mut want = vec![0.0; plain.c_len()];
+                        reference::matmul::matmul(&plain, &a, &dequantized, None, &mut want);
+                        let e = max_error(&ctx.read(&tc).await.unwrap(), &want);
+                        assert!(e <= MATMUL_TOLERANCE, "{format} {layout:?} m={m} lanes={lanes} plain: max error {e}");
+                    }
                 }
             }
         }
         // Transposed A, or more rows than the kernel keeps, is refused (matmul takes those).
         let w = ctx.zeros(&[64]).await.unwrap();
         for spec in [Matmul::new(1, 8, 8, Layout::XtG), Matmul::new(9, 8, 8, Layout::XW)] {
-            let err = ctx.run(|enc| loratab::gpu::matvec::encode(&ctx, enc, &spec, &w, &w, None, &w)).await.unwrap_err();
+            let err = ctx.run(|enc| matvec::encode(&ctx, enc, &spec, &w, &w, None, &w)).await.unwrap_err();
             assert!(err.to_string().contains("rows of a row-major A"), "{err}");
         }
     }

@@ -251,6 +251,12 @@ impl GpuContext {
         self.max_workgroups.store(groups.clamp(1, device), std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Whether the device is a CPU implementation (Mesa lavapipe, SwiftShader), where kernels are
+    /// shaped differently (invocations are SIMD lanes of a core: few fat threads beat many thin ones).
+    pub fn is_cpu(&self) -> bool {
+        self.adapter_info.device_type == wgpu::DeviceType::Cpu
+    }
+
     /// Whether `gpu::matmul::encode` runs products of at most `gpu::matvec::MAX_ROWS` rows with the
     /// matvec kernel (the default) rather than the 64 × 64 tiles: off only to measure what it saves.
     pub fn matvec(&self) -> bool {

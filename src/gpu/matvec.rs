@@ -19,7 +19,7 @@ pub fn fits(spec: &Matmul) -> bool {
 }
 
 /// Record `c = alpha · a·op(b) + beta · c (+ bias)` with this kernel (an error if it does not fit;
-/// `gpu::matmul::encode` calls it for the specs that do).
+/// `gpu::matmul::encode` calls it for the specs that do), split as suits this device.
 pub fn encode(
     ctx: &GpuContext,
     encoder: &mut Recorder,
@@ -29,15 +29,42 @@ pub fn encode(
     bias: Option<&GpuTensor>,
     c: &GpuTensor,
 ) -> Result<(), GpuError> {
-    if !fits(spec) {
-        return Err(GpuError::Shape { op: "matvec", detail: format!("{spec:?} needs 1..={MAX_ROWS} rows of a row-major A") });
+    encode_split(ctx, encoder, spec, [a, b, c], bias, lanes(ctx, spec))
+}
+
+/// Threads per column of C (see the shader): along a row of B for X·Wᵀ on a GPU, where they read
+/// neighbouring words; one on a CPU, where each thread costs more than a short dot product.
+pub fn lanes(ctx: &GpuContext, spec: &Matmul) -> usize {
+    match (ctx.is_cpu(), spec.layout.trans_b()) {
+        (true, _) => 1,
+        (false, true) => 32,
+        (false, false) => 4,
+    }
+}
+
+/// [`encode`] with `lanes` threads per column (a power of two up to 256), whatever the device:
+/// tests run every split on any GPU.
+pub fn encode_split(
+    ctx: &GpuContext,
+    encoder: &mut Recorder,
+    spec: &Matmul,
+    [a, b, c]: [&GpuTensor; 3],
+    bias: Option<&GpuTensor>,
+    lanes: usize,
+) -> Result<(), GpuError> {
+    if !fits(spec) || !lanes.is_power_of_two() || lanes > THREADS {
+        return Err(GpuError::Shape {
+            op: "matvec",
+            detail: format!("{spec:?} with {lanes} lanes: needs 1..={MAX_ROWS} rows of a row-major A and a power of two up to {THREADS} lanes"),
+        });
     }
     matmul::check(spec, a, b, bias, c)?;
     if spec.c_len() == 0 {
         return Ok(());
     }
-    // Columns per workgroup: 8 for X·Wᵀ (32 threads along each row of B), 64 for X·W (see the shader).
-    let cols = if spec.layout.trans_b() { THREADS / 32 } else { THREADS / 4 };
+    // A CPU's one lane per column: 4 columns a thread, 64 threads a workgroup (see the shader).
+    let (threads, width) = if lanes == 1 && ctx.is_cpu() { (64, 4) } else { (THREADS, 1) };
+    let cols = if lanes == 1 { threads * width } else { THREADS / lanes };
     let max = ctx.max_workgroups_per_dim();
     let (x, y) = grid_rows(spec.n.div_ceil(cols), max);
     if y > max || spec.batch > max as usize {
@@ -47,6 +74,6 @@ pub fn encode(
         });
     }
     let kernel = for_format(&KERNELS, b.format);
-    matmul::record(ctx, encoder, kernel, &[("ROWS", spec.m as u64)], spec, [a, b, c], bias, (x, y, spec.batch as u32));
+    matmul::record(ctx, encoder, kernel, &[("ROWS", spec.m as u64), ("LANES", lanes as u64), ("WIDTH", width as u64), ("THREADS", threads as u64)], spec, [a, b, c], bias, (x, y, spec.batch as u32));
     Ok(())
 }
