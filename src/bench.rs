@@ -566,15 +566,22 @@ async fn bench_forward(ctx: &GpuContext, case: &ForwardCase, log: &dyn Fn(&str))
     Ok(rows)
 }
 
-/// Seconds of each step of one greedy generation of `n` tokens after `prompt`: step 0 is the
-/// prefill (and the first token), the others one new token each. `old` runs the loop as loratab
-/// did before its decode path (full logits read back, `generate::sample` on the CPU; the caller
-/// turns the matvec kernel off).
-async fn generation_steps(ctx: &GpuContext, model: &GpuModel, prompt: &[u32], n: usize, old: bool) -> Result<Vec<f64>, BenchError> {
+/// One generation's timings: wall seconds of each step (step 0 is the prefill with the first
+/// token, the others one new token each), and the process's CPU seconds over the prefill and over
+/// the remaining steps (Linux; lavapipe's threads included).
+struct StepTimes {
+    wall: Vec<f64>,
+    cpu: Option<(f64, f64)>,
+}
+
+/// One greedy generation of `n` tokens after `prompt`. `old` runs the loop as loratab did before
+/// its decode path (full logits read back, `generate::sample` on the CPU; the caller turns the
+/// matvec kernel off).
+async fn generation_steps(ctx: &GpuContext, model: &GpuModel, prompt: &[u32], n: usize, old: bool) -> Result<StepTimes, BenchError> {
     use crate::generate::{sample, Sampling};
     let greedy = Sampling { temperature: 0.0, top_k: 0, seed: 0 };
     let mut rng = Rng::new(0);
-    let (mut input, mut past, mut times) = (prompt.to_vec(), 0, Vec::new());
+    let (mut input, mut past, mut wall, mut cpu) = (prompt.to_vec(), 0, Vec::new(), vec![cpu_seconds()]);
     for _ in 0..n {
         let t = Instant::now();
         let token = if old {
@@ -585,11 +592,19 @@ async fn generation_steps(ctx: &GpuContext, model: &GpuModel, prompt: &[u32], n:
                 other => unreachable!("Argmax picks a token, not {other:?}"),
             }
         };
-        times.push(t.elapsed().as_secs_f64());
+        wall.push(t.elapsed().as_secs_f64());
+        if cpu.len() == 1 {
+            cpu.push(cpu_seconds());
+        }
         past += input.len();
         input = vec![token];
     }
-    Ok(times)
+    cpu.push(cpu_seconds());
+    let cpu = match cpu[..] {
+        [Some(a), Some(b), Some(c)] => Some((b - a, c - b)),
+        _ => None,
+    };
+    Ok(StepTimes { wall, cpu })
 }
 
 async fn bench_generate(ctx: &GpuContext, case: &GenerateCase, log: &dyn Fn(&str)) -> Result<Vec<Row>, BenchError> {
@@ -597,13 +612,21 @@ async fn bench_generate(ctx: &GpuContext, case: &GenerateCase, log: &dyn Fn(&str
     let model = GpuModel::upload(ctx, &random_model(&c, 0)).await?;
     let prompt = tokens(c.vocab_size, case.prompt, 5);
     let key = &case.key;
+    // On a software GPU the CPU time is the cost that does not depend on what else runs.
+    let software = ctx.adapter().device_type == "Cpu";
     let mut rows = Vec::new();
-    let add = |rows: &mut Vec<Row>, what: &str, steps: Vec<Vec<f64>>| {
-        let prefill = median(steps.iter().map(|s| s[0]).collect());
-        let decode = median(steps.iter().flat_map(|s| s[1..].to_vec()).collect());
+    let add = |rows: &mut Vec<Row>, what: &str, runs: Vec<StepTimes>| {
+        let prefill = median(runs.iter().map(|r| r.wall[0]).collect());
+        let decode = median(runs.iter().flat_map(|r| r.wall[1..].to_vec()).collect());
+        let per = |unit: &str, name: &str, seconds: f64, tokens: usize| Row { key: format!("{key} {what}{name}"), value: seconds * 1e3 / tokens as f64, unit: unit.into() };
         rows.push(Row { key: format!("{key} {what}decode tokens/s"), value: 1.0 / decode, unit: "tok/s".into() });
-        rows.push(Row { key: format!("{key} {what}decode ms/token"), value: decode * 1e3, unit: "ms".into() });
-        rows.push(Row { key: format!("{key} {what}prefill ms/token"), value: prefill * 1e3 / case.prompt as f64, unit: "ms".into() });
+        rows.push(per("ms", "decode ms/token", decode, 1));
+        rows.push(per("ms", "prefill ms/token", prefill, case.prompt));
+        if let (true, Some(cpu)) = (software, runs.iter().map(|r| r.cpu).collect::<Option<Vec<_>>>()) {
+            let decoded = runs.iter().map(|r| r.wall.len() - 1).sum();
+            rows.push(per("cpu-ms", "decode CPU ms/token", cpu.iter().map(|c| c.1).sum(), decoded));
+            rows.push(per("cpu-ms", "prefill CPU ms/token", median(cpu.iter().map(|c| c.0).collect()), case.prompt));
+        }
         log(&format!("{key} {what}: {:.1} ms/token decode, {:.2} ms/token prefill", decode * 1e3, prefill * 1e3 / case.prompt as f64));
     };
     // Untimed: pipelines, the KV cache.
