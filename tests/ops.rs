@@ -436,23 +436,21 @@ gpu_test! {
                     let tbias = ctx.upload(&bias, &[bias.len()]).await.unwrap();
                     let plain = Matmul::new(m, n, k, layout);
                     // The splits in turn: a CPU device runs 1 lane per column, a GPU 4 (X·W) or 32 (X·Wᵀ).
-                    {
-                        let lanes = [1, 4, 32][(m + l) % 3];
-                        let tc = ctx.upload(&c0, &[c0.len()]).await.unwrap();
-                        ctx.run(|enc| matvec::encode_split(&ctx, enc, &spec, [&ta, &w, &tc], Some(&tbias), lanes)).await.unwrap();
-                        let mut want = c0.clone();
-                        reference::matmul::matmul(&spec, &a, &dequantized, Some(&bias), &mut want);
-                        let e = max_error(&ctx.read(&tc).await.unwrap(), &want);
-                        assert!(e <= MATMUL_TOLERANCE, "{format} {layout:?} m={m} n={n} k={k} lanes={lanes}: max error {e}");
+                    let lanes = [1, 4, 32][(m + l) % 3];
+                    let tc = ctx.upload(&c0, &[c0.len()]).await.unwrap();
+                    ctx.run(|enc| matvec::encode_split(&ctx, enc, &spec, [&ta, &w, &tc], Some(&tbias), lanes)).await.unwrap();
+                    let mut want = c0.clone();
+                    reference::matmul::matmul(&spec, &a, &dequantized, Some(&bias), &mut want);
+                    let e = max_error(&ctx.read(&tc).await.unwrap(), &want);
+                    assert!(e <= MATMUL_TOLERANCE, "{format} {layout:?} m={m} n={n} k={k} lanes={lanes}: max error {e}");
 
-                        // Plain: no bias, beta = 0 (C's old values are never read).
-                        let tc = ctx.upload(&vec![f32::NAN; plain.c_len()], &[plain.c_len()]).await.unwrap();
-                        ctx.run(|enc| matvec::encode_split(&ctx, enc, &plain, [&ta, &w, &tc], None, lanes)).await.unwrap();
-                        let mut want = vec![0.0; plain.c_len()];
-                        reference::matmul::matmul(&plain, &a, &dequantized, None, &mut want);
-                        let e = max_error(&ctx.read(&tc).await.unwrap(), &want);
-                        assert!(e <= MATMUL_TOLERANCE, "{format} {layout:?} m={m} lanes={lanes} plain: max error {e}");
-                    }
+                    // Plain: no bias, beta = 0 (C's old values are never read).
+                    let tc = ctx.upload(&vec![f32::NAN; plain.c_len()], &[plain.c_len()]).await.unwrap();
+                    ctx.run(|enc| matvec::encode_split(&ctx, enc, &plain, [&ta, &w, &tc], None, lanes)).await.unwrap();
+                    let mut want = vec![0.0; plain.c_len()];
+                    reference::matmul::matmul(&plain, &a, &dequantized, None, &mut want);
+                    let e = max_error(&ctx.read(&tc).await.unwrap(), &want);
+                    assert!(e <= MATMUL_TOLERANCE, "{format} {layout:?} m={m} lanes={lanes} plain: max error {e}");
                 }
             }
         }
