@@ -10,9 +10,10 @@
 // The 64 × 64 tiles of matmul.wgsl would be 63/64 padding here: this kernel does M·N·K FMAs and reads
 // B exactly once.
 //
-// Dispatch: 256 threads per workgroup; workgroup g = workgroup_id.y · num_workgroups.x + workgroup_id.x
-// (the grid spills into y past the per-dimension cap) owns COLS = 256 / LANES consecutive columns of
-// C, and the LANES threads of one column split K (k ≡ lane mod LANES), each keeping ROWS partial
+// Dispatch: THREADS threads per workgroup (override: 256, or 32 on a CPU; see below); workgroup
+// g = workgroup_id.y · num_workgroups.x + workgroup_id.x (the grid spills into y past the
+// per-dimension cap) owns COLS = THREADS / LANES consecutive columns of C (THREADS · WIDTH when
+// LANES = 1), and the LANES threads of one column split K (k ≡ lane mod LANES), each keeping ROWS partial
 // sums (one per row of A), then summed over the lanes through workgroup memory, one barrier. LANES
 // (override) is chosen by the launcher so that neighbouring threads read neighbouring words of B on
 // a GPU:
@@ -20,7 +21,7 @@
 //   X·W:  a column is strided, so 64 columns run across threads (thread = column + 64·lane), 4 lanes.
 // On a CPU implementation (lavapipe) invocations are SIMD lanes of a core and every load is a
 // bounds-checked scalar load: LANES = 1 there (one thread per column over the whole of K, no
-// reduction) and WIDTH = 4 columns per thread (columns col, col + COLS, ...), so that each value
+// reduction) and WIDTH = 4 columns per thread (columns col, col + THREADS, ...), so that each value
 // of A loaded serves 4 FMAs; THREADS (override) is then smaller, to spread N over more workgroups.
 // ROWS (override, = M) fixes the accumulator count so the per-row loops unroll.
 //
