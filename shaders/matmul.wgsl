@@ -29,30 +29,7 @@
 // weights (f16, bf16, Q8_0, Q4_0, Q4_1) is one more small WGSL file decoding value i from its packed
 // words, plus its CPU dequantization for the reference: this file does not change, the tiles stay f32.
 
-struct Params {
-    m: u32,
-    n: u32,
-    k: u32,
-    trans_a: u32,
-    trans_b: u32,
-    has_bias: u32,
-    stride_a: u32,
-    stride_b: u32,
-    stride_c: u32,
-    alpha: f32,
-    beta: f32,
-    ldc: u32,
-    c_offset: u32,
-    bias_offset: u32,
-    lda: u32,
-    a_offset: u32,
-}
-
-@group(0) @binding(0) var<storage, read> a: array<f32>;
-// binding 1: B, the `weight` of weight_<format>.wgsl, read only through weight_at
-@group(0) @binding(2) var<storage, read> bias: array<f32>;
-@group(0) @binding(3) var<storage, read_write> c: array<f32>;
-@group(0) @binding(4) var<uniform> p: Params;
+// Params and bindings 0 (a), 2 (bias), 3 (c), 4 (p): shaders/matmul_params.wgsl, composed after this file.
 
 const TILE: u32 = 64u;   // rows and columns of C per workgroup
 const SLICE: u32 = 16u;  // depth of K staged per step

@@ -13,7 +13,11 @@
 //!   memory measured by the tensor counter beside [`memory::estimate`]'s budget;
 //! - `forward`: the forward pass of one batch (logits and per-token losses, nothing read back) with
 //!   the base weights, with the adapter merged into them, and with the adapter unmerged (its branch
-//!   x·Aᵀ·Bᵀ·s added at every adapted layer), on the same tokens and the same kernels otherwise.
+//!   x·Aᵀ·Bᵀ·s added at every adapted layer), on the same tokens and the same kernels otherwise;
+//! - `generate`: greedy generation after a prompt (KV cache): the prompt's prefill time per token
+//!   and the time per new token (tokens/s), against transformers' `generate`; and the same loop
+//!   the way loratab generated before its decode path ("old path": 64 × 64 matmul tiles for one
+//!   row, fresh buffers every step, the whole row of logits read back and chosen on the CPU).
 //!
 //! Random models (no files): the default model's shape (models/austen-5m), GPT-2 124M and
 //! SmolLM2-135M, built in memory with weights ~ U(±0.02·√3). Timings are wall-clock with the GPU
@@ -214,12 +218,29 @@ pub struct ForwardCase {
     pub reps: usize,
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GenerateCase {
+    pub key: String,
+    pub model: String,
+    pub hf_config: serde_json::Value,
+    /// Prompt tokens (random ids), run in one prefill.
+    pub prompt: usize,
+    /// New tokens per generation (greedy); the first comes with the prefill.
+    pub new_tokens: usize,
+    /// Generations timed (medians reported).
+    pub reps: usize,
+    /// New tokens of the old path's one timed generation (it is slow: 0 skips it).
+    pub old_tokens: usize,
+}
+
 /// Everything one bench run measures; written as JSON for `tools/bench_torch.py`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Cases {
     pub matmul: Vec<MatmulCase>,
     pub train: Vec<TrainCase>,
     pub forward: Vec<ForwardCase>,
+    #[serde(default)]
+    pub generate: Vec<GenerateCase>,
     pub seed: u64,
 }
 
@@ -257,12 +278,16 @@ pub struct BenchOptions {
     /// Frozen-weight formats of the matmul and train sections (f32 first: PyTorch's comparison).
     pub formats: Vec<WeightFormat>,
     pub grad_checkpoint: bool,
+    /// Models of the generate section.
+    pub generate_models: Vec<String>,
+    /// New tokens per generation in the generate section.
+    pub new_tokens: usize,
 }
 
 impl Default for BenchOptions {
     fn default() -> Self {
         Self {
-            only: vec!["matmul".into(), "train".into(), "forward".into()],
+            only: vec!["matmul".into(), "train".into(), "forward".into(), "generate".into()],
             models: MODELS[..3].iter().map(|s| s.to_string()).collect(),
             seqs: vec![128, 256],
             batch: 1,
@@ -273,6 +298,8 @@ impl Default for BenchOptions {
             forward_models: vec!["default".into()],
             formats: vec![WeightFormat::F32],
             grad_checkpoint: false,
+            generate_models: vec!["default".into(), "smollm2".into()],
+            new_tokens: 16,
         }
     }
 }
@@ -391,6 +418,23 @@ pub fn cases(opts: &BenchOptions) -> Result<Cases, BenchError> {
                 ranks: opts.ranks.clone(),
                 lora: lora_case(c.arch, 0),
                 reps: opts.forward_reps,
+            });
+        }
+    }
+    if has("generate") {
+        for name in &opts.generate_models {
+            let c = config(name)?;
+            let prompt = opts.seqs.first().copied().unwrap_or(128).min(c.max_positions - opts.new_tokens);
+            // The large model's old path takes seconds a token on a software GPU: a few suffice.
+            let big = c.hidden_size * c.num_layers > 4096;
+            out.generate.push(GenerateCase {
+                key: format!("generate {name} prompt{prompt}"),
+                model: name.clone(),
+                hf_config: hf_config(&c),
+                prompt,
+                new_tokens: opts.new_tokens.max(2),
+                reps: if big { 1 } else { 3 },
+                old_tokens: if big { 3 } else { opts.new_tokens.max(2) },
             });
         }
     }
@@ -581,6 +625,85 @@ async fn bench_forward(ctx: &GpuContext, case: &ForwardCase, log: &dyn Fn(&str))
     Ok(rows)
 }
 
+/// One generation's timings: wall seconds of each step (step 0 is the prefill with the first
+/// token, the others one new token each), and the process's CPU seconds over the prefill and over
+/// the remaining steps (Linux; lavapipe's threads included).
+struct StepTimes {
+    wall: Vec<f64>,
+    cpu: Option<(f64, f64)>,
+}
+
+/// One greedy generation of `n` tokens after `prompt`. `old` runs the loop as loratab did before
+/// its decode path (full logits read back, `generate::sample` on the CPU; the caller turns the
+/// matvec kernel off).
+async fn generation_steps(ctx: &GpuContext, model: &GpuModel, prompt: &[u32], n: usize, old: bool) -> Result<StepTimes, BenchError> {
+    use crate::generate::{sample, Sampling};
+    let greedy = Sampling { temperature: 0.0, top_k: 0, seed: 0 };
+    let mut rng = Rng::new(0);
+    let (mut input, mut past, mut wall, mut cpu) = (prompt.to_vec(), 0, Vec::new(), vec![cpu_seconds()]);
+    for _ in 0..n {
+        let t = Instant::now();
+        let token = if old {
+            sample(&model.last_logits(ctx, &input, past, None).await?, &greedy, &mut rng)
+        } else {
+            match model.decode_step(ctx, &input, past, None, crate::model::Pick::Argmax).await? {
+                crate::model::Picked::Token(id) => id,
+                other => unreachable!("Argmax picks a token, not {other:?}"),
+            }
+        };
+        wall.push(t.elapsed().as_secs_f64());
+        if cpu.len() == 1 {
+            cpu.push(cpu_seconds());
+        }
+        past += input.len();
+        input = vec![token];
+    }
+    cpu.push(cpu_seconds());
+    let cpu = match cpu[..] {
+        [Some(a), Some(b), Some(c)] => Some((b - a, c - b)),
+        _ => None,
+    };
+    Ok(StepTimes { wall, cpu })
+}
+
+async fn bench_generate(ctx: &GpuContext, case: &GenerateCase, log: &dyn Fn(&str)) -> Result<Vec<Row>, BenchError> {
+    let c = config(&case.model)?;
+    let model = GpuModel::upload(ctx, &random_model(&c, 0)).await?;
+    let prompt = tokens(c.vocab_size, case.prompt, 5);
+    let key = &case.key;
+    // On a software GPU the CPU time is the cost that does not depend on what else runs.
+    let software = ctx.adapter().device_type == "Cpu";
+    let mut rows = Vec::new();
+    let add = |rows: &mut Vec<Row>, what: &str, runs: Vec<StepTimes>| {
+        let prefill = median(runs.iter().map(|r| r.wall[0]).collect());
+        let decode = median(runs.iter().flat_map(|r| r.wall[1..].to_vec()).collect());
+        let per = |unit: &str, name: &str, seconds: f64, tokens: usize| Row { key: format!("{key} {what}{name}"), value: seconds * 1e3 / tokens as f64, unit: unit.into() };
+        rows.push(Row { key: format!("{key} {what}decode tokens/s"), value: 1.0 / decode, unit: "tok/s".into() });
+        rows.push(per("ms", "decode ms/token", decode, 1));
+        rows.push(per("ms", "prefill ms/token", prefill, case.prompt));
+        if let (true, Some(cpu)) = (software, runs.iter().map(|r| r.cpu).collect::<Option<Vec<_>>>()) {
+            let decoded = runs.iter().map(|r| r.wall.len() - 1).sum();
+            rows.push(per("cpu-ms", "decode CPU ms/token", cpu.iter().map(|c| c.1).sum(), decoded));
+            rows.push(per("cpu-ms", "prefill CPU ms/token", median(cpu.iter().map(|c| c.0).collect()), case.prompt));
+        }
+        log(&format!("{key} {what}: {:.1} ms/token decode, {:.2} ms/token prefill", decode * 1e3, prefill * 1e3 / case.prompt as f64));
+    };
+    // Untimed: pipelines, the KV cache.
+    generation_steps(ctx, &model, &prompt, 2, false).await?;
+    let mut runs = Vec::new();
+    for _ in 0..case.reps {
+        runs.push(generation_steps(ctx, &model, &prompt, case.new_tokens, false).await?);
+    }
+    add(&mut rows, "", runs);
+    if case.old_tokens >= 2 {
+        ctx.set_matvec(false);
+        let old = generation_steps(ctx, &model, &prompt, case.old_tokens, true).await;
+        ctx.set_matvec(true);
+        add(&mut rows, "old path ", vec![old?]);
+    }
+    Ok(rows)
+}
+
 /// Run every case on `ctx`; `log` gets a line per finished case.
 pub async fn run(ctx: &GpuContext, cases: &Cases, log: &dyn Fn(&str)) -> Result<Results, BenchError> {
     let a = ctx.adapter();
@@ -592,6 +715,9 @@ pub async fn run(ctx: &GpuContext, cases: &Cases, log: &dyn Fn(&str)) -> Result<
     }
     for case in &cases.forward {
         out.rows.extend(bench_forward(ctx, case, log).await?);
+    }
+    for case in &cases.generate {
+        out.rows.extend(bench_generate(ctx, case, log).await?);
     }
     for case in &cases.train {
         let rows = bench_train(ctx, case, log).await?;

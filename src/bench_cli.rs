@@ -11,8 +11,8 @@ use loratab::gpu::GpuContext;
 
 #[derive(Args)]
 pub struct BenchArgs {
-    /// Sections to run, comma-separated: matmul, train (with memory), forward.
-    #[arg(long, default_value = "matmul,train,forward")]
+    /// Sections to run, comma-separated: matmul, train (with memory), forward, generate.
+    #[arg(long, default_value = "matmul,train,forward,generate")]
     only: String,
     /// Model shapes (random weights): default (models/austen-5m's shape), gpt2 (124M), smollm2 (135M),
     /// qwen0.5b (Qwen2.5-0.5B's shape; not in the default set).
@@ -46,6 +46,12 @@ pub struct BenchArgs {
     /// Forward passes timed per variant (the median is reported).
     #[arg(long, default_value_t = 7)]
     forward_reps: usize,
+    /// Models of the generate section (greedy, a prompt of the first --seqs tokens).
+    #[arg(long, default_value = "default,smollm2")]
+    generate_models: String,
+    /// New tokens per generation in the generate section.
+    #[arg(long, default_value_t = 16)]
+    new_tokens: usize,
     /// Only the default model at seq 128 (a minute on a software GPU).
     #[arg(long)]
     quick: bool,
@@ -123,10 +129,13 @@ pub fn run(args: BenchArgs) -> Result<(), BenchCliError> {
             .map(|f| WeightFormat::parse(f).ok_or_else(|| BenchCliError::Usage(format!("--formats: `{f}` is not one of f32, f16, bf16, q8_0, q4_0, q4_1"))))
             .collect::<Result<_, _>>()?,
         grad_checkpoint: args.grad_checkpoint,
+        generate_models: list("generate-models", &args.generate_models)?,
+        new_tokens: args.new_tokens,
     };
     if args.quick {
         opts.models = vec!["default".into()];
         opts.forward_models = vec!["default".into()];
+        opts.generate_models = vec!["default".into()];
         opts.seqs = vec![128];
     }
     let cases = bench::cases(&opts)?;

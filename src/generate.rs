@@ -1,7 +1,9 @@
 //! Text generation with a KV cache: the prompt is run once, then each new token costs one position.
+//! The token is chosen on the GPU (`GpuModel::decode_step`): greedy reads back its id, top-k
+//! sampling its k candidates (drawn here by [`sample_ranked`], exactly as [`sample`] would).
 
-use crate::gpu::GpuContext;
-use crate::model::{Branch, GpuModel, ModelError};
+use crate::gpu::{topk, GpuContext};
+use crate::model::{Branch, GpuModel, ModelError, Pick, Picked};
 use crate::rng::Rng;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -29,16 +31,23 @@ pub fn sample(logits: &[f32], s: &Sampling, rng: &mut Rng) -> u32 {
     if s.top_k > 0 {
         order.truncate(s.top_k);
     }
-    let max = logits[order[0]];
-    let weights: Vec<f64> = order.iter().map(|&i| (((logits[i] - max) / s.temperature) as f64).exp()).collect();
+    let ranked: Vec<(u32, f32)> = order.iter().map(|&i| (i as u32, logits[i])).collect();
+    sample_ranked(&ranked, s.temperature, rng)
+}
+
+/// Draw one of `ranked` ((id, logit), most likely first, non-empty) with probabilities
+/// softmax(logit / temperature): one `rng` draw.
+pub fn sample_ranked(ranked: &[(u32, f32)], temperature: f32, rng: &mut Rng) -> u32 {
+    let max = ranked[0].1;
+    let weights: Vec<f64> = ranked.iter().map(|&(_, v)| (((v - max) / temperature) as f64).exp()).collect();
     let mut r = rng.next_f32() as f64 * weights.iter().sum::<f64>();
-    for (w, &i) in weights.iter().zip(&order) {
+    for (w, &(i, _)) in weights.iter().zip(ranked) {
         r -= w;
         if r <= 0.0 {
-            return i as u32;
+            return i;
         }
     }
-    order[order.len() - 1] as u32
+    ranked[ranked.len() - 1].0
 }
 
 /// Up to `max_tokens` new tokens after `prompt` (fewer if the context fills up), with an adapter
@@ -58,9 +67,19 @@ pub async fn generate(
     let mut out = Vec::new();
     let mut past = 0;
     let mut next_input = prompt.to_vec();
+    let vocab = model.config.vocab_size;
+    // top_k beyond the vocabulary keeps all of it, as `sample` does.
+    let pick = match sampling.top_k.min(vocab) {
+        _ if sampling.temperature <= 0.0 => Pick::Argmax,
+        k if k > 0 && (k <= topk::MAX_K || vocab <= topk::MAX_K) => Pick::TopK(k),
+        _ => Pick::Logits,
+    };
     while out.len() < max_tokens && past + next_input.len() <= model.config.max_positions {
-        let last = model.last_logits(ctx, &next_input, past, adapter).await?;
-        let token = sample(&last, sampling, &mut rng);
+        let token = match model.decode_step(ctx, &next_input, past, adapter, pick).await? {
+            Picked::Token(id) => id,
+            Picked::Ranked(ranked) => sample_ranked(&ranked, sampling.temperature, &mut rng),
+            Picked::Logits(logits) => sample(&logits, sampling, &mut rng),
+        };
         out.push(token);
         past += next_input.len();
         next_input = vec![token];

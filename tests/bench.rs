@@ -35,6 +35,7 @@ fn cases_cover_every_model_and_sequence() {
     let cases = bench::cases(&opts).unwrap();
     assert_eq!(cases.train.len(), 3 * 2);
     assert_eq!(cases.matmul.len(), 3 * 6);
+    assert_eq!(cases.generate.iter().map(|c| c.model.as_str()).collect::<Vec<_>>(), ["default", "smollm2"]);
     // Keys are unique: each pairs with exactly one PyTorch figure.
     let mut keys: Vec<&str> = cases.matmul.iter().map(|c| c.key.as_str()).chain(cases.train.iter().map(|c| c.key.as_str())).collect();
     keys.sort();

@@ -196,3 +196,34 @@ gpu_test! {
         assert!((r.loss - f.json("eval_loss_64")).abs() < 1e-4, "{} vs {}", r.loss, f.json("eval_loss_64"));
     }
 }
+
+gpu_test! {
+    /// Generation chooses its tokens on the GPU (the argmax, or the top k ranked for a draw on the
+    /// CPU, or the whole row past 64): the same tokens as `generate::sample` on each step's full row
+    /// of logits read back (how they were chosen before), for greedy, top-k and untruncated sampling.
+    async fn gpu_token_choice_matches_cpu_sampling() {
+        use loratab::generate::{generate, sample, Sampling};
+        let ctx = gpu().await;
+        for f in [fixture!("llama-tiny"), fixture!("gpt2-tiny")] {
+            let (model, _) = f.load();
+            let gm = GpuModel::upload(&ctx, &model).await.unwrap();
+            let (prompt, v, n) = (f.ids("prompt"), model.config.vocab_size, 12);
+            for (temperature, top_k) in [(0.0, 0), (0.8, 5), (1.5, 40), (1.0, 0), (1.0, 100)] {
+                let s = Sampling { temperature, top_k, seed: 7 };
+                let got = generate(&ctx, &gm, &prompt, n, &s, None).await.unwrap();
+                let mut rng = loratab::rng::Rng::new(s.seed);
+                let (mut want, mut input, mut past) = (Vec::new(), prompt.clone(), 0);
+                while want.len() < n {
+                    let h = gm.hidden(&ctx, &input, past).await.unwrap();
+                    let logits = ctx.read(&gm.logits(&ctx, &h, input.len() - 1, 1).await.unwrap()).await.unwrap();
+                    assert_eq!(logits.len(), v, "one row of logits");
+                    let token = sample(&logits, &s, &mut rng);
+                    want.push(token);
+                    past += input.len();
+                    input = vec![token];
+                }
+                assert_eq!(got, want, "{} temperature {temperature} top_k {top_k}", f.name);
+            }
+        }
+    }
+}

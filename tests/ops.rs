@@ -402,3 +402,97 @@ gpu_test! {
         }
     }
 }
+
+gpu_test! {
+    /// The small-M kernel (shaders/matvec.wgsl, what a decode step runs) against the CPU reference on
+    /// the dequantized weight: every weight format, M = 1..=8, both layouts a frozen weight is read in,
+    /// 1 (4 columns a thread), 4 and 32 threads per column, N and K not multiples of a workgroup's 8, 64 or 256 columns, with bias, scale and accumulation into
+    /// a column block, from a column block of A, batched with a shared weight, and with the grid
+    /// spilling into y (a cap of 5 workgroups per dimension: X·Wᵀ's 17 groups of 8 columns for N = 131).
+    async fn matvec_matches_reference_for_every_format() {
+        use loratab::gpu::matvec;
+        let ctx = gpu().await;
+        ctx.set_max_workgroups_per_dim(5);
+        let mut rng = Rng::new(93);
+        for format in WeightFormat::ALL {
+            // Every row count for two formats; the others (their weight_at checked above) at two.
+            let rows: Vec<usize> = if matches!(format, WeightFormat::F32 | WeightFormat::Q4_0) { (1..=matvec::MAX_ROWS).collect() } else { vec![1, 5] };
+            for m in rows {
+                for (l, layout) in [Layout::XW, Layout::XWt].into_iter().enumerate() {
+                    // Quantized blocks run along the stored rows (N for [K, N], K for [N, K]): keep those whole.
+                    let (n, k) = match (layout, format.is_quantized()) {
+                        (Layout::XW, true) => (160, 37),
+                        (_, true) => (37, 96),
+                        _ => (131, 45),
+                    };
+                    let (rows, cols) = if layout == Layout::XW { (k, n) } else { (n, k) };
+                    let (w, dequantized) = packed(&ctx, &mut rng, rows, cols, format).await;
+                    let (lda, ldc) = (k + 3, n + 5);
+                    let batch = if m == 2 { 2 } else { 1 };
+                    let spec = Matmul::new(m, n, k, layout).from_block(lda, 2).scaled(0.5, 1.0).into_block(ldc, 1, 3).batched(batch, true);
+                    assert!(matvec::fits(&spec));
+                    let (a, bias, c0) = (rng.vec(spec.a_len()), rng.vec(spec.bias_offset + n), rng.vec(spec.c_len()));
+                    let ta = ctx.upload(&a, &[a.len()]).await.unwrap();
+                    let tbias = ctx.upload(&bias, &[bias.len()]).await.unwrap();
+                    let plain = Matmul::new(m, n, k, layout);
+                    // The splits in turn: a CPU device runs 1 lane per column, a GPU 4 (X·W) or 32 (X·Wᵀ).
+                    let lanes = [1, 4, 32][(m + l) % 3];
+                    let tc = ctx.upload(&c0, &[c0.len()]).await.unwrap();
+                    ctx.run(|enc| matvec::encode_split(&ctx, enc, &spec, [&ta, &w, &tc], Some(&tbias), lanes)).await.unwrap();
+                    let mut want = c0.clone();
+                    reference::matmul::matmul(&spec, &a, &dequantized, Some(&bias), &mut want);
+                    let e = max_error(&ctx.read(&tc).await.unwrap(), &want);
+                    assert!(e <= MATMUL_TOLERANCE, "{format} {layout:?} m={m} n={n} k={k} lanes={lanes}: max error {e}");
+
+                    // Plain: no bias, beta = 0 (C's old values are never read).
+                    let tc = ctx.upload(&vec![f32::NAN; plain.c_len()], &[plain.c_len()]).await.unwrap();
+                    ctx.run(|enc| matvec::encode_split(&ctx, enc, &plain, [&ta, &w, &tc], None, lanes)).await.unwrap();
+                    let mut want = vec![0.0; plain.c_len()];
+                    reference::matmul::matmul(&plain, &a, &dequantized, None, &mut want);
+                    let e = max_error(&ctx.read(&tc).await.unwrap(), &want);
+                    assert!(e <= MATMUL_TOLERANCE, "{format} {layout:?} m={m} lanes={lanes} plain: max error {e}");
+                }
+            }
+        }
+        // Transposed A, or more rows than the kernel keeps, is refused (matmul takes those).
+        let w = ctx.zeros(&[64]).await.unwrap();
+        for spec in [Matmul::new(1, 8, 8, Layout::XtG), Matmul::new(9, 8, 8, Layout::XW)] {
+            let err = ctx.run(|enc| matvec::encode(&ctx, enc, &spec, &w, &w, None, &w)).await.unwrap_err();
+            assert!(err.to_string().contains("rows of a row-major A"), "{err}");
+        }
+    }
+}
+
+gpu_test! {
+    /// topk (generation's token choice) ranks as the CPU sampler does: greedy's first maximum under
+    /// `>`, and top-k's stable sort under `total_cmp`, on values with repeats (ties broken by id),
+    /// -0.0 beside 0.0, over lengths not a multiple of the 256 threads.
+    async fn topk_ranks_like_the_cpu_sampler() {
+        use loratab::gpu::topk::{self, Order};
+        let ctx = gpu().await;
+        let mut rng = Rng::new(94);
+        for n in [1, 70, 1000, 4099] {
+            // Few distinct values, so that ties are common; zeros of both signs.
+            let mut values: Vec<f32> = (0..n).map(|_| (rng.uniform(-4.0, 4.0)).round() / 2.0).collect();
+            for i in (0..n).step_by(7) {
+                values[i] = if i % 2 == 0 { 0.0 } else { -0.0 };
+            }
+            let logits = ctx.upload(&values, &[n]).await.unwrap();
+            let out = ctx.zeros(&[2 * topk::MAX_K]).await.unwrap();
+            for (k, order) in [(1, Order::Greedy), (1, Order::Total), (5, Order::Total), (64, Order::Total)] {
+                let k = k.min(n);
+                ctx.run(|enc| topk::encode(&ctx, enc, &logits, n, k, order, &out)).await.unwrap();
+                let got = ctx.read_u32(&out).await.unwrap();
+                let mut want: Vec<u32> = (0..n as u32).collect();
+                match order {
+                    Order::Greedy => want = vec![loratab::generate::sample(&values, &loratab::generate::Sampling { temperature: 0.0, top_k: 0, seed: 0 }, &mut Rng::new(0))],
+                    Order::Total => want.sort_by(|&a, &b| values[b as usize].total_cmp(&values[a as usize])),
+                }
+                want.truncate(k);
+                let want_bits: Vec<u32> = want.iter().map(|&i| values[i as usize].to_bits()).collect();
+                assert_eq!(&got[..k], &want[..], "n={n} k={k} {order:?}: ids");
+                assert_eq!(&got[k..2 * k], &want_bits[..], "n={n} k={k} {order:?}: values");
+            }
+        }
+    }
+}

@@ -16,7 +16,10 @@ result row uses loratab's key, so the table puts the two figures side by side:
   over all threads); memory: torch.cuda.max_memory_allocated
   over the run minus what was allocated before the model (CUDA only);
 - forward: base model, PEFT model (unmerged), merge_and_unload (merged), under no_grad, logits and
-  loss of the same batch; median of the repetitions.
+  loss of the same batch; median of the repetitions;
+- generate: `model.generate` (greedy, KV cache, EOS off so every run makes all its tokens) after the
+  same-length random prompt: T(1) (prefill + the first token) and T(n) for n new tokens, medians of
+  the repetitions; per new token (T(n) − T(1)) / (n − 1), prefill per token T(1) / prompt.
 On CUDA, TF32 is off (torch.backends.*.allow_tf32 = False): an f32 against f32 comparison.
 """
 
@@ -178,6 +181,45 @@ def bench_forward(case, device, attn):
     return rows
 
 
+def bench_generate(case, device, attn):
+    model = build(case["hf_config"], device, attn).eval()
+    # Random weights emit EOS (id 2 in LlamaConfig) by chance: keep generating to the full length.
+    model.generation_config.eos_token_id = None
+    model.generation_config.pad_token_id = 0
+    ids = tokens(case["hf_config"]["vocab_size"], 1, case["prompt"], device, 5)
+    mask = torch.ones_like(ids)
+
+    def gen(n):
+        with torch.no_grad():
+            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n, do_sample=False, use_cache=True)
+        assert out.shape[1] == ids.shape[1] + n, out.shape
+
+    def both(n):
+        c = time.process_time()
+        wall = timed(lambda: gen(n), device)
+        return wall, time.process_time() - c
+
+    n = case["new_tokens"]
+    gen(2)
+    reps = case["reps"]
+    one = [both(1) for _ in range(reps)]
+    many = [both(n) for _ in range(reps)]
+    med = lambda runs, i: statistics.median(r[i] for r in runs)
+    decode = (med(many, 0) - med(one, 0)) / (n - 1)
+    key = case["key"]
+    rows = [
+        {"key": f"{key} decode tokens/s", "value": 1.0 / decode, "unit": "tok/s"},
+        {"key": f"{key} decode ms/token", "value": decode * 1e3, "unit": "ms"},
+        {"key": f"{key} prefill ms/token", "value": med(one, 0) * 1e3 / case["prompt"], "unit": "ms"},
+    ]
+    if device == "cpu":
+        # All threads' CPU time: what a token costs whatever else shares the cores.
+        cpu_decode = (med(many, 1) - med(one, 1)) / (n - 1)
+        rows.append({"key": f"{key} decode CPU ms/token", "value": cpu_decode * 1e3, "unit": "cpu-ms"})
+        rows.append({"key": f"{key} prefill CPU ms/token", "value": med(one, 1) * 1e3 / case["prompt"], "unit": "cpu-ms"})
+    return rows
+
+
 def device_name(device):
     if device == "cuda":
         return torch.cuda.get_device_name(0)
@@ -222,6 +264,10 @@ def main():
     for c in cases["forward"]:
         rows += bench_forward(c, args.device, args.attn)
         print(f"{c['key']} done", flush=True)
+    for c in cases.get("generate", []):
+        r = bench_generate(c, args.device, args.attn)
+        print(f"{c['key']}: {r[1]['value']:.1f} ms/token", flush=True)
+        rows += r
     for c in cases["train"]:
         r = bench_train(c, args.device, args.attn)
         print(f"{c['key']}: {r[0]['value']:.0f} ms/step", flush=True)

@@ -135,6 +135,8 @@ pub struct GpuContext {
     active: Mutex<Option<Arc<Mutex<DispatchCache>>>>,
     /// `LORATAB_NO_DISPATCH_CACHE` set: `run_cached` behaves as `run` (to measure what caching saves).
     cache_off: bool,
+    /// Whether matmul sends a few-row product to the matvec kernel (off: the bench's "before").
+    matvec: std::sync::atomic::AtomicBool,
 }
 
 impl GpuContext {
@@ -202,6 +204,7 @@ impl GpuContext {
             memory: Arc::default(),
             active: Mutex::new(None),
             cache_off: cfg!(not(target_arch = "wasm32")) && std::env::var_os("LORATAB_NO_DISPATCH_CACHE").is_some(),
+            matvec: std::sync::atomic::AtomicBool::new(true),
         })
     }
 
@@ -246,6 +249,22 @@ impl GpuContext {
     pub fn set_max_workgroups_per_dim(&self, groups: u32) {
         let device = self.limits.max_compute_workgroups_per_dimension;
         self.max_workgroups.store(groups.clamp(1, device), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether the device is a CPU implementation (Mesa lavapipe, SwiftShader), where kernels are
+    /// shaped differently (invocations are SIMD lanes of a core: few fat threads beat many thin ones).
+    pub fn is_cpu(&self) -> bool {
+        self.adapter_info.device_type == wgpu::DeviceType::Cpu
+    }
+
+    /// Whether `gpu::matmul::encode` runs products of at most `gpu::matvec::MAX_ROWS` rows with the
+    /// matvec kernel (the default) rather than the 64 × 64 tiles: off only to measure what it saves.
+    pub fn matvec(&self) -> bool {
+        self.matvec.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn set_matvec(&self, on: bool) {
+        self.matvec.store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Err if the device was lost or an error escaped every scope since the last check.
@@ -478,6 +497,12 @@ impl GpuContext {
                 Ok(staging)
             })
             .await?;
+        self.map_read(&staging, bytes).await
+    }
+
+    /// The first `bytes` of `staging` (a MAP_READ buffer a submitted copy writes), once the GPU has
+    /// written them. A caller that reads back every step keeps its own staging buffer (generation).
+    pub(crate) async fn map_read(&self, staging: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>, GpuError> {
         let (tx, rx) = futures_channel::oneshot::channel();
         staging.map_async(wgpu::MapMode::Read, .., move |r| {
             let _ = tx.send(r);

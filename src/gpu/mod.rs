@@ -15,12 +15,14 @@ pub mod embedding;
 pub mod gelu;
 pub mod layernorm;
 pub mod matmul;
+pub mod matvec;
 pub mod rmsnorm;
 pub mod residual_norm;
 pub mod rope;
 pub mod scale;
 pub mod silu_mul;
 pub mod sum_squares;
+pub mod topk;
 
 pub use context::{AdapterSummary, DispatchCache, GpuContext, Recorder};
 pub use tensor::{GpuTensor, MemoryCounter};

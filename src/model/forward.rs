@@ -151,7 +151,7 @@ pub struct GpuBlock {
 }
 
 /// Keys and values of every position seen so far, per block: [max_positions, kv_dim] each.
-type KvCache = Vec<(GpuTensor, GpuTensor)>;
+pub(super) type KvCache = Vec<(GpuTensor, GpuTensor)>;
 
 pub struct GpuModel {
     pub config: Config,
@@ -164,6 +164,8 @@ pub struct GpuModel {
     /// Allocated by the first `hidden` call: training never needs it, so it is not part of the
     /// training memory budget.
     kv_cache: std::sync::Mutex<Option<KvCache>>,
+    /// Generation's buffers, kept between steps (see `decode.rs`).
+    pub(super) decode: std::sync::Mutex<Option<super::decode::DecodeState>>,
 }
 
 async fn upload_norm(ctx: &GpuContext, n: &Norm) -> Result<GpuNorm, ModelError> {
@@ -216,6 +218,7 @@ impl GpuModel {
                 None => None,
             },
             kv_cache: Default::default(),
+            decode: Default::default(),
         })
     }
 
@@ -240,7 +243,7 @@ impl GpuModel {
     }
 
     /// The KV cache (handles to the same buffers), allocated on first use.
-    async fn kv_cache(&self, ctx: &GpuContext) -> Result<KvCache, GpuError> {
+    pub(super) async fn kv_cache(&self, ctx: &GpuContext) -> Result<KvCache, GpuError> {
         if let Some(cache) = self.kv_cache.lock().unwrap().as_ref() {
             return Ok(cache.clone());
         }
@@ -253,6 +256,21 @@ impl GpuModel {
         Ok(cache)
     }
 
+    /// `ModelError` unless `tokens` (at least one, each in the vocabulary) fit after `past` positions.
+    pub(super) fn check_tokens(&self, tokens: &[u32], past: usize) -> Result<(), ModelError> {
+        let c = &self.config;
+        if tokens.is_empty() {
+            return Err(ModelError::EmptyText);
+        }
+        if past + tokens.len() > c.max_positions {
+            return Err(ModelError::TooLong { tokens: past + tokens.len(), max: c.max_positions });
+        }
+        if let Some(&id) = tokens.iter().find(|&&id| id as usize >= c.vocab_size) {
+            return Err(ModelError::TokenOutOfRange { id, vocab: c.vocab_size });
+        }
+        Ok(())
+    }
+
     /// Final hidden states [tokens, hidden] (after the last norm) for `tokens` at positions
     /// past..past+len, attending to the `past` positions already in the KV cache (0 starts anew).
     pub async fn hidden(&self, ctx: &GpuContext, tokens: &[u32], past: usize) -> Result<GpuTensor, ModelError> {
@@ -261,49 +279,18 @@ impl GpuModel {
 
     /// [`GpuModel::hidden`] with an adapter run beside the frozen projections.
     pub async fn hidden_with(&self, ctx: &GpuContext, tokens: &[u32], past: usize, branch: Option<&dyn Branch>) -> Result<GpuTensor, ModelError> {
-        let c = &self.config;
+        self.check_tokens(tokens, past)?;
         let t = tokens.len();
-        if t == 0 {
-            return Err(ModelError::EmptyText);
-        }
-        if past + t > c.max_positions {
-            return Err(ModelError::TooLong { tokens: past + t, max: c.max_positions });
-        }
-        if let Some(&id) = tokens.iter().find(|&&id| id as usize >= c.vocab_size) {
-            return Err(ModelError::TokenOutOfRange { id, vocab: c.vocab_size });
-        }
-        let (d, f, qd, kvd) = (c.hidden_size, c.intermediate_size, c.q_dim(), c.kv_dim());
-        let heads = heads(c);
-        // Activations for this call, shared by every block (the trainer keeps its own per block).
-        let positions: Vec<u32> = (past as u32..(past + t) as u32).collect();
         let branch = match branch {
             Some(b) => Some((b, ctx.zeros(&[t, b.scratch_cols()]).await?)),
             None => None,
         };
-        let pass = CachedPass {
-            branch,
-            rows: t,
-            past,
-            layers: self.blocks.len(),
-            cache: self.kv_cache(ctx).await?,
-            ids: ctx.upload_u32(tokens, &[t]).await?,
-            pos_ids: ctx.upload_u32(&positions, &[t]).await?,
-            x: ctx.zeros(&[t, d]).await?,
-            x2: ctx.zeros(&[t, d]).await?,
-            h: ctx.zeros(&[t, d]).await?,
-            q: ctx.zeros(&[t, qd]).await?,
-            k: ctx.zeros(&[t, kvd]).await?,
-            v: ctx.zeros(&[t, kvd]).await?,
-            att: ctx.zeros(&[t, qd]).await?,
-            probs: ctx.zeros(&[gpu::attention::probs_len(t, past, &heads)]).await?,
-            proj: ctx.zeros(&[t, d]).await?,
-            ff1: ctx.zeros(&[t, f]).await?,
-            ff2: ctx.zeros(&[t, f]).await?,
-            ff3: ctx.zeros(&[t, f]).await?,
-            out: ctx.zeros(&[t, d]).await?,
-        };
+        let acts = Acts::new(ctx, &self.config, t, gpu::attention::probs_len(t, past, &heads(&self.config))).await?;
+        ctx.queue.write_buffer(&acts.ids.buffer, 0, bytemuck::cast_slice(tokens));
+        ctx.queue.write_buffer(&acts.pos_ids.buffer, 0, bytemuck::cast_slice(&positions(past, t)));
+        let pass = CachedPass { branch, past, layers: self.blocks.len(), cache: self.kv_cache(ctx).await?, acts };
         ctx.run(|enc| block::encode_network(ctx, enc, self, &pass)).await?;
-        Ok(pass.out)
+        Ok(pass.acts.out)
     }
 
     /// Record logits [rows, vocab] = LM head of `h` [rows, hidden].
@@ -393,79 +380,116 @@ pub(crate) fn heads(c: &Config) -> Heads {
     Heads { q_heads: c.num_heads, kv_heads: c.num_kv_heads, head_dim: c.head_dim }
 }
 
-/// The inference forward's [`Pass`]: one set of activations shared by every block (the residual
-/// stream alternates between `x` and `x2`), RoPE from position `past`, k and v appended to the KV
-/// cache and attended over with everything cached before them.
-struct CachedPass<'a> {
+/// Positions past..past + rows (RoPE's and the position embedding's ids).
+pub(super) fn positions(past: usize, rows: usize) -> Vec<u32> {
+    (past as u32..(past + rows) as u32).collect()
+}
+
+/// The inference forward's activations for `rows` tokens, shared by every block (the residual
+/// stream alternates between `x` and `x2`); `ids` and `pos_ids` are written before each run.
+/// Generation keeps one set per row count (`decode.rs`), so a step allocates nothing.
+#[derive(Clone)]
+pub(super) struct Acts {
+    pub rows: usize,
+    pub ids: GpuTensor,
+    pub pos_ids: GpuTensor,
+    pub x: GpuTensor,
+    pub x2: GpuTensor,
+    pub h: GpuTensor,
+    pub q: GpuTensor,
+    pub k: GpuTensor,
+    pub v: GpuTensor,
+    pub att: GpuTensor,
+    /// Attention's probabilities: at least `probs_len(rows, past)` values for the `past` it serves.
+    pub probs: GpuTensor,
+    pub proj: GpuTensor,
+    pub ff1: GpuTensor,
+    pub ff2: GpuTensor,
+    pub ff3: GpuTensor,
+    pub out: GpuTensor,
+}
+
+impl Acts {
+    pub async fn new(ctx: &GpuContext, c: &Config, t: usize, probs: usize) -> Result<Self, GpuError> {
+        let (d, f, qd, kvd) = (c.hidden_size, c.intermediate_size, c.q_dim(), c.kv_dim());
+        Ok(Self {
+            rows: t,
+            ids: ctx.zeros(&[t]).await?,
+            pos_ids: ctx.zeros(&[t]).await?,
+            x: ctx.zeros(&[t, d]).await?,
+            x2: ctx.zeros(&[t, d]).await?,
+            h: ctx.zeros(&[t, d]).await?,
+            q: ctx.zeros(&[t, qd]).await?,
+            k: ctx.zeros(&[t, kvd]).await?,
+            v: ctx.zeros(&[t, kvd]).await?,
+            att: ctx.zeros(&[t, qd]).await?,
+            probs: ctx.zeros(&[probs]).await?,
+            proj: ctx.zeros(&[t, d]).await?,
+            ff1: ctx.zeros(&[t, f]).await?,
+            ff2: ctx.zeros(&[t, f]).await?,
+            ff3: ctx.zeros(&[t, f]).await?,
+            out: ctx.zeros(&[t, d]).await?,
+        })
+    }
+}
+
+/// The inference forward's [`Pass`] over [`Acts`]: RoPE from position `past`, k and v appended to
+/// the KV cache and attended over with everything cached before them.
+pub(super) struct CachedPass<'a> {
     /// An adapter beside the frozen projections, and its scratch [rows, rank].
-    branch: Option<(&'a dyn Branch, GpuTensor)>,
-    rows: usize,
-    past: usize,
-    layers: usize,
-    cache: KvCache,
-    ids: GpuTensor,
-    pos_ids: GpuTensor,
-    x: GpuTensor,
-    x2: GpuTensor,
-    h: GpuTensor,
-    q: GpuTensor,
-    k: GpuTensor,
-    v: GpuTensor,
-    att: GpuTensor,
-    probs: GpuTensor,
-    proj: GpuTensor,
-    ff1: GpuTensor,
-    ff2: GpuTensor,
-    ff3: GpuTensor,
-    out: GpuTensor,
+    pub branch: Option<(&'a dyn Branch, GpuTensor)>,
+    pub past: usize,
+    pub layers: usize,
+    pub cache: KvCache,
+    pub acts: Acts,
 }
 
 impl Pass for CachedPass<'_> {
     fn rows(&self) -> usize {
-        self.rows
+        self.acts.rows
     }
 
     fn project(&self, ctx: &GpuContext, enc: &mut Recorder, l: usize, block: &GpuBlock, site: Site, x: &GpuTensor, y: &GpuTensor) -> Result<(), GpuError> {
-        site.linear(block).expect("the block has this site").encode(ctx, enc, x, self.rows, y)?;
+        site.linear(block).expect("the block has this site").encode(ctx, enc, x, self.acts.rows, y)?;
         match &self.branch {
-            Some((branch, u)) => branch.encode(ctx, enc, l, site, x, self.rows, u, y),
+            Some((branch, u)) => branch.encode(ctx, enc, l, site, x, self.acts.rows, u, y),
             None => Ok(()),
         }
     }
 
     fn ids(&self) -> (&GpuTensor, &GpuTensor) {
-        (&self.ids, &self.pos_ids)
+        (&self.acts.ids, &self.acts.pos_ids)
     }
 
     fn embedded(&self) -> &GpuTensor {
-        &self.x
+        &self.acts.x
     }
 
     fn hidden(&self) -> &GpuTensor {
-        &self.out
+        &self.acts.out
     }
 
     fn acts(&self, l: usize) -> BlockActs<'_> {
         BlockActs {
-            x_in: &self.x,
-            h1: &self.h,
-            q: &self.q,
-            k: &self.k,
-            v: &self.v,
-            att: &self.att,
-            proj: &self.proj,
-            x_mid: &self.x2,
-            h2: &self.h,
-            ff1: &self.ff1,
-            ff2: &self.ff2,
-            ff3: &self.ff3,
-            x_out: &self.x,
-            h_out: if l + 1 == self.layers { &self.out } else { &self.h },
+            x_in: &self.acts.x,
+            h1: &self.acts.h,
+            q: &self.acts.q,
+            k: &self.acts.k,
+            v: &self.acts.v,
+            att: &self.acts.att,
+            proj: &self.acts.proj,
+            x_mid: &self.acts.x2,
+            h2: &self.acts.h,
+            ff1: &self.acts.ff1,
+            ff2: &self.acts.ff2,
+            ff3: &self.acts.ff3,
+            x_out: &self.acts.x,
+            h_out: if l + 1 == self.layers { &self.acts.out } else { &self.acts.h },
         }
     }
 
     fn attend(&self, ctx: &GpuContext, enc: &mut Recorder, c: &Config, l: usize, a: &BlockActs) -> Result<(), GpuError> {
-        let (t, past, kvd) = (self.rows, self.past, c.kv_dim());
+        let (t, past, kvd) = (self.acts.rows, self.past, c.kv_dim());
         if c.arch == Arch::Llama {
             gpu::rope::encode(ctx, enc, a.q, t, c.num_heads, c.head_dim, past, c.rope_theta)?;
             gpu::rope::encode(ctx, enc, a.k, t, c.num_kv_heads, c.head_dim, past, c.rope_theta)?;
@@ -474,6 +498,6 @@ impl Pass for CachedPass<'_> {
         let row_bytes = (kvd * 4) as u64;
         enc.copy_buffer_to_buffer(&a.k.buffer, 0, &k_cache.buffer, past as u64 * row_bytes, t as u64 * row_bytes);
         enc.copy_buffer_to_buffer(&a.v.buffer, 0, &v_cache.buffer, past as u64 * row_bytes, t as u64 * row_bytes);
-        gpu::attention::encode(ctx, enc, a.q, k_cache, v_cache, a.att, &self.probs, t, past, &heads(c))
+        gpu::attention::encode(ctx, enc, a.q, k_cache, v_cache, a.att, &self.acts.probs, t, past, &heads(c))
     }
 }
