@@ -533,13 +533,13 @@ async fn bench_train(ctx: &GpuContext, case: &TrainCase, log: &dyn Fn(&str)) -> 
     let lora = train::new_lora(ctx, &model, &opts).await?;
     let total = case.warmup + case.steps;
     let settings = TrainSettings {
-        steps: total,
+        steps: total.max(1),
         lr: case.lr,
         batch: case.batch,
         seq_len: case.seq,
         warmup: 0,
         max_grad_norm: Some(case.max_grad_norm),
-        log_every: total,
+        log_every: total.max(1),
         grad_checkpoint: case.grad_checkpoint,
         ..TrainSettings::default()
     };
