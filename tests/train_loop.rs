@@ -542,6 +542,7 @@ gpu_test! {
     /// plain template (answer-only labels) into a session; the training answers' loss falls to less
     /// than half, the held-out answers' (the validation loss) falls too, and both count only the
     /// answer positions.
+    #[cfg(not(target_arch = "wasm32"))]
     async fn session_learns_the_answers_of_examples() {
         let ctx = gpu().await;
         let (model, tok) = llama().model();
