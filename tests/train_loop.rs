@@ -9,7 +9,7 @@ use common::gpu;
 use loratab::gpu::GpuContext;
 use loratab::lora::{Adapter, Init, LoraOptions, Target};
 use loratab::model::{GpuModel, Model, ModelFiles, Tokenizer};
-use loratab::train::{new_lora, ChatTemplate, Dataset, Decay, Example, Schedule, Session, TrainError, TrainSettings};
+use loratab::train::{new_lora, Dataset, Decay, Schedule, Session, TrainError, TrainSettings};
 use std::collections::BTreeMap;
 
 const TEXT: &str = include_str!("fixtures/eval.txt");
@@ -544,6 +544,7 @@ gpu_test! {
     /// answer positions.
     #[cfg(not(target_arch = "wasm32"))]
     async fn session_learns_the_answers_of_examples() {
+        use loratab::train::{ChatTemplate, Example};
         let ctx = gpu().await;
         let (model, tok) = llama().model();
         let gm = GpuModel::upload(&ctx, &model).await.unwrap();
