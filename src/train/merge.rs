@@ -19,20 +19,29 @@ impl Branch for GpuLora {
     }
 
     fn encode(&self, ctx: &GpuContext, enc: &mut Recorder, l: usize, site: Site, x: &GpuTensor, rows: usize, u: &GpuTensor, y: &GpuTensor) -> Result<(), GpuError> {
-        let Some(&(m, p)) = self.index.get(&(l, site)) else { return Ok(()) };
-        let module = &self.modules[m];
-        let (r, out) = (module.rank, module.parts[p].1.value.shape[0]);
-        if p == 0 {
-            // u = x·Aᵀ, shared by the parts of a fused module (they all read the same x).
-            gpu::matmul::encode(ctx, enc, &Matmul::new(rows, r, module.in_dim, Layout::XWt), x, &module.a.value, None, u)?;
+        match self.index.get(&(l, site)) {
+            Some(&(m, p)) => self.encode_part(ctx, enc, m, p, x, rows, u, y),
+            None => Ok(()),
         }
-        // y += s·u·B_pᵀ
-        let spec = Matmul::new(rows, out, r, Layout::XWt).scaled(module.scale, 1.0);
-        gpu::matmul::encode(ctx, enc, &spec, u, &module.parts[p].1.value, None, y)
     }
 }
 
 impl GpuLora {
+    /// y [rows, out_p] += s·u·B_pᵀ for part `p` of module `m`, first computing u [rows, r] = x·Aᵀ at
+    /// part 0 (the parts of a fused module are projected in order from the same x, so they share
+    /// u; x is not read for later parts). The one LoRA branch of the trainer's projection and of
+    /// inference beside compact weights.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn encode_part(&self, ctx: &GpuContext, enc: &mut Recorder, m: usize, p: usize, x: &GpuTensor, rows: usize, u: &GpuTensor, y: &GpuTensor) -> Result<(), GpuError> {
+        let module = &self.modules[m];
+        let (r, b) = (module.rank, &module.parts[p].1.value);
+        if p == 0 {
+            gpu::matmul::encode(ctx, enc, &Matmul::new(rows, r, module.in_dim, Layout::XWt), x, &module.a.value, None, u)?;
+        }
+        let spec = Matmul::new(rows, b.shape[0], r, Layout::XWt).scaled(module.scale, 1.0);
+        gpu::matmul::encode(ctx, enc, &spec, u, b, None, y)
+    }
+
     /// W += s·B·A for every adapted layer of `model`.
     pub async fn merge_into(&self, ctx: &GpuContext, model: &GpuModel) -> Result<(), TrainError> {
         self.apply(ctx, model, 1.0).await

@@ -643,17 +643,9 @@ impl Pass for Trainer {
             return Ok(());
         }
         if let Some(&(m, p)) = self.lora.index.get(&(l, site)) {
-            let module = &self.lora.modules[m];
-            let (r, u) = (module.rank, &self.acts.lora.u[m]);
-            if p == 0 {
-                // u = x·Aᵀ (shared by every part of a fused module, which all read the same x).
-                let x = self.dropped(ctx, enc, m, x)?;
-                let spec = Matmul::new(n, r, module.in_dim, Layout::XWt);
-                gpu::matmul::encode(ctx, enc, &spec, x, &module.a.value, None, u)?;
-            }
-            // y += s·u·B_pᵀ
-            let spec = Matmul::new(n, lin.out_dim, r, Layout::XWt).scaled(module.scale, 1.0);
-            gpu::matmul::encode(ctx, enc, &spec, u, &module.parts[p].1.value, None, y)?;
+            // Dropout applies to the x that u = x·Aᵀ reads, once per module (at its first part).
+            let x = if p == 0 { self.dropped(ctx, enc, m, x)? } else { x };
+            self.lora.encode_part(ctx, enc, m, p, x, n, &self.acts.lora.u[m], y)?;
         }
         Ok(())
     }
