@@ -192,12 +192,15 @@ impl Weight {
     /// Refuse a weight holding NaN or ±∞ (a quantized block's scale or minimum, or any value of
     /// the float formats): it would make every loss NaN without saying why.
     pub fn check_finite(&self, name: &str) -> Result<(), ModelError> {
-        let scales = |w: &[u32], per: usize| w.chunks_exact(per).flat_map(|b| [b[0] & 0xffff, b[0] >> 16]).map(f16_value).collect::<Vec<_>>();
+        // Decoded half by half: no f32 copy of a large weight just to look at it.
+        let n = self.len();
+        let scales = |per: usize| self.words.chunks_exact(per).flat_map(|b| [b[0] & 0xffff, b[0] >> 16]).map(f16_value);
         let bad = match self.format {
             WeightFormat::F32 => self.words.iter().any(|&b| !f32::from_bits(b).is_finite()),
-            WeightFormat::F16 | WeightFormat::Bf16 => self.to_f32().data.iter().any(|v| !v.is_finite()),
-            WeightFormat::Q8_0 => scales(&self.words, 9).iter().any(|v| !v.is_finite()),
-            WeightFormat::Q4_0 | WeightFormat::Q4_1 => scales(&self.words, 5).iter().any(|v| !v.is_finite()),
+            WeightFormat::F16 => halves(&self.words).take(n).any(|h| !f16_value(h).is_finite()),
+            WeightFormat::Bf16 => halves(&self.words).take(n).any(|h| !f32::from_bits(h << 16).is_finite()),
+            WeightFormat::Q8_0 => scales(9).any(|v| !v.is_finite()),
+            WeightFormat::Q4_0 | WeightFormat::Q4_1 => scales(5).any(|v| !v.is_finite()),
         };
         if bad {
             return Err(ModelError::NonFinite { name: name.to_string() });
