@@ -502,6 +502,10 @@ async fn train_loop(
         }
     }
     bar.finish_and_clear();
+    if interrupted || early_stopped {
+        // The steps since the last read (Ctrl-C or --early-stop between two reads).
+        loss = session.trainer.read_loss(ctx).await?;
+    }
     Ok(LoopEnd { start, tokens_run, loss, val, interrupted, early_stopped })
 }
 

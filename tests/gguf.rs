@@ -349,3 +349,19 @@ fn tokenizer_json_loads_on_its_own() {
     assert_eq!(t.vocab_size(), 400);
     assert_eq!(t.encode("<|im_start|>hi<|im_end|>").unwrap()[..1], [1]);
 }
+
+/// A GGUF's stop ids: its EOS (`tokenizer.ggml.eos_token_id`, `<|im_end|>` here, which its chat
+/// template also writes) and, when the file names one, its end-of-turn token
+/// (`tokenizer.ggml.eot_token_id`), which the imported generation_config.json lists beside the EOS
+/// as transformers lists several stop ids.
+#[test]
+fn stop_ids_are_the_eos_and_end_of_turn_tokens() {
+    let (model, tok) = import(TINY).unwrap().model().unwrap();
+    let (im_end, endoftext) = (tok.token_to_id("<|im_end|>").unwrap(), tok.token_to_id("<|endoftext|>").unwrap());
+    assert_eq!(model.config.stop_ids, [im_end]);
+    let (mut meta, tensors) = tiny_parts();
+    meta.insert("tokenizer.ggml.eot_token_id".into(), Value::U32(endoftext));
+    let imported = import(&write_gguf(&meta, &tensors)).unwrap();
+    assert_eq!(imported.generation_config["eos_token_id"], serde_json::json!([im_end, endoftext]));
+    assert_eq!(imported.model().unwrap().0.config.stop_ids, [im_end, endoftext]);
+}

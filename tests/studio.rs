@@ -263,10 +263,19 @@ gpu_test! {
         let merged = zip::read(&studio.merged_model_zip(&saved.adapter).unwrap()).unwrap();
         let names: Vec<&str> = merged.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json", "model.safetensors"]);
-        let (got, _) = Model::from_files(&model_files(merged).unwrap()).unwrap();
+        let (got, got_tok) = Model::from_files(&model_files(merged).unwrap()).unwrap();
         let (mut want, _) = Model::from_files(&common::gguf_model_files(TINY_GGUF, false)).unwrap();
         lora::merge(&mut want, &saved.adapter).unwrap();
         assert_eq!(got.to_tensors(), want.to_tensors(), "the merged download");
+        // It keeps the GGUF's stop ids (its EOS, <|im_end|>) and chat template, which the
+        // page's Compare asks its questions through.
+        let template = studio.chat_template().unwrap();
+        assert!(!template.is_plain());
+        assert_eq!(studio.config().stop_ids, [studio.tokenizer.token_to_id("<|im_end|>").unwrap()]);
+        assert_eq!(got.config.stop_ids, studio.config().stop_ids);
+        assert_eq!(loratab::train::ChatTemplate::for_model(&got_tok, &got.config).unwrap().source, template.source);
+        let asked = studio.generate_chat("hi", 4, &GREEDY, Some(&run)).await.unwrap();
+        assert_eq!(asked, studio.generate("<|im_start|>hi<|im_end|>", 4, &GREEDY, Some(&run)).await.unwrap());
 
         // A download cut short is the reader's sentence, before any GPU work.
         let cut = ModelSource::Gguf { file_name: "cut.gguf".into(), bytes: TINY_GGUF[..TINY_GGUF.len() / 2].into() };

@@ -544,7 +544,7 @@ gpu_test! {
     /// they were at that step; early stopping counts the validations since.
     async fn session_keeps_the_best_adapter() {
         let ctx = gpu().await;
-        let s = TrainSettings { batch: 2, seq_len: 16, warmup: 0, decay: Decay::Constant, ..settings(8, 0.05) };
+        let s = TrainSettings { batch: 2, seq_len: 16, warmup: 0, decay: Decay::Constant, ..settings(5, 0.05) };
         let (gm, mut session) = session(&ctx, &llama(), &opts("q,v", 3), s).await;
         // (validation, adapter_config.json, adapter_model.safetensors, training_state.safetensors) per step.
         let mut seen = Vec::new();
