@@ -147,7 +147,8 @@ fn train_on_a_gguf_then_eval_and_merge() {
     let adapter = dir.join("adapter");
     let merged = dir.join("merged");
     let (adapter_s, merged_s) = (adapter.to_str().unwrap(), merged.to_str().unwrap());
-    let train = ["train", "--model", TINY_GGUF, "--text", "tests/fixtures/eval.txt", "--out", adapter_s, "--steps", "2", "--rank", "2"];
+    // --keep last: the trained adapter, not the untrained one should step 2 validate worse than step 0.
+    let train = ["train", "--model", TINY_GGUF, "--text", "tests/fixtures/eval.txt", "--out", adapter_s, "--steps", "2", "--rank", "2", "--keep", "last"];
     let tiny = ["--batch", "1", "--seq-len", "16", "--eval-every", "0", "--log-every", "1", "--lr", "0.05", "--targets", "q,v,down"];
     let (ok, out, err) = loratab(&[&train[..], &tiny].concat());
     assert!(ok, "{err}");
