@@ -203,8 +203,12 @@ fn write_adapter(mut adapter: Adapter, state: &TrainingState, base: &str, sft: O
     adapter.save_dir(dir).map_err(write_err)?;
     let tmp = dir.join(format!(".{STATE_FILE}.tmp"));
     std::fs::write(&tmp, state.to_bytes()?).and_then(|()| std::fs::rename(&tmp, dir.join(STATE_FILE))).map_err(write_err)?;
-    if let Some(sft) = sft {
-        std::fs::write(dir.join(train::SFT_FILE), sft.to_json()).map_err(write_err)?;
+    match sft {
+        Some(sft) => std::fs::write(dir.join(train::SFT_FILE), sft.to_json()).map_err(write_err)?,
+        // A folder reused for plain text must not keep an earlier run's description of examples.
+        None => {
+            let _ = std::fs::remove_file(dir.join(train::SFT_FILE));
+        }
     }
     Ok(())
 }
