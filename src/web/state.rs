@@ -88,6 +88,8 @@ pub struct SettingsForm {
     pub seed: RwSignal<String>,
     /// Gradient checkpointing (`TrainSettings::grad_checkpoint`).
     pub grad_checkpoint: RwSignal<bool>,
+    /// GPU memory a run may use, in GiB (`TrainSettings::max_memory`; default what a tab can count on).
+    pub max_memory: RwSignal<String>,
 }
 
 fn number<T: std::str::FromStr>(what: &str, s: &str) -> Result<T, String> {
@@ -106,6 +108,7 @@ impl SettingsForm {
             seq_len: RwSignal::new("128".into()),
             seed: RwSignal::new("0".into()),
             grad_checkpoint: RwSignal::new(false),
+            max_memory: RwSignal::new((crate::studio::TAB_GPU_MEMORY >> 30).to_string()),
         }
     }
 
@@ -118,6 +121,10 @@ impl SettingsForm {
     pub fn parse(&self, config: &Config) -> Result<(LoraOptions, TrainSettings), String> {
         let steps: usize = number("Steps", &self.steps.get())?;
         let seed: u64 = number("The seed", &self.seed.get())?;
+        let gib: f64 = number("The GPU memory limit", &self.max_memory.get())?;
+        if !(gib.is_finite() && gib > 0.0) {
+            return Err(format!("The GPU memory limit must be a positive number of GiB, got {gib}"));
+        }
         let opts = LoraOptions {
             rank: number("The rank", &self.rank.get())?,
             alpha: number("Alpha", &self.alpha.get())?,
@@ -135,6 +142,7 @@ impl SettingsForm {
             log_every: (steps / 100).max(1),
             seed,
             grad_checkpoint: self.grad_checkpoint.get(),
+            max_memory: Some((gib * (1u64 << 30) as f64) as u64),
             ..TrainSettings::default()
         };
         crate::train::validate_lora(&opts).map_err(|e| e.to_string())?;
