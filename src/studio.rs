@@ -407,6 +407,11 @@ impl Studio {
         self.ctx.memory().live()
     }
 
+    /// GPU tensors live now (the soak test watches them stay flat).
+    pub fn gpu_tensors(&self) -> u64 {
+        self.ctx.memory().tensors()
+    }
+
     pub fn tokenize(&self, text: &str) -> Result<Vec<u32>, StudioError> {
         Ok(self.tokenizer.encode(text)?)
     }

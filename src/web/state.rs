@@ -184,6 +184,8 @@ pub struct AppState {
     pub frozen: RwSignal<String>,
     /// GPU bytes in use once the current run was set up (measured), to set beside the estimate.
     pub train_bytes: RwSignal<Option<u64>>,
+    /// GPU tensors and bytes live after the last step (`MemoryCounter`): the soak test's leak check.
+    pub gpu_live: RwSignal<Option<(u64, u64)>>,
 }
 
 impl AppState {
@@ -208,6 +210,7 @@ impl AppState {
             lost: StoredValue::new_local(None),
             frozen: RwSignal::new(String::new()),
             train_bytes: RwSignal::new(None),
+            gpu_live: RwSignal::new(None),
         }
     }
 
@@ -444,6 +447,7 @@ impl AppState {
                     self.eta_s.set(Some(left));
                 }
                 self.step.set(r.step);
+                self.gpu_live.set(Some((studio.gpu_tensors(), studio.gpu_bytes())));
                 let at_eval = r.step % eval_every == 0 || run.finished();
                 let val = if at_eval { Some(studio.validation_loss(&run).await?) } else { None };
                 if r.loss.is_some() || val.is_some() {
