@@ -219,7 +219,11 @@ test('paste → train → compare → download on the default model', async (t) 
 // the DOM nodes other than the loss chart's dots within 10 of the warm-up's (the chart gains one dot
 // per loss read, ~100 a run, by design), and the JS heap after a forced garbage collection within
 // 20% + 1 MB of the warm-up's. The numbers are printed (README.md, "Tests", quotes a run).
-const SOAK_STEPS = Number(process.env.LORATAB_SOAK_STEPS ?? 300);
+// 24 steps by default, not the issue's 1,000: a step takes 3.7–4.9 s in the page on SwiftShader on
+// a busy 2-core machine (measured over 100 and 30 steps), so 1,000 would take over an hour; 24 fit
+// the suite's ~2 minutes. The native soak (tests/train_memory.rs) runs the full 1,000.
+// LORATAB_SOAK_STEPS=1000 runs the long one.
+const SOAK_STEPS = Number(process.env.LORATAB_SOAK_STEPS ?? 24);
 
 test(`soak: ${SOAK_STEPS} steps in the page leave GPU tensors, DOM and JS heap flat`, async () => {
   const browser = await launch();
