@@ -52,6 +52,9 @@ pub enum StudioError {
     Format { name: String, format: WeightFormat, detail: String },
     #[error("the adapter has already taken {done} steps: set the number of steps above {done} to train it further")]
     AlreadyTrained { done: usize },
+    /// `TrainError::OverMemory` in the page's words (its fields instead of the CLI's flags).
+    #[error("Training needs {} of GPU memory (frozen weights {}, activations {}, adapter with AdamW state {}), more than the GPU memory limit of {}: lower the batch, the sequence length or the rank{}, load the model with compact frozen weights (f16, q8_0 or q4_0), or raise the limit if this GPU has the memory", train::memory::human(need.total()), train::memory::human(need.weights), train::memory::human(need.activations), train::memory::human(need.adapter + need.optimizer), train::memory::human_limit(*limit), train::memory::checkpoint_advice(*checkpointed, "turn on gradient checkpointing"))]
+    OverMemory { need: MemoryBudget, limit: u64, checkpointed: Option<u64> },
 }
 
 impl From<TrainError> for StudioError {
@@ -61,6 +64,7 @@ impl From<TrainError> for StudioError {
             TrainError::TextTooShort { tokens, seq_len, needed } => StudioError::TextTooShort { tokens, seq_len, needed },
             // The CLI's sentence names --steps; the page's names its field.
             TrainError::AlreadyTrained { done } => StudioError::AlreadyTrained { done },
+            TrainError::OverMemory { need, limit, checkpointed } => StudioError::OverMemory { need, limit, checkpointed },
             e => StudioError::Train(e),
         }
     }
@@ -408,6 +412,11 @@ impl Studio {
         self.ctx.memory().live()
     }
 
+    /// GPU tensors live now (the soak test watches them stay flat).
+    pub fn gpu_tensors(&self) -> u64 {
+        self.ctx.memory().tensors()
+    }
+
     pub fn tokenize(&self, text: &str) -> Result<Vec<u32>, StudioError> {
         Ok(self.tokenizer.encode(text)?)
     }
@@ -453,26 +462,30 @@ impl Studio {
     /// A sentence for the settings panel when training with `settings` needs more GPU memory than
     /// `limit` bytes: suggest gradient checkpointing (with what it would need) while it is off,
     /// else a smaller batch or sequence. None when it fits (or the settings are not usable).
+    /// (Over `settings.max_memory`, [`Studio::start`] refuses the run with the same figures.)
     pub fn memory_hint(&self, opts: &LoraOptions, settings: &TrainSettings, limit: u64) -> Option<String> {
         let need = self.memory(opts, settings).ok()?.total();
         if need <= limit {
             return None;
         }
-        let (need, limit_s) = (train::memory::human(need), train::memory::human(limit));
+        let (need, limit_s) = (train::memory::human(need), train::memory::human_limit(limit));
         Some(if settings.grad_checkpoint {
-            format!("Training needs {need}, more than the {limit_s} a browser tab can count on: lower the batch or the sequence length.")
+            format!("Training needs {need}, more than the GPU memory limit of {limit_s}: lower the batch or the sequence length.")
         } else {
             let checkpointed = TrainSettings { grad_checkpoint: true, ..settings.clone() };
             let less = train::memory::human(self.memory(opts, &checkpointed).ok()?.total());
-            format!("Training needs {need}, more than the {limit_s} a browser tab can count on: gradient checkpointing would need {less}.")
+            format!("Training needs {need}, more than the GPU memory limit of {limit_s}: gradient checkpointing would need {less}.")
         })
     }
 
-    /// A new adapter with `opts`, ready to train on `text` with `settings`.
+    /// A new adapter with `opts`, ready to train on `text` with `settings`; refused before anything
+    /// is allocated when the run needs more than `settings.max_memory`.
     pub async fn start(&self, text: &str, opts: &LoraOptions, settings: TrainSettings) -> Result<Run, StudioError> {
         settings.validate(self.config())?;
         let tokens = self.tokenize(text)?;
         Dataset::new(tokens.clone(), settings.seq_len)?;
+        train::validate_lora(opts)?;
+        train::memory::check(self.model.weight_bytes(), self.config(), &Adapter::from_options(self.config(), opts)?, &settings)?;
         let lora = train::new_lora(&self.ctx, &self.model, opts).await?;
         Ok(Run { session: Session::new(&self.ctx, &self.model, tokens, lora, settings).await? })
     }
@@ -489,6 +502,7 @@ impl Studio {
         settings.validate(self.config())?;
         let tokens = self.tokenize(text)?;
         Dataset::new(tokens.clone(), settings.seq_len)?;
+        train::memory::check(self.model.weight_bytes(), self.config(), &saved.adapter, &settings)?;
         let mut lora = GpuLora::new(&self.ctx, &self.model, &saved.adapter).await?;
         if let Some(state) = &saved.state {
             state.apply(&self.ctx, &mut lora)?;

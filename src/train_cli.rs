@@ -150,6 +150,10 @@ pub struct TrainArgs {
     /// (less GPU memory, about a third more compute, identical results).
     #[arg(long)]
     grad_checkpoint: bool,
+    /// GPU memory the run may use (e.g. 4GiB, 512MB; `none` for no limit): a run whose estimate
+    /// (weights + activations + adapter + AdamW moments) is above it is refused before allocating.
+    #[arg(long, default_value = "8GiB", value_parser = parse_max_memory)]
+    max_memory: MaxMemory,
     /// Read the training loss back every N steps.
     #[arg(long, default_value_t = 10)]
     log_every: usize,
@@ -159,6 +163,17 @@ pub struct TrainArgs {
     /// Write the adapter every N steps (0 = only at the end or on Ctrl-C).
     #[arg(long, default_value_t = 0)]
     save_every: usize,
+}
+
+/// `--max-memory`: bytes, or no limit.
+#[derive(Clone, Copy)]
+pub struct MaxMemory(Option<u64>);
+
+fn parse_max_memory(s: &str) -> Result<MaxMemory, String> {
+    if s.trim().eq_ignore_ascii_case("none") {
+        return Ok(MaxMemory(None));
+    }
+    memory::parse_bytes(s).map(|b| MaxMemory(Some(b)))
 }
 
 /// What `train` can fail with, as one sentence.
@@ -267,12 +282,26 @@ async fn train(args: TrainArgs, stop: Arc<AtomicBool>) -> Result<(), TrainCliErr
     let (data, sft) = data(&args, &text, &model.config, &tokenizer, settings.seq_len)?;
     let ctx = GpuContext::new().await.map_err(ModelError::from)?;
     let frozen = Frozen { bytes: memory::weights(&model, ctx.max_binding()), formats: crate::model_arg::formats(&model) };
+    // The adapter on the host first: the run's whole budget is checked against --max-memory
+    // before anything is allocated on the GPU.
+    let adapter = match &args.resume {
+        Some(dir) => Adapter::load_dir(dir)?,
+        None => {
+            let opts = lora_options(&args)?;
+            train::validate_lora(&opts)?;
+            Adapter::from_options(&model.config, &opts)?
+        }
+    };
+    memory::check(frozen.bytes, &model.config, &adapter, &settings)?;
     let gm = GpuModel::upload(&ctx, &model).await?;
     // The host copy is not needed again (the GPU holds the weights).
     drop(model);
     let lora = match &args.resume {
-        Some(dir) => resume(&ctx, &gm, dir, settings.steps).await?,
-        None => train::new_lora(&ctx, &gm, &lora_options(&args)?).await?,
+        Some(dir) => resume(&ctx, &gm, dir, adapter, settings.steps).await?,
+        None => {
+            drop(adapter);
+            train::new_lora(&ctx, &gm, &lora_options(&args)?).await?
+        }
     };
     let mut session = Session::with_data(&ctx, &gm, data, lora, settings).await?;
     let memory = report_memory(&ctx, &gm.config, &frozen, &session).await?;
@@ -347,6 +376,7 @@ fn settings(args: &TrainArgs, model: &Config) -> TrainSettings {
         log_every: args.log_every,
         seed: args.seed,
         grad_checkpoint: args.grad_checkpoint,
+        max_memory: args.max_memory.0,
     }
 }
 
@@ -367,9 +397,8 @@ fn lora_options(args: &TrainArgs) -> Result<LoraOptions, TrainCliError> {
     })
 }
 
-/// The adapter in `dir` on the GPU with its AdamW state (when saved), checked to have steps left.
-async fn resume(ctx: &GpuContext, gm: &GpuModel, dir: &Path, steps: usize) -> Result<GpuLora, TrainCliError> {
-    let adapter = Adapter::load_dir(dir)?;
+/// The adapter loaded from `dir` on the GPU with its AdamW state (when saved), checked to have steps left.
+async fn resume(ctx: &GpuContext, gm: &GpuModel, dir: &Path, adapter: Adapter, steps: usize) -> Result<GpuLora, TrainCliError> {
     let mut lora = GpuLora::new(ctx, gm, &adapter).await?;
     match std::fs::read(dir.join(STATE_FILE)) {
         Ok(bytes) => TrainingState::from_bytes(&bytes)?.apply(ctx, &mut lora)?,

@@ -94,6 +94,9 @@ pub fn read(bytes: &[u8]) -> Result<Vec<(String, Vec<u8>)>, ZipError> {
     let count = u16_at(eocd + 10).ok_or_else(|| corrupt("short end record"))?;
     let mut at = u32_at(eocd + 16).ok_or_else(|| corrupt("short end record"))?;
     let mut files = Vec::with_capacity(count);
+    // A stored archive cannot hold more than its own bytes; entries that share data could (a
+    // directory listing one file 65535 times), so the total is capped before anything is copied.
+    let mut total = 0usize;
     for _ in 0..count {
         if u32_at(at) != Some(0x0201_4b50) {
             return Err(corrupt("bad central directory entry"));
@@ -112,7 +115,11 @@ pub fn read(bytes: &[u8]) -> Result<Vec<(String, Vec<u8>)>, ZipError> {
             return Err(corrupt("bad local header"));
         }
         let start = local + 30 + u16_at(local + 26).unwrap_or(0) + u16_at(local + 28).unwrap_or(0);
-        let data = bytes.get(start..start + size).ok_or_else(|| corrupt("a file runs past the end"))?;
+        let data = start.checked_add(size).and_then(|end| bytes.get(start..end)).ok_or_else(|| corrupt("a file runs past the end"))?;
+        total += size;
+        if total > bytes.len() {
+            return Err(corrupt("its files overlap"));
+        }
         if crc32(data) != crc {
             return Err(ZipError::Corrupt(format!("`{name}` fails its CRC check")));
         }

@@ -332,3 +332,23 @@ fn train_on_examples_reports_bad_lines_and_keeps_the_best() {
     let (ok, _, err) = loratab(&no_validation);
     assert!(!ok && err.contains("--early-stop counts validations"), "{err}");
 }
+
+/// `--max-memory`: a run whose estimate is above the limit is refused before it trains, with the
+/// estimate, the limit and what to lower; a size that is not one is a sentence too.
+#[test]
+fn train_over_max_memory_is_refused() {
+    let dir = scratch("max-memory");
+    let out = dir.join("adapter");
+    let out_s = out.to_str().unwrap();
+    let base = ["train", "--model", "tests/fixtures/llama-tiny", "--text", "tests/fixtures/eval.txt", "--out", out_s, "--steps", "2", "--seq-len", "16"];
+    let (ok, _, err) = loratab(&[&base[..], &["--max-memory", "512KiB"]].concat());
+    assert!(!ok, "{err}");
+    let wants = ["error: training needs ", "of GPU memory (frozen weights ", "more than the limit of 524.3 kB (--max-memory)", "lower --batch, --seq-len or --rank", "turn on --grad-checkpoint (it would need ", "--base-dtype"];
+    for want in wants {
+        assert!(err.contains(want), "`{want}` missing from: {err}");
+    }
+    assert!(!err.contains("panicked") && !out.exists(), "{err}");
+    let (ok, _, err) = loratab(&[&base[..], &["--max-memory", "lots"]].concat());
+    assert!(!ok && err.contains("`lots` is not a size: write e.g. 4GiB, 512MB or a number of bytes"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -92,6 +92,25 @@ gpu_test! {
         let hint = studio.memory_hint(&o, &ckpt, less - 1).unwrap();
         assert!(hint.contains("lower the batch"), "{hint}");
         assert_eq!(studio.memory_hint(&o, &ckpt, less), None);
+
+        // Over `max_memory` the run is refused before anything is allocated, with the estimate,
+        // the limit and what to lower; at the limit exactly it starts.
+        let before = studio.gpu_bytes();
+        let over = TrainSettings { max_memory: Some(need - 1), ..settings(2) };
+        let err = studio.start(TEXT, &o, over.clone()).await.err().unwrap();
+        assert_eq!(studio.gpu_bytes(), before, "a refused run allocated GPU memory");
+        assert!(matches!(err, StudioError::OverMemory { limit, .. } if limit == need - 1), "{err}");
+        let human = loratab::train::memory::human;
+        let text = err.to_string();
+        for part in [human(need), human(need - 1), "lower the batch, the sequence length or the rank".into(), format!("gradient checkpointing (it would need {})", human(less))] {
+            assert!(text.contains(&part), "`{part}` missing from: {text}");
+        }
+        let saved = SavedAdapter { adapter: lora::Adapter::from_options(studio.config(), &o).unwrap(), state: None };
+        assert!(matches!(studio.load_adapter(TEXT, &saved, over).await, Err(StudioError::OverMemory { .. })));
+        assert_eq!(studio.gpu_bytes(), before);
+        let run = studio.start(TEXT, &o, TrainSettings { max_memory: Some(need), ..settings(2) }).await.unwrap();
+        assert_eq!(studio.gpu_bytes() - before, need - mem.weights, "the run allocates its estimate");
+        drop(run);
     }
 }
 

@@ -277,3 +277,50 @@ gpu_test! {
         assert!(ctx.memory().live() < before);
     }
 }
+
+gpu_test! {
+    #[cfg(not(target_arch = "wasm32"))]
+    /// Soak: 1,000 steps on llama-tiny at tiny settings (batch 1 × 8 tokens, rank 1 on q, v),
+    /// with the validation loss every 100 steps as the page and the CLI compute it. After 10 warm-up
+    /// steps the GPU tensors (count and bytes) and the dispatch objects (uniform buffers, bind
+    /// groups) stay exactly where they were: nothing grows with the number of steps.
+    async fn soak_thousand_steps_allocate_nothing() {
+        const STEPS: usize = 1000;
+        let ctx = gpu().await;
+        // (The default model takes ~115 s on lavapipe for this; llama-tiny's 2 layers a third of it.)
+        let (model, tok) = Model::from_files(&files!("llama-tiny")).unwrap();
+        let gm = GpuModel::upload(&ctx, &model).await.unwrap();
+        let opts = LoraOptions { rank: 1, alpha: 2.0, targets: Target::parse_list("q,v").unwrap(), ..LoraOptions::default() };
+        let lora = new_lora(&ctx, &gm, &opts).await.unwrap();
+        let settings = TrainSettings { steps: STEPS, lr: 1e-3, batch: 1, seq_len: 8, log_every: 50, ..TrainSettings::default() };
+        let mut session = Session::new(&ctx, &gm, tok.encode(TEXT).unwrap(), lora, settings).await.unwrap();
+        let sample = |s: &Session| (ctx.memory().tensors(), ctx.memory().live(), s.dispatch_objects_created());
+        let mut warm = None;
+        let start = std::time::Instant::now();
+        for step in 1..=STEPS {
+            session.step(&ctx, &gm).await.unwrap();
+            if step % 100 == 0 {
+                let val = session.validation_loss(&ctx, &gm).await.unwrap();
+                assert!(val.is_finite(), "step {step}: validation loss {val}");
+            }
+            if step == 10 {
+                session.validation_loss(&ctx, &gm).await.unwrap();
+                warm = Some(sample(&session));
+                ctx.memory().reset_peak();
+            }
+            if step > 10 && step % 100 == 0 {
+                let (tensors, bytes, objects) = sample(&session);
+                let (t0, b0, o0) = warm.unwrap();
+                assert_eq!((tensors, bytes, objects), (t0, b0, o0), "step {step}: (GPU tensors, bytes, dispatch objects) grew from the warm-up's");
+            }
+        }
+        let (t0, b0, o0) = warm.unwrap();
+        eprintln!(
+            "soak: {STEPS} steps in {:.1} s; {t0} GPU tensors, {b0} bytes (peak {}), {o0} dispatch objects, flat after step 10",
+            start.elapsed().as_secs_f64(),
+            ctx.memory().peak()
+        );
+        assert_eq!(session.steps_done(), STEPS);
+        assert_eq!(ctx.memory().peak(), b0, "a transient tensor was allocated after the warm-up");
+    }
+}

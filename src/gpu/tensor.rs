@@ -24,9 +24,16 @@ pub struct GpuTensor {
 pub struct MemoryCounter {
     live: AtomicU64,
     peak: AtomicU64,
+    /// Live tensors (buffers with their own allocation; clones share one).
+    tensors: AtomicU64,
 }
 
 impl MemoryCounter {
+    /// Tensors live now: with [`MemoryCounter::live`], what a soak test watches for leaks.
+    pub fn tensors(&self) -> u64 {
+        self.tensors.load(Ordering::Relaxed)
+    }
+
     pub fn live(&self) -> u64 {
         self.live.load(Ordering::Relaxed)
     }
@@ -50,6 +57,7 @@ impl Allocation {
     fn new(counter: &Arc<MemoryCounter>, bytes: u64) -> Arc<Self> {
         let live = counter.live.fetch_add(bytes, Ordering::Relaxed) + bytes;
         counter.peak.fetch_max(live, Ordering::Relaxed);
+        counter.tensors.fetch_add(1, Ordering::Relaxed);
         Arc::new(Self { bytes, counter: counter.clone() })
     }
 }
@@ -57,6 +65,7 @@ impl Allocation {
 impl Drop for Allocation {
     fn drop(&mut self) {
         self.counter.live.fetch_sub(self.bytes, Ordering::Relaxed);
+        self.counter.tensors.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -64,6 +64,10 @@ fn get_bool(v: &Value, key: &str) -> Option<bool> {
     v.get(key).and_then(Value::as_bool)
 }
 
+/// The largest dimension a config may declare (16.7M: vocabularies and contexts of real models are
+/// far below it).
+const MAX_DIM: usize = 1 << 24;
+
 impl Config {
     pub fn from_json(text: &str) -> Result<Self, ModelError> {
         let v: Value = serde_json::from_str(text)
@@ -100,7 +104,7 @@ impl Config {
             num_heads: heads,
             num_kv_heads: heads,
             head_dim: if heads > 0 { hidden / heads } else { 0 },
-            intermediate_size: v.get("n_inner").and_then(Value::as_u64).map(|x| x as usize).unwrap_or(4 * hidden),
+            intermediate_size: v.get("n_inner").and_then(Value::as_u64).map(|x| x as usize).unwrap_or(hidden.saturating_mul(4)),
             max_positions: get_usize(v, "n_positions")?,
             norm_eps: get_f32(v, "layer_norm_epsilon").unwrap_or(1e-5),
             rope_theta: 0.0,
@@ -182,6 +186,31 @@ impl Config {
         }
         if self.max_positions == 0 {
             return bad("the context length must be positive".into());
+        }
+        if self.head_dim == 0 {
+            return bad("head_dim must be positive".into());
+        }
+        // Sizes a file can declare but no GPU can hold: refused before any product of them
+        // overflows (a hidden size of 2⁶⁴ − 1 once did) or anything is allocated for them.
+        let dims = [
+            ("vocab_size", self.vocab_size),
+            ("the hidden size", self.hidden_size),
+            ("the layer count", self.num_layers),
+            ("the head count", self.num_heads),
+            ("head_dim", self.head_dim),
+            ("the intermediate size", self.intermediate_size),
+            ("the context length", self.max_positions),
+        ];
+        for (name, d) in dims {
+            if d > MAX_DIM {
+                return bad(format!("{name} of {d} is more than loratab handles ({MAX_DIM})"));
+            }
+        }
+        let words = |a: usize, b: usize| a.checked_mul(b).and_then(|n| n.checked_mul(4));
+        let q = self.num_heads.checked_mul(self.head_dim).and_then(|q| words(q, self.hidden_size));
+        let widest = self.vocab_size.max(self.intermediate_size).max(self.max_positions);
+        if q.is_none() || words(widest, self.hidden_size).is_none() {
+            return bad("its matrices are larger than this machine can address".into());
         }
         Ok(())
     }

@@ -21,6 +21,9 @@ pub struct Tokenizer {
 
 impl Tokenizer {
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, ModelError> {
+        // JSON syntax first: `tokenizers` panics (an `expect` in its decoder's deserializer) on some
+        // files that are not valid JSON, instead of returning its error (tests/fixtures/fuzz/tokenizer-*).
+        serde_json::from_slice::<serde_json::Value>(bytes).map_err(|e| ModelError::Tokenizer(format!("it is not valid JSON ({e})")))?;
         let inner = tokenizers::Tokenizer::from_bytes(bytes).map_err(|e| ModelError::Tokenizer(e.to_string()))?;
         Ok(Self { inner, untrimmed: std::sync::OnceLock::new(), config: None })
     }

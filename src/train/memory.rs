@@ -15,7 +15,7 @@ use crate::gpu;
 use crate::lora::{module_sites, Adapter};
 use crate::model::{Config, HostTensor, Linear, Mlp, Model, Norm, RowParts, Weight};
 
-use super::TrainSettings;
+use super::{TrainError, TrainSettings};
 
 /// Bytes, by what they hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -107,6 +107,55 @@ pub fn estimate(weights: u64, c: &Config, adapter: &Adapter, settings: &TrainSet
     }
 }
 
+/// [`estimate`], refused with [`TrainError::OverMemory`] when it is above `settings.max_memory`:
+/// called before anything of the run is allocated. The error carries what gradient checkpointing
+/// would need when it is off, so the sentence can offer it.
+pub fn check(weights: u64, c: &Config, adapter: &Adapter, settings: &TrainSettings) -> Result<MemoryBudget, TrainError> {
+    let need = estimate(weights, c, adapter, settings);
+    match settings.max_memory {
+        Some(limit) if need.total() > limit => {
+            let checkpointed = (!settings.grad_checkpoint).then(|| {
+                let s = TrainSettings { grad_checkpoint: true, ..settings.clone() };
+                estimate(weights, c, adapter, &s).total()
+            });
+            Err(TrainError::OverMemory { need, limit, checkpointed })
+        }
+        _ => Ok(need),
+    }
+}
+
+/// ", {what} (it would need 1.2 MB)" when checkpointing is off and would help, else "".
+pub fn checkpoint_advice(checkpointed: Option<u64>, what: &str) -> String {
+    checkpointed.map_or(String::new(), |b| format!(", {what} (it would need {})", human(b)))
+}
+
+/// Parse a size such as `4GiB`, `512MB`, `1.5G` or `1000000` (bytes): decimal units (kB, MB, GB)
+/// are powers of 1000, binary ones (KiB, MiB, GiB) and bare K/M/G/T powers of 1024.
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|ch: char| !(ch.is_ascii_digit() || ch == '.')).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let unit = unit.trim().to_ascii_lowercase();
+    let scale: f64 = match unit.as_str() {
+        "" | "b" => 1.0,
+        "kb" => 1e3,
+        "mb" => 1e6,
+        "gb" => 1e9,
+        "tb" => 1e12,
+        "k" | "kib" => 1024.0,
+        "m" | "mib" => 1024f64.powi(2),
+        "g" | "gib" => 1024f64.powi(3),
+        "t" | "tib" => 1024f64.powi(4),
+        _ => return Err(format!("`{s}` is not a size: write e.g. 4GiB, 512MB or a number of bytes")),
+    };
+    let n: f64 = num.parse().map_err(|_| format!("`{s}` is not a size: write e.g. 4GiB, 512MB or a number of bytes"))?;
+    let bytes = n * scale;
+    if !(bytes.is_finite() && bytes >= 1.0 && bytes < u64::MAX as f64) {
+        return Err(format!("`{s}` is not a usable memory size: give at least one byte"));
+    }
+    Ok(bytes as u64)
+}
+
 /// WebGPU's guaranteed `maxStorageBufferBindingSize`.
 const WEBGPU_MIN_BINDING: u64 = 128 << 20;
 
@@ -119,5 +168,14 @@ pub fn human(bytes: u64) -> String {
         format!("{:.1} MB", b / 1e6)
     } else {
         format!("{:.1} kB", b / 1e3)
+    }
+}
+
+/// A limit as the user most likely wrote it: whole GiB or MiB in binary units ("4 GiB"), else [`human`].
+pub fn human_limit(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 30 && b % (1 << 30) == 0 => format!("{} GiB", b >> 30),
+        b if b >= 1 << 20 && b % (1 << 20) == 0 => format!("{} MiB", b >> 20),
+        b => human(b),
     }
 }

@@ -62,6 +62,10 @@ pub enum TrainError {
     /// say it in their own words (the CLI names its folder, the page its field).
     #[error("the adapter has already taken {done} steps: give --steps above that to train on")]
     AlreadyTrained { done: usize },
+    /// The run's memory estimate is above `TrainSettings::max_memory` ([`memory::check`]): refused
+    /// before anything is allocated. The sentence names the CLI's flags; the page says it in its own words.
+    #[error("training needs {} of GPU memory (frozen weights {}, activations {}, adapter with gradients and AdamW moments {}), more than the limit of {} (--max-memory): lower --batch, --seq-len or --rank{}, keep the frozen weights compact (--base-dtype f16, q8_0 or q4_0), or raise --max-memory", memory::human(need.total()), memory::human(need.weights), memory::human(need.activations), memory::human(need.adapter + need.optimizer), memory::human_limit(*limit), memory::checkpoint_advice(*checkpointed, "turn on --grad-checkpoint"))]
+    OverMemory { need: memory::MemoryBudget, limit: u64, checkpointed: Option<u64> },
     #[error("the saved training state is not usable: {0}")]
     State(String),
     #[error("could not write {path}: {reason}")]

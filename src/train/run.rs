@@ -105,6 +105,10 @@ pub struct TrainSettings {
     /// no longer grow with the number of layers beyond one [tokens, hidden] tensor each; identical
     /// gradients).
     pub grad_checkpoint: bool,
+    /// GPU memory the run may use, in bytes: a run whose [`memory::estimate`](super::memory::estimate)
+    /// is above it is refused before anything is allocated ([`memory::check`](super::memory::check)).
+    /// None: no limit.
+    pub max_memory: Option<u64>,
 }
 
 impl Default for TrainSettings {
@@ -122,6 +126,7 @@ impl Default for TrainSettings {
             log_every: 10,
             seed: 0,
             grad_checkpoint: false,
+            max_memory: None,
         }
     }
 }
@@ -167,6 +172,9 @@ impl TrainSettings {
         }
         if self.log_every == 0 {
             return Err(invalid("log_every", "the loss must be read every 1 or more steps".into()));
+        }
+        if self.max_memory == Some(0) {
+            return Err(invalid("max_memory", "the GPU memory limit must be more than 0 bytes".into()));
         }
         Ok(())
     }

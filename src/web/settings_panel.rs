@@ -63,7 +63,7 @@ pub fn SettingsPanel() -> impl IntoView {
     let memory_hint = move || {
         let studio = state.studio.get()?;
         let (o, s) = f.parse(studio.config()).ok()?;
-        let hint = studio.memory_hint(&o, &s, TAB_GPU_MEMORY)?;
+        let hint = studio.memory_hint(&o, &s, s.max_memory.unwrap_or(TAB_GPU_MEMORY))?;
         Some(view! { <p data-testid="memory-hint" role="status">{hint}</p> })
     };
     view! {
@@ -77,6 +77,7 @@ pub fn SettingsPanel() -> impl IntoView {
                 <Field id="batch" label="Batch" help="Windows of text per step." value=f.batch/>
                 <Field id="seq-len" label="Sequence length" help="Tokens per window (at most the model's context)." value=f.seq_len/>
                 <Field id="seed" label="Seed" help="Fixes the adapter's initialisation and the batch order." value=f.seed/>
+                <Field id="max-memory" label="GPU memory limit (GiB)" help="A run that needs more is refused before it starts; 4 GiB is what a browser tab can count on." value=f.max_memory step="any"/>
             </div>
             <fieldset>
                 <legend>"Layers to adapt"</legend>

@@ -88,6 +88,8 @@ pub struct SettingsForm {
     pub seed: RwSignal<String>,
     /// Gradient checkpointing (`TrainSettings::grad_checkpoint`).
     pub grad_checkpoint: RwSignal<bool>,
+    /// GPU memory a run may use, in GiB (`TrainSettings::max_memory`; default what a tab can count on).
+    pub max_memory: RwSignal<String>,
 }
 
 fn number<T: std::str::FromStr>(what: &str, s: &str) -> Result<T, String> {
@@ -106,6 +108,7 @@ impl SettingsForm {
             seq_len: RwSignal::new("128".into()),
             seed: RwSignal::new("0".into()),
             grad_checkpoint: RwSignal::new(false),
+            max_memory: RwSignal::new((crate::studio::TAB_GPU_MEMORY >> 30).to_string()),
         }
     }
 
@@ -118,6 +121,10 @@ impl SettingsForm {
     pub fn parse(&self, config: &Config) -> Result<(LoraOptions, TrainSettings), String> {
         let steps: usize = number("Steps", &self.steps.get())?;
         let seed: u64 = number("The seed", &self.seed.get())?;
+        let gib: f64 = number("The GPU memory limit", &self.max_memory.get())?;
+        if !(gib.is_finite() && gib > 0.0) {
+            return Err(format!("The GPU memory limit must be a positive number of GiB, got {gib}"));
+        }
         let opts = LoraOptions {
             rank: number("The rank", &self.rank.get())?,
             alpha: number("Alpha", &self.alpha.get())?,
@@ -135,6 +142,7 @@ impl SettingsForm {
             log_every: (steps / 100).max(1),
             seed,
             grad_checkpoint: self.grad_checkpoint.get(),
+            max_memory: Some((gib * (1u64 << 30) as f64) as u64),
             ..TrainSettings::default()
         };
         crate::train::validate_lora(&opts).map_err(|e| e.to_string())?;
@@ -176,6 +184,8 @@ pub struct AppState {
     pub frozen: RwSignal<String>,
     /// GPU bytes in use once the current run was set up (measured), to set beside the estimate.
     pub train_bytes: RwSignal<Option<u64>>,
+    /// GPU tensors and bytes live after the last step (`MemoryCounter`): the soak test's leak check.
+    pub gpu_live: RwSignal<Option<(u64, u64)>>,
 }
 
 impl AppState {
@@ -200,6 +210,7 @@ impl AppState {
             lost: StoredValue::new_local(None),
             frozen: RwSignal::new(String::new()),
             train_bytes: RwSignal::new(None),
+            gpu_live: RwSignal::new(None),
         }
     }
 
@@ -438,6 +449,7 @@ impl AppState {
                     self.eta_s.set(Some(left));
                 }
                 self.step.set(r.step);
+                self.gpu_live.set(Some((studio.gpu_tensors(), studio.gpu_bytes())));
                 let at_eval = r.step % eval_every == 0 || run.finished();
                 let val = if at_eval { Some(studio.validation_loss(&run).await?) } else { None };
                 if r.loss.is_some() || val.is_some() {

@@ -56,7 +56,9 @@ pub fn TrainPanel() -> impl IntoView {
         let eta = state.eta_s.get().map(|s| format!("about {} left", format::duration(s))).unwrap_or_default();
         view! {
             <p class="progress">
-                <span data-testid="step" data-step=step>{format!("Step {step} of {total}")}</span>" · "
+                <span data-testid="step" data-step=step
+                    data-gpu-tensors=move || state.gpu_live.get().map(|(t, _)| t)
+                    data-gpu-bytes=move || state.gpu_live.get().map(|(_, b)| b)>{format!("Step {step} of {total}")}</span>" · "
                 <span data-testid="rate">{rate}</span>" "<span>{eta}</span>
             </p>
             <progress max={total.max(1)} value=step aria-label="Training progress"></progress>
