@@ -355,6 +355,7 @@ mod tests {
     /// end-of-turn tokens its template writes; a model without a template gets the plain one,
     /// ended by the text of its EOS id.
     #[test]
+    #[cfg(not(target_arch = "wasm32"))] // crate::bench is native
     fn a_models_template_and_stop_ids() {
         let golden = golden();
         let config = |stop_ids: Vec<u32>| crate::model::Config { stop_ids, ..crate::bench::model_config("default").unwrap() };
