@@ -11,7 +11,7 @@ use leptos::prelude::*;
 use leptos::task::spawn_local;
 use serde::{Deserialize, Serialize};
 
-use super::state::{AppState, LossPoint, SettingsForm, DEFAULT_MODEL, SMOLLM2_FILE};
+use super::state::{AppState, LossPoint, ModelStatus, SettingsForm, DEFAULT_MODEL, SMOLLM2_FILE};
 use super::storage::{Storage, StorageError};
 use crate::lora::Target;
 use crate::model::WeightFormat;
@@ -332,6 +332,8 @@ impl AppState {
 pub fn SavedRun() -> impl IntoView {
     let state = AppState::get();
     let p = state.persist;
+    // Not while the default model is still loading (its fetch comes before it claims the GPU).
+    let busy = move || state.busy.get().is_some() || matches!(state.model_status.get(), ModelStatus::Loading(_));
     let offer = move || {
         p.offer.get().map(|o| {
             let m = &o.meta;
@@ -342,7 +344,7 @@ pub fn SavedRun() -> impl IntoView {
                     <p>{line}</p>
                     <p class="hint">{about}</p>
                     <div class="buttons">
-                        <button type="button" data-testid="restore-resume" prop:disabled=move || state.busy.get().is_some()
+                        <button type="button" data-testid="restore-resume" prop:disabled=busy
                             on:click=move |_| spawn_local(state.resume_saved())>"Resume"</button>
                         <button type="button" data-testid="restore-start-over" on:click=move |_| spawn_local(state.start_over())>"Start over"</button>
                     </div>
