@@ -414,3 +414,93 @@ async fn stop_and_resume_end_where_an_unbroken_run_does() {
         assert!((a - b).abs() < 1e-4, "training losses {train:?} vs {losses:?}");
     }
 }
+
+/// A step whose gradients are not finite stops the page's loop: the page says what happened and
+/// what to change, and keeps the adapter of the last good step — the engine's own run of the same
+/// settings to that step, byte for byte. The NaN is what an overflow leaves in the network: put into
+/// the final norm's weight while the run is stopped, so the next step's loss and gradients are NaN.
+#[wasm_bindgen_test]
+async fn a_non_finite_step_stops_the_page_and_keeps_the_last_good_adapter() {
+    let (state, root) = mount(train_and_download).await;
+    small_settings(&root, 12);
+    type_into(&root, "#train-text", TEXT);
+    until("the settings", 5.0, || root.query_selector("[data-testid=adapter-size]").unwrap().is_some()).await;
+    find(&root, "[data-testid=train]").click();
+    until("step 2", 300.0, || state.step.get_untracked() >= 2).await;
+    find(&root, "[data-testid=stop]").click();
+    until("the run to stop", 60.0, || attr(&root, "[data-testid=train-status]", "data-state") != "running").await;
+    assert_eq!(attr(&root, "[data-testid=train-status]", "data-state"), "stopped", "{}", text_of(&root, "[data-testid=train-status]"));
+    let kept = state.step.get_untracked();
+
+    // The oracle, on the model before the NaN: the engine's run with the page's settings, to `kept`.
+    let studio = state.studio.get_untracked().unwrap();
+    let (opts, settings) = state.form.parse(studio.config()).unwrap();
+    let mut run = studio.start(TEXT, &opts, settings).await.unwrap();
+    for _ in 0..kept {
+        studio.step(&mut run).await.unwrap();
+    }
+    let oracle = studio.snapshot(&run).await.unwrap();
+    drop(run);
+    studio.ctx.queue.write_buffer(&studio.model.final_norm.weight.buffer, 0, &f32::NAN.to_le_bytes());
+
+    find(&root, "[data-testid=resume]").click();
+    until("the next step", 120.0, || matches!(attr(&root, "[data-testid=train-status]", "data-state").as_str(), "finished" | "failed")).await;
+    let status = text_of(&root, "[data-testid=train-status]");
+    assert_eq!(attr(&root, "[data-testid=train-status]", "data-state"), "failed", "{status}");
+    assert!(status.contains(&format!("step {} was not applied", kept + 1)) && status.contains("lower the learning rate"), "{status}");
+    assert!(status.contains(&format!("The adapter as of step {kept} stays downloadable")), "{status}");
+    assert_eq!(state.step.get_untracked(), kept, "the step counter shows the last applied step");
+    // Resume would only repeat the same step: it is offered for a stopped run, not a failed one.
+    assert_eq!(js_sys::Reflect::get(&find(&root, "[data-testid=resume]"), &"disabled".into()).unwrap().as_bool(), Some(true));
+
+    find(&root, "[data-testid=download-zip]").click();
+    until("the download", 30.0, || !text_of(&root, "[data-testid=adapter-message]").is_empty()).await;
+    let message = text_of(&root, "[data-testid=adapter-message]");
+    assert!(message.starts_with(&format!("Saved loratab-adapter-r4-step{kept}.zip")), "{message}");
+    let downloaded = state.saved.get_untracked().unwrap().zip().unwrap();
+    assert_eq!(oracle.step(), kept);
+    assert!(downloaded == oracle.zip().unwrap(), "the kept adapter and its AdamW state are the engine's after step {kept}");
+}
+
+/// The browser storage the page keeps its run in: two handles are two tabs. A tab writes after the
+/// record it last read or wrote; a write after another tab's is refused (unless it takes the record
+/// over), so two tabs never interleave their runs. A page without IndexedDB gets a sentence.
+#[wasm_bindgen_test]
+async fn storage_keeps_one_tabs_run_and_refuses_a_second_writer() {
+    use loratab::web::storage::{Storage, StorageError};
+    let (a, b) = (Storage::open().await.unwrap(), Storage::open().await.unwrap());
+    a.clear().await.unwrap();
+    assert!(b.load().await.unwrap().is_none());
+    a.save("a1", &[1], false).await.unwrap();
+    let read = b.load().await.unwrap().unwrap();
+    assert_eq!((read.meta.as_str(), read.adapter.as_slice()), ("a1", &[1u8][..]));
+    a.save("a2", &[2, 2], false).await.unwrap();
+    assert_eq!(b.save("b1", &[3], false).await, Err(StorageError::OtherTab), "b read a1, and a has written since");
+    let c = Storage::open().await.unwrap();
+    assert_eq!(c.load().await.unwrap().unwrap().meta, "a2", "the refused write changed nothing");
+    b.save("b1", &[3], true).await.unwrap();
+    assert_eq!(a.save("a3", &[4], false).await, Err(StorageError::OtherTab));
+    let read = c.load().await.unwrap().unwrap();
+    assert_eq!((read.meta.as_str(), read.adapter.as_slice()), ("b1", &[3u8][..]));
+    c.clear().await.unwrap();
+    assert!(a.load().await.unwrap().is_none());
+
+    // Private browsing without storage: no IndexedDB at all.
+    let window = web_sys::window().unwrap();
+    let key = wasm_bindgen::JsValue::from_str("indexedDB");
+    let own = js_sys::Object::get_own_property_descriptor(&window, &key);
+    let hidden = js_sys::Object::new();
+    js_sys::Reflect::set(&hidden, &"value".into(), &wasm_bindgen::JsValue::UNDEFINED).unwrap();
+    js_sys::Reflect::set(&hidden, &"configurable".into(), &true.into()).unwrap();
+    js_sys::Object::define_property(&window, &key, &hidden);
+    let refused = Storage::open().await.err();
+    if own.is_undefined() {
+        js_sys::Reflect::delete_property(&window, &key).unwrap();
+    } else {
+        js_sys::Object::define_property(&window, &key, &own.unchecked_into());
+    }
+    let refused = refused.expect("no storage without IndexedDB");
+    assert!(matches!(refused, StorageError::Unavailable(_)), "{refused:?}");
+    assert!(refused.to_string().contains("Training is not affected"), "{refused}");
+    assert!(Storage::open().await.is_ok(), "IndexedDB is back");
+}

@@ -2,13 +2,15 @@ use leptos::prelude::*;
 use leptos::task::spawn_local;
 
 use super::state::AppState;
-use super::{AdapterPanel, GpuAlert, ComparePanel, GpuPanel, ModelPanel, RankDemo, SettingsPanel, TextPanel, TrainPanel};
+use super::{AdapterPanel, GpuAlert, SavedRun, ComparePanel, GpuPanel, ModelPanel, RankDemo, SettingsPanel, TextPanel, TrainPanel};
 
 /// The whole page: the state is created here and shared with every panel; the default model
 /// starts loading at once.
 #[component]
 pub fn App() -> impl IntoView {
     let state = AppState::new().provide();
+    // The stored run is looked up while the default model loads; Resume waits for the GPU.
+    spawn_local(state.open_storage());
     spawn_local(state.load_default());
     let (opened, set_opened) = signal(false);
     view! {
@@ -20,6 +22,7 @@ pub fn App() -> impl IntoView {
                 </p>
             </header>
             <GpuAlert/>
+            <SavedRun/>
             <Panels/>
             // The self-test opens a second GPU device, so it runs only when asked for.
             <details class="gpu" on:toggle=move |_| set_opened.set(true)>

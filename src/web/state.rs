@@ -11,6 +11,7 @@ use std::rc::Rc;
 use leptos::prelude::*;
 use leptos::task::spawn_local;
 
+use super::persist::Persist;
 use super::{browser, format};
 use crate::generate::Sampling;
 use crate::gpu::GpuError;
@@ -186,6 +187,8 @@ pub struct AppState {
     pub train_bytes: RwSignal<Option<u64>>,
     /// GPU tensors and bytes live after the last step (`MemoryCounter`): the soak test's leak check.
     pub gpu_live: RwSignal<Option<(u64, u64)>>,
+    /// The run kept in the browser's storage across reloads (`super::persist`).
+    pub persist: Persist,
 }
 
 impl AppState {
@@ -211,6 +214,7 @@ impl AppState {
             frozen: RwSignal::new(String::new()),
             train_bytes: RwSignal::new(None),
             gpu_live: RwSignal::new(None),
+            persist: Persist::new(),
         }
     }
 
@@ -295,6 +299,7 @@ impl AppState {
             }
         }
         self.release();
+        self.model_loaded().await;
     }
 
     /// Fetch the default model from next to the page and load it.
@@ -386,6 +391,7 @@ impl AppState {
         self.stop.set(false);
         spawn_local(async move {
             let current = self.run.try_update_value(|r| r.take()).flatten();
+            let resumed = !fresh && current.as_ref().is_some_and(|r| !r.finished());
             let run = match (fresh, current) {
                 (false, Some(run)) if !run.finished() => Ok(run),
                 (false, Some(run)) => {
@@ -414,7 +420,12 @@ impl AppState {
                 }
             };
             match run {
-                Ok(run) => self.drive(studio, run).await,
+                Ok(run) => {
+                    if !resumed {
+                        self.run_begins();
+                    }
+                    self.drive(studio, run).await
+                }
                 Err(e) => {
                     self.train_status.set(TrainStatus::Failed(e.to_string()));
                     self.gpu_failed(&e);
@@ -456,13 +467,13 @@ impl AppState {
                     self.points.update(|p| p.push(LossPoint { step: r.step, train: r.loss, val }));
                 }
                 if at_eval {
-                    self.saved.set(Some(Rc::new(studio.snapshot(&run).await?)));
+                    self.keep(&studio, &run).await?;
                 }
                 browser::yield_now().await;
             }
             if !run.finished() {
                 // Stopped between evaluations: keep what was trained.
-                self.saved.set(Some(Rc::new(studio.snapshot(&run).await?)));
+                self.keep(&studio, &run).await?;
             }
             Ok(())
         }
@@ -474,6 +485,13 @@ impl AppState {
                 self.run.set_value(Some(run));
             }
             Err(e) => {
+                if !e.is_device_lost() {
+                    // A step that failed (a non-finite one is not applied) leaves the last good
+                    // adapter on the GPU: that is the one to keep.
+                    if let Ok(s) = studio.snapshot(&run).await {
+                        self.saved.set(Some(Rc::new(s)));
+                    }
+                }
                 let step = self.saved.get_untracked().map(|s| s.step());
                 let kept = step.map(|s| format!(" The adapter as of step {s} stays downloadable.")).unwrap_or_default();
                 self.train_status.set(TrainStatus::Failed(format!("Training stopped: {e}.{kept}")));
@@ -483,6 +501,13 @@ impl AppState {
                 self.gpu_failed(&e);
             }
         }
+    }
+
+    /// Copy `run`'s adapter to the host, and keep it in the browser's storage.
+    async fn keep(&self, studio: &Studio, run: &Run) -> Result<(), StudioError> {
+        self.saved.set(Some(Rc::new(studio.snapshot(run).await?)));
+        self.persist_run().await;
+        Ok(())
     }
 
     /// Generate from `prompt` with the base model and with the current adapter (same seed).
@@ -526,12 +551,13 @@ impl AppState {
             e.to_string()
         })?;
         self.saved.set(Some(Rc::new(saved)));
+        self.run_begins();
         Ok(self.adopt(run, steps, Vec::new()))
     }
 
     /// Make `run` (an adapter put on the GPU from a snapshot) the current one, paused at its step
     /// of `steps`, with `points` on the chart; returns its step.
-    fn adopt(&self, run: Run, steps: usize, points: Vec<LossPoint>) -> usize {
+    pub(super) fn adopt(&self, run: Run, steps: usize, points: Vec<LossPoint>) -> usize {
         let done = run.steps_done();
         self.run.set_value(Some(run));
         self.points.set(points);

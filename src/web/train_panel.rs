@@ -3,6 +3,7 @@
 use leptos::prelude::*;
 
 use super::chart::{LineChart, Series};
+use super::persist::SavedNote;
 use super::format;
 use super::state::{AppState, TrainStatus};
 
@@ -76,6 +77,7 @@ pub fn TrainPanel() -> impl IntoView {
                 class=move || if matches!(status.get(), TrainStatus::Failed(_)) { "status-failed" } else { "" }
                 role="status" aria-live="polite">{message}</p>
             {progress}
+            <SavedNote/>
             <figure data-testid="loss-chart"
                 data-train=move || list(|p| p.train.map(f64::from))
                 data-val=move || list(|p| p.val)>
