@@ -37,7 +37,7 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    fn new(device: &wgpu::Device, probe: Option<Probe>) -> Self {
+    pub(crate) fn new(device: &wgpu::Device, probe: Option<Probe>) -> Self {
         let encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
         Self { encoder, pass: None, passes: 0, dispatches: 0, probe, device: device.clone() }
     }
@@ -131,7 +131,7 @@ impl Recorder {
 
     /// The command buffer, and the probe for profiling. With timestamps the query sets are
     /// resolved into a mappable buffer first (returned with the probe).
-    fn finish(mut self) -> (wgpu::CommandBuffer, Option<Finished>) {
+    pub(crate) fn finish(mut self) -> (wgpu::CommandBuffer, Option<Finished>) {
         self.end_pass();
         let finished = match self.probe.take() {
             None => None,
@@ -168,7 +168,7 @@ impl Recorder {
 }
 
 /// A profiled recording after `Recorder::finish`.
-enum Finished {
+pub(crate) enum Finished {
     Timestamps { staging: wgpu::Buffer, kinds: Vec<Kind> },
     Wall { pieces: Vec<(Option<Kind>, wgpu::CommandBuffer)> },
 }
@@ -229,6 +229,8 @@ pub struct GpuContext {
     profiling: Mutex<Option<(TimeSource, Tally)>>,
     /// Dispatches submitted so far by `run` / `run_cached` (the profile's counts are checked against it).
     dispatched: std::sync::atomic::AtomicUsize,
+    /// Matmul variants tuned on this device (`gpu::tune`).
+    pub(crate) tuner: super::tune::Tuner,
     /// Set by the device-lost callback; every entry point checks it so a lost device becomes an error, not a hang.
     lost: Arc<Mutex<Option<String>>>,
     /// Errors outside any error scope (wgpu's default handler would panic on them).
@@ -309,6 +311,7 @@ impl GpuContext {
             use_timestamps: std::sync::atomic::AtomicBool::new(true),
             profiling: Mutex::new(None),
             dispatched: std::sync::atomic::AtomicUsize::new(0),
+            tuner: Default::default(),
             lost,
             uncaptured,
             memory: Arc::default(),
@@ -549,7 +552,8 @@ impl GpuContext {
         record: impl FnOnce(&mut Recorder) -> Result<(), GpuError>,
     ) -> Result<(), GpuError> {
         let finished = self.scoped(|| self.record_and_submit(record)).await?;
-        self.profiled(finished).await
+        self.profiled(finished).await?;
+        self.tune_pending().await
     }
 
     /// [`GpuContext::run`] for a recording that repeats: uniforms and bind groups come from `cache`
@@ -576,7 +580,8 @@ impl GpuContext {
                 done
             })
             .await?;
-        self.profiled(finished).await
+        self.profiled(finished).await?;
+        self.tune_pending().await
     }
 
     /// Record with `record` and submit (while profiling with the wall clock, leave the pieces to

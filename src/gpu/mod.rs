@@ -24,6 +24,7 @@ pub mod scale;
 pub mod silu_mul;
 pub mod sum_squares;
 pub mod topk;
+pub mod tune;
 
 pub use context::{AdapterSummary, DispatchCache, GpuContext, Recorder};
 pub use tensor::{GpuTensor, MemoryCounter};
