@@ -496,7 +496,32 @@ fn layout(s: &str) -> Layout {
     }
 }
 
-async fn bench_matmul(ctx: &GpuContext, case: &MatmulCase) -> Result<Row, BenchError> {
+/// The fixed default variant's GFLOP/s (the row PyTorch is compared with), then the variant the
+/// tuner picks for the shape's class and its GFLOP/s, measured the same way.
+async fn bench_matmul(ctx: &GpuContext, case: &MatmulCase) -> Result<Vec<Row>, BenchError> {
+    let spec = Matmul::new(case.m, case.n, case.k, layout(&case.layout));
+    let format = format(&case.format)?;
+    ctx.set_matmul_variant(Some(gpu::tune::DEFAULT));
+    let default = matmul_gflops(ctx, case).await;
+    ctx.set_matmul_variant(None);
+    let default = default?;
+    let chosen = ctx.tune(&spec, format).await?;
+    let tuned = if chosen == gpu::tune::DEFAULT {
+        default
+    } else {
+        ctx.set_matmul_variant(Some(chosen));
+        let tuned = matmul_gflops(ctx, case).await;
+        ctx.set_matmul_variant(None);
+        tuned?
+    };
+    let name = gpu::tune::VARIANTS[chosen].name;
+    Ok(vec![
+        Row { key: case.key.clone(), value: default, unit: "GFLOP/s".into() },
+        Row { key: format!("{} tuned: {name}", case.key), value: tuned, unit: "GFLOP/s".into() },
+    ])
+}
+
+async fn matmul_gflops(ctx: &GpuContext, case: &MatmulCase) -> Result<f64, BenchError> {
     let spec = Matmul::new(case.m, case.n, case.k, layout(&case.layout));
     let mut rng = Rng::new(1);
     let a = ctx.upload(&rng.vec(spec.a_len()), &[spec.a_len()]).await?;
@@ -526,7 +551,7 @@ async fn bench_matmul(ctx: &GpuContext, case: &MatmulCase) -> Result<Row, BenchE
     for _ in 0..3 {
         times.push(run(reps).await? / reps as f64);
     }
-    Ok(Row { key: case.key.clone(), value: spec.flops() / median(times) / 1e9, unit: "GFLOP/s".into() })
+    Ok(spec.flops() / median(times) / 1e9)
 }
 
 fn lora_options(l: &LoraCase, rank: usize) -> Result<LoraOptions, BenchError> {
@@ -733,9 +758,9 @@ pub async fn run(ctx: &GpuContext, cases: &Cases, log: &dyn Fn(&str)) -> Result<
     let a = ctx.adapter();
     let mut out = Results { tool: "loratab".into(), device: a.name.clone(), backend: format!("wgpu {} ({})", a.backend, a.driver), rows: Vec::new(), profiles: Vec::new() };
     for case in &cases.matmul {
-        let row = bench_matmul(ctx, case).await?;
-        log(&format!("{}: {:.2} {}", row.key, row.value, row.unit));
-        out.rows.push(row);
+        let rows = bench_matmul(ctx, case).await?;
+        log(&format!("{}: {:.2} {} default, {:.2} tuned ({})", case.key, rows[0].value, rows[0].unit, rows[1].value, rows[1].key));
+        out.rows.extend(rows);
     }
     for case in &cases.forward {
         out.rows.extend(bench_forward(ctx, case, log).await?);

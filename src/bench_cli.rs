@@ -152,6 +152,8 @@ pub fn run(args: BenchArgs) -> Result<(), BenchCliError> {
     }
     let cases = bench::cases(&opts)?;
     let ctx = pollster::block_on(GpuContext::new()).map_err(BenchError::from)?;
+    // The matmul section tunes its shapes itself; the other sections run tuned as the CLI does.
+    ctx.set_tuning(loratab::gpu::tune::wanted());
     let a = ctx.adapter();
     eprintln!("loratab: {} ({}, {}), driver {}", a.name, a.backend, a.device_type, a.driver);
     let log = |line: &str| eprintln!("{line}");

@@ -183,6 +183,7 @@ async fn train(args: TrainArgs, stop: Arc<AtomicBool>) -> Result<(), TrainCliErr
     // Before the GPU starts, so a bad setting costs no device set-up.
     settings.validate(&model.config)?;
     let ctx = GpuContext::new().await.map_err(ModelError::from)?;
+    ctx.set_tuning(loratab::gpu::tune::wanted());
     let frozen = Frozen { bytes: memory::weights(&model, ctx.max_binding()), formats: crate::model_arg::formats(&model) };
     let gm = GpuModel::upload(&ctx, &model).await?;
     // The host copy is not needed again (the GPU holds the weights).

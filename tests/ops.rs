@@ -537,3 +537,52 @@ gpu_test! {
         }
     }
 }
+
+/// Tuning (`gpu::tune`): a product of a new shape class runs (correctly, with the default
+/// variant), then every variant is timed; the one kept is correct and measured no slower than the
+/// default; the choice is stored per device and a new context reads it back without timing
+/// again; an unreadable store is ignored (a warning), never an error. Native: the store is a file
+/// under `LORATAB_CACHE_DIR`.
+#[cfg(not(target_arch = "wasm32"))]
+#[test]
+fn matmul_tuning_picks_a_measured_variant_and_stores_it() {
+    use loratab::gpu::tune::{class, store_path, DEFAULT, VARIANTS};
+    use loratab::model::WeightFormat;
+    let dir = std::env::temp_dir().join(format!("loratab-tune-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // Only this test tunes, so only it reads the variable.
+    std::env::set_var("LORATAB_CACHE_DIR", &dir);
+    let file = store_path().unwrap();
+    assert!(file.starts_with(&dir));
+    std::fs::write(&file, "{ this is not json").unwrap();
+    pollster::block_on(async {
+        let ctx = gpu().await;
+        ctx.set_tuning(true);
+        let spec = Matmul::new(70, 130, 48, Layout::XWt);
+        let e = check_matmul(&ctx, &spec, false, 3).await.unwrap();
+        assert!(e <= MATMUL_TOLERANCE, "tuned run: max error {e}");
+        let tuned = ctx.tuned();
+        assert_eq!(tuned.len(), 1, "{tuned:?}");
+        let t = &tuned[0];
+        assert_eq!(t.class, class(&spec, WeightFormat::F32));
+        assert_eq!(t.gflops.len(), VARIANTS.len());
+        let default = t.gflops[DEFAULT].expect("the default is always timed");
+        let chosen = t.gflops[t.chosen].expect("the choice is a correct variant");
+        assert!(default > 0.0 && chosen >= default, "{t:?}");
+        assert_eq!(ctx.matmul_variant(&spec, WeightFormat::F32), t.chosen);
+        // The same class runs the choice now, still matching the CPU reference.
+        let e = check_matmul(&ctx, &Matmul::new(65, 129, 40, Layout::XWt), false, 4).await.unwrap();
+        assert!(e <= MATMUL_TOLERANCE, "with {}: max error {e}", VARIANTS[t.chosen].name);
+        assert_eq!(ctx.tuned().len(), 1, "the same class is not timed twice");
+        let stored = std::fs::read_to_string(&file).unwrap();
+        assert!(stored.contains(&t.class) && stored.contains(VARIANTS[t.chosen].name), "{stored}");
+
+        let again = gpu().await;
+        again.set_tuning(true);
+        assert_eq!(again.matmul_variant(&spec, WeightFormat::F32), t.chosen);
+        let e = check_matmul(&again, &spec, false, 5).await.unwrap();
+        assert!(e <= MATMUL_TOLERANCE, "max error {e}");
+        assert!(again.tuned().is_empty(), "read from the store, not timed");
+    });
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -256,6 +256,12 @@ impl GpuContext {
     }
 }
 
+/// Whether a command-line run should tune: unless `LORATAB_NO_TUNE` is set.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn wanted() -> bool {
+    std::env::var_os("LORATAB_NO_TUNE").is_none()
+}
+
 /// device → class → variant name.
 type Store = BTreeMap<String, BTreeMap<String, String>>;
 const STORE_VERSION: u32 = 1;
