@@ -642,17 +642,21 @@ impl GpuContext {
         Ok(())
     }
 
-    /// Wait until the GPU has finished everything submitted so far.
+    /// Wait until the GPU has finished everything submitted so far: a 4-byte clear submitted
+    /// after it and mapped (the map completes once the queue has reached it). The same path as
+    /// every read-back, so it works wherever reading does (natively `poll`, in the browser the
+    /// map's promise).
     pub async fn wait_idle(&self) -> Result<(), GpuError> {
-        let (tx, rx) = futures_channel::oneshot::channel();
-        self.queue.on_submitted_work_done(move || {
-            let _ = tx.send(());
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("idle"),
+            size: 4,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
         });
-        #[cfg(not(target_arch = "wasm32"))]
-        self.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| GpuError::Readback(e.to_string()))?;
-        rx.await.map_err(|_| GpuError::Readback("the GPU did not report its work done".into()))
+        let mut encoder = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
+        encoder.clear_buffer(&staging, 0, None);
+        self.queue.submit([encoder.finish()]);
+        self.map_read(&staging, 4).await.map(|_| ())
     }
 
     /// Start profiling: every `run` / `run_cached` until [`Self::finish_profile`] times its
