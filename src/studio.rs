@@ -552,12 +552,6 @@ impl Studio {
     }
 
     /// True for GPT-2-style models, where q, k and v share one fused adapter.
-    /// Where the GPU time of one training step (batch 1 × 64 tokens, r 8 on q, v) and of one
-    /// generated token (after a 32-token prompt) goes, by kernel kind (`gpu::profile`).
-    pub async fn profile(&self) -> Result<crate::train::profile::WorkProfile, StudioError> {
-        Ok(crate::train::profile::profile_work(&self.ctx, &self.model, 1, 64, 32).await?)
-    }
-
     pub fn fused_qkv(&self) -> bool {
         self.config().arch == Arch::Gpt2
     }

@@ -17,7 +17,7 @@ use loratab::web::state::ModelStatus;
 use loratab::studio::SavedAdapter;
 use loratab::lora::LoraOptions;
 use loratab::train::TrainSettings;
-use loratab::web::{AdapterPanel, AppState, ComparePanel, GpuAlert, ModelPanel, ProfileTable, RankDemo, SettingsPanel, TextPanel, TrainPanel};
+use loratab::web::{AdapterPanel, AppState, ComparePanel, GpuAlert, ModelPanel, RankDemo, SettingsPanel, TextPanel, TrainPanel};
 use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::JsFuture;
 use wasm_bindgen_test::wasm_bindgen_test;
@@ -412,39 +412,4 @@ async fn stop_and_resume_end_where_an_unbroken_run_does() {
     for (a, b) in train.iter().zip(&losses) {
         assert!((a - b).abs() < 1e-4, "training losses {train:?} vs {losses:?}");
     }
-}
-
-fn profile_table() -> impl IntoView {
-    view! { <ProfileTable/> }
-}
-
-/// "Where the time goes" (in the GPU panel): measuring fills a row per kernel kind with the
-/// profile's own figures for the training step and the generated token, the totals, and says
-/// how the times were taken (timestamp queries or wall time per dispatch).
-#[wasm_bindgen_test]
-async fn the_profile_table_shows_each_kinds_time() {
-    let (state, root) = mount(profile_table).await;
-    assert!(text_of(&root, "[data-testid=profile]").contains("Not measured yet"));
-    find(&root, "[data-testid=profile-measure]").click();
-    until("the profile", 600.0, || root.query_selector("[data-testid=profile-table]").unwrap().is_some() || root.query_selector(".error").unwrap().is_some()).await;
-    let w = match state.profile.get_untracked() {
-        Some(Ok(w)) => w,
-        other => panic!("no profile: {other:?}"),
-    };
-    let (step, token) = (&w.step.profile, &w.token.profile);
-    assert!(step.dispatches() > 20 && token.dispatches() > 5, "{w:?}");
-    for (p, column) in [(step, 2), (token, 3)] {
-        for k in &p.kinds {
-            let cell = text_of(&root, &format!("[data-kind={}] td:nth-child({column})", k.kind.label()));
-            assert_eq!(cell, format!("{:.2} ms ({}×, {:.0}%)", k.ms, k.dispatches, 100.0 * k.ms / p.total_ms().max(f64::MIN_POSITIVE)));
-        }
-    }
-    let rows = root.query_selector_all("[data-testid=profile-table] tbody tr").unwrap().length() as usize;
-    let mut kinds: Vec<_> = step.kinds.iter().chain(&token.kinds).map(|k| k.kind).collect();
-    kinds.sort();
-    kinds.dedup();
-    assert_eq!(rows, kinds.len(), "one row per kind");
-    assert_eq!(text_of(&root, "[data-testid=profile-step-total]"), format!("{:.2} ms ({}×)", step.total_ms(), step.dispatches()));
-    assert_eq!(text_of(&root, "[data-testid=profile-token-total]"), format!("{:.2} ms ({}×)", token.total_ms(), token.dispatches()));
-    assert!(text_of(&root, "[data-testid=profile-table] caption").contains(step.source.label()));
 }

@@ -92,60 +92,6 @@ pub fn GpuPanel() -> impl IntoView {
             <h2 id="gpu-heading">"Your GPU"</h2>
             {summary}
             {details}
-            <ProfileTable/>
         </section>
-    }
-}
-
-/// "Where the time goes": GPU time per kernel kind of one training step and one generated token
-/// on the loaded model's device, measured when asked (`AppState::measure_profile`).
-#[component]
-pub fn ProfileTable() -> impl IntoView {
-    let state = super::AppState::get();
-    let measuring = move || state.busy.get() == Some("profiling");
-    let disabled = move || state.studio.get().is_none() || state.busy.get().is_some();
-    let body = move || match state.profile.get() {
-        None => view! { <p>"Not measured yet."</p> }.into_any(),
-        Some(Err(why)) => view! { <p class="error" role="alert">{why}</p> }.into_any(),
-        Some(Ok(w)) => {
-            let (step, token) = (&w.step.profile, &w.token.profile);
-            let mut kinds: Vec<crate::gpu::profile::Kind> = step.kinds.iter().chain(&token.kinds).map(|k| k.kind).collect();
-            let mut seen = Vec::new();
-            kinds.retain(|k| if seen.contains(k) { false } else { seen.push(*k); true });
-            let cell = |p: &crate::gpu::profile::Profile, kind| match p.kinds.iter().find(|k| k.kind == kind) {
-                Some(k) => format!("{:.2} ms ({}×, {:.0}%)", k.ms, k.dispatches, 100.0 * k.ms / p.total_ms().max(f64::MIN_POSITIVE)),
-                None => "–".into(),
-            };
-            let rows = kinds
-                .into_iter()
-                .map(|kind| view! { <tr data-kind=kind.label()><td>{kind.label()}</td><td>{cell(step, kind)}</td><td>{cell(token, kind)}</td></tr> })
-                .collect_view();
-            let caption = format!(
-                "{}. Training step: batch {} × {} tokens, LoRA r 8 on q, v, {:.1} ms wall; generated token: after a {}-token prompt, {:.1} ms wall.",
-                step.source.label(), w.batch, w.seq, w.step.wall_ms, w.prompt, w.token.wall_ms
-            );
-            view! {
-                <table data-testid="profile-table">
-                    <caption>{caption}</caption>
-                    <thead><tr><th>"Kernel kind"</th><th>"Training step"</th><th>"Generated token"</th></tr></thead>
-                    <tbody>{rows}</tbody>
-                    <tfoot><tr>
-                        <td>"total"</td>
-                        <td data-testid="profile-step-total">{format!("{:.2} ms ({}×)", step.total_ms(), step.dispatches())}</td>
-                        <td data-testid="profile-token-total">{format!("{:.2} ms ({}×)", token.total_ms(), token.dispatches())}</td>
-                    </tr></tfoot>
-                </table>
-            }
-            .into_any()
-        }
-    };
-    view! {
-        <details data-testid="profile">
-            <summary>"Where the time goes"</summary>
-            <button data-testid="profile-measure" disabled=disabled on:click=move |_| leptos::task::spawn_local(state.measure_profile())>
-                {move || if measuring() { "Measuring…" } else { "Measure a training step and a generated token" }}
-            </button>
-            {body}
-        </details>
     }
 }

@@ -23,7 +23,7 @@ pub use alert::GpuAlert;
 pub use app::{App, Panels};
 pub use chart::{LineChart, Series};
 pub use compare_panel::ComparePanel;
-pub use gpu_panel::{GpuPanel, GpuStatus, ProfileTable};
+pub use gpu_panel::{GpuPanel, GpuStatus};
 pub use model_panel::ModelPanel;
 pub use rank_demo::RankDemo;
 pub use settings_panel::SettingsPanel;

@@ -16,7 +16,6 @@ use crate::generate::Sampling;
 use crate::gpu::GpuError;
 use crate::lora::{LoraOptions, Target};
 use crate::model::{Config, ModelFiles, WeightFormat};
-use crate::train::profile::WorkProfile;
 use crate::studio::{ModelSource, Run, SavedAdapter, Studio, StudioError, TextStats};
 use crate::train::TrainSettings;
 
@@ -177,8 +176,6 @@ pub struct AppState {
     pub frozen: RwSignal<String>,
     /// GPU bytes in use once the current run was set up (measured), to set beside the estimate.
     pub train_bytes: RwSignal<Option<u64>>,
-    /// The last "Where the time goes" measurement (`Studio::profile`), or why it failed.
-    pub profile: RwSignal<Option<Result<WorkProfile, String>>>,
 }
 
 impl AppState {
@@ -203,7 +200,6 @@ impl AppState {
             lost: StoredValue::new_local(None),
             frozen: RwSignal::new(String::new()),
             train_bytes: RwSignal::new(None),
-            profile: RwSignal::new(None),
         }
     }
 
@@ -497,24 +493,6 @@ impl AppState {
             self.gpu_failed(&e);
             e.to_string()
         })
-    }
-
-    /// Measure where the GPU time of a training step and a generated token goes, into `profile`.
-    pub async fn measure_profile(self) {
-        let Some(studio) = self.studio.get_untracked() else {
-            self.profile.set(Some(Err("Load a model first.".into())));
-            return;
-        };
-        if !self.claim("profiling") {
-            self.profile.set(Some(Err("The GPU is busy; try again when it is done.".into())));
-            return;
-        }
-        let result = studio.profile().await;
-        self.release();
-        self.profile.set(Some(result.map_err(|e| {
-            self.gpu_failed(&e);
-            e.to_string()
-        })));
     }
 
     /// Use an adapter from files: it becomes the current run (to compare, or to train further).
