@@ -13,12 +13,16 @@
 // the operand across the batch. bias [N] is added per column when has_bias = 1. beta = 0 never reads C,
 // so C may hold garbage (BLAS semantics).
 //
-// Dispatch: workgroups (ceil(N / 64), ceil(M / 64), batches), 16 × 16 threads. Each workgroup owns a
-// 64 × 64 tile of C; thread (lx, ly) accumulates the 4 × 4 register block at rows 4·ly + i and
-// columns 4·lx + j as four vec4 rows. K advances in slices of 16 staged through workgroup memory as
-// vec4s (8 KiB): per k, a thread reads one vec4 of A (its 4 rows, the same for all 16 threads of a
-// row: a broadcast) and one vec4 of B (its 4 columns; 16 neighbouring threads read 64 consecutive
-// floats), then does 4 vec4 FMAs — 2 workgroup loads per 16 FMAs instead of 8.
+// Dispatch: workgroups (ceil(N / TILE_N), ceil(M / TILE_M), batches) of TX × TY threads, where
+// TILE_N = 4·TX and TILE_M = BM·TY: the override constants below pick the variant (see
+// src/gpu/tune.rs: the launcher times the variants on the device and keeps the fastest; the
+// defaults, 16 × 16 threads of 4 × 4 blocks = 64 × 64 tiles, are the variant used untuned).
+// Thread (lx, ly) accumulates the BM × 4 register block at rows BM·ly + i and columns 4·lx + j as
+// BM vec4 rows. K advances in slices of 16 staged through workgroup memory as vec4s: per k, a
+// thread reads BM / 4 vec4s of A (its rows, the same for all TX threads of a row: a broadcast)
+// and one vec4 of B (its 4 columns; TX neighbouring threads read 4·TX consecutive floats), then
+// does BM vec4 FMAs. Every variant adds each C value's products in the same order (k ascending,
+// one fma each), so all variants give bit-identical results.
 // Global loads stay scalar and coalesced (consecutive threads take consecutive addresses) because
 // A and C may be column blocks at any offset; each becomes one component of a vec4 in workgroup memory.
 //
@@ -31,35 +35,42 @@
 
 // Params and bindings 0 (a), 2 (bias), 3 (c), 4 (p): shaders/matmul_params.wgsl, composed after this file.
 
-const TILE: u32 = 64u;   // rows and columns of C per workgroup
+override TX: u32 = 16u;  // threads along N; 4 columns each
+override TY: u32 = 16u;  // threads along M
+override BM: u32 = 4u;   // rows per thread: 4 or 8
 const SLICE: u32 = 16u;  // depth of K staged per step
-const THREADS: u32 = 256u;
+const MAX_BM: u32 = 8u;
 
-var<workgroup> tile_a: array<vec4<f32>, 256>;  // [SLICE][TILE / 4]: rows 4q..4q+3 of k at tile_a[k * 16 + q]
-var<workgroup> tile_b: array<vec4<f32>, 256>;  // [SLICE][TILE / 4]: columns 4q..4q+3 of k at tile_b[k * 16 + q]
+override TILE_M: u32 = BM * TY;
+override TILE_N: u32 = 4u * TX;
+override THREADS: u32 = TX * TY;
+override QA: u32 = TILE_M / 4u;  // vec4s per k in tile_a
+override QB: u32 = TILE_N / 4u;  // = TX
 
-@compute @workgroup_size(16, 16, 1)
+var<workgroup> tile_a: array<vec4<f32>, SLICE * QA>;  // [SLICE][QA]: rows 4q..4q+3 of k at tile_a[k * QA + q]
+var<workgroup> tile_b: array<vec4<f32>, SLICE * QB>;  // [SLICE][QB]: columns 4q..4q+3 of k at tile_b[k * QB + q]
+
+@compute @workgroup_size(TX, TY, 1)
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
-    let row0 = wid.y * TILE;
-    let col0 = wid.x * TILE;
+    let row0 = wid.y * TILE_M;
+    let col0 = wid.x * TILE_N;
     let base_a = p.a_offset + wid.z * p.stride_a;
     let base_b = wid.z * p.stride_b;
     let base_c = p.c_offset + wid.z * p.stride_c;
-    let tid = lid.y * 16u + lid.x;
+    let tid = lid.y * TX + lid.x;
 
-    var acc: array<vec4<f32>, 4>;
-    for (var i = 0u; i < 4u; i++) {
+    var acc: array<vec4<f32>, MAX_BM>;
+    for (var i = 0u; i < MAX_BM; i++) {
         acc[i] = vec4<f32>(0.0);
     }
 
     for (var k0 = 0u; k0 < p.k; k0 += SLICE) {
-        // Stage A's 64 × 16 slice. Consecutive threads take consecutive addresses of A in memory:
+        // Stage A's TILE_M × 16 slice. Consecutive threads take consecutive addresses of A in memory:
         // along k when A is [M, K], along m when it is stored transposed [K, M].
-        for (var r = 0u; r < 4u; r++) {
-            let e = tid + r * THREADS;
+        for (var e = tid; e < TILE_M * SLICE; e += THREADS) {
             var m: u32;
             var kk: u32;
-            if (p.trans_a == 0u) { m = e / SLICE; kk = e % SLICE; } else { kk = e / TILE; m = e % TILE; }
+            if (p.trans_a == 0u) { m = e / SLICE; kk = e % SLICE; } else { kk = e / TILE_M; m = e % TILE_M; }
             let gm = row0 + m;
             let gk = k0 + kk;
             var v = 0.0;
@@ -67,14 +78,13 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
                 let idx = select(gm * p.lda + gk, gk * p.m + gm, p.trans_a == 1u);
                 v = a[base_a + idx];
             }
-            tile_a[kk * 16u + m / 4u][m % 4u] = v;
+            tile_a[kk * QA + m / 4u][m % 4u] = v;
         }
-        // Stage B's 16 × 64 slice, coalesced the same way (along n for [K, N], along k for [N, K]).
-        for (var r = 0u; r < 4u; r++) {
-            let e = tid + r * THREADS;
+        // Stage B's 16 × TILE_N slice, coalesced the same way (along n for [K, N], along k for [N, K]).
+        for (var e = tid; e < TILE_N * SLICE; e += THREADS) {
             var n: u32;
             var kk: u32;
-            if (p.trans_b == 0u) { kk = e / TILE; n = e % TILE; } else { n = e / SLICE; kk = e % SLICE; }
+            if (p.trans_b == 0u) { kk = e / TILE_N; n = e % TILE_N; } else { n = e / SLICE; kk = e % SLICE; }
             let gn = col0 + n;
             let gk = k0 + kk;
             var v = 0.0;
@@ -82,23 +92,25 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
                 let idx = select(gk * p.n + gn, gn * p.k + gk, p.trans_b == 1u);
                 v = weight_at(base_b + idx);
             }
-            tile_b[kk * 16u + n / 4u][n % 4u] = v;
+            tile_b[kk * QB + n / 4u][n % 4u] = v;
         }
         workgroupBarrier();
 
         for (var kk = 0u; kk < SLICE; kk++) {
-            let av = tile_a[kk * 16u + lid.y];
-            let bv = tile_b[kk * 16u + lid.x];
-            acc[0] = fma(vec4<f32>(av.x), bv, acc[0]);
-            acc[1] = fma(vec4<f32>(av.y), bv, acc[1]);
-            acc[2] = fma(vec4<f32>(av.z), bv, acc[2]);
-            acc[3] = fma(vec4<f32>(av.w), bv, acc[3]);
+            let bv = tile_b[kk * QB + lid.x];
+            for (var g = 0u; g < BM / 4u; g++) {
+                let av = tile_a[kk * QA + lid.y * (BM / 4u) + g];
+                acc[4u * g] = fma(vec4<f32>(av.x), bv, acc[4u * g]);
+                acc[4u * g + 1u] = fma(vec4<f32>(av.y), bv, acc[4u * g + 1u]);
+                acc[4u * g + 2u] = fma(vec4<f32>(av.z), bv, acc[4u * g + 2u]);
+                acc[4u * g + 3u] = fma(vec4<f32>(av.w), bv, acc[4u * g + 3u]);
+            }
         }
         workgroupBarrier();
     }
 
-    for (var i = 0u; i < 4u; i++) {
-        let gm = row0 + 4u * lid.y + i;
+    for (var i = 0u; i < BM; i++) {
+        let gm = row0 + BM * lid.y + i;
         for (var j = 0u; j < 4u; j++) {
             let gn = col0 + 4u * lid.x + j;
             if (gm < p.m && gn < p.n) {

@@ -235,6 +235,18 @@ pub struct GenerateCase {
     pub old_tokens: usize,
 }
 
+/// The profile section: GPU time per kernel kind of one training step and one generated token
+/// (`train::profile::profile_work`); loratab only.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProfileCase {
+    pub key: String,
+    pub model: String,
+    pub batch: usize,
+    pub seq: usize,
+    /// Prompt tokens before the profiled token.
+    pub prompt: usize,
+}
+
 /// Everything one bench run measures; written as JSON for `tools/bench_torch.py`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Cases {
@@ -243,6 +255,8 @@ pub struct Cases {
     pub forward: Vec<ForwardCase>,
     #[serde(default)]
     pub generate: Vec<GenerateCase>,
+    #[serde(default)]
+    pub profile: Vec<ProfileCase>,
     pub seed: u64,
 }
 
@@ -262,12 +276,15 @@ pub struct Results {
     pub device: String,
     pub backend: String,
     pub rows: Vec<Row>,
+    /// The profile section's results (loratab only; not read back from a JSON file).
+    #[serde(default, skip_deserializing)]
+    pub profiles: Vec<(String, train::profile::WorkProfile)>,
 }
 
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
-    /// Sections among matmul, train, forward (memory comes with train).
+    /// Sections among matmul, train, forward, generate, profile (memory comes with train).
     pub only: Vec<String>,
     pub models: Vec<String>,
     pub seqs: Vec<usize>,
@@ -423,6 +440,13 @@ pub fn cases(opts: &BenchOptions) -> Result<Cases, BenchError> {
             });
         }
     }
+    if has("profile") {
+        for name in &opts.models {
+            let c = config(name)?;
+            let seq = opts.seqs.first().copied().unwrap_or(128).min(c.max_positions - 2);
+            out.profile.push(ProfileCase { key: format!("profile {name} b{} seq{seq}", opts.batch), model: name.clone(), batch: opts.batch, seq, prompt: seq });
+        }
+    }
     if has("generate") {
         for name in &opts.generate_models {
             let c = config(name)?;
@@ -474,7 +498,32 @@ fn layout(s: &str) -> Layout {
     }
 }
 
-async fn bench_matmul(ctx: &GpuContext, case: &MatmulCase) -> Result<Row, BenchError> {
+/// The fixed default variant's GFLOP/s (the row PyTorch is compared with), then the variant the
+/// tuner picks for the shape's class and its GFLOP/s, measured the same way.
+async fn bench_matmul(ctx: &GpuContext, case: &MatmulCase) -> Result<Vec<Row>, BenchError> {
+    let spec = Matmul::new(case.m, case.n, case.k, layout(&case.layout));
+    let format = format(&case.format)?;
+    ctx.set_matmul_variant(Some(gpu::tune::DEFAULT));
+    let default = matmul_gflops(ctx, case).await;
+    ctx.set_matmul_variant(None);
+    let default = default?;
+    let chosen = ctx.tune(&spec, format).await?;
+    let tuned = if chosen == gpu::tune::DEFAULT {
+        default
+    } else {
+        ctx.set_matmul_variant(Some(chosen));
+        let tuned = matmul_gflops(ctx, case).await;
+        ctx.set_matmul_variant(None);
+        tuned?
+    };
+    let name = gpu::tune::VARIANTS[chosen].name;
+    Ok(vec![
+        Row { key: case.key.clone(), value: default, unit: "GFLOP/s".into() },
+        Row { key: format!("{} tuned: {name}", case.key), value: tuned, unit: "GFLOP/s".into() },
+    ])
+}
+
+async fn matmul_gflops(ctx: &GpuContext, case: &MatmulCase) -> Result<f64, BenchError> {
     let spec = Matmul::new(case.m, case.n, case.k, layout(&case.layout));
     let mut rng = Rng::new(1);
     let a = ctx.upload(&rng.vec(spec.a_len()), &[spec.a_len()]).await?;
@@ -504,7 +553,7 @@ async fn bench_matmul(ctx: &GpuContext, case: &MatmulCase) -> Result<Row, BenchE
     for _ in 0..3 {
         times.push(run(reps).await? / reps as f64);
     }
-    Ok(Row { key: case.key.clone(), value: spec.flops() / median(times) / 1e9, unit: "GFLOP/s".into() })
+    Ok(spec.flops() / median(times) / 1e9)
 }
 
 fn lora_options(l: &LoraCase, rank: usize) -> Result<LoraOptions, BenchError> {
@@ -709,17 +758,24 @@ async fn bench_generate(ctx: &GpuContext, case: &GenerateCase, log: &dyn Fn(&str
 /// Run every case on `ctx`; `log` gets a line per finished case.
 pub async fn run(ctx: &GpuContext, cases: &Cases, log: &dyn Fn(&str)) -> Result<Results, BenchError> {
     let a = ctx.adapter();
-    let mut out = Results { tool: "loratab".into(), device: a.name.clone(), backend: format!("wgpu {} ({})", a.backend, a.driver), rows: Vec::new() };
+    let mut out = Results { tool: "loratab".into(), device: a.name.clone(), backend: format!("wgpu {} ({})", a.backend, a.driver), rows: Vec::new(), profiles: Vec::new() };
     for case in &cases.matmul {
-        let row = bench_matmul(ctx, case).await?;
-        log(&format!("{}: {:.2} {}", row.key, row.value, row.unit));
-        out.rows.push(row);
+        let rows = bench_matmul(ctx, case).await?;
+        log(&format!("{}: {:.2} {} default, {:.2} tuned ({})", case.key, rows[0].value, rows[0].unit, rows[1].value, rows[1].key));
+        out.rows.extend(rows);
     }
     for case in &cases.forward {
         out.rows.extend(bench_forward(ctx, case, log).await?);
     }
     for case in &cases.generate {
         out.rows.extend(bench_generate(ctx, case, log).await?);
+    }
+    for case in &cases.profile {
+        let c = config(&case.model)?;
+        let model = GpuModel::upload(ctx, &random_model(&c, 0)).await?;
+        let p = train::profile::profile_work(ctx, &model, case.batch, case.seq, case.prompt).await?;
+        log(&format!("{}: step {:.1} ms, token {:.1} ms (wall, profiled)", case.key, p.step.wall_ms, p.token.wall_ms));
+        out.profiles.push((case.key.clone(), p));
     }
     for case in &cases.train {
         let rows = bench_train(ctx, case, log).await?;
@@ -755,3 +811,19 @@ pub fn table(ours: &Results, theirs: Option<&Results>) -> String {
     s
 }
 
+
+/// The profile section as text: per case, a table per piece of work.
+pub fn profile_tables(ours: &Results) -> String {
+    let mut s = String::new();
+    for (key, p) in &ours.profiles {
+        let work = [
+            (format!("one training step (batch {} × {} tokens, LoRA r8 on q, v)", p.batch, p.seq), &p.step),
+            (format!("one generated token (after a {}-token prompt)", p.prompt), &p.token),
+        ];
+        for (what, t) in work {
+            s += &format!("\n{key}: {what}, {:.2} ms wall while profiled, {} submissions\n", t.wall_ms, t.profile.submits);
+            s += &t.profile.table();
+        }
+    }
+    s
+}

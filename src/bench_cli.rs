@@ -11,9 +11,14 @@ use loratab::gpu::GpuContext;
 
 #[derive(Args)]
 pub struct BenchArgs {
-    /// Sections to run, comma-separated: matmul, train (with memory), forward, generate.
+    /// Sections to run, comma-separated: matmul, train (with memory), forward, generate, profile.
     #[arg(long, default_value = "matmul,train,forward,generate")]
     only: String,
+    /// GPU time per kernel kind (matmul, attention, norms, ...) of one training step and one
+    /// generated token per model (timestamp queries; wall time per dispatch where the GPU has none).
+    /// Alone it runs only the profile; with --only it adds the profile to those sections.
+    #[arg(long)]
+    profile: bool,
     /// Model shapes (random weights): default (models/austen-5m's shape), gpt2 (124M), smollm2 (135M),
     /// qwen0.5b (Qwen2.5-0.5B's shape; not in the default set).
     #[arg(long, default_value = "default,gpt2,smollm2")]
@@ -132,6 +137,13 @@ pub fn run(args: BenchArgs) -> Result<(), BenchCliError> {
         generate_models: list("generate-models", &args.generate_models)?,
         new_tokens: args.new_tokens,
     };
+    if args.profile {
+        let only_given = std::env::args().any(|a| a == "--only" || a.starts_with("--only="));
+        if !only_given {
+            opts.only.clear();
+        }
+        opts.only.push("profile".into());
+    }
     if args.quick {
         opts.models = vec!["default".into()];
         opts.forward_models = vec!["default".into()];
@@ -140,6 +152,8 @@ pub fn run(args: BenchArgs) -> Result<(), BenchCliError> {
     }
     let cases = bench::cases(&opts)?;
     let ctx = pollster::block_on(GpuContext::new()).map_err(BenchError::from)?;
+    // The matmul section tunes its shapes itself; the other sections run tuned as the CLI does.
+    ctx.set_tuning(loratab::gpu::tune::wanted());
     let a = ctx.adapter();
     eprintln!("loratab: {} ({}, {}), driver {}", a.name, a.backend, a.device_type, a.driver);
     let log = |line: &str| eprintln!("{line}");
@@ -174,7 +188,10 @@ pub fn run(args: BenchArgs) -> Result<(), BenchCliError> {
         println!("{}: {} — {}", t.tool, t.device, t.backend);
     }
     println!();
-    print!("{}", bench::table(&ours, theirs.as_ref()));
+    if !ours.rows.is_empty() {
+        print!("{}", bench::table(&ours, theirs.as_ref()));
+    }
+    print!("{}", bench::profile_tables(&ours));
     if let Some(path) = &args.json {
         let both = serde_json::json!({ "cases": cases, "loratab": ours, "torch": theirs });
         std::fs::write(path, serde_json::to_string_pretty(&both).unwrap())

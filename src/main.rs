@@ -195,6 +195,7 @@ mod cli {
         let (model, tokenizer) = load(base)?;
         let ctx = GpuContext::new().await;
         let ctx = ctx.map_err(ModelError::from)?;
+        ctx.set_tuning(loratab::gpu::tune::wanted());
         let gpu_model = GpuModel::upload(&ctx, &model).await?;
         let weights = Weights { bytes: ctx.memory().live(), formats: crate::model_arg::formats(&model) };
         Ok((ctx, gpu_model, tokenizer, weights))

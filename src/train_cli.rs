@@ -281,6 +281,7 @@ async fn train(args: TrainArgs, stop: Arc<AtomicBool>) -> Result<(), TrainCliErr
     }
     let (data, sft) = data(&args, &text, &model.config, &tokenizer, settings.seq_len)?;
     let ctx = GpuContext::new().await.map_err(ModelError::from)?;
+    ctx.set_tuning(loratab::gpu::tune::wanted());
     let frozen = Frozen { bytes: memory::weights(&model, ctx.max_binding()), formats: crate::model_arg::formats(&model) };
     // The adapter on the host first: the run's whole budget is checked against --max-memory
     // before anything is allocated on the GPU.

@@ -11,17 +11,38 @@ use loratab::selftest::{check_matmul, gpu_add, gpu_scale, gpu_sum_squares, max_e
 
 const SIZES: [usize; 4] = [1, 7, 33, 130];
 
+/// Every matmul variant the tuner may pick (`gpu::tune::VARIANTS`), set on `ctx` in turn: the
+/// tests below run each case once per variant (the first is the default).
+fn variants(ctx: &loratab::gpu::GpuContext) -> impl Iterator<Item = (usize, &'static str)> + '_ {
+    let all = loratab::gpu::tune::VARIANTS.iter().enumerate().map(|(i, v)| (i, v.name));
+    all.chain(std::iter::once((usize::MAX, ""))).filter_map(move |(i, name)| {
+        // The last item only puts the context back to its tuned choice.
+        ctx.set_matmul_variant((i != usize::MAX).then_some(i));
+        (i != usize::MAX).then_some((i, name))
+    })
+}
+
 async fn all_shapes(layout: Layout) {
     let ctx = gpu().await;
-    for m in SIZES {
-        for n in SIZES {
-            for k in SIZES {
-                let spec = Matmul::new(m, n, k, layout);
-                let e = check_matmul(&ctx, &spec, false, (m * 1000 + n * 10 + k) as u64).await.unwrap();
-                assert!(e <= MATMUL_TOLERANCE, "{layout:?} m={m} n={n} k={k}: max error {e}");
+    let mut ran = 0;
+    for (v, variant) in variants(&ctx) {
+        for m in SIZES {
+            // A product of at most 8 rows of a row-major A runs the matvec kernel, whatever the variant.
+            if v != loratab::gpu::tune::DEFAULT && loratab::gpu::matvec::fits(&Matmul::new(m, 1, 1, layout)) {
+                continue;
+            }
+            for n in SIZES {
+                for k in SIZES {
+                    let spec = Matmul::new(m, n, k, layout);
+                    let e = check_matmul(&ctx, &spec, false, (m * 1000 + n * 10 + k) as u64).await.unwrap();
+                    assert!(e <= MATMUL_TOLERANCE, "{variant}: {layout:?} m={m} n={n} k={k}: max error {e}");
+                    ran += 1;
+                }
             }
         }
     }
+    let tiled = if layout.trans_a() { 4 } else { 2 };
+    assert_eq!(ran, 64 + (loratab::gpu::tune::VARIANTS.len() - 1) * tiled * 16, "{layout:?}: cases run");
 }
 
 gpu_test! {
@@ -44,11 +65,13 @@ gpu_test! {
     /// Bias, alpha and accumulation (beta = 1) together, in every layout.
     async fn matmul_bias_scale_accumulate() {
         let ctx = gpu().await;
-        for layout in [Layout::XW, Layout::XWt, Layout::XtG] {
-            for (m, n, k) in [(1, 130, 7), (65, 129, 33), (130, 1, 17)] {
-                let spec = Matmul::new(m, n, k, layout).scaled(0.5, 1.0);
-                let e = check_matmul(&ctx, &spec, true, 42).await.unwrap();
-                assert!(e <= MATMUL_TOLERANCE, "{spec:?}: max error {e}");
+        for (_, variant) in variants(&ctx) {
+            for layout in [Layout::XW, Layout::XWt, Layout::XtG] {
+                for (m, n, k) in [(1, 130, 7), (65, 129, 33), (130, 1, 17)] {
+                    let spec = Matmul::new(m, n, k, layout).scaled(0.5, 1.0);
+                    let e = check_matmul(&ctx, &spec, true, 42).await.unwrap();
+                    assert!(e <= MATMUL_TOLERANCE, "{variant}: {spec:?}: max error {e}");
+                }
             }
         }
     }
@@ -59,14 +82,16 @@ gpu_test! {
     /// also into a block of C, and batched.
     async fn matmul_reads_a_column_block() {
         let ctx = gpu().await;
-        for layout in [Layout::XW, Layout::XWt] {
-            for (m, n, k, lda, col0) in [(1, 7, 33, 40, 7), (65, 33, 70, 300, 130), (130, 1, 1, 2, 1)] {
-                let spec = Matmul::new(m, n, k, layout).from_block(lda, col0).scaled(1.0, 1.0);
-                let e = check_matmul(&ctx, &spec, false, 5).await.unwrap();
-                assert!(e <= MATMUL_TOLERANCE, "{spec:?}: max error {e}");
-                let spec = Matmul::new(m, n, k, layout).from_block(lda, col0).into_block(n + 3, 0, 2).batched(2, true);
-                let e = check_matmul(&ctx, &spec, false, 6).await.unwrap();
-                assert!(e <= MATMUL_TOLERANCE, "{spec:?}: max error {e}");
+        for (_, variant) in variants(&ctx) {
+            for layout in [Layout::XW, Layout::XWt] {
+                for (m, n, k, lda, col0) in [(1, 7, 33, 40, 7), (65, 33, 70, 300, 130), (130, 1, 1, 2, 1)] {
+                    let spec = Matmul::new(m, n, k, layout).from_block(lda, col0).scaled(1.0, 1.0);
+                    let e = check_matmul(&ctx, &spec, false, 5).await.unwrap();
+                    assert!(e <= MATMUL_TOLERANCE, "{variant}: {spec:?}: max error {e}");
+                    let spec = Matmul::new(m, n, k, layout).from_block(lda, col0).into_block(n + 3, 0, 2).batched(2, true);
+                    let e = check_matmul(&ctx, &spec, false, 6).await.unwrap();
+                    assert!(e <= MATMUL_TOLERANCE, "{variant}: {spec:?}: max error {e}");
+                }
             }
         }
     }
@@ -76,11 +101,13 @@ gpu_test! {
     /// Batched: per-entry operands (attention heads) and a B shared across the batch (a weight).
     async fn matmul_batched() {
         let ctx = gpu().await;
-        for layout in [Layout::XW, Layout::XWt, Layout::XtG] {
-            for shared_b in [false, true] {
-                let spec = Matmul::new(33, 70, 65, layout).batched(3, shared_b);
-                let e = check_matmul(&ctx, &spec, shared_b, 7).await.unwrap();
-                assert!(e <= MATMUL_TOLERANCE, "{spec:?}: max error {e}");
+        for (_, variant) in variants(&ctx) {
+            for layout in [Layout::XW, Layout::XWt, Layout::XtG] {
+                for shared_b in [false, true] {
+                    let spec = Matmul::new(33, 70, 65, layout).batched(3, shared_b);
+                    let e = check_matmul(&ctx, &spec, shared_b, 7).await.unwrap();
+                    assert!(e <= MATMUL_TOLERANCE, "{variant}: {spec:?}: max error {e}");
+                }
             }
         }
     }
@@ -350,44 +377,54 @@ gpu_test! {
     async fn compact_weight_matmul_matches_f32_on_dequantized() {
         let ctx = gpu().await;
         let mut rng = Rng::new(91);
-        for format in WeightFormat::ALL {
-            let mut cases = 0;
-            for (m, n, k) in [(1, 96, 64), (7, 33, 128), (130, 64, 96)] {
-                for layout in [Layout::XW, Layout::XWt] {
-                    // The block runs along the stored rows: N for [K, N], K for [N, K]; a quantized
-                    // format cannot store 33-wide rows, so it skips that one shape (5 cases, not 6).
-                    let (rows, cols) = if layout == Layout::XW { (k, n) } else { (n, k) };
-                    if format.is_quantized() && cols % 32 != 0 {
+        for (v, variant) in variants(&ctx) {
+            // The variants differ in the tiled kernel only: the few-row cases (matvec) run once.
+            let tiled_only = v != loratab::gpu::tune::DEFAULT;
+            for format in WeightFormat::ALL {
+                let mut cases = 0;
+                for (m, n, k) in [(1, 96, 64), (7, 33, 128), (130, 64, 96)] {
+                    if tiled_only && m <= 8 {
                         continue;
                     }
-                    cases += 1;
-                    let (w, dequantized) = packed(&ctx, &mut rng, rows, cols, format).await;
-                    let wide = n + 5;
-                    let spec = Matmul::new(m, n, k, layout).scaled(0.5, 1.0).into_block(wide, 0, 3);
-                    let (a, bias, c0) = (rng.vec(spec.a_len()), rng.vec(spec.bias_offset + n), rng.vec(spec.c_len()));
-                    let ta = ctx.upload(&a, &[a.len()]).await.unwrap();
-                    let tbias = ctx.upload(&bias, &[bias.len()]).await.unwrap();
-                    let tc = ctx.upload(&c0, &[c0.len()]).await.unwrap();
-                    ctx.run(|enc| loratab::gpu::matmul::encode(&ctx, enc, &spec, &ta, &w, Some(&tbias), &tc)).await.unwrap();
-                    let mut want = c0;
-                    reference::matmul::matmul(&spec, &a, &dequantized, Some(&bias), &mut want);
-                    let e = max_error(&ctx.read(&tc).await.unwrap(), &want);
-                    assert!(e <= MATMUL_TOLERANCE, "{format} {layout:?} m={m} n={n} k={k}: max error {e}");
+                    for layout in [Layout::XW, Layout::XWt] {
+                        // The block runs along the stored rows: N for [K, N], K for [N, K]; a quantized
+                        // format cannot store 33-wide rows, so it skips that one shape (5 cases, not 6).
+                        let (rows, cols) = if layout == Layout::XW { (k, n) } else { (n, k) };
+                        if format.is_quantized() && cols % 32 != 0 {
+                            continue;
+                        }
+                        cases += 1;
+                        let (w, dequantized) = packed(&ctx, &mut rng, rows, cols, format).await;
+                        let wide = n + 5;
+                        let spec = Matmul::new(m, n, k, layout).scaled(0.5, 1.0).into_block(wide, 0, 3);
+                        let (a, bias, c0) = (rng.vec(spec.a_len()), rng.vec(spec.bias_offset + n), rng.vec(spec.c_len()));
+                        let ta = ctx.upload(&a, &[a.len()]).await.unwrap();
+                        let tbias = ctx.upload(&bias, &[bias.len()]).await.unwrap();
+                        let tc = ctx.upload(&c0, &[c0.len()]).await.unwrap();
+                        ctx.run(|enc| loratab::gpu::matmul::encode(&ctx, enc, &spec, &ta, &w, Some(&tbias), &tc)).await.unwrap();
+                        let mut want = c0;
+                        reference::matmul::matmul(&spec, &a, &dequantized, Some(&bias), &mut want);
+                        let e = max_error(&ctx.read(&tc).await.unwrap(), &want);
+                        assert!(e <= MATMUL_TOLERANCE, "{variant}: {format} {layout:?} m={m} n={n} k={k}: max error {e}");
+                    }
                 }
+                assert_eq!(cases, if tiled_only { 2 } else if format.is_quantized() { 5 } else { 6 }, "{format}: cases run");
+                if tiled_only {
+                    continue;
+                }
+                // The LM head's backward reads A as a column block of the logits' gradient.
+                let (v, d, rows) = (100, 64, 7);
+                let (w, dequantized) = packed(&ctx, &mut rng, 60, d, format).await;
+                let spec = Matmul::new(rows, d, 60, Layout::XW).from_block(v, 40);
+                let a = rng.vec(rows * v);
+                let ta = ctx.upload(&a, &[a.len()]).await.unwrap();
+                let tc = ctx.zeros(&[rows * d]).await.unwrap();
+                ctx.run(|enc| loratab::gpu::matmul::encode(&ctx, enc, &spec, &ta, &w, None, &tc)).await.unwrap();
+                let mut want = vec![0.0; rows * d];
+                reference::matmul::matmul(&spec, &a, &dequantized, None, &mut want);
+                let e = max_error(&ctx.read(&tc).await.unwrap(), &want);
+                assert!(e <= MATMUL_TOLERANCE, "{variant}: {format} from_block: max error {e}");
             }
-            assert_eq!(cases, if format.is_quantized() { 5 } else { 6 }, "{format}: cases run");
-            // The LM head's backward reads A as a column block of the logits' gradient.
-            let (v, d, rows) = (100, 64, 7);
-            let (w, dequantized) = packed(&ctx, &mut rng, 60, d, format).await;
-            let spec = Matmul::new(rows, d, 60, Layout::XW).from_block(v, 40);
-            let a = rng.vec(rows * v);
-            let ta = ctx.upload(&a, &[a.len()]).await.unwrap();
-            let tc = ctx.zeros(&[rows * d]).await.unwrap();
-            ctx.run(|enc| loratab::gpu::matmul::encode(&ctx, enc, &spec, &ta, &w, None, &tc)).await.unwrap();
-            let mut want = vec![0.0; rows * d];
-            reference::matmul::matmul(&spec, &a, &dequantized, None, &mut want);
-            let e = max_error(&ctx.read(&tc).await.unwrap(), &want);
-            assert!(e <= MATMUL_TOLERANCE, "{format} from_block: max error {e}");
         }
     }
 }
@@ -499,4 +536,53 @@ gpu_test! {
             }
         }
     }
+}
+
+/// Tuning (`gpu::tune`): a product of a new shape class runs (correctly, with the default
+/// variant), then every variant is timed; the one kept is correct and measured no slower than the
+/// default; the choice is stored per device and a new context reads it back without timing
+/// again; an unreadable store is ignored (a warning), never an error. Native: the store is a file
+/// under `LORATAB_CACHE_DIR`.
+#[cfg(not(target_arch = "wasm32"))]
+#[test]
+fn matmul_tuning_picks_a_measured_variant_and_stores_it() {
+    use loratab::gpu::tune::{class, store_path, DEFAULT, VARIANTS};
+    use loratab::model::WeightFormat;
+    let dir = std::env::temp_dir().join(format!("loratab-tune-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // Only this test tunes, so only it reads the variable.
+    std::env::set_var("LORATAB_CACHE_DIR", &dir);
+    let file = store_path().unwrap();
+    assert!(file.starts_with(&dir));
+    std::fs::write(&file, "{ this is not json").unwrap();
+    pollster::block_on(async {
+        let ctx = gpu().await;
+        ctx.set_tuning(true);
+        let spec = Matmul::new(70, 130, 48, Layout::XWt);
+        let e = check_matmul(&ctx, &spec, false, 3).await.unwrap();
+        assert!(e <= MATMUL_TOLERANCE, "tuned run: max error {e}");
+        let tuned = ctx.tuned();
+        assert_eq!(tuned.len(), 1, "{tuned:?}");
+        let t = &tuned[0];
+        assert_eq!(t.class, class(&spec, WeightFormat::F32));
+        assert_eq!(t.gflops.len(), VARIANTS.len());
+        let default = t.gflops[DEFAULT].expect("the default is always timed");
+        let chosen = t.gflops[t.chosen].expect("the choice is a correct variant");
+        assert!(default > 0.0 && chosen >= default, "{t:?}");
+        assert_eq!(ctx.matmul_variant(&spec, WeightFormat::F32), t.chosen);
+        // The same class runs the choice now, still matching the CPU reference.
+        let e = check_matmul(&ctx, &Matmul::new(65, 129, 40, Layout::XWt), false, 4).await.unwrap();
+        assert!(e <= MATMUL_TOLERANCE, "with {}: max error {e}", VARIANTS[t.chosen].name);
+        assert_eq!(ctx.tuned().len(), 1, "the same class is not timed twice");
+        let stored = std::fs::read_to_string(&file).unwrap();
+        assert!(stored.contains(&t.class) && stored.contains(VARIANTS[t.chosen].name), "{stored}");
+
+        let again = gpu().await;
+        again.set_tuning(true);
+        assert_eq!(again.matmul_variant(&spec, WeightFormat::F32), t.chosen);
+        let e = check_matmul(&again, &spec, false, 5).await.unwrap();
+        assert!(e <= MATMUL_TOLERANCE, "max error {e}");
+        assert!(again.tuned().is_empty(), "read from the store, not timed");
+    });
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use super::profile::{now_ms, Kind, Pipeline, Probe, Profile, Tally, TimeSource, QUERIES_PER_SET};
 use super::GpuError;
 
 /// What the page and the CLI show about the GPU in use.
@@ -28,42 +29,94 @@ pub struct Recorder {
     encoder: wgpu::CommandEncoder,
     pass: Option<wgpu::ComputePass<'static>>,
     passes: usize,
+    dispatches: usize,
+    /// Set while profiling (see `gpu::profile`): every dispatch gets a pass (and timestamps) or a
+    /// command buffer of its own.
+    probe: Option<Probe>,
+    device: wgpu::Device,
 }
 
 impl Recorder {
-    fn new(device: &wgpu::Device) -> Self {
+    pub(crate) fn new(device: &wgpu::Device, probe: Option<Probe>) -> Self {
         let encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
-        Self { encoder, pass: None, passes: 0 }
+        Self { encoder, pass: None, passes: 0, dispatches: 0, probe, device: device.clone() }
     }
 
     /// Record one dispatch into the open compute pass (beginning one if a copy ended the last).
-    pub(crate) fn dispatch(&mut self, pipeline: &wgpu::ComputePipeline, bind_group: &wgpu::BindGroup, groups: (u32, u32, u32)) {
+    pub(crate) fn dispatch(&mut self, pipeline: &Pipeline, bind_group: &wgpu::BindGroup, groups: (u32, u32, u32)) {
+        self.dispatches += 1;
+        let mut timestamp_writes = None;
+        match &mut self.probe {
+            None => {}
+            Some(Probe::Timestamps { sets, kinds }) => {
+                // A pass of its own, with a timestamp at its beginning and one at its end.
+                self.pass = None;
+                let slot = 2 * kinds.len() as u32 % QUERIES_PER_SET;
+                if slot == 0 {
+                    sets.push(self.device.create_query_set(&wgpu::QuerySetDescriptor {
+                        label: Some("profile"),
+                        ty: wgpu::QueryType::Timestamp,
+                        count: QUERIES_PER_SET,
+                    }));
+                }
+                kinds.push(pipeline.kind);
+                timestamp_writes = Some((sets.last().expect("pushed above").clone(), slot));
+            }
+            Some(Probe::Wall { .. }) => {}
+        }
         let (encoder, passes) = (&mut self.encoder, &mut self.passes);
         let pass = self.pass.get_or_insert_with(|| {
             *passes += 1;
+            let writes = timestamp_writes.as_ref().map(|(set, slot)| wgpu::ComputePassTimestampWrites {
+                query_set: set,
+                beginning_of_pass_write_index: Some(*slot),
+                end_of_pass_write_index: Some(*slot + 1),
+            });
             // forget_lifetime: the pass lives beside its encoder in this struct; wgpu then refuses
             // other use of the encoder until the pass is dropped, which `end_pass` does first.
-            encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes: None }).forget_lifetime()
+            encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes: writes }).forget_lifetime()
         });
         pass.set_pipeline(pipeline);
         pass.set_bind_group(0, bind_group, &[]);
         pass.dispatch_workgroups(groups.0, groups.1, groups.2);
+        match &self.probe {
+            Some(Probe::Timestamps { .. }) => self.end_pass(),
+            Some(Probe::Wall { .. }) => self.cut_as(Some(pipeline.kind)),
+            None => {}
+        }
     }
 
     fn end_pass(&mut self) {
         self.pass = None;
     }
 
+    /// Wall-clock profiling: close what is recorded since the last cut (one dispatch: `Some(kind)`,
+    /// or one copy: `None`) as a command buffer of its own.
+    fn cut_as(&mut self, kind: Option<Kind>) {
+        self.end_pass();
+        if let Some(Probe::Wall { pieces }) = &mut self.probe {
+            let fresh = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
+            pieces.push((kind, std::mem::replace(&mut self.encoder, fresh).finish()));
+        }
+    }
+
     /// `wgpu::CommandEncoder::copy_buffer_to_buffer`, after ending the open pass.
     pub fn copy_buffer_to_buffer(&mut self, source: &wgpu::Buffer, source_offset: u64, destination: &wgpu::Buffer, destination_offset: u64, size: u64) {
         self.end_pass();
         self.encoder.copy_buffer_to_buffer(source, source_offset, destination, destination_offset, size);
+        self.copied();
     }
 
     /// `wgpu::CommandEncoder::clear_buffer` (the whole buffer to zeros), after ending the open pass.
     pub fn clear_buffer(&mut self, buffer: &wgpu::Buffer) {
         self.end_pass();
         self.encoder.clear_buffer(buffer, 0, None);
+        self.copied();
+    }
+
+    /// A copy or clear was recorded: in wall-clock profiling it is a piece of its own.
+    fn copied(&mut self) {
+        self.cut_as(None);
     }
 
     /// Compute passes begun so far (a copy splits them).
@@ -71,10 +124,53 @@ impl Recorder {
         self.passes
     }
 
-    fn finish(mut self) -> wgpu::CommandBuffer {
-        self.end_pass();
-        self.encoder.finish()
+    /// Dispatches recorded so far.
+    pub fn dispatches(&self) -> usize {
+        self.dispatches
     }
+
+    /// The command buffer, and the probe for profiling. With timestamps the query sets are
+    /// resolved into a mappable buffer first (returned with the probe).
+    pub(crate) fn finish(mut self) -> (wgpu::CommandBuffer, Option<Finished>) {
+        self.end_pass();
+        let finished = match self.probe.take() {
+            None => None,
+            Some(Probe::Timestamps { sets, kinds }) => {
+                let count = 2 * kinds.len() as u64;
+                let bytes = 8 * count.max(1);
+                let resolve = self.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("profile resolve"),
+                    size: bytes,
+                    usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                    mapped_at_creation: false,
+                });
+                let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("profile readback"),
+                    size: bytes,
+                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                });
+                for (i, set) in sets.iter().enumerate() {
+                    let first = i as u64 * QUERIES_PER_SET as u64;
+                    let n = (count - first).min(QUERIES_PER_SET as u64) as u32;
+                    self.encoder.resolve_query_set(set, 0..n, &resolve, 8 * first);
+                }
+                if count > 0 {
+                    self.encoder.copy_buffer_to_buffer(&resolve, 0, &staging, 0, bytes);
+                }
+                Some(Finished::Timestamps { staging, kinds })
+            }
+            // Every dispatch and copy was cut into its piece: the encoder left is empty.
+            Some(Probe::Wall { pieces }) => Some(Finished::Wall { pieces }),
+        };
+        (self.encoder.finish(), finished)
+    }
+}
+
+/// A profiled recording after `Recorder::finish`.
+pub(crate) enum Finished {
+    Timestamps { staging: wgpu::Buffer, kinds: Vec<Kind> },
+    Wall { pieces: Vec<(Option<Kind>, wgpu::CommandBuffer)> },
 }
 
 /// One compute pipeline per (shader, entry point, override constants): built on first use, then reused.
@@ -124,7 +220,17 @@ pub struct GpuContext {
     /// `set_max_workgroups_per_dim`).
     max_workgroups: std::sync::atomic::AtomicU32,
     modules: Mutex<HashMap<&'static str, wgpu::ShaderModule>>,
-    pipelines: Mutex<HashMap<PipelineKey, wgpu::ComputePipeline>>,
+    pipelines: Mutex<HashMap<PipelineKey, Pipeline>>,
+    /// Whether the device was opened with `Features::TIMESTAMP_QUERY` (the adapter offers it).
+    timestamps: bool,
+    /// Whether profiling may use the timestamps (off: the wall-clock fallback, to test it).
+    use_timestamps: std::sync::atomic::AtomicBool,
+    /// Set between `start_profile` and `finish_profile`: what the profiled recordings took.
+    profiling: Mutex<Option<(TimeSource, Tally)>>,
+    /// Dispatches submitted so far by `run` / `run_cached` (the profile's counts are checked against it).
+    dispatched: std::sync::atomic::AtomicUsize,
+    /// Matmul variants tuned on this device (`gpu::tune`).
+    pub(crate) tuner: super::tune::Tuner,
     /// Set by the device-lost callback; every entry point checks it so a lost device becomes an error, not a hang.
     lost: Arc<Mutex<Option<String>>>,
     /// Errors outside any error scope (wgpu's default handler would panic on them).
@@ -164,10 +270,12 @@ impl GpuContext {
         // The defaults (128 MiB per binding, 256 MiB per buffer) are too small for real models:
         // ask for everything this adapter can do.
         let limits = adapter.limits();
+        // Timestamp queries only serve the profile (`gpu::profile`); take them where offered.
+        let features = adapter.features() & wgpu::Features::TIMESTAMP_QUERY;
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("loratab"),
-                required_features: wgpu::Features::empty(),
+                required_features: features,
                 required_limits: limits.clone(),
                 experimental_features: wgpu::ExperimentalFeatures::disabled(),
                 memory_hints: wgpu::MemoryHints::Performance,
@@ -199,6 +307,11 @@ impl GpuContext {
             limits,
             modules: Mutex::new(HashMap::new()),
             pipelines: Mutex::new(HashMap::new()),
+            timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
+            use_timestamps: std::sync::atomic::AtomicBool::new(true),
+            profiling: Mutex::new(None),
+            dispatched: std::sync::atomic::AtomicUsize::new(0),
+            tuner: Default::default(),
             lost,
             uncaptured,
             memory: Arc::default(),
@@ -321,7 +434,7 @@ impl GpuContext {
         source: &'static str,
         entry: &'static str,
         constants: &[(&'static str, u64)],
-    ) -> wgpu::ComputePipeline {
+    ) -> Pipeline {
         let key = (shader, entry, constants.to_vec());
         if let Some(p) = self.pipelines.lock().unwrap().get(&key) {
             return p.clone();
@@ -350,6 +463,7 @@ impl GpuContext {
             },
             cache: None,
         });
+        let pipeline = Pipeline { inner: pipeline, kind: Kind::of(shader) };
         self.pipelines.lock().unwrap().insert(key, pipeline.clone());
         pipeline
     }
@@ -437,13 +551,9 @@ impl GpuContext {
         &self,
         record: impl FnOnce(&mut Recorder) -> Result<(), GpuError>,
     ) -> Result<(), GpuError> {
-        self.scoped(|| {
-            let mut encoder = Recorder::new(&self.device);
-            record(&mut encoder)?;
-            self.queue.submit([encoder.finish()]);
-            Ok(())
-        })
-        .await
+        let finished = self.scoped(|| self.record_and_submit(record)).await?;
+        self.profiled(finished).await?;
+        self.tune_pending().await
     }
 
     /// [`GpuContext::run`] for a recording that repeats: uniforms and bind groups come from `cache`
@@ -456,22 +566,129 @@ impl GpuContext {
         if self.cache_off {
             return self.run(record).await;
         }
-        self.scoped(|| {
-            let mut encoder = Recorder::new(&self.device);
-            {
-                let mut c = cache.lock().unwrap();
-                c.next_uniform = 0;
-                c.next_bind = 0;
+        let finished = self
+            .scoped(|| {
+                {
+                    let mut c = cache.lock().unwrap();
+                    c.next_uniform = 0;
+                    c.next_bind = 0;
+                }
+                // Set and cleared within this synchronous closure, so no other recording sees it.
+                *self.active.lock().unwrap() = Some(cache.clone());
+                let done = self.record_and_submit(record);
+                *self.active.lock().unwrap() = None;
+                done
+            })
+            .await?;
+        self.profiled(finished).await?;
+        self.tune_pending().await
+    }
+
+    /// Record with `record` and submit (while profiling with the wall clock, leave the pieces to
+    /// [`Self::profiled`] to submit one at a time).
+    fn record_and_submit(&self, record: impl FnOnce(&mut Recorder) -> Result<(), GpuError>) -> Result<Option<Finished>, GpuError> {
+        let probe = match &*self.profiling.lock().unwrap() {
+            None => None,
+            Some((TimeSource::GpuTimestamps, _)) => Some(Probe::Timestamps { sets: Vec::new(), kinds: Vec::new() }),
+            Some((TimeSource::WallPerDispatch, _)) => Some(Probe::Wall { pieces: Vec::new() }),
+        };
+        let mut encoder = Recorder::new(&self.device, probe);
+        record(&mut encoder)?;
+        self.dispatched.fetch_add(encoder.dispatches(), std::sync::atomic::Ordering::Relaxed);
+        let (commands, finished) = encoder.finish();
+        if !matches!(finished, Some(Finished::Wall { .. })) {
+            self.queue.submit([commands]);
+        }
+        Ok(finished)
+    }
+
+    /// Add a profiled recording's times to the profile in progress.
+    async fn profiled(&self, finished: Option<Finished>) -> Result<(), GpuError> {
+        let mut tally = Tally::default();
+        match finished {
+            None => return Ok(()),
+            Some(Finished::Timestamps { staging, kinds }) => {
+                tally.submitted(1);
+                if !kinds.is_empty() {
+                    let bytes = self.map_read(&staging, 16 * kinds.len() as u64).await?;
+                    let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(&bytes);
+                    let ns_per_tick = self.queue.get_timestamp_period() as f64;
+                    for (i, kind) in kinds.into_iter().enumerate() {
+                        // A driver may report an end before its beginning (counters of different
+                        // cores): count that as 0 rather than wrap.
+                        let ticks = ticks[2 * i + 1].saturating_sub(ticks[2 * i]);
+                        tally.add(kind, ticks as f64 * ns_per_tick * 1e-6);
+                    }
+                }
             }
-            // Set and cleared within this synchronous closure, so no other recording sees it.
-            *self.active.lock().unwrap() = Some(cache.clone());
-            let recorded = record(&mut encoder);
-            *self.active.lock().unwrap() = None;
-            recorded?;
-            self.queue.submit([encoder.finish()]);
-            Ok(())
-        })
-        .await
+            Some(Finished::Wall { pieces }) => {
+                for (kind, commands) in pieces {
+                    let t = now_ms();
+                    self.queue.submit([commands]);
+                    self.wait_idle().await?;
+                    let ms = now_ms() - t;
+                    match kind {
+                        Some(kind) => tally.add(kind, ms),
+                        None => tally.add_copy(ms),
+                    }
+                    tally.submitted(1);
+                }
+                self.check()?;
+            }
+        }
+        if let Some((_, total)) = self.profiling.lock().unwrap().as_mut() {
+            total.merge(tally);
+        }
+        Ok(())
+    }
+
+    /// Wait until the GPU has finished everything submitted so far: a 4-byte clear submitted
+    /// after it and mapped (the map completes once the queue has reached it). The same path as
+    /// every read-back, so it works wherever reading does (natively `poll`, in the browser the
+    /// map's promise).
+    pub async fn wait_idle(&self) -> Result<(), GpuError> {
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("idle"),
+            size: 4,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut encoder = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
+        encoder.clear_buffer(&staging, 0, None);
+        self.queue.submit([encoder.finish()]);
+        self.map_read(&staging, 4).await.map(|_| ())
+    }
+
+    /// Start profiling: every `run` / `run_cached` until [`Self::finish_profile`] times its
+    /// dispatches (see `gpu::profile`).
+    pub fn start_profile(&self) {
+        let source = if self.timestamps && self.use_timestamps.load(std::sync::atomic::Ordering::Relaxed) {
+            TimeSource::GpuTimestamps
+        } else {
+            TimeSource::WallPerDispatch
+        };
+        *self.profiling.lock().unwrap() = Some((source, Tally::default()));
+    }
+
+    /// The profile since [`Self::start_profile`] (None if it was not started), and stop profiling.
+    pub fn finish_profile(&self) -> Option<Profile> {
+        self.profiling.lock().unwrap().take().map(|(source, tally)| tally.finish(source))
+    }
+
+    /// Whether the device offers timestamp queries (GPU time in the profile).
+    pub fn has_timestamps(&self) -> bool {
+        self.timestamps
+    }
+
+    /// Let the profile use timestamp queries (the default where offered) or not (the wall-clock
+    /// fallback).
+    pub fn set_profile_timestamps(&self, on: bool) {
+        self.use_timestamps.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Dispatches submitted so far by `run` and `run_cached`.
+    pub fn dispatches_submitted(&self) -> usize {
+        self.dispatched.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Copy `buffer[..bytes]` to the CPU. Natively this blocks on `poll`; in the browser it awaits

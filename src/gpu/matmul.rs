@@ -10,12 +10,11 @@
 //! A product with at most [`matvec::MAX_ROWS`] rows of a row-major A (a decode step) goes to
 //! `shaders/matvec.wgsl` instead (see `gpu::matvec`): same spec, same semantics, no tile padding.
 
-use super::{check_f32, matvec, check_len, for_format, weight_kernels, GpuContext, GpuError, GpuTensor, Kernel1d, Recorder};
+use super::{check_f32, matvec, tune, check_len, for_format, weight_kernels, GpuContext, GpuError, GpuTensor, Kernel1d, Recorder};
 use crate::ops::Matmul;
 
 /// matmul.wgsl composed with each weight format, `matmul_<format>`: picked by B's format.
 const KERNELS: [Kernel1d; 6] = weight_kernels!("matmul", include_str!("../../shaders/matmul.wgsl"), include_str!("../../shaders/matmul_params.wgsl"));
-const TILE: usize = 64;
 
 /// The uniform of matmul.wgsl and matvec.wgsl (the same struct in both).
 #[repr(C)]
@@ -52,12 +51,30 @@ pub fn encode(
     if ctx.matvec() && matvec::fits(spec) {
         return matvec::encode(ctx, encoder, spec, a, b, bias, c);
     }
+    let variant = ctx.tuner.variant(spec, b.format);
+    encode_variant(ctx, encoder, spec, a, b, bias, c, variant)
+}
+
+/// [`encode`] with the tiled kernel's variant `v` of [`tune::VARIANTS`] (never the matvec kernel).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn encode_variant(
+    ctx: &GpuContext,
+    encoder: &mut Recorder,
+    spec: &Matmul,
+    a: &GpuTensor,
+    b: &GpuTensor,
+    bias: Option<&GpuTensor>,
+    c: &GpuTensor,
+    v: usize,
+) -> Result<(), GpuError> {
     check(spec, a, b, bias, c)?;
     if spec.c_len() == 0 {
         return Ok(());
     }
+    let variant = tune::VARIANTS[v];
+    let (tile_m, tile_n) = variant.tile();
     let max = ctx.max_workgroups_per_dim() as usize;
-    let groups = (spec.n.div_ceil(TILE), spec.m.div_ceil(TILE), spec.batch);
+    let groups = (spec.n.div_ceil(tile_n), spec.m.div_ceil(tile_m), spec.batch);
     if groups.0 > max || groups.1 > max || groups.2 > max {
         return Err(GpuError::Shape {
             op: "matmul",
@@ -65,7 +82,7 @@ pub fn encode(
         });
     }
     let groups = (groups.0 as u32, groups.1 as u32, groups.2 as u32);
-    record(ctx, encoder, for_format(&KERNELS, b.format), &[], spec, [a, b, c], bias, groups);
+    record(ctx, encoder, for_format(&KERNELS, b.format), &variant.constants(), spec, [a, b, c], bias, groups);
     Ok(())
 }
 

@@ -16,6 +16,7 @@ pub mod gelu;
 pub mod layernorm;
 pub mod matmul;
 pub mod matvec;
+pub mod profile;
 pub mod rmsnorm;
 pub mod residual_norm;
 pub mod rope;
@@ -23,6 +24,7 @@ pub mod scale;
 pub mod silu_mul;
 pub mod sum_squares;
 pub mod topk;
+pub mod tune;
 
 pub use context::{AdapterSummary, DispatchCache, GpuContext, Recorder};
 pub use tensor::{GpuTensor, MemoryCounter};

@@ -146,13 +146,7 @@ impl GpuContext {
     /// `shaders/weight_<format>.wgsl` of the kernels reading it expect them).
     pub async fn upload_weight(&self, w: &Weight) -> Result<GpuTensor, GpuError> {
         self.check_size("a weight", w.bytes())?;
-        let buffer = self
-            .scoped(|| {
-                let buffer = self.storage_buffer("weight", w.bytes());
-                self.queue.write_buffer(&buffer, 0, bytemuck::cast_slice(&w.words));
-                Ok(buffer)
-            })
-            .await?;
+        let buffer = self.weight_buffer(w, "weight").await?;
         let mut t = self.tensor(buffer, &w.shape);
         t.format = w.format;
         Ok(t)
@@ -176,5 +170,28 @@ impl GpuContext {
         }
         let bytes = self.read_bytes(&t.buffer, t.bytes()).await?;
         Ok(bytemuck::pod_collect_to_vec(&bytes))
+    }
+}
+
+impl GpuContext {
+    /// `w` on the GPU outside the memory count (the tuner's scratch operands: they are dropped
+    /// before the work they time continues, and must not show in a run's measured peak).
+    pub(crate) async fn upload_uncounted(&self, w: &Weight) -> Result<GpuTensor, GpuError> {
+        self.check_size("a tuning operand", w.bytes())?;
+        let buffer = self.weight_buffer(w, "scratch").await?;
+        let alloc = Allocation::new(&Arc::default(), buffer.size());
+        Ok(GpuTensor { buffer, shape: w.shape.clone(), format: w.format, _alloc: alloc })
+    }
+}
+
+impl GpuContext {
+    /// A storage buffer holding `w`'s packed words.
+    async fn weight_buffer(&self, w: &Weight, label: &str) -> Result<wgpu::Buffer, GpuError> {
+        self.scoped(|| {
+            let buffer = self.storage_buffer(label, w.bytes());
+            self.queue.write_buffer(&buffer, 0, bytemuck::cast_slice(&w.words));
+            Ok(buffer)
+        })
+        .await
     }
 }

@@ -18,6 +18,7 @@ pub mod data;
 pub mod examples;
 mod merge;
 pub mod memory;
+pub mod profile;
 mod run;
 mod step;
 
