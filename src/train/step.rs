@@ -525,11 +525,10 @@ impl Trainer {
                 copy_rows(enc, &a.q, s * t, &self.acts.window.qs, 0, t, qd);
                 copy_rows(enc, &a.k, s * t, &self.acts.window.ks, 0, t, kvd);
                 copy_rows(enc, &a.v, s * t, &self.acts.window.vs, 0, t, kvd);
+                copy_rows(enc, &a.att, s * t, &self.acts.window.os, 0, t, qd);
                 copy_rows(enc, &self.acts.scratch.d_att, s * t, &self.acts.window.dos, 0, t, qd);
-                gpu::attention::encode_backward(
-                    ctx, enc, &self.acts.window.qs, &self.acts.window.ks, &self.acts.window.vs, &a.probs[s], &self.acts.window.dos, &self.acts.window.dqs, &self.acts.window.dks, &self.acts.window.dvs, &self.acts.window.ds, t,
-                    &heads,
-                )?;
+                let w = &self.acts.window;
+                gpu::attention::encode_backward(ctx, enc, &w.qs, &w.ks, &w.vs, &w.os, &a.lse[s], &w.dos, &w.dqs, &w.dks, &w.dvs, &w.delta, t, &heads)?;
                 copy_rows(enc, &self.acts.window.dqs, 0, &self.acts.scratch.dq, s * t, t, qd);
                 copy_rows(enc, &self.acts.window.dks, 0, &self.acts.scratch.dk, s * t, t, kvd);
                 copy_rows(enc, &self.acts.window.dvs, 0, &self.acts.scratch.dv, s * t, t, kvd);
@@ -661,7 +660,7 @@ impl Pass for Trainer {
             copy_rows(enc, a.q, s * t, &w.qs, 0, t, qd);
             copy_rows(enc, a.k, s * t, &w.ks, 0, t, kvd);
             copy_rows(enc, a.v, s * t, &w.vs, 0, t, kvd);
-            gpu::attention::encode(ctx, enc, &w.qs, &w.ks, &w.vs, &w.os, &self.layer(l).probs[s], t, 0, &heads)?;
+            gpu::attention::encode(ctx, enc, &w.qs, &w.ks, &w.vs, &w.os, &self.layer(l).lse[s], t, 0, &heads)?;
             copy_rows(enc, &w.os, 0, a.att, s * t, t, qd);
         }
         Ok(())
