@@ -3,7 +3,8 @@
 //! Rows: a batch of B windows of T tokens is run as N = B·T rows for every row-wise op (linears,
 //! norms, element-wise ops, RoPE with positions t mod T); attention runs one window at a time on
 //! copies of its rows. Kept from the forward, per block: the block input (attention-norm input),
-//! its norm, q and k after RoPE, v, the attention probabilities of each window, the attention
+//! its norm, q and k after RoPE, v, each window's attention row logsumexp (the backward
+//! recomputes the probabilities from it, so attention keeps O(T) per window), the attention
 //! output, the mid residual (MLP-norm input), its norm and the MLP's pre-activations; per adapted
 //! module u = x·Aᵀ. The gradient of the embeddings is never formed: nothing before the first block
 //! is trainable, and the first block's input gradient is skipped too.
@@ -586,7 +587,7 @@ impl Trainer {
 /// The trainer's side of the one network (`model::block`): every block keeps its own activations
 /// (or, checkpointing, its input, the rest in one shared set),
 /// projections add the adapter, and attention runs window by window with positions t mod T,
-/// keeping each window's probabilities for the backward.
+/// keeping each window's row logsumexp for the backward.
 impl Pass for Trainer {
     fn rows(&self) -> usize {
         self.rows
