@@ -1,15 +1,20 @@
-// attention: causal multi-head attention with grouped-query heads, fused (scores, softmax, P·V).
+// attention: causal multi-head attention with grouped-query heads, fused (scores, softmax, P·V) with
+// an online softmax over tiles of 256 keys, so no [T, S] matrix is ever stored (flash-style).
 //   q [T, Hq·Dh] for T new tokens at positions past..past+T;
 //   k, v [≥ S, Hkv·Dh], S = past + T (the KV cache then the new tokens; rows beyond S are ignored);
 //   query head h reads key/value head h / (Hq / Hkv); query t sees keys s ≤ past + t.
-//   P[h, t, s] = softmax_s(q[t, h]·k[s, h']ᵀ · scale)  (scale = 1/√Dh), 0 for s > past + t;
-//   out[t, h·Dh + d] = Σ_s P[h, t, s] · v[s, h'·Dh + d]
-// Layout: probs [Hq, T, S] f32 row-major receives P (kept for the backward pass); it also holds the
-// raw scores and exponentials while one row is being computed. out [T, Hq·Dh].
+//   x[h, t, s] = q[t, h]·k[s, h']ᵀ · scale  (scale = 1/√Dh), s ≤ past + t
+//   lse[h, t]  = log Σ_s exp(x[h, t, s])                (kept for the backward, which recomputes P)
+//   out[t, h·Dh + d] = Σ_s exp(x[h, t, s] − lse[h, t]) · v[s, h'·Dh + d]
+// Online softmax, tile by tile (keys s0 .. s0+255): m' = max(m, max_tile x), α = exp(m − m'),
+// l' = α·l + Σ_tile exp(x − m'), acc' = α·acc + Σ_tile exp(x − m')·v; at the end out = acc / l and
+// lse = m + log l.
+// Layout: f32 row-major; out [T, Hq·Dh]; lse [Hq, T].
 // Dispatch: one workgroup of 256 threads per (t, h), row index t·Hq + h, over a 2-D grid (x ≤ the
-// per-dimension limit, spilling into y). Threads stride over the visible keys for the scores (any S),
-// a workgroup max and sum reduction normalise them, then teams of Dh threads (256 / Dh teams; Dh ≤ 256)
-// each accumulate P·v over every team-th key and the teams' partial rows are summed.
+// per-dimension limit, spilling into y). Per tile each thread scores one key (its exponential goes to
+// workgroup memory), workgroup max and sum reductions update m and l, then teams of Dh threads
+// (256 / Dh teams; Dh ≤ 256) each accumulate p·v over every team-th key of the tile; the teams'
+// partial rows are summed at the end.
 
 struct Params {
     tokens: u32,
@@ -18,7 +23,7 @@ struct Params {
     kv_heads: u32,
     head_dim: u32,
     group: u32,   // q_heads / kv_heads
-    seq: u32,     // S = past + tokens, the row length of probs
+    _pad: u32,
     scale: f32,
 }
 
@@ -26,13 +31,14 @@ struct Params {
 @group(0) @binding(1) var<storage, read> k: array<f32>;
 @group(0) @binding(2) var<storage, read> v: array<f32>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
-@group(0) @binding(4) var<storage, read_write> probs: array<f32>;
+@group(0) @binding(4) var<storage, read_write> lse: array<f32>;
 @group(0) @binding(5) var<uniform> p: Params;
 
 const WG: u32 = 256u;
 const NEG_MAX: f32 = -0x1.fffffep+127f;  // -FLT_MAX (Chrome's Tint rejects decimal spellings that round past it)
 
 var<workgroup> q_row: array<f32, 256>;
+var<workgroup> p_tile: array<f32, 256>;
 
 // workgroup_sum / workgroup_max / workgroup_sum2 and `scratch`: shaders/workgroup_reduce.wgsl.
 
@@ -51,54 +57,47 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
     let q_base = row * dh;                       // q[t, h·Dh], also out's
     let kv_stride = p.kv_heads * dh;
     let kv_off = (h / p.group) * dh;
-    let p_base = (h * p.tokens + t) * p.seq;
 
     if (tid < dh) {
         q_row[tid] = q[q_base + tid];
     }
     workgroupBarrier();
 
-    // Scores of the visible keys, one key per thread at a time.
-    var m = NEG_MAX;
-    for (var s = tid; s < visible; s += WG) {
-        let k_base = s * kv_stride + kv_off;
-        var dot = 0.0;
-        for (var d = 0u; d < dh; d++) {
-            dot = fma(q_row[d], k[k_base + d], dot);
-        }
-        let score = dot * p.scale;
-        probs[p_base + s] = score;
-        m = max(m, score);
-    }
-    let row_max = workgroup_max(tid, m);
-
-    // Each thread revisits only the entries it wrote itself: no barrier needed between the loops.
-    var sum = 0.0;
-    for (var s = tid; s < visible; s += WG) {
-        let e = exp(probs[p_base + s] - row_max);
-        probs[p_base + s] = e;
-        sum += e;
-    }
-    let total = workgroup_sum(tid, sum);
-    for (var s = tid; s < p.seq; s += WG) {
-        if (s < visible) {
-            probs[p_base + s] = probs[p_base + s] / total;
-        } else {
-            probs[p_base + s] = 0.0;
-        }
-    }
-    // P·V reads entries other threads wrote.
-    storageBarrier();
-
     let teams = WG / dh;
     let team = tid / dh;
     let d = tid - team * dh;
-    var acc = 0.0;
-    if (team < teams) {
-        let v_col = kv_off + d;
-        for (var s = team; s < visible; s += teams) {
-            acc = fma(probs[p_base + s], v[s * kv_stride + v_col], acc);
+    var m = NEG_MAX;                             // the same in every thread (reductions broadcast)
+    var l = 0.0;
+    var acc = 0.0;                               // this thread's team's partial out[t, h·Dh + d]
+    for (var s0 = 0u; s0 < visible; s0 += WG) {
+        let s = s0 + tid;
+        var x = NEG_MAX;
+        if (s < visible) {
+            let k_base = s * kv_stride + kv_off;
+            var dot = 0.0;
+            for (var i = 0u; i < dh; i++) {
+                dot = fma(q_row[i], k[k_base + i], dot);
+            }
+            x = dot * p.scale;
         }
+        let m_new = max(m, workgroup_max(tid, x));
+        var e = 0.0;
+        if (s < visible) {
+            e = exp(x - m_new);
+        }
+        p_tile[tid] = e;
+        // workgroup_sum's barriers also publish p_tile to every thread.
+        let alpha = exp(m - m_new);              // 0 on the first tile (m = -FLT_MAX)
+        l = l * alpha + workgroup_sum(tid, e);
+        m = m_new;
+        acc *= alpha;
+        if (team < teams) {
+            let n = min(WG, visible - s0);
+            for (var j = team; j < n; j += teams) {
+                acc = fma(p_tile[j], v[(s0 + j) * kv_stride + kv_off + d], acc);
+            }
+        }
+        workgroupBarrier(); // everyone has read p_tile before the next tile overwrites it
     }
     scratch[tid] = acc;
     workgroupBarrier();
@@ -107,6 +106,9 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
         for (var g = 0u; g < teams; g++) {
             o += scratch[g * dh + tid];
         }
-        out[q_base + tid] = o;
+        out[q_base + tid] = o / l;
+    }
+    if (tid == 0u) {
+        lse[h * p.tokens + t] = m + log(l);
     }
 }

@@ -611,11 +611,12 @@ async fn bench_train(ctx: &GpuContext, case: &TrainCase, log: &dyn Fn(&str)) -> 
     let cpu = cpu0.zip(cpu_seconds()).map(|(a, b)| (b - a) / case.steps as f64);
     let measured = ctx.memory().peak() - before;
     let adapter = Adapter::from_options(&c, &opts)?;
-    let budget = memory::estimate(frozen, &c, &adapter, &settings).total();
+    let budget = memory::estimate(frozen, &c, &adapter, &settings);
     let tokens = (case.batch * case.seq) as f64;
     let mut rows = vec![
         Row { key: format!("{} memory", case.key), value: measured as f64 / 1e6, unit: "MB".into() },
-        Row { key: format!("{} memory budget", case.key), value: budget as f64 / 1e6, unit: "MB".into() },
+        Row { key: format!("{} memory budget", case.key), value: budget.total() as f64 / 1e6, unit: "MB".into() },
+        Row { key: format!("{} memory of attention", case.key), value: budget.attention as f64 / 1e6, unit: "MB".into() },
     ];
     // No steps: the memory a run takes, which is all set up before the first step (tests/train_memory.rs
     // checks that steps allocate nothing more), for shapes too slow to step on a software GPU.

@@ -184,8 +184,8 @@ gpu_test! {
             let k = scaled(&mut rng, tokens * hkv * dh, 2.0);
             let v = rng.vec(tokens * hkv * dh);
             let w = rng.vec(tokens * hq * dh);
-            let probs = reference::attention::attention_probs(&q, &k, 0, &heads);
-            let (dq, dk, dv) = reference::attention::attention_backward(&q, &k, &v, &probs, &w, &heads);
+            let (out, lse) = (reference::attention::attention(&q, &k, &v, 0, &heads), reference::attention::attention_lse(&q, &k, 0, &heads));
+            let (dq, dk, dv) = reference::attention::attention_backward(&q, &k, &v, &out, &lse, &w, &heads);
             let att = |q: &[f32], k: &[f32], v: &[f32]| dot(&w, &reference::attention::attention(q, k, v, 0, &heads));
             let what = format!("Hq={hq} Hkv={hkv} Dh={dh} T={tokens}");
             let fq = finite_differences(&q, FD_H, |x| att(x, &k, &v));
@@ -392,57 +392,53 @@ gpu_test! {
 // ---------------------------------------------------------------------------------------------
 // attention
 
-/// GPU attention backward against the reference backward (both given the reference's P), with
-/// garbage in every output and in the scratch; returns the max error over dq, dk, dv. With
-/// `gpu_probs`, P comes from the GPU forward instead (the whole training chain), compared with the
-/// reference backward on the reference's P.
-async fn check_attention_backward(ctx: &GpuContext, heads: Heads, tokens: usize, seed: u64, gpu_probs: bool) -> f32 {
+/// GPU attention backward against the reference backward (both given the reference forward's out
+/// and logsumexp), with garbage in every output and in the scratch; returns the max error over dq,
+/// dk, dv. With `gpu_forward`, out and lse come from the GPU forward instead (the whole training
+/// chain), compared with the reference backward on the reference's.
+async fn check_attention_backward(ctx: &GpuContext, heads: Heads, tokens: usize, seed: u64, gpu_forward: bool) -> f32 {
     let mut rng = Rng::new(seed);
     let (hq, hkv, dh) = (heads.q_heads, heads.kv_heads, heads.head_dim);
     let q = scaled(&mut rng, tokens * hq * dh, 3.0); // a peaked softmax
     let k = rng.vec(tokens * hkv * dh);
     let v = rng.vec(tokens * hkv * dh);
     let dout = rng.vec(tokens * hq * dh);
-    let probs = reference::attention::attention_probs(&q, &k, 0, &heads);
-    let (want_q, want_k, want_v) = reference::attention::attention_backward(&q, &k, &v, &probs, &dout, &heads);
+    let out = reference::attention::attention(&q, &k, &v, 0, &heads);
+    let lse = reference::attention::attention_lse(&q, &k, 0, &heads);
+    let (want_q, want_k, want_v) = reference::attention::attention_backward(&q, &k, &v, &out, &lse, &dout, &heads);
 
     let (qg, kg, vg) = (upload(ctx, &q).await, upload(ctx, &k).await, upload(ctx, &v).await);
     let dog = upload(ctx, &dout).await;
-    let plen = ops::attention::probs_len(tokens, 0, &heads);
-    let slen = ops::attention::backward_scratch_len(tokens, &heads);
-    assert_eq!(plen, slen);
-    let pg = if gpu_probs {
-        let pg = ctx.zeros(&[plen]).await.unwrap();
-        let out = ctx.zeros(&[tokens * hq * dh]).await.unwrap();
-        run(ctx, |enc| ops::attention::encode(ctx, enc, &qg, &kg, &vg, &out, &pg, tokens, 0, &heads)).await;
-        pg
+    let rows = ops::attention::lse_len(tokens, &heads);
+    assert_eq!(rows, lse.len());
+    let (og, lg) = if gpu_forward {
+        let (og, lg) = (garbage(ctx, out.len()).await, garbage(ctx, rows).await);
+        run(ctx, |enc| ops::attention::encode(ctx, enc, &qg, &kg, &vg, &og, &lg, tokens, 0, &heads)).await;
+        (og, lg)
     } else {
-        upload(ctx, &probs).await
+        (upload(ctx, &out).await, upload(ctx, &lse).await)
     };
     let (dq, dk, dv) = (garbage(ctx, q.len()).await, garbage(ctx, k.len()).await, garbage(ctx, v.len()).await);
-    let scratch = ctx.upload(&vec![7.0; slen], &[slen]).await.unwrap();
+    let delta = garbage(ctx, rows).await;
     run(ctx, |enc| {
-        ops::attention::encode_backward(ctx, enc, &qg, &kg, &vg, &pg, &dog, &dq, &dk, &dv, &scratch, tokens, &heads)
+        ops::attention::encode_backward(ctx, enc, &qg, &kg, &vg, &og, &lg, &dog, &dq, &dk, &dv, &delta, tokens, &heads)
     })
     .await;
 
-    let what = format!("Hq={hq} Hkv={hkv} Dh={dh} tokens={tokens} gpu_probs={gpu_probs}");
+    let what = format!("Hq={hq} Hkv={hkv} Dh={dh} tokens={tokens} gpu_forward={gpu_forward}");
     let eq = max_error(&ctx.read(&dq).await.unwrap(), &want_q);
     let ek = max_error(&ctx.read(&dk).await.unwrap(), &want_k);
     let ev = max_error(&ctx.read(&dv).await.unwrap(), &want_v);
-    let ds = ctx.read(&scratch).await.unwrap();
-    for h in 0..hq {
-        for t in 0..tokens {
-            let row = &ds[(h * tokens + t) * tokens..][..tokens];
-            assert!(row[t + 1..].iter().all(|&x| x == 0.0), "{what}: dS[{h}, {t}] not 0 past the mask");
-            // dS = P ⊙ (dP − Σ P·dP) sums to 0 over a row.
-            let s: f32 = row.iter().sum();
-            let m = row.iter().fold(0.0f32, |m, x| m.max(x.abs()));
-            assert!(s.abs() <= 1e-5 * m.max(1.0), "{what}: dS[{h}, {t}] sums to {s}");
-        }
-    }
+    // The scratch holds D[h, t] = dout[t, h]·out[t, h] for every row.
+    let big_d: Vec<f32> = (0..hq * tokens)
+        .map(|r| {
+            let o = ((r % tokens) * hq + r / tokens) * dh;
+            dout[o..][..dh].iter().zip(&out[o..][..dh]).map(|(a, b)| a * b).sum()
+        })
+        .collect();
+    let ed = max_error(&ctx.read(&delta).await.unwrap(), &big_d);
     // Sums of up to group · T products in another order than the reference: ~1e-6 on these shapes.
-    assert!(eq <= TOL && ek <= TOL && ev <= TOL, "{what}: max error dq {eq}, dk {ek}, dv {ev}");
+    assert!(eq <= TOL && ek <= TOL && ev <= TOL && ed <= TOL, "{what}: max error dq {eq}, dk {ek}, dv {ev}, D {ed}");
     eq.max(ek).max(ev)
 }
 
@@ -457,14 +453,15 @@ gpu_test! {
             (8, 1, 4, 37),  // one key/value head for 8 query heads
             (2, 1, 130, 7), // a head_dim that does not divide 256 (uneven teams)
             (1, 1, 256, 3), // the largest head_dim
-            (2, 1, 16, 300), // more keys than threads (strided dP), long columns for dk/dv
+            (2, 1, 16, 300), // more keys than a tile (two tiles, the last partial), long columns for dk/dv
+            (1, 1, 8, 256),  // exactly one tile of keys
         ];
         for (i, (hq, hkv, dh, tokens)) in configs.into_iter().enumerate() {
             let heads = Heads { q_heads: hq, kv_heads: hkv, head_dim: dh };
             worst = worst.max(check_attention_backward(&ctx, heads, tokens, 150 + i as u64, false).await);
         }
-        // P from the GPU forward: the training chain forward → backward.
-        for (i, (hq, hkv, dh, tokens)) in [(6, 2, 8, 23), (2, 1, 130, 7)].into_iter().enumerate() {
+        // out and lse from the GPU forward: the training chain forward → backward.
+        for (i, (hq, hkv, dh, tokens)) in [(6, 2, 8, 23), (2, 1, 130, 7), (2, 1, 16, 300)].into_iter().enumerate() {
             let heads = Heads { q_heads: hq, kv_heads: hkv, head_dim: dh };
             worst = worst.max(check_attention_backward(&ctx, heads, tokens, 170 + i as u64, true).await);
         }
@@ -638,22 +635,22 @@ gpu_test! {
         // Attention with one query and one key/value head per row, a single token, Dh = 1.
         let heads = Heads { q_heads: rows, kv_heads: rows, head_dim: 1 };
         let (q, k, v, dout) = (rng.vec(rows), rng.vec(rows), rng.vec(rows), rng.vec(rows));
-        let probs = reference::attention::attention_probs(&q, &k, 0, &heads);
+        let (out, lse) = (reference::attention::attention(&q, &k, &v, 0, &heads), reference::attention::attention_lse(&q, &k, 0, &heads));
         let (qg, kg, vg, dog) = (upload(&ctx, &q).await, upload(&ctx, &k).await, upload(&ctx, &v).await, upload(&ctx, &dout).await);
-        let pg = upload(&ctx, &probs).await;
-        let (dq, dk, dv, scratch) =
+        let (og, lg) = (upload(&ctx, &out).await, upload(&ctx, &lse).await);
+        let (dq, dk, dv, delta) =
             (garbage(&ctx, rows).await, garbage(&ctx, rows).await, garbage(&ctx, rows).await, garbage(&ctx, rows).await);
         run(&ctx, |enc| {
             ops::layernorm::encode_backward(&ctx, enc, &xg, &wg, &dyg, &d1, rows, dim, 1e-5)?;
             ops::rmsnorm::encode_backward(&ctx, enc, &xg, &wg, &dyg, &d2, rows, dim, 1e-6)?;
             ops::cross_entropy::encode_backward(&ctx, enc, &xg, &tg, &d3, rows, dim, 0.5)?;
-            ops::attention::encode_backward(&ctx, enc, &qg, &kg, &vg, &pg, &dog, &dq, &dk, &dv, &scratch, 1, &heads)
+            ops::attention::encode_backward(&ctx, enc, &qg, &kg, &vg, &og, &lg, &dog, &dq, &dk, &dv, &delta, 1, &heads)
         })
         .await;
         let want1 = reference::layernorm::layernorm_backward(&x, &weight, &dy, dim, 1e-5);
         let want2 = reference::rmsnorm::rmsnorm_backward(&x, &weight, &dy, dim, 1e-6);
         let want3 = reference::cross_entropy::cross_entropy_backward(&x, dim, &targets, 0.5);
-        let (wq, wk, wv) = reference::attention::attention_backward(&q, &k, &v, &probs, &dout, &heads);
+        let (wq, wk, wv) = reference::attention::attention_backward(&q, &k, &v, &out, &lse, &dout, &heads);
         let e1 = max_error(&ctx.read(&d1).await.unwrap(), &want1);
         let e2 = max_error(&ctx.read(&d2).await.unwrap(), &want2);
         let e3 = max_error(&ctx.read(&d3).await.unwrap(), &want3);
@@ -670,7 +667,7 @@ gpu_test! {
 /// The error of an attention backward over 4 tokens with every tensor `t` but the scratch.
 async fn attention_error(ctx: &GpuContext, t: &GpuTensor, scratch: &GpuTensor, heads: Heads) -> String {
     let r = ctx
-        .run(|enc| ops::attention::encode_backward(ctx, enc, t, t, t, t, t, t, t, t, scratch, 4, &heads))
+        .run(|enc| ops::attention::encode_backward(ctx, enc, t, t, t, t, t, t, t, t, t, scratch, 4, &heads))
         .await;
     r.unwrap_err().to_string()
 }
@@ -700,13 +697,13 @@ gpu_test! {
         assert!(e.contains("cross_entropy_backward") && e.contains("dlogits has 11 values"), "{e}");
 
         let big = z(600 * 4).await;
-        let small = z(64).await;
+        let small = z(16).await;
         let e = attention_error(ctx, &big, &big, Heads { q_heads: 1, kv_heads: 1, head_dim: 300 }).await;
         assert!(e.contains("attention_backward") && e.contains("head_dim 300"), "{e}");
         let e = attention_error(ctx, &big, &big, Heads { q_heads: 3, kv_heads: 2, head_dim: 8 }).await;
         assert!(e.contains("not a whole multiple"), "{e}");
         let e = attention_error(ctx, &big, &small, Heads { q_heads: 8, kv_heads: 4, head_dim: 8 }).await;
-        assert!(e.contains("scratch has 64 values") && e.contains("needs 128"), "{e}");
+        assert!(e.contains("delta has 16 values") && e.contains("needs 32"), "{e}");
 
         let (p, g, m, v) = (z(7).await, z(7).await, z(7).await, z(6).await);
         let opt = AdamW::default();

@@ -297,7 +297,7 @@ gpu_test! {
         let (q, k, v) = (rng.vec(rows), rng.vec(2), rng.vec(2));
         let (qg, kg, vg) = (upload(&ctx, &q).await, upload(&ctx, &k).await, upload(&ctx, &v).await);
         let att = ctx.zeros(&[rows]).await.unwrap();
-        let probs = ctx.zeros(&[ops::attention::probs_len(1, 1, &heads)]).await.unwrap();
+        let lse = ctx.zeros(&[ops::attention::lse_len(1, &heads)]).await.unwrap();
         // residual_norm (layernorm flavour) of x + branch.
         let branch = rng.vec(rows * dim);
         let brg = upload(&ctx, &branch).await;
@@ -307,7 +307,7 @@ gpu_test! {
             ops::layernorm::encode(&ctx, enc, &xg, &wg, &bg, &o1, rows, dim, 1e-5)?;
             ops::rmsnorm::encode(&ctx, enc, &xg, &wg, &o2, rows, dim, 1e-6)?;
             ops::cross_entropy::encode(&ctx, enc, &xg, &tg, &losses, rows, dim)?;
-            ops::attention::encode(&ctx, enc, &qg, &kg, &vg, &att, &probs, 1, 1, &heads)
+            ops::attention::encode(&ctx, enc, &qg, &kg, &vg, &att, &lse, 1, 1, &heads)
         })
         .await;
         let want1 = reference::layernorm::layernorm(&x, &weight, &bias, dim, 1e-5);
@@ -458,33 +458,7 @@ gpu_test! {
 // ---------------------------------------------------------------------------------------------
 // attention
 
-/// The softmax probabilities the reference computes internally, [Hq, T, S] with zeros past the mask.
-fn reference_probs(q: &[f32], k: &[f32], tokens: usize, past: usize, h: &Heads) -> Vec<f32> {
-    let (hq, hkv, dh) = (h.q_heads, h.kv_heads, h.head_dim);
-    let seq = past + tokens;
-    let scale = 1.0 / (dh as f32).sqrt();
-    let mut p = vec![0.0; hq * tokens * seq];
-    for t in 0..tokens {
-        for head in 0..hq {
-            let kvh = head / (hq / hkv);
-            let qv = &q[(t * hq + head) * dh..][..dh];
-            let scores: Vec<f32> = (0..=past + t)
-                .map(|s| {
-                    let kv = &k[(s * hkv + kvh) * dh..][..dh];
-                    qv.iter().zip(kv).map(|(a, b)| a * b).sum::<f32>() * scale
-                })
-                .collect();
-            let max = scores.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-            let sum: f32 = scores.iter().map(|s| (s - max).exp()).sum();
-            for (s, sc) in scores.iter().enumerate() {
-                p[(head * tokens + t) * seq + s] = (sc - max).exp() / sum;
-            }
-        }
-    }
-    p
-}
-
-/// Attention output and probabilities against the reference: (max error of out, of probs).
+/// Attention output and row logsumexp against the reference: (max error of out, of lse).
 async fn check_attention(
     ctx: &GpuContext,
     heads: Heads,
@@ -501,37 +475,27 @@ async fn check_attention(
     let v = rng.vec(cache * hkv * dh);
     let used = seq * hkv * dh;
     let want = reference::attention::attention(&q, &k[..used], &v[..used], past, &heads);
-    let want_p = reference_probs(&q, &k, tokens, past, &heads);
+    let want_lse = reference::attention::attention_lse(&q, &k[..used], past, &heads);
 
     let qg = ctx.upload(&q, &[tokens, hq * dh]).await.unwrap();
     let kg = ctx.upload(&k, &[cache, hkv * dh]).await.unwrap();
     let vg = ctx.upload(&v, &[cache, hkv * dh]).await.unwrap();
     let out = ctx.upload(&vec![f32::NAN; tokens * hq * dh], &[tokens, hq * dh]).await.unwrap();
-    let plen = ops::attention::probs_len(tokens, past, &heads);
-    assert_eq!(plen, want_p.len());
-    // Garbage in the probabilities buffer: every entry must be written, masked ones with 0.
-    let probs = ctx.upload(&vec![7.0; plen], &[plen]).await.unwrap();
-    run(ctx, |enc| ops::attention::encode(ctx, enc, &qg, &kg, &vg, &out, &probs, tokens, past, &heads)).await;
+    let rows = ops::attention::lse_len(tokens, &heads);
+    assert_eq!(rows, want_lse.len());
+    // Garbage in the logsumexp buffer: every entry must be written.
+    let lse = ctx.upload(&vec![f32::NAN; rows], &[rows]).await.unwrap();
+    run(ctx, |enc| ops::attention::encode(ctx, enc, &qg, &kg, &vg, &out, &lse, tokens, past, &heads)).await;
 
     let what = format!("Hq={hq} Hkv={hkv} Dh={dh} tokens={tokens} past={past}");
     let e_out = max_error(&ctx.read(&out).await.unwrap(), &want);
-    let p = ctx.read(&probs).await.unwrap();
-    let e_p = max_error(&p, &want_p);
-    for h in 0..hq {
-        for t in 0..tokens {
-            let row = &p[(h * tokens + t) * seq..][..seq];
-            let visible = past + t + 1;
-            let sum: f32 = row[..visible].iter().sum();
-            assert!((sum - 1.0).abs() <= 1e-5, "{what}: P[{h}, {t}] sums to {sum}");
-            assert!(row[..visible].iter().all(|&x| x >= 0.0), "{what}: negative probability");
-            assert!(row[visible..].iter().all(|&x| x == 0.0), "{what}: P[{h}, {t}] not 0 past the mask");
-        }
-    }
-    // exp and the summation order differ from the reference (a tree over 256 threads for the softmax
-    // sum, teams of Dh threads for P·V), but only by ~3e-7 on these shapes: 1e-5 is enough.
+    let e_lse = max_error(&ctx.read(&lse).await.unwrap(), &want_lse);
+    // exp and the summation order differ from the reference (an online softmax over tiles of 256
+    // keys, a tree over 256 threads for each tile's sum, teams of Dh threads for P·V), but only by
+    // ~3e-7 on these shapes: 1e-5 is enough.
     assert!(e_out <= TOL, "{what}: output max error {e_out}");
-    assert!(e_p <= TOL, "{what}: probabilities max error {e_p}");
-    (e_out, e_p)
+    assert!(e_lse <= TOL, "{what}: logsumexp max error {e_lse}");
+    (e_out, e_lse)
 }
 
 gpu_test! {
@@ -553,23 +517,24 @@ gpu_test! {
                 }
             }
         }
-        eprintln!("attention: max error out {:e}, probs {:e}", worst.0, worst.1);
+        eprintln!("attention: max error out {:e}, lse {:e}", worst.0, worst.1);
     }
 }
 
 gpu_test! {
     /// A head_dim that does not divide 256 (uneven teams), the largest one, and more visible keys
-    /// than threads (strided scores).
+    /// than a tile of 256 (the online softmax across tiles, the last one partial): from a long
+    /// cache, and a training window of 300 tokens.
     async fn attention_large_heads_and_long_cache() {
         let ctx = gpu().await;
         let mut worst = (0.0f32, 0.0f32);
-        let configs = [(2, 1, 130, 7, 5), (1, 1, 256, 2, 3), (4, 2, 16, 3, 300), (2, 2, 36, 1, 600)];
+        let configs = [(2, 1, 130, 7, 5), (1, 1, 256, 2, 3), (4, 2, 16, 3, 300), (2, 2, 36, 1, 600), (2, 1, 8, 300, 0)];
         for (i, (hq, hkv, dh, tokens, past)) in configs.into_iter().enumerate() {
             let heads = Heads { q_heads: hq, kv_heads: hkv, head_dim: dh };
             let (a, b) = check_attention(&ctx, heads, tokens, past, 70 + i as u64).await;
             worst = (worst.0.max(a), worst.1.max(b));
         }
-        eprintln!("attention (large): max error out {:e}, probs {:e}", worst.0, worst.1);
+        eprintln!("attention (large): max error out {:e}, lse {:e}", worst.0, worst.1);
     }
 }
 
@@ -656,11 +621,11 @@ gpu_test! {
         assert!(e.contains("gelu"), "{e}");
 
         let big = z(600 * 4).await.unwrap();
-        let probs = z(64).await.unwrap();
+        let lse = z(48).await.unwrap();
         let att = |heads: Heads| {
-            let (big, probs) = (&big, &probs);
+            let (big, lse) = (&big, &lse);
             async move {
-                ctx.run(|enc| ops::attention::encode(ctx, enc, big, big, big, big, probs, 2, 0, &heads)).await
+                ctx.run(|enc| ops::attention::encode(ctx, enc, big, big, big, big, lse, 2, 0, &heads)).await
             }
         };
         let e = err(att(Heads { q_heads: 1, kv_heads: 1, head_dim: 300 }).await);
@@ -668,7 +633,7 @@ gpu_test! {
         let e = err(att(Heads { q_heads: 3, kv_heads: 2, head_dim: 8 }).await);
         assert!(e.contains("not a whole multiple"), "{e}");
         let e = err(att(Heads { q_heads: 32, kv_heads: 4, head_dim: 8 }).await);
-        assert!(e.contains("probs has 64 values"), "{e}");
+        assert!(e.contains("lse has 48 values") && e.contains("needs 64"), "{e}");
     }
 }
 

@@ -202,11 +202,12 @@ gpu_test! {
             let kept = check_with(files.clone(), opts.clone(), batch, seq, true).await;
             let all = check_with(files, opts, batch, seq, false).await;
             // What one block keeps besides its input, counted from the config: h1, q, k, v, the
-            // attention output, x_mid, h2, the MLP's activations, and each window's probabilities.
+            // attention output, x_mid, h2, the MLP's activations, and each window's row logsumexp
+            // [Hq, T] (linear in T: the backward recomputes the probabilities).
             let n = batch * seq;
             let (d, f, qd, kvd) = (c.hidden_size, c.intermediate_size, c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
             let mlp = if c.model_type == "gpt2" { 2 * n * f + 1 } else { 3 * n * f };
-            let per_layer = 3 * n * d + n * qd + 2 * n * kvd + n * qd + mlp + batch * c.num_heads * seq * seq;
+            let per_layer = 3 * n * d + n * qd + 2 * n * kvd + n * qd + mlp + batch * c.num_heads * seq;
             let saved = (c.num_layers - 1) as u64 * 4 * per_layer as u64;
             assert!(c.num_layers > 1);
             assert_eq!(all.activations - kept.activations, saved, "{}: checkpointing saves", c.model_type);
@@ -245,6 +246,12 @@ gpu_test! {
         // A batch smaller than a chunk keeps all its rows' logits: a window of 4 tokens.
         let small = memory::estimate(0, &c, &adapter, &TrainSettings { batch: 1, seq_len: 4, ..TrainSettings::default() });
         assert_eq!(small.logits, 2 * 4 * 4 * v);
+        // Attention keeps a row logsumexp [Hq, T] per window and layer (and D of one window for
+        // the backward): linear in T, where the probabilities would be [Hq, T, T].
+        let at_seq = |seq_len| memory::estimate(0, &c, &adapter, &TrainSettings { batch: 2, seq_len, ..TrainSettings::default() }).attention;
+        let hq = c.num_heads as u64;
+        assert_eq!(at_seq(512), 4 * hq * 512 * (2 * c.num_layers as u64 + 1));
+        assert_eq!(at_seq(1024), 2 * at_seq(512));
         for grad_checkpoint in [false, true] {
             let b = budget(4, grad_checkpoint);
             println!(

@@ -1,6 +1,7 @@
 //! Launcher for `shaders/attention.wgsl`: fused causal multi-head attention with grouped-query heads
-//! (scores, softmax, P·V), keeping the softmax probabilities for the backward pass.
-//! CPU reference: `reference::attention`.
+//! (scores, online softmax, P·V over tiles of keys), keeping only each row's logsumexp for the
+//! backward pass, which recomputes the probabilities (`shaders/attention_backward.wgsl`): O(T)
+//! memory, not O(T²). CPU reference: `reference::attention`.
 
 use super::{check_len, check_u32, grid_rows, GpuContext, GpuError, GpuTensor, Recorder};
 use crate::reference::attention::Heads;
@@ -18,13 +19,14 @@ struct Params {
     kv_heads: u32,
     head_dim: u32,
     group: u32,
-    seq: u32,
+    _pad: u32,
     scale: f32,
 }
 
-/// Values in the `probs` buffer: P [Hq, tokens, S] with S = past + tokens.
-pub fn probs_len(tokens: usize, past: usize, heads: &Heads) -> usize {
-    heads.q_heads * tokens * (past + tokens)
+/// Values in the `lse` buffer (and in the backward's scratch): one per (query head, token),
+/// [Hq, tokens].
+pub fn lse_len(tokens: usize, heads: &Heads) -> usize {
+    heads.q_heads * tokens
 }
 
 fn shape(detail: String) -> GpuError {
@@ -33,9 +35,9 @@ fn shape(detail: String) -> GpuError {
 
 /// Record attention for `tokens` new queries at positions `past .. past + tokens`:
 /// q [tokens, Hq·Dh]; k, v with at least S = past + tokens rows of [Hkv·Dh] (a KV cache may be
-/// longer; later rows are ignored); out [tokens, Hq·Dh]; probs (at least `probs_len` values)
-/// receives P[h, t, s] row-major [Hq, tokens, S], 0 beyond the causal mask (s > past + t).
-/// Any S works (the probabilities live in `probs`, not workgroup memory); Dh ≤ `MAX_HEAD_DIM`.
+/// longer; later rows are ignored); out [tokens, Hq·Dh]; lse (at least [`lse_len`] values) receives
+/// lse[h, t] = log Σ_{s ≤ past + t} exp(q[t, h]·k[s, h']/√Dh), row-major [Hq, tokens].
+/// Any S works (keys stream through workgroup memory a tile at a time); Dh ≤ `MAX_HEAD_DIM`.
 #[allow(clippy::too_many_arguments)]
 pub fn encode(
     ctx: &GpuContext,
@@ -44,7 +46,7 @@ pub fn encode(
     k: &GpuTensor,
     v: &GpuTensor,
     out: &GpuTensor,
-    probs: &GpuTensor,
+    lse: &GpuTensor,
     tokens: usize,
     past: usize,
     heads: &Heads,
@@ -61,8 +63,8 @@ pub fn encode(
     check_len("attention", "out", out, tokens * hq * dh)?;
     check_len("attention", "k", k, seq * hkv * dh)?;
     check_len("attention", "v", v, seq * hkv * dh)?;
-    check_len("attention", "probs", probs, probs_len(tokens, past, heads))?;
-    check_u32("attention", "the probabilities' length", probs_len(tokens, past, heads))?;
+    check_len("attention", "lse", lse, lse_len(tokens, heads))?;
+    check_u32("attention", "q's length", tokens * hq * dh)?;
     check_u32("attention", "k's length", seq * hkv * dh)?;
     if tokens == 0 {
         return Ok(());
@@ -74,7 +76,7 @@ pub fn encode(
         kv_heads: hkv as u32,
         head_dim: dh as u32,
         group: (hq / hkv) as u32,
-        seq: seq as u32,
+        _pad: 0,
         // Exactly the reference's scale.
         scale: 1.0 / (dh as f32).sqrt(),
     };
@@ -82,7 +84,7 @@ pub fn encode(
     let uniform = ctx.uniform(&params);
     let bind = ctx.bind(
         &pipeline,
-        &[&q.buffer, &k.buffer, &v.buffer, &out.buffer, &probs.buffer, &uniform],
+        &[&q.buffer, &k.buffer, &v.buffer, &out.buffer, &lse.buffer, &uniform],
     );
     let (gx, gy) = grid_rows(tokens * hq, ctx.max_workgroups_per_dim());
     encoder.dispatch(&pipeline, &bind, (gx, gy, 1));
@@ -103,11 +105,6 @@ struct BackwardParams {
     _pad: [u32; 2],
 }
 
-/// Values in the scratch buffer [`encode_backward`] needs: dS [Hq, tokens, tokens].
-pub fn backward_scratch_len(tokens: usize, heads: &Heads) -> usize {
-    heads.q_heads * tokens * tokens
-}
-
 /// Bind `(binding, buffer)` pairs to group 0 of `pipeline` (each entry point of the backward shader
 /// uses its own subset of the bindings, and auto layouts hold only the bindings an entry point uses).
 fn bind_at(ctx: &GpuContext, pipeline: &wgpu::ComputePipeline, buffers: &[(u32, &wgpu::Buffer)]) -> wgpu::BindGroup {
@@ -123,13 +120,13 @@ fn bind_at(ctx: &GpuContext, pipeline: &wgpu::ComputePipeline, buffers: &[(u32, 
 }
 
 /// Record the backward of [`encode`] for training, without a KV cache (past = 0, S = tokens):
-/// given q [tokens, Hq·Dh], k, v [tokens, Hkv·Dh], the forward's `probs` [Hq, tokens, tokens] and
-/// the output gradient `dout` [tokens, Hq·Dh], write dq [tokens, Hq·Dh] and dk, dv
+/// given q [tokens, Hq·Dh], k, v [tokens, Hkv·Dh], the forward's `out` [tokens, Hq·Dh] and `lse`
+/// [Hq, tokens], and the output gradient `dout` [tokens, Hq·Dh], write dq [tokens, Hq·Dh] and dk, dv
 /// [tokens, Hkv·Dh] (overwritten, not accumulated; the query heads of a group are summed into their
-/// key/value head). `scratch` (at least [`backward_scratch_len`] values, contents ignored) receives
-/// dS = P ⊙ (dP − rowsum(dP ⊙ P)) [Hq, tokens, tokens], 0 above the diagonal.
+/// key/value head). The probabilities are recomputed tile by tile, P = exp(q·kᵀ/√Dh − lse).
+/// `delta` (at least [`lse_len`] values, contents ignored) receives D = rowsum(dout ⊙ out) [Hq, tokens].
 /// `shaders/attention_backward.wgsl`, reference `reference::attention::attention_backward`.
-/// Two dispatches: dS and dq per (token, query head), then dk and dv per (token, key/value head).
+/// Two dispatches: D and dq per (token, query head), then dk and dv per (token, key/value head).
 #[allow(clippy::too_many_arguments)]
 pub fn encode_backward(
     ctx: &GpuContext,
@@ -137,12 +134,13 @@ pub fn encode_backward(
     q: &GpuTensor,
     k: &GpuTensor,
     v: &GpuTensor,
-    probs: &GpuTensor,
+    out: &GpuTensor,
+    lse: &GpuTensor,
     dout: &GpuTensor,
     dq: &GpuTensor,
     dk: &GpuTensor,
     dv: &GpuTensor,
-    scratch: &GpuTensor,
+    delta: &GpuTensor,
     tokens: usize,
     heads: &Heads,
 ) -> Result<(), GpuError> {
@@ -156,21 +154,21 @@ pub fn encode_backward(
         return Err(shape(format!("head_dim {dh} is outside the supported 1..={MAX_HEAD_DIM}")));
     }
     let (q_len, kv_len) = (tokens * hq * dh, tokens * hkv * dh);
-    let p_len = backward_scratch_len(tokens, heads);
+    let row_len = lse_len(tokens, heads);
     for (what, t, need) in [
         ("q", q, q_len),
+        ("out", out, q_len),
         ("dout", dout, q_len),
         ("dq", dq, q_len),
         ("k", k, kv_len),
         ("v", v, kv_len),
         ("dk", dk, kv_len),
         ("dv", dv, kv_len),
-        ("probs", probs, p_len),
-        ("scratch", scratch, p_len),
+        ("lse", lse, row_len),
+        ("delta", delta, row_len),
     ] {
         check_len(OP, what, t, need)?;
     }
-    check_u32(OP, "the probabilities' length", p_len)?;
     check_u32(OP, "q's length", q_len)?;
     if tokens == 0 {
         return Ok(());
@@ -193,13 +191,15 @@ pub fn encode_backward(
         ctx,
         &pipeline,
         &[
+            (0, &q.buffer),
             (1, &k.buffer),
             (2, &v.buffer),
-            (3, &probs.buffer),
-            (4, &dout.buffer),
-            (5, &scratch.buffer),
-            (6, &dq.buffer),
-            (9, &uniform),
+            (3, &out.buffer),
+            (4, &lse.buffer),
+            (5, &dout.buffer),
+            (6, &delta.buffer),
+            (7, &dq.buffer),
+            (10, &uniform),
         ],
     );
     let (gx, gy) = grid_rows(tokens * hq, max);
@@ -211,12 +211,14 @@ pub fn encode_backward(
         &pipeline,
         &[
             (0, &q.buffer),
-            (3, &probs.buffer),
-            (4, &dout.buffer),
-            (5, &scratch.buffer),
-            (7, &dk.buffer),
-            (8, &dv.buffer),
-            (9, &uniform),
+            (1, &k.buffer),
+            (2, &v.buffer),
+            (4, &lse.buffer),
+            (5, &dout.buffer),
+            (6, &delta.buffer),
+            (8, &dk.buffer),
+            (9, &dv.buffer),
+            (10, &uniform),
         ],
     );
     let (gx, gy) = grid_rows(tokens * hkv, max);

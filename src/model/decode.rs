@@ -7,9 +7,9 @@
 
 use std::sync::{Arc, Mutex};
 
-use super::forward::{heads, positions, Acts, CachedPass};
+use super::forward::{positions, Acts, CachedPass};
 use super::{block, Branch, GpuModel, ModelError};
-use crate::gpu::{self, topk, DispatchCache, GpuContext, GpuError, GpuTensor};
+use crate::gpu::{topk, DispatchCache, GpuContext, GpuError, GpuTensor};
 
 /// What a step hands back for the next token.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -45,11 +45,11 @@ pub(super) struct DecodeState {
 }
 
 impl DecodeState {
-    async fn new(ctx: &GpuContext, model: &GpuModel, rows: usize, probs: usize) -> Result<Self, GpuError> {
+    async fn new(ctx: &GpuContext, model: &GpuModel, rows: usize) -> Result<Self, GpuError> {
         let c = &model.config;
         let bytes = (2 * topk::MAX_K * 4) as u64;
         Ok(Self {
-            acts: Acts::new(ctx, c, rows, probs).await?,
+            acts: Acts::new(ctx, c, rows).await?,
             scratch: None,
             last: ctx.zeros(&[1, c.hidden_size]).await?,
             logits: ctx.zeros(&[1, c.vocab_size]).await?,
@@ -78,16 +78,12 @@ impl GpuModel {
             Pick::TopK(k) => k.clamp(1, topk::MAX_K.min(vocab)),
             Pick::Logits => 0,
         };
-        let need = gpu::attention::probs_len(t, past, &heads(c));
-        // Taken out while the step runs (no lock across an await); a one-token step sizes attention's
-        // probabilities for the whole context so that it never reallocates as the context grows.
+        // Taken out while the step runs (no lock across an await); attention keeps O(rows), so the
+        // state does not grow with the context.
         let kept = self.decode.lock().unwrap().take();
         let mut state = match kept {
-            Some(s) if s.acts.rows == t && s.acts.probs.len() >= need => s,
-            _ => {
-                let probs = if t == 1 { gpu::attention::probs_len(1, c.max_positions - 1, &heads(c)) } else { need };
-                DecodeState::new(ctx, self, t, probs).await?
-            }
+            Some(s) if s.acts.rows == t => s,
+            _ => DecodeState::new(ctx, self, t).await?,
         };
         let branch = match branch {
             Some(b) => {

@@ -285,7 +285,7 @@ impl GpuModel {
             Some(b) => Some((b, ctx.zeros(&[t, b.scratch_cols()]).await?)),
             None => None,
         };
-        let acts = Acts::new(ctx, &self.config, t, gpu::attention::probs_len(t, past, &heads(&self.config))).await?;
+        let acts = Acts::new(ctx, &self.config, t).await?;
         ctx.queue.write_buffer(&acts.ids.buffer, 0, bytemuck::cast_slice(tokens));
         ctx.queue.write_buffer(&acts.pos_ids.buffer, 0, bytemuck::cast_slice(&positions(past, t)));
         let pass = CachedPass { branch, past, layers: self.blocks.len(), cache: self.kv_cache(ctx).await?, acts };
@@ -400,8 +400,9 @@ pub(super) struct Acts {
     pub k: GpuTensor,
     pub v: GpuTensor,
     pub att: GpuTensor,
-    /// Attention's probabilities: at least `probs_len(rows, past)` values for the `past` it serves.
-    pub probs: GpuTensor,
+    /// Attention's row logsumexp [Hq, rows] (inference does not read it; the kernel writes it for
+    /// training's backward).
+    pub lse: GpuTensor,
     pub proj: GpuTensor,
     pub ff1: GpuTensor,
     pub ff2: GpuTensor,
@@ -410,7 +411,7 @@ pub(super) struct Acts {
 }
 
 impl Acts {
-    pub async fn new(ctx: &GpuContext, c: &Config, t: usize, probs: usize) -> Result<Self, GpuError> {
+    pub async fn new(ctx: &GpuContext, c: &Config, t: usize) -> Result<Self, GpuError> {
         let (d, f, qd, kvd) = (c.hidden_size, c.intermediate_size, c.q_dim(), c.kv_dim());
         Ok(Self {
             rows: t,
@@ -423,7 +424,7 @@ impl Acts {
             k: ctx.zeros(&[t, kvd]).await?,
             v: ctx.zeros(&[t, kvd]).await?,
             att: ctx.zeros(&[t, qd]).await?,
-            probs: ctx.zeros(&[probs]).await?,
+            lse: ctx.zeros(&[gpu::attention::lse_len(t, &heads(c))]).await?,
             proj: ctx.zeros(&[t, d]).await?,
             ff1: ctx.zeros(&[t, f]).await?,
             ff2: ctx.zeros(&[t, f]).await?,
@@ -498,6 +499,6 @@ impl Pass for CachedPass<'_> {
         let row_bytes = (kvd * 4) as u64;
         enc.copy_buffer_to_buffer(&a.k.buffer, 0, &k_cache.buffer, past as u64 * row_bytes, t as u64 * row_bytes);
         enc.copy_buffer_to_buffer(&a.v.buffer, 0, &v_cache.buffer, past as u64 * row_bytes, t as u64 * row_bytes);
-        gpu::attention::encode(ctx, enc, a.q, k_cache, v_cache, a.att, &self.acts.probs, t, past, &heads(c))
+        gpu::attention::encode(ctx, enc, a.q, k_cache, v_cache, a.att, &self.acts.lse, t, past, &heads(c))
     }
 }

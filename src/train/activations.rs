@@ -12,7 +12,7 @@
 //! `GpuTensor` once allocated. One macro declares a group's fields once and derives both walks over
 //! them (listing and filling), in the same order.
 
-use crate::gpu::attention::backward_scratch_len;
+use crate::gpu::attention::lse_len;
 use crate::model::{Arch, Config};
 use crate::reference::attention::Heads;
 
@@ -51,8 +51,9 @@ activation_group! {
         q: one,
         k: one,
         v: one,
-        /// Per window: P [Hq, T, T].
-        probs: many,
+        /// Per window: attention's row logsumexp [Hq, T] (the backward recomputes P from it, so
+        /// attention keeps O(T), not the [Hq, T, T] probabilities).
+        lse: many,
         /// Attention output [N, q_dim]: the input of o.
         att: one,
         /// x_in + o(att) [N, d]: the MLP norm's input.
@@ -92,8 +93,9 @@ activation_group! {
 }
 
 activation_group! {
-    /// One window's rows [T, ·] for attention, and the attention backward's scratch.
-    WindowActs { qs: one, ks: one, vs: one, os: one, dos: one, dqs: one, dks: one, dvs: one, ds: one }
+    /// One window's rows [T, ·] for attention (os: its output, in the backward too), and the
+    /// attention backward's scratch D = rowsum(dO ⊙ O) [Hq, T].
+    WindowActs { qs: one, ks: one, vs: one, os: one, dos: one, dqs: one, dks: one, dvs: one, delta: one }
 }
 
 /// The whole table.
@@ -170,7 +172,7 @@ pub(crate) fn plan(c: &Config, batch: usize, seq: usize, ranks: &[usize], dropou
         q: vec![n, qd],
         k: vec![n, kvd],
         v: vec![n, kvd],
-        probs: vec![vec![c.num_heads, seq, seq]; batch],
+        lse: vec![vec![lse_len(seq, &heads)]; batch],
         att: vec![n, qd],
         x_mid: vec![n, d],
         h2: vec![n, d],
@@ -226,7 +228,7 @@ pub(crate) fn plan(c: &Config, batch: usize, seq: usize, ranks: &[usize], dropou
             dqs: vec![seq, qd],
             dks: vec![seq, kvd],
             dvs: vec![seq, kvd],
-            ds: vec![backward_scratch_len(seq, &heads)],
+            delta: vec![lse_len(seq, &heads)],
         },
     }
 }

@@ -31,6 +31,10 @@ pub struct MemoryBudget {
     /// Of `activations`: the logits of one chunk of rows and their gradient (the LM head and the
     /// loss run a chunk at a time, so this stops growing with the batch at a few MiB).
     pub logits: u64,
+    /// Of `activations`: what attention keeps beyond q, k, v and its output — each window's row
+    /// logsumexp [Hq, T] per layer, and the backward's D [Hq, T] — linear in T (the probabilities
+    /// are recomputed in the backward, never stored).
+    pub attention: u64,
 }
 
 impl MemoryBudget {
@@ -104,6 +108,7 @@ pub fn estimate(weights: u64, c: &Config, adapter: &Adapter, settings: &TrainSet
         optimizer: 2 * adapter_values,
         activations: kept + clip,
         logits: bytes(&table.rows.logits) + bytes(&table.rows.dlogits),
+        attention: table.layers.iter().flat_map(|l| &l.lse).chain([&table.window.delta]).map(bytes).sum(),
     }
 }
 

@@ -3,7 +3,8 @@
 //! Rows: a batch of B windows of T tokens is run as N = B·T rows for every row-wise op (linears,
 //! norms, element-wise ops, RoPE with positions t mod T); attention runs one window at a time on
 //! copies of its rows. Kept from the forward, per block: the block input (attention-norm input),
-//! its norm, q and k after RoPE, v, the attention probabilities of each window, the attention
+//! its norm, q and k after RoPE, v, each window's attention row logsumexp (the backward
+//! recomputes the probabilities from it, so attention keeps O(T) per window), the attention
 //! output, the mid residual (MLP-norm input), its norm and the MLP's pre-activations; per adapted
 //! module u = x·Aᵀ. The gradient of the embeddings is never formed: nothing before the first block
 //! is trainable, and the first block's input gradient is skipped too.
@@ -525,11 +526,10 @@ impl Trainer {
                 copy_rows(enc, &a.q, s * t, &self.acts.window.qs, 0, t, qd);
                 copy_rows(enc, &a.k, s * t, &self.acts.window.ks, 0, t, kvd);
                 copy_rows(enc, &a.v, s * t, &self.acts.window.vs, 0, t, kvd);
+                copy_rows(enc, &a.att, s * t, &self.acts.window.os, 0, t, qd);
                 copy_rows(enc, &self.acts.scratch.d_att, s * t, &self.acts.window.dos, 0, t, qd);
-                gpu::attention::encode_backward(
-                    ctx, enc, &self.acts.window.qs, &self.acts.window.ks, &self.acts.window.vs, &a.probs[s], &self.acts.window.dos, &self.acts.window.dqs, &self.acts.window.dks, &self.acts.window.dvs, &self.acts.window.ds, t,
-                    &heads,
-                )?;
+                let w = &self.acts.window;
+                gpu::attention::encode_backward(ctx, enc, &w.qs, &w.ks, &w.vs, &w.os, &a.lse[s], &w.dos, &w.dqs, &w.dks, &w.dvs, &w.delta, t, &heads)?;
                 copy_rows(enc, &self.acts.window.dqs, 0, &self.acts.scratch.dq, s * t, t, qd);
                 copy_rows(enc, &self.acts.window.dks, 0, &self.acts.scratch.dk, s * t, t, kvd);
                 copy_rows(enc, &self.acts.window.dvs, 0, &self.acts.scratch.dv, s * t, t, kvd);
@@ -587,7 +587,7 @@ impl Trainer {
 /// The trainer's side of the one network (`model::block`): every block keeps its own activations
 /// (or, checkpointing, its input, the rest in one shared set),
 /// projections add the adapter, and attention runs window by window with positions t mod T,
-/// keeping each window's probabilities for the backward.
+/// keeping each window's row logsumexp for the backward.
 impl Pass for Trainer {
     fn rows(&self) -> usize {
         self.rows
@@ -661,7 +661,7 @@ impl Pass for Trainer {
             copy_rows(enc, a.q, s * t, &w.qs, 0, t, qd);
             copy_rows(enc, a.k, s * t, &w.ks, 0, t, kvd);
             copy_rows(enc, a.v, s * t, &w.vs, 0, t, kvd);
-            gpu::attention::encode(ctx, enc, &w.qs, &w.ks, &w.vs, &w.os, &self.layer(l).probs[s], t, 0, &heads)?;
+            gpu::attention::encode(ctx, enc, &w.qs, &w.ks, &w.vs, &w.os, &self.layer(l).lse[s], t, 0, &heads)?;
             copy_rows(enc, &w.os, 0, a.att, s * t, t, qd);
         }
         Ok(())
