@@ -14,7 +14,7 @@ use crate::gpu::{GpuContext, GpuError};
 use crate::lora::{self, Adapter, LoraError, LoraOptions};
 use crate::model::{config_json_f32, save_safetensors, Arch, Branch, Config, GpuModel, Model, ModelError, ModelFiles, Tokenizer, WeightFormat};
 use crate::train::memory::MemoryBudget;
-use crate::train::{self, Dataset, GpuLora, Session, StepReport, TrainError, TrainSettings, TrainingState};
+use crate::train::{self, ChatTemplate, Dataset, GpuLora, Session, StepReport, TemplateError, TrainError, TrainSettings, TrainingState};
 use crate::zip::{self, ZipError};
 
 /// GPU memory the page assumes a browser tab can use: WebGPU tells a page no memory size, and
@@ -36,6 +36,8 @@ pub enum StudioError {
     Zip(#[from] ZipError),
     #[error(transparent)]
     Gguf(#[from] GgufError),
+    #[error(transparent)]
+    Template(#[from] TemplateError),
     /// A set of chosen files that is not a model or an adapter: the sentence says what is missing.
     #[error("{0}")]
     Files(String),
@@ -290,7 +292,10 @@ pub fn model_files(files: Vec<(String, Vec<u8>)>) -> Result<ModelFiles, StudioEr
     } else {
         return Err(missing("model.safetensors"));
     };
-    Ok(ModelFiles { config, weights, tokenizer })
+    let text = |name: &str, bytes: Vec<u8>| String::from_utf8(bytes).map_err(|_| ModelError::Json { file: name.into(), reason: "it is not UTF-8 text".into() });
+    let generation_config = take(&mut files, "generation_config.json").map(|b| text("generation_config.json", b)).transpose()?;
+    let tokenizer_config = take(&mut files, "tokenizer_config.json").map(|b| text("tokenizer_config.json", b)).transpose()?;
+    Ok(ModelFiles { config, weights, tokenizer, generation_config, tokenizer_config })
 }
 
 /// Refuse, before uploading, a model whose training would not fit this GPU's buffer limits: the
@@ -511,8 +516,26 @@ impl Studio {
     /// Continue `prompt` by up to `max_tokens` tokens, with `run`'s adapter when given. The adapter
     /// runs beside the frozen weights (not merged into them: compact weights cannot hold W + s·B·A,
     /// and the base stays exactly the base for the next call).
+    /// Generation stops at the model's EOS and end-of-turn tokens (`Config::stop_ids`).
     pub async fn generate(&self, prompt: &str, max_tokens: usize, sampling: &Sampling, adapter: Option<&Run>) -> Result<String, StudioError> {
-        let ids = self.tokenize(prompt)?;
+        self.generate_ids(self.tokenize(prompt)?, max_tokens, sampling, adapter).await
+    }
+
+    /// The model's chat template: its own, or the plain `Question:`/`Answer:` one for a model
+    /// without one (`ChatTemplate::for_model`).
+    pub fn chat_template(&self) -> Result<ChatTemplate, StudioError> {
+        Ok(ChatTemplate::for_model(&self.tokenizer, self.config())?)
+    }
+
+    /// The answer to `question` asked as a user turn through the model's chat template (with the
+    /// assistant's header after it), as [`Studio::generate`] continues it: what a model tuned on
+    /// examples is compared with.
+    pub async fn generate_chat(&self, question: &str, max_tokens: usize, sampling: &Sampling, adapter: Option<&Run>) -> Result<String, StudioError> {
+        let ids = self.chat_template()?.chat_prompt(&self.tokenizer, question)?;
+        self.generate_ids(ids, max_tokens, sampling, adapter).await
+    }
+
+    async fn generate_ids(&self, ids: Vec<u32>, max_tokens: usize, sampling: &Sampling, adapter: Option<&Run>) -> Result<String, StudioError> {
         if ids.len() >= self.config().max_positions {
             return Err(ModelError::TooLong { tokens: ids.len(), max: self.config().max_positions }.into());
         }

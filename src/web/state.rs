@@ -294,6 +294,8 @@ impl AppState {
                 config: String::from_utf8_lossy(&browser::fetch_bytes(&format!("{base}/config.json")).await?).into_owned(),
                 weights: vec![("model.safetensors".into(), browser::fetch_bytes(&format!("{base}/model.safetensors")).await?)],
                 tokenizer: browser::fetch_bytes(&format!("{base}/tokenizer.json")).await?,
+                generation_config: None,
+                tokenizer_config: None,
             })
         };
         match fetched.await {
