@@ -4,6 +4,15 @@
 //! validation, checkpoints and Ctrl-C around it. The adapter is written at the end, every
 //! `--save-every` steps, and when Ctrl-C stops the run (after the step in flight), together with
 //! `training_state.safetensors` (AdamW's moments and the step) so `--resume DIR` continues exactly.
+//!
+//! `--data FILE` trains on examples (JSON Lines of `{"text"}`, `{"prompt", "completion"}` or
+//! `{"messages"}`; a plain text file trains as `--text` does) through the model's chat template,
+//! with the loss on the answers only unless `--no-mask-prompt`. Bad lines are reported by number and
+//! skipped. The adapter folder then also holds `sft_config.json` (`train::SftConfig`).
+//!
+//! `--keep best` (the default) writes the adapter of the lowest validation loss into `--out` and the
+//! last one into `--out`/last; `--keep last` the other way round (`--out`/best). `--early-stop N`
+//! ends the run after N validations without a new best.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,8 +23,8 @@ use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use loratab::gpu::GpuContext;
 use loratab::lora::{Adapter, Init, LoraError, LoraOptions, Target};
-use loratab::model::{Config, GpuModel, ModelError, WeightFormat};
-use loratab::train::{self, memory, Decay, GpuLora, Session, TrainError, TrainSettings, TrainingState};
+use loratab::model::{Config, GpuModel, ModelError, Tokenizer, WeightFormat};
+use loratab::train::{self, memory, ChatTemplate, Dataset, Decay, Format, GpuLora, Session, SftConfig, TrainError, TrainSettings, TrainingState};
 
 const STATE_FILE: &str = "training_state.safetensors";
 
@@ -24,6 +33,22 @@ pub enum DecayArg {
     Cosine,
     Linear,
     Constant,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum KeepArg {
+    /// The adapter of the lowest validation loss goes into --out, the last one into --out/last.
+    Best,
+    /// The last adapter goes into --out, the best one into --out/best.
+    Last,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TemplateArg {
+    /// The model's own chat template (the plain one when it has none).
+    Model,
+    /// `Question: …` / `Answer: …` lines, each answer ended by the model's EOS token.
+    Plain,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -45,8 +70,27 @@ pub struct TrainArgs {
     #[arg(long, value_parser = crate::model_arg::parse_format)]
     base_dtype: Option<WeightFormat>,
     /// The text to train on (the last ~10% of its windows are held out for validation).
+    #[arg(long, required_unless_present = "data", conflicts_with = "data")]
+    text: Option<PathBuf>,
+    /// Examples to train on: JSON Lines of {"text": …}, {"prompt": …, "completion": …} or
+    /// {"messages": [{"role", "content"}, …]} (a plain text file trains as --text does). About a
+    /// tenth of the examples, spread through the file, are held out for validation.
     #[arg(long)]
-    text: PathBuf,
+    data: Option<PathBuf>,
+    /// The chat template examples are rendered with.
+    #[arg(long, value_enum, default_value = "model")]
+    template: TemplateArg,
+    /// Train examples on every token, prompts included (default: the loss is on the answers only).
+    #[arg(long)]
+    no_mask_prompt: bool,
+    /// Which adapter --out gets: the one of the lowest validation loss, or the last (the other goes
+    /// into --out/last or --out/best).
+    #[arg(long, value_enum, default_value = "best")]
+    keep: KeepArg,
+    /// Stop after this many validations (every --eval-every steps) without a new lowest validation
+    /// loss (0 = never).
+    #[arg(long, default_value_t = 0)]
+    early_stop: usize,
     /// Where to write the adapter (adapter_config.json, adapter_model.safetensors, training_state.safetensors).
     #[arg(long)]
     out: PathBuf,
@@ -128,6 +172,8 @@ pub enum TrainCliError {
     Lora(#[from] LoraError),
     #[error(transparent)]
     Train(#[from] TrainError),
+    #[error(transparent)]
+    Template(#[from] train::TemplateError),
     #[error("{0}")]
     Usage(String),
 }
@@ -150,16 +196,46 @@ fn rank_pattern(s: &str) -> Result<std::collections::BTreeMap<Target, usize>, Tr
     Ok(out)
 }
 
-/// Write the adapter and the training state into `dir`.
-async fn save(ctx: &GpuContext, session: &Session, base: &str, dir: &Path) -> Result<(), TrainCliError> {
-    let mut adapter = session.adapter(ctx).await?;
+/// Write an adapter, its training state and (for examples) `sft_config.json` into `dir`.
+fn write_adapter(mut adapter: Adapter, state: &TrainingState, base: &str, sft: Option<&SftConfig>, dir: &Path) -> Result<(), TrainCliError> {
     adapter.config.base_model_name_or_path = Some(base.to_string());
     let write_err = |e: std::io::Error| TrainError::Write { path: dir.display().to_string(), reason: e.to_string() };
     adapter.save_dir(dir).map_err(write_err)?;
-    let state = session.state(ctx).await?.to_bytes()?;
     let tmp = dir.join(format!(".{STATE_FILE}.tmp"));
-    std::fs::write(&tmp, state).and_then(|()| std::fs::rename(&tmp, dir.join(STATE_FILE))).map_err(write_err)?;
+    std::fs::write(&tmp, state.to_bytes()?).and_then(|()| std::fs::rename(&tmp, dir.join(STATE_FILE))).map_err(write_err)?;
+    if let Some(sft) = sft {
+        std::fs::write(dir.join(train::SFT_FILE), sft.to_json()).map_err(write_err)?;
+    }
     Ok(())
+}
+
+/// Where the adapters went: (folder, step, validation loss) of the best and of the last.
+struct Saved {
+    best: (PathBuf, usize, Option<f64>),
+    last: (PathBuf, usize, Option<f64>),
+}
+
+/// Write the last adapter and the best one (the last until a validation has been made): the one
+/// `--keep` names into `--out`, the other into `--out`/last or `--out`/best.
+async fn save(ctx: &GpuContext, session: &Session, args: &TrainArgs, base: &str, sft: Option<&SftConfig>) -> Result<Saved, TrainCliError> {
+    let (last_dir, best_dir) = match args.keep {
+        KeepArg::Best => (args.out.join("last"), args.out.clone()),
+        KeepArg::Last => (args.out.clone(), args.out.join("best")),
+    };
+    let step = session.steps_done();
+    let last_val = session.last_validation().filter(|v| v.step == step).map(|v| v.loss);
+    write_adapter(session.adapter(ctx).await?, &session.state(ctx).await?, base, sft, &last_dir)?;
+    let best = match session.best() {
+        Some(b) => {
+            write_adapter(b.adapter.clone(), &b.state, base, sft, &best_dir)?;
+            (best_dir, b.step, Some(b.loss))
+        }
+        None => {
+            write_adapter(session.adapter(ctx).await?, &session.state(ctx).await?, base, sft, &best_dir)?;
+            (best_dir, step, last_val)
+        }
+    };
+    Ok(Saved { best, last: (last_dir, step, last_val) })
 }
 
 pub fn run(args: TrainArgs) -> Result<(), TrainCliError> {
@@ -173,15 +249,18 @@ pub fn run(args: TrainArgs) -> Result<(), TrainCliError> {
 }
 
 async fn train(args: TrainArgs, stop: Arc<AtomicBool>) -> Result<(), TrainCliError> {
-    let text = std::fs::read_to_string(&args.text)
-        .map_err(|e| ModelError::Io { path: args.text.display().to_string(), reason: e.to_string() })?;
+    let path = args.text.as_ref().or(args.data.as_ref()).expect("clap requires --text or --data");
+    let text = std::fs::read_to_string(path).map_err(|e| ModelError::Io { path: path.display().to_string(), reason: e.to_string() })?;
     let (model, tokenizer) = crate::model_arg::Source::open(args.model.as_deref())?.model(args.base_dtype)?;
     // Recorded in the adapter's config as PEFT's base_model_name_or_path.
     let base = crate::model_arg::base_name(args.model.as_deref());
-    let tokens = tokenizer.encode(&text)?;
     let settings = settings(&args, &model.config);
-    // Before the GPU starts, so a bad setting costs no device set-up.
+    // Before the GPU starts, so a bad setting or unusable data costs no device set-up.
     settings.validate(&model.config)?;
+    if args.early_stop > 0 && args.eval_every == 0 {
+        return Err(TrainCliError::Usage("--early-stop counts validations, which --eval-every 0 turns off: give --eval-every N".into()));
+    }
+    let (data, sft) = data(&args, &text, &model.config, &tokenizer, settings.seq_len)?;
     let ctx = GpuContext::new().await.map_err(ModelError::from)?;
     let frozen = Frozen { bytes: memory::weights(&model, ctx.max_binding()), formats: crate::model_arg::formats(&model) };
     let gm = GpuModel::upload(&ctx, &model).await?;
@@ -191,12 +270,63 @@ async fn train(args: TrainArgs, stop: Arc<AtomicBool>) -> Result<(), TrainCliErr
         Some(dir) => resume(&ctx, &gm, dir, settings.steps).await?,
         None => train::new_lora(&ctx, &gm, &lora_options(&args)?).await?,
     };
-    let mut session = Session::new(&ctx, &gm, tokens, lora, settings).await?;
+    let mut session = Session::with_data(&ctx, &gm, data, lora, settings).await?;
     let memory = report_memory(&ctx, &gm.config, &frozen, &session).await?;
-    let run = train_loop(&ctx, &gm, &mut session, &args, &base, &stop).await?;
-    save(&ctx, &session, &base, &args.out).await?;
-    report(&ctx, &session, &args.out, &run, &memory);
+    let run = train_loop(&ctx, &gm, &mut session, &args, &base, sft.as_ref(), &stop).await?;
+    let saved = save(&ctx, &session, &args, &base, sft.as_ref()).await?;
+    report(&ctx, &session, &args.out, &saved, &run, &memory);
     Ok(())
+}
+
+/// The training data from `--text` or `--data`, and for examples how they were made. Bad lines and
+/// examples that fail to render are reported by line number and skipped; it is an error only when
+/// nothing trainable is left.
+fn data(args: &TrainArgs, text: &str, config: &Config, tok: &Tokenizer, seq_len: usize) -> Result<(Dataset, Option<SftConfig>), TrainCliError> {
+    let parsed = match &args.data {
+        Some(_) => train::parse_examples(text),
+        None => return Ok((Dataset::new(tok.encode(text)?, seq_len)?, None)),
+    };
+    let Format::JsonLines(kind) = parsed.format else {
+        return Ok((Dataset::new(tok.encode(text)?, seq_len)?, None));
+    };
+    let file = args.data.as_ref().expect("--data given").display().to_string();
+    for bad in &parsed.bad {
+        eprintln!("{file}: {bad}; skipped");
+    }
+    let Some(kind) = kind else {
+        return Err(TrainCliError::Usage(format!("{file} has no usable example: every line is wrong (see above)")));
+    };
+    let template = template(args, tok, config)?;
+    let (examples, failed) = template.examples(tok, &parsed.records);
+    for (line, e) in &failed {
+        eprintln!("{file}: line {line}: {e}; skipped");
+    }
+    let mask = !args.no_mask_prompt;
+    let examples: Vec<_> = examples.into_iter().map(|e| if mask { e } else { e.unmasked() }).collect();
+    let data = Dataset::from_examples(examples, seq_len)?;
+    let ex = data.examples.as_ref().expect("made from examples");
+    let skipped = parsed.bad.len() + failed.len();
+    eprintln!(
+        "{} examples ({}) with {} template{}: {} to train on, {} held out; {} truncated to --seq-len {seq_len}, {} with no answer token left dropped, {skipped} line{} skipped",
+        ex.train.len() + ex.validation.len(),
+        kind.name(),
+        if template.is_plain() { "the plain" } else { "the model's" },
+        if mask { ", loss on the answers only" } else { ", loss on every token" },
+        ex.train.len(),
+        ex.validation.len(),
+        ex.truncated,
+        ex.dropped,
+        if skipped == 1 { "" } else { "s" },
+    );
+    Ok((data, Some(SftConfig::new(kind, &template, mask, seq_len))))
+}
+
+/// The chat template `--template` names.
+fn template(args: &TrainArgs, tok: &Tokenizer, config: &Config) -> Result<ChatTemplate, TrainCliError> {
+    Ok(match args.template {
+        TemplateArg::Model => ChatTemplate::for_model(tok, config)?,
+        TemplateArg::Plain => ChatTemplate::plain_for_model(tok, config),
+    })
 }
 
 /// The run's settings from the flags (defaults shared with the page come from the library).
@@ -296,16 +426,20 @@ struct LoopEnd {
     loss: f32,
     val: f64,
     interrupted: bool,
+    /// Stopped by --early-stop.
+    early_stopped: bool,
 }
 
-/// Step until the run is finished or Ctrl-C is pressed, with the progress bar, validation every
-/// `--eval-every` steps and checkpoints every `--save-every` steps.
+/// Step until the run is finished, Ctrl-C is pressed or --early-stop says so, with the progress
+/// bar, validation (keeping the best adapter) every `--eval-every` steps and checkpoints every
+/// `--save-every` steps.
 async fn train_loop(
     ctx: &GpuContext,
     gm: &GpuModel,
     session: &mut Session,
     args: &TrainArgs,
     base: &str,
+    sft: Option<&SftConfig>,
     stop: &AtomicBool,
 ) -> Result<LoopEnd, TrainCliError> {
     let s = session.settings.clone();
@@ -316,19 +450,16 @@ async fn train_loop(
             .expect("a valid template"),
     );
     bar.set_position(first as u64);
-    let mut val = session.validation_loss(ctx, gm).await?;
-    bar.suspend(|| {
-        eprintln!(
-            "training {} tokens ({} windows of {}, {} held out) from step {first}; validation loss {val:.4}",
-            session.data.tokens.len(),
-            session.data.train_windows,
-            s.seq_len,
-            session.data.validation_windows
-        )
-    });
+    let mut val = session.validate(ctx, gm).await?.loss;
+    let d = &session.data;
+    let what = match &d.examples {
+        Some(_) => format!("{} examples ({} held out)", d.train_windows + d.validation_windows, d.validation_windows),
+        None => format!("{} tokens ({} windows of {}, {} held out)", d.tokens.len(), d.train_windows, s.seq_len, d.validation_windows),
+    };
+    bar.suspend(|| eprintln!("training {what} from step {first}; validation loss {val:.4}"));
     let start = Instant::now();
     let (mut tokens_run, mut loss) = (0usize, f32::NAN);
-    let mut interrupted = false;
+    let (mut interrupted, mut early_stopped) = (false, false);
     let start_val = val;
     while !session.finished() {
         let r = match session.step(ctx, gm).await {
@@ -336,8 +467,8 @@ async fn train_loop(
             // The step was not applied: keep what the run had learnt before it diverged.
             Err(e @ train::TrainError::NonFinite { .. }) => {
                 bar.abandon();
-                save(ctx, session, base, &args.out).await?;
-                eprintln!("the adapter of step {} was saved to {}", session.steps_done(), args.out.display());
+                let saved = save(ctx, session, args, base, sft).await?;
+                eprintln!("the adapter of step {} was saved to {}", saved.last.1, saved.last.0.display());
                 return Err(e.into());
             }
             Err(e) => return Err(e.into()),
@@ -347,45 +478,68 @@ async fn train_loop(
             loss = l;
         }
         let at_eval = args.eval_every > 0 && r.step % args.eval_every == 0;
-        if at_eval || session.finished() {
-            val = session.validation_loss(ctx, gm).await?;
+        // Ctrl-C is checked after the step in flight, so what is saved is a whole step; that step is
+        // validated too, so it can be kept as the best.
+        interrupted = stop.load(Ordering::SeqCst);
+        if at_eval || session.finished() || interrupted {
+            val = session.validate(ctx, gm).await?.loss;
         }
         let rate = tokens_run as f64 / start.elapsed().as_secs_f64().max(1e-9);
         bar.set_message(format!("loss {loss:.4} val {val:.4} lr {:.2e} {rate:.0} tok/s", r.lr));
         bar.set_position(r.step as u64);
         if at_eval {
-            bar.suspend(|| eprintln!("step {}: loss {loss:.4}, validation loss {val:.4}, {rate:.0} tokens/s", r.step));
+            let best = session.best().map(|b| format!(" (best {:.4} at step {})", b.loss, b.step)).unwrap_or_default();
+            bar.suspend(|| eprintln!("step {}: loss {loss:.4}, validation loss {val:.4}{best}, {rate:.0} tokens/s", r.step));
             if train::diverging(start_val, val) {
                 bar.suspend(|| eprintln!("{}", train::DIVERGING));
             }
+            if session.stop_early(args.early_stop) {
+                early_stopped = true;
+                bar.suspend(|| eprintln!("stopping early: {} validations without a lower validation loss", args.early_stop));
+                break;
+            }
         }
         if args.save_every > 0 && r.step % args.save_every == 0 && !session.finished() {
-            save(ctx, session, base, &args.out).await?;
+            save(ctx, session, args, base, sft).await?;
         }
-        // Checked after the step in flight, so what is saved is a whole step.
-        if stop.load(Ordering::SeqCst) {
-            interrupted = true;
+        if interrupted {
             break;
         }
     }
     bar.finish_and_clear();
-    Ok(LoopEnd { start, tokens_run, loss, val, interrupted })
+    Ok(LoopEnd { start, tokens_run, loss, val, interrupted, early_stopped })
 }
 
-/// Say where the adapter went (and how to continue an interrupted run), and print the run's
-/// summary as one JSON line on stdout for scripts.
-fn report(ctx: &GpuContext, session: &Session, out: &Path, run: &LoopEnd, memory: &Memory) {
+/// Say where the adapters went, which step each is from (and how to continue an interrupted run),
+/// and print the run's summary as one JSON line on stdout for scripts.
+fn report(ctx: &GpuContext, session: &Session, out: &Path, saved: &Saved, run: &LoopEnd, memory: &Memory) {
     let done = session.steps_done();
+    let val = |v: Option<f64>| v.map(|v| format!(", validation loss {v:.4}")).unwrap_or_default();
+    let (best, last) = (&saved.best, &saved.last);
+    eprintln!("best adapter (step {}{}) saved to {}", best.1, val(best.2), best.0.display());
+    eprintln!("last adapter (step {}{}) saved to {}", last.1, val(last.2), last.0.display());
     if run.interrupted {
-        eprintln!("interrupted at step {done}: adapter saved to {} (continue with --resume {0})", out.display());
-    } else {
-        eprintln!("adapter saved to {}", out.display());
+        eprintln!("interrupted at step {done} (continue with --resume {})", last.0.display());
     }
+    let examples = session.data.examples.as_ref().map(|ex| {
+        serde_json::json!({
+            "train": ex.train.len(),
+            "validation": ex.validation.len(),
+            "truncated": ex.truncated,
+            "dropped": ex.dropped,
+        })
+    });
     let budget = &memory.budget;
     let summary = serde_json::json!({
         "steps": done,
         "loss": run.loss,
         "val_loss": run.val,
+        "best_step": best.1,
+        "best_val_loss": best.2,
+        "best_out": best.0.display().to_string(),
+        "last_out": last.0.display().to_string(),
+        "early_stopped": run.early_stopped,
+        "examples": examples,
         "tokens_per_s": run.tokens_run as f64 / run.start.elapsed().as_secs_f64().max(1e-9),
         "out": out.display().to_string(),
         "interrupted": run.interrupted,
@@ -412,7 +566,7 @@ pub fn export_trl(args: TrainArgs) -> Result<(), TrainCliError> {
     let (model, tokenizer) = crate::model_arg::Source::open(args.model.as_deref())?.model(args.base_dtype)?;
     let settings = settings(&args, &model.config);
     settings.validate(&model.config)?;
-    let (records, template, answers_only) = export_examples(&args, &tokenizer)?;
+    let (records, template, answers_only) = export_examples(&args, &tokenizer, &model.config)?;
     let (mut adapter, frozen) = match &args.resume {
         Some(dir) => {
             let frozen = match std::fs::read(dir.join(STATE_FILE)) {
@@ -459,10 +613,19 @@ pub fn export_trl(args: TrainArgs) -> Result<(), TrainCliError> {
     Ok(())
 }
 
-/// PROVISIONAL until `train --data` lands: the examples, template and masking of the run.
-fn export_examples(args: &TrainArgs, tok: &loratab::model::Tokenizer) -> Result<(Vec<(usize, train::Record)>, train::ChatTemplate, bool), TrainCliError> {
-    let text = std::fs::read_to_string(&args.text).map_err(|e| ModelError::Io { path: args.text.display().to_string(), reason: e.to_string() })?;
+/// The records, template and masking of the examples `--data` names (bad lines are reported and
+/// left out, as `train` leaves them out).
+fn export_examples(args: &TrainArgs, tok: &Tokenizer, config: &Config) -> Result<(Vec<(usize, train::Record)>, ChatTemplate, bool), TrainCliError> {
+    let Some(path) = &args.data else {
+        return Err(TrainCliError::Usage("export-trl writes out examples: give them with --data FILE (JSON Lines), not --text".into()));
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| ModelError::Io { path: path.display().to_string(), reason: e.to_string() })?;
     let parsed = train::parse_examples(&text);
-    let eos = tok.token_to_id("<|endoftext|>").map(|_| "<|endoftext|>".to_string());
-    Ok((parsed.records, train::ChatTemplate::plain(eos), true))
+    if parsed.format == Format::PlainText {
+        return Err(TrainCliError::Usage(format!("{} is plain text; export-trl writes out JSON Lines examples ({{\"prompt\", \"completion\"}}, {{\"messages\"}} or {{\"text\"}} per line)", path.display())));
+    }
+    for bad in &parsed.bad {
+        eprintln!("{}: {bad}; skipped", path.display());
+    }
+    Ok((parsed.records, template(args, tok, config)?, !args.no_mask_prompt))
 }

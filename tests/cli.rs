@@ -251,3 +251,83 @@ fn bad_gguf_files_and_formats_are_sentences() {
     assert!(!err.contains("panicked"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `train --data` on examples: lines that are broken JSON, name an unknown role, have an empty
+/// answer, or hold a conversation the model's chat template refuses are each a sentence with their
+/// line number, and the rest trains; the examples cut to --seq-len are counted. `--out` gets the
+/// adapter of the lowest validation loss and `--out`/last the last one (`--keep last`: the other way
+/// round), each with `sft_config.json` saying which template and masking made the data. A file with
+/// nothing trainable left is the only failure.
+#[test]
+fn train_on_examples_reports_bad_lines_and_keeps_the_best() {
+    let dir = scratch("sft");
+    // llama-tiny with a chat template that refuses system messages, as Mistral's does.
+    let model = dir.join("model");
+    std::fs::create_dir_all(&model).unwrap();
+    for f in ["config.json", "model.safetensors", "tokenizer.json", "generation_config.json"] {
+        std::fs::copy(format!("tests/fixtures/llama-tiny/{f}"), model.join(f)).unwrap();
+    }
+    let template = "{% for m in messages %}{% if m.role == 'system' %}{{ raise_exception('System messages are not supported') }}{% endif %}\
+                    {{ m.role }}: {{ m.content }}\n{% endfor %}{% if add_generation_prompt %}assistant:{% endif %}";
+    let config = serde_json::json!({ "chat_template": template, "eos_token": "<|endoftext|>" });
+    std::fs::write(model.join("tokenizer_config.json"), config.to_string()).unwrap();
+    let turn = |q: &str, a: &str| serde_json::json!({ "messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}] }).to_string();
+    let mut lines: Vec<String> = (0..10).map(|i| turn(&format!("What is {i} plus {i}?"), &format!("It is {}.", 2 * i))).collect();
+    lines.insert(2, r#"{"messages": [{"role": "user", "content": "Hi"}"#.into());
+    lines.insert(4, r#"{"messages": [{"role": "bot", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}"#.into());
+    lines.insert(6, turn("Hi", " "));
+    lines.insert(8, r#"{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}"#.into());
+    let data = dir.join("chat.jsonl");
+    std::fs::write(&data, lines.join("\n")).unwrap();
+    let (model_s, data_s) = (model.to_str().unwrap(), data.to_str().unwrap());
+    let out = dir.join("out");
+    let train = ["train", "--model", model_s, "--data", data_s, "--steps", "4", "--eval-every", "2", "--seq-len", "36", "--lr", "1e-2"];
+    let (ok, stdout, err) = loratab(&[&train[..], &["--out", out.to_str().unwrap()]].concat());
+    assert!(ok, "{err}");
+    for sentence in [
+        "line 3 is not valid JSON",
+        "line 5: message 1 has role \"bot\"; the roles are \"system\", \"user\" and \"assistant\"; skipped",
+        "line 7: assistant message 2 is empty; skipped",
+        "line 9: the chat template refused the conversation: System messages are not supported; skipped",
+        "with the model's template, loss on the answers only",
+        "4 lines skipped",
+    ] {
+        assert!(err.contains(sentence), "{sentence:?} in {err}");
+    }
+    let v = json(&stdout);
+    let ex = &v["examples"];
+    assert_eq!(ex["train"].as_u64().unwrap() + ex["validation"].as_u64().unwrap() + ex["dropped"].as_u64().unwrap(), 10, "{v}");
+    // "user: What is 9 plus 9?\nassistant: It is 18.\n" is 39 tokens of llama-tiny's: cut to 36.
+    assert!(ex["truncated"].as_u64().unwrap() >= 1, "{v}");
+    let (best, last) = (v["best_step"].as_u64().unwrap(), v["steps"].as_u64().unwrap());
+    assert_eq!(last, 4);
+    assert!(err.contains(&format!("best adapter (step {best}, validation loss")) && err.contains("last adapter (step 4, validation loss"), "{err}");
+    for (folder, step) in [(out.clone(), best), (out.join("last"), last)] {
+        let state = std::fs::read(folder.join("training_state.safetensors")).unwrap();
+        assert_eq!(loratab::train::TrainingState::from_bytes(&state).unwrap().step as u64, step, "{}", folder.display());
+        let sft: serde_json::Value = serde_json::from_slice(&std::fs::read(folder.join("sft_config.json")).unwrap()).unwrap();
+        assert_eq!((sft["format"].as_str(), sft["template"].as_str(), sft["mask_prompt"].as_bool()), (Some("messages"), Some("model"), Some(true)));
+        assert_eq!(sft["chat_template"], template);
+    }
+
+    // The plain template, every token learnt, the last adapter in --out and the best beside it.
+    let out2 = dir.join("out2");
+    let extra = ["--out", out2.to_str().unwrap(), "--template", "plain", "--no-mask-prompt", "--keep", "last"];
+    let (ok, stdout, err) = loratab(&[&train[..], &extra].concat());
+    assert!(ok && err.contains("with the plain template, loss on every token"), "{err}");
+    assert!(!err.contains("line 9"), "the plain template takes system messages: {err}");
+    assert_eq!(json(&stdout)["best_out"], out2.join("best").to_str().unwrap());
+    let sft: serde_json::Value = serde_json::from_slice(&std::fs::read(out2.join("best/sft_config.json")).unwrap()).unwrap();
+    assert_eq!((sft["template"].as_str(), sft["mask_prompt"].as_bool(), sft["eos_token"].as_str()), (Some("plain"), Some(false), Some("<|endoftext|>")));
+
+    // Nothing trainable: no good line at all, or one example only (nothing left to validate on).
+    std::fs::write(&data, [lines[2].as_str(), lines[4].as_str()].join("\n")).unwrap();
+    let (ok, _, err) = loratab(&[&train[..], &["--out", out.to_str().unwrap()]].concat());
+    assert!(!ok && err.contains("line 1 is not valid JSON") && err.contains("line 2: message 1 has role \"bot\"") && err.contains("has no usable example"), "{err}");
+    std::fs::write(&data, [lines[0].as_str(), lines[6].as_str()].join("\n")).unwrap();
+    let (ok, _, err) = loratab(&[&train[..], &["--out", out.to_str().unwrap()]].concat());
+    assert!(!ok && err.contains("only 1 example can be trained on"), "{err}");
+    let no_validation = ["train", "--model", model_s, "--data", data_s, "--eval-every", "0", "--early-stop", "2", "--out", out.to_str().unwrap()];
+    let (ok, _, err) = loratab(&no_validation);
+    assert!(!ok && err.contains("--early-stop counts validations"), "{err}");
+}

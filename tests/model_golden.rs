@@ -124,6 +124,53 @@ gpu_test! {
 }
 
 gpu_test! {
+    /// Generation ends at the first of the model's stop ids and leaves it out. The unstopped run
+    /// (transformers' greedy tokens; and a top-k sampled one) is cut just before the first
+    /// occurrence of each of its tokens made a stop id (listed with ids that never occur, first or
+    /// not); with several occurring, the earliest ends it; the model's own stop id (config.json's
+    /// EOS, 0) never occurs, and generation is unchanged.
+    async fn generation_stops_at_each_stop_id() {
+        use loratab::generate::{generate, generate_until, Sampling};
+        let ctx = gpu().await;
+        let f = fixture!("llama-tiny");
+        let (model, _) = f.load();
+        assert_eq!(model.config.stop_ids, [0]);
+        let mut gm = GpuModel::upload(&ctx, &model).await.unwrap();
+        let prompt = f.ids("prompt");
+        for (temperature, top_k) in [(0.0, 0), (0.9, 8)] {
+            let s = Sampling { temperature, top_k, seed: 5 };
+            let free = generate_until(&ctx, &gm, &prompt, 12, &s, None, &[]).await.unwrap();
+            assert_eq!(free.len(), 12);
+            if temperature == 0.0 {
+                assert_eq!(free, f.ids("greedy"), "the unstopped run is transformers'");
+            }
+            assert!(!free.contains(&0));
+            gm.config.stop_ids = vec![0];
+            assert_eq!(generate(&ctx, &gm, &prompt, 12, &s, None).await.unwrap(), free, "no stop id occurs");
+            let absent: Vec<u32> = (1..300).filter(|t| !free.contains(t)).take(2).collect();
+            let mut distinct: Vec<u32> = free.clone();
+            distinct.dedup();
+            distinct.sort();
+            distinct.dedup();
+            assert!(distinct.len() >= 3, "{free:?}");
+            for &t in &distinct {
+                let first = free.iter().position(|&x| x == t).unwrap();
+                for stops in [vec![t, absent[0]], vec![absent[0], absent[1], t]] {
+                    gm.config.stop_ids = stops.clone();
+                    let got = generate(&ctx, &gm, &prompt, 12, &s, None).await.unwrap();
+                    assert_eq!(got, free[..first], "temperature {temperature}, stop ids {stops:?}");
+                }
+            }
+            gm.config.stop_ids = distinct.iter().rev().copied().collect();
+            assert!(generate(&ctx, &gm, &prompt, 12, &s, None).await.unwrap().is_empty(), "the first token is a stop id");
+            gm.config.stop_ids = distinct.iter().copied().filter(|&t| t != free[0]).collect();
+            let second = free.iter().position(|&x| x != free[0]).unwrap();
+            assert_eq!(generate(&ctx, &gm, &prompt, 12, &s, None).await.unwrap(), free[..second], "the earliest stop ends it");
+        }
+    }
+}
+
+gpu_test! {
     /// The cache path (prompt, then one token at a time) gives the same logits as one full pass.
     async fn kv_cache_matches_full_forward() {
         let ctx = gpu().await;

@@ -538,6 +538,46 @@ gpu_test! {
 }
 
 gpu_test! {
+    /// Keep-best: validated after every step at a learning rate too high to settle (constant 0.05,
+    /// batch 2 × 16), the validation loss falls to its lowest at step 3 and rises after it. The
+    /// session's best is the adapter and training state of the lowest validation, byte for byte as
+    /// they were at that step; early stopping counts the validations since.
+    async fn session_keeps_the_best_adapter() {
+        let ctx = gpu().await;
+        let s = TrainSettings { batch: 2, seq_len: 16, warmup: 0, decay: Decay::Constant, ..settings(8, 0.05) };
+        let (gm, mut session) = session(&ctx, &llama(), &opts("q,v", 3), s).await;
+        // (validation, adapter_config.json, adapter_model.safetensors, training_state.safetensors) per step.
+        let mut seen = Vec::new();
+        loop {
+            let v = session.validate(&ctx, &gm).await.unwrap();
+            assert_eq!(session.validate(&ctx, &gm).await.unwrap(), v, "a second validation at one step measures nothing new");
+            let (config, weights) = session.adapter(&ctx).await.unwrap().to_files().unwrap();
+            seen.push((v, config, weights, session.state(&ctx).await.unwrap().to_bytes().unwrap()));
+            if session.finished() {
+                break;
+            }
+            session.step(&ctx, &gm).await.unwrap();
+        }
+        let losses: Vec<f64> = seen.iter().map(|(v, ..)| v.loss).collect();
+        let lowest = (0..losses.len()).fold(0, |b, i| if losses[i] < losses[b] { i } else { b });
+        let last = losses.len() - 1;
+        assert!(lowest > 0 && lowest < last && losses[last] > losses[lowest], "the loss should fall, then rise: {losses:?}");
+        let best = session.best().unwrap();
+        assert_eq!((best.step, best.loss), (lowest, losses[lowest]));
+        let (config, weights) = best.adapter.to_files().unwrap();
+        let (_, want_config, want_weights, want_state) = &seen[lowest];
+        assert!(config == *want_config && weights == *want_weights, "the best adapter is step {lowest}'s, byte for byte");
+        assert_eq!(best.state.to_bytes().unwrap(), *want_state, "and so is its training state");
+        assert_ne!(weights, seen[last].2, "the last adapter differs");
+        for (i, (v, ..)) in seen.iter().enumerate() {
+            let b = (0..=i).fold(0, |b, j| if losses[j] < losses[b] { j } else { b });
+            assert_eq!((v.step, v.improved, v.best_step, v.since_best), (i, b == i, b, i - b), "validation {i}: {v:?}");
+        }
+        assert!(session.stop_early(last - lowest) && !session.stop_early(last - lowest + 1) && !session.stop_early(0));
+    }
+}
+
+gpu_test! {
     /// Instruction tuning end to end on llama-tiny: JSON Lines prompt/completion pairs (`{i}?` →
     /// `Letter {i}.`) through the
     /// plain template (answer-only labels) into a session; the training answers' loss falls to less
@@ -730,8 +770,14 @@ mod cli {
         let steps = v["steps"].as_u64().unwrap();
         assert!(steps >= 1 && steps < 100000, "{v}");
         assert!(rest.contains("interrupted at step"), "{rest}");
-        let state = TrainingStateFile::read(&out);
-        assert_eq!(state, steps as u32);
+        // --out holds the best adapter (validated at the start and at the interrupted step), --out/last the last.
+        let last = out.join("last");
+        assert!(rest.contains(&format!("continue with --resume {}", last.display())), "{rest}");
+        assert_eq!(TrainingStateFile::read(&last), steps as u32);
+        Adapter::load_dir(&last).unwrap();
+        let best = v["best_step"].as_u64().unwrap();
+        assert!(best == 0 || best == steps, "{v}");
+        assert_eq!(TrainingStateFile::read(&out), best as u32);
         Adapter::load_dir(&out).unwrap();
     }
 

@@ -35,6 +35,47 @@ pub const PLAIN_TEMPLATE: &str = "{%- for message in messages %}\
 {%- endfor %}\
 {%- if add_generation_prompt %}{{ '\\nAnswer:' if messages else 'Answer:' }}{% endif %}";
 
+/// The file beside an adapter trained on examples that says how they became training data
+/// ([`SftConfig`]). PEFT reads only adapter_config.json and adapter_model.safetensors, so the folder
+/// still loads in PEFT unchanged.
+pub const SFT_FILE: &str = "sft_config.json";
+
+/// How examples became training data: their kind, the chat template (the model's own or the plain
+/// one, with its source and tokens) and whether the loss was on the answers only. What an export
+/// to TRL needs to tokenize the same way.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SftConfig {
+    /// "text", "prompt_completion" or "messages" (`examples::Kind::name`).
+    pub format: String,
+    /// "model" (the model's own template) or "plain" ([`PLAIN_TEMPLATE`]).
+    pub template: String,
+    pub chat_template: String,
+    pub bos_token: Option<String>,
+    pub eos_token: Option<String>,
+    /// Loss on the answers only (TRL's completion/assistant-only loss, MLX-LM's --mask-prompt).
+    pub mask_prompt: bool,
+    /// Examples were cut to this many tokens.
+    pub seq_len: usize,
+}
+
+impl SftConfig {
+    pub fn new(format: super::examples::Kind, template: &ChatTemplate, mask_prompt: bool, seq_len: usize) -> Self {
+        Self {
+            format: format.name().into(),
+            template: if template.is_plain() { "plain" } else { "model" }.into(),
+            chat_template: template.source.clone(),
+            bos_token: template.bos_token.clone(),
+            eos_token: template.eos_token.clone(),
+            mask_prompt,
+            seq_len,
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("plain fields serialize")
+    }
+}
+
 /// What can go wrong turning a conversation into tokens.
 #[derive(Debug, thiserror::Error)]
 pub enum TemplateError {
@@ -127,11 +168,17 @@ impl ChatTemplate {
     /// `tokenizer.chat_template`), else [`PLAIN_TEMPLATE`] ended by its EOS token (tokenizer_config's
     /// `eos_token`, else the text of its first stop id; none when it has neither).
     pub fn for_model(tok: &Tokenizer, config: &Config) -> Result<Self, TemplateError> {
-        if let Some(own) = tok.config().map(Self::from_tokenizer_config).transpose()?.flatten() {
-            return Ok(own);
+        match tok.config().map(Self::from_tokenizer_config).transpose()?.flatten() {
+            Some(own) => Ok(own),
+            None => Ok(Self::plain_for_model(tok, config)),
         }
+    }
+
+    /// [`PLAIN_TEMPLATE`] ended by the model's EOS token (tokenizer_config's `eos_token`, else the
+    /// text of its first stop id; none when it has neither).
+    pub fn plain_for_model(tok: &Tokenizer, config: &Config) -> Self {
         let named = tok.config().and_then(|c| c.as_object()).and_then(|c| token_field(c, "eos_token"));
-        Ok(Self::plain(named.or_else(|| config.stop_ids.first().and_then(|&id| tok.id_to_token(id)))))
+        Self::plain(named.or_else(|| config.stop_ids.first().and_then(|&id| tok.id_to_token(id))))
     }
 
     /// True for [`PLAIN_TEMPLATE`] (the model has no template of its own).
@@ -301,6 +348,38 @@ mod tests {
         let ex = plain.chat_example(&tok, &conversation).unwrap();
         let learnt: Vec<u32> = ex.labels.iter().copied().filter(|&l| l != IGNORE).collect();
         assert_eq!(tok.decode(&learnt).unwrap(), " Four.<|endoftext|> Twelve ✓<|endoftext|>");
+    }
+
+    /// A model's template comes from its tokenizer_config (golden ids for a question as one user
+    /// turn with the generation prompt), and its stop ids are its EOS ids, its `eos_token` and the
+    /// end-of-turn tokens its template writes; a model without a template gets the plain one,
+    /// ended by the text of its EOS id.
+    #[test]
+    fn a_models_template_and_stop_ids() {
+        let golden = golden();
+        let config = |stop_ids: Vec<u32>| crate::model::Config { stop_ids, ..crate::bench::model_config("default").unwrap() };
+        // Added tokens: 0 <|endoftext|>, 2 <|im_end|>, 6 <|eot_id|>, 8 </s>.
+        let stops = [("smollm2", vec![0, 2]), ("qwen2.5", vec![0, 2]), ("llama3", vec![0, 6]), ("mistral", vec![0, 8])];
+        for (name, want) in stops {
+            let t = &golden["templates"][name];
+            let tc = serde_json::json!({"chat_template": t["template"], "bos_token": t["bos_token"], "eos_token": t["eos_token"]});
+            let tok = tokenizer().with_config(Some(tc));
+            assert_eq!(tok.stop_ids(&[0]), want, "{name}");
+            let template = ChatTemplate::for_model(&tok, &config(want.clone())).unwrap();
+            assert!(!template.is_plain(), "{name}");
+            let case = golden["cases"].as_array().unwrap().iter().find(|c| {
+                c["template"] == name && c["add_generation_prompt"] == true && c["messages"] == serde_json::json!([{"role": "user", "content": "Hi!"}])
+            });
+            let want_ids: Vec<u32> = case.unwrap()["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+            assert_eq!(template.chat_prompt(&tok, "Hi!").unwrap(), want_ids, "{name}");
+        }
+        // No tokenizer_config: config.json's EOS only; the plain template ends answers with its text.
+        let tok = tokenizer();
+        assert_eq!(tok.stop_ids(&[8, 8]), [8]);
+        let plain = ChatTemplate::for_model(&tok, &config(vec![8])).unwrap();
+        assert!(plain.is_plain() && plain.eos_token.as_deref() == Some("</s>"));
+        assert_eq!(tok.decode(&plain.chat_prompt(&tok, "Hi!").unwrap()).unwrap(), "Question: Hi!\nAnswer:");
+        assert_eq!(ChatTemplate::for_model(&tok, &config(vec![])).unwrap().eos_token, None);
     }
 
     #[test]

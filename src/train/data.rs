@@ -58,6 +58,12 @@ pub struct Example {
 }
 
 impl Example {
+    /// The same example learnt whole (every label its id: the loss on prompts too, MLX-LM without
+    /// --mask-prompt).
+    pub fn unmasked(self) -> Self {
+        Self { labels: self.ids.clone(), ids: self.ids }
+    }
+
     /// Positions whose next token is learnt (the first label predicts nothing).
     pub fn targets(&self) -> usize {
         self.labels.iter().skip(1).filter(|&&l| l != IGNORE).count()

@@ -99,6 +99,17 @@ pub enum Kind {
     Messages,
 }
 
+impl Kind {
+    /// A short name for files and summaries: "text", "prompt_completion", "messages".
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Text => "text",
+            Kind::Completion => "prompt_completion",
+            Kind::Messages => "messages",
+        }
+    }
+}
+
 impl std::fmt::Display for Kind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {

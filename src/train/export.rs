@@ -143,10 +143,8 @@ pub fn trl_export(tok: &Tokenizer, run: &TrlRun) -> Result<Vec<ExportFile>, Expo
     let s = run.settings;
     // The examples exactly as loratab makes them, to split and drop the same ones; records the
     // template refuses are left out, as training leaves them out (the caller reports them).
-    let (mut examples, failed) = run.template.examples(tok, run.records);
-    if !run.answers_only {
-        examples.iter_mut().for_each(|e| e.labels = e.ids.clone());
-    }
+    let (examples, failed) = run.template.examples(tok, run.records);
+    let examples: Vec<_> = examples.into_iter().map(|e| if run.answers_only { e } else { e.unmasked() }).collect();
     let kept: Vec<&Record> = run.records.iter().filter(|(line, _)| !failed.iter().any(|(f, _)| f == line)).map(|(_, r)| r).collect();
     let data = Dataset::from_examples(examples, s.seq_len)?;
     let ex = data.examples.as_ref().expect("made from examples");

@@ -22,10 +22,10 @@ pub mod memory;
 mod run;
 mod step;
 
-pub use chat::{ChatTemplate, TemplateError, PLAIN_TEMPLATE};
+pub use chat::{ChatTemplate, SftConfig, TemplateError, PLAIN_TEMPLATE, SFT_FILE};
 pub use data::{Dataset, Example, Examples};
 pub use export::{frozen_rows, trl_export, ExportError, ExportFile, FrozenRows, TrlRun, TRL_SCRIPT};
-pub use examples::{parse as parse_examples, LineError, Message, Parsed, Record, Role};
+pub use examples::{parse as parse_examples, Format, Kind, LineError, Message, Parsed, Record, Role};
 pub use run::{check_resume, diverging, new_lora, validate_lora, Best, Decay, Schedule, Session, StepReport, TrainSettings, TrainingState, Validation, DIVERGING};
 pub use step::{Trainer, TrainerOptions};
 
