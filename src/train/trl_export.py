@@ -7,7 +7,7 @@ Beside this script: train.jsonl / validation.jsonl (the run's examples and held-
 formats), order.json (the example of every window loratab's sampler draws, batch after batch) and
 adapter/ (the adapter the run starts from). It trains with loratab's chat template, masking, LoRA
 settings, schedule, batch, sequence length and seed, prints the first step's loss (equal to
-loratab's first step), the validation loss at the end, and saves the adapter to --out.
+loratab's first step), the validation loss before and after training, and saves the adapter to --out.
 
 Why it tokenizes itself: TRL's `completion_only_loss` masks a prompt by its token count and
 `assistant_only_loss` needs `{% generation %}` markers in the template. Here every record is
@@ -183,8 +183,9 @@ def main():
     )
     trainer = LoggingTrainer(model=model, args=config, train_dataset=dataset, processing_class=tok, optimizers=(optimizer, schedule))
     trainer.model_accepts_loss_kwargs = False  # each micro-batch's mean weighs equally, as in loratab
-    trainer.train()
     held = [encode(r) for r in read_jsonl("validation.jsonl")]
+    print(f"validation loss before training {validation_loss(model, held):.6f}", flush=True)
+    trainer.train()
     print(f"validation loss {validation_loss(model, held):.6f}", flush=True)
     model.save_pretrained(args.out)
     print(f"adapter saved to {args.out}")
