@@ -136,6 +136,17 @@ class LoggingTrainer(SFTTrainer):
         return out
 
 
+def collate(rows):
+    """Right padding (never attended to nor learnt), as loratab pads its windows."""
+    n = max(len(r["input_ids"]) for r in rows)
+    pad = lambda seq, value: seq + [value] * (n - len(seq))  # noqa: E731
+    return {
+        "input_ids": torch.tensor([pad(r["input_ids"], 0) for r in rows]),
+        "labels": torch.tensor([pad(r["labels"], -100) for r in rows]),
+        "attention_mask": torch.tensor([pad([1] * len(r["input_ids"]), 0) for r in rows]),
+    }
+
+
 def validation_loss(model, examples):
     """Mean loss over the held-out examples' learnt positions (loratab's validation loss)."""
     model.eval()
@@ -180,8 +191,11 @@ def main():
         save_strategy="no",
         report_to=[],
         use_cpu=not torch.cuda.is_available(),
+        bf16=False,  # f32 throughout, as loratab (TRL otherwise turns on bf16 autocast where supported)
+        fp16=False,
     )
-    trainer = LoggingTrainer(model=model, args=config, train_dataset=dataset, processing_class=tok, optimizers=(optimizer, schedule))
+    trainer = LoggingTrainer(model=model, args=config, train_dataset=dataset, processing_class=tok,
+                             data_collator=collate, optimizers=(optimizer, schedule))
     trainer.model_accepts_loss_kwargs = False  # each micro-batch's mean weighs equally, as in loratab
     held = [encode(r) for r in read_jsonl("validation.jsonl")]
     print(f"validation loss before training {validation_loss(model, held):.6f}", flush=True)
