@@ -330,10 +330,7 @@ fn data(args: &TrainArgs, text: &str, config: &Config, tok: &Tokenizer, seq_len:
     let Some(kind) = kind else {
         return Err(TrainCliError::Usage(format!("{file} has no usable example: every line is wrong (see above)")));
     };
-    let template = match args.template {
-        TemplateArg::Model => ChatTemplate::for_model(tok, config)?,
-        TemplateArg::Plain => ChatTemplate::plain_for_model(tok, config),
-    };
+    let template = template(args, tok, config)?;
     let (examples, failed) = template.examples(tok, &parsed.records);
     for (line, e) in &failed {
         eprintln!("{file}: line {line}: {e}; skipped");
@@ -356,6 +353,14 @@ fn data(args: &TrainArgs, text: &str, config: &Config, tok: &Tokenizer, seq_len:
         if skipped == 1 { "" } else { "s" },
     );
     Ok((data, Some(SftConfig::new(kind, &template, mask, seq_len))))
+}
+
+/// The chat template `--template` names.
+fn template(args: &TrainArgs, tok: &Tokenizer, config: &Config) -> Result<ChatTemplate, TrainCliError> {
+    Ok(match args.template {
+        TemplateArg::Model => ChatTemplate::for_model(tok, config)?,
+        TemplateArg::Plain => ChatTemplate::plain_for_model(tok, config),
+    })
 }
 
 /// The run's settings from the flags (defaults shared with the page come from the library).
@@ -588,4 +593,77 @@ fn report(ctx: &GpuContext, session: &Session, out: &Path, saved: &Saved, run: &
         },
     });
     println!("{summary}");
+}
+
+/// `loratab export-trl`: the run that `train`'s flags describe, written for PyTorch (TRL's
+/// SFTTrainer + PEFT; `train::export`) instead of trained. `--out` is the export's folder;
+/// `--resume DIR` starts it from that adapter (AdamW starts afresh), else from the fresh adapter
+/// `train` would make with the same seed. For the embedded default model its three files go to
+/// `base/` so the folder is complete.
+pub fn export_trl(args: TrainArgs) -> Result<(), TrainCliError> {
+    let (model, tokenizer) = crate::model_arg::Source::open(args.model.as_deref())?.model(args.base_dtype)?;
+    let settings = settings(&args, &model.config);
+    settings.validate(&model.config)?;
+    let (records, template, answers_only) = export_examples(&args, &tokenizer, &model.config)?;
+    let (mut adapter, frozen) = match &args.resume {
+        Some(dir) => {
+            let frozen = match std::fs::read(dir.join(STATE_FILE)) {
+                Ok(bytes) => TrainingState::from_bytes(&bytes)?.frozen,
+                Err(_) => Vec::new(),
+            };
+            (Adapter::load_dir(dir)?, frozen)
+        }
+        None => {
+            let opts = lora_options(&args)?;
+            train::validate_lora(&opts)?;
+            let arch = model.config.arch;
+            let frozen = opts.frozen(arch).into_iter().flat_map(|t| t.sites(arch)).collect();
+            (Adapter::from_options(&model.config, &opts)?, frozen)
+        }
+    };
+    adapter.config.base_model_name_or_path = Some(crate::model_arg::base_name(args.model.as_deref()));
+    let write = |name: &str, bytes: &[u8]| -> Result<(), TrainCliError> {
+        let path = args.out.join(name);
+        let err = |e: std::io::Error| TrainError::Write { path: path.display().to_string(), reason: e.to_string() };
+        std::fs::create_dir_all(path.parent().expect("inside --out")).map_err(err)?;
+        std::fs::write(&path, bytes).map_err(err)?;
+        Ok(())
+    };
+    let base = match &args.model {
+        Some(p) => std::path::absolute(p).unwrap_or_else(|_| p.clone()).display().to_string(),
+        None => {
+            let files = loratab::model::default::files();
+            write("base/config.json", files.config.as_bytes())?;
+            write("base/tokenizer.json", &files.tokenizer)?;
+            for (name, bytes) in &files.weights {
+                write(&format!("base/{name}"), bytes)?;
+            }
+            "base".to_string()
+        }
+    };
+    let frozen_rows = train::frozen_rows(&model.config, &adapter, &frozen);
+    let run = train::TrlRun { records: &records, template: &template, answers_only, adapter: &adapter, settings: &settings, base_model: &base, frozen_rows: &frozen_rows };
+    let files = train::trl_export(&tokenizer, &run).map_err(|e| TrainCliError::Usage(e.to_string()))?;
+    for f in &files {
+        write(&f.name, &f.bytes)?;
+    }
+    eprintln!("wrote {} ({} files); run it with: python {}", args.out.display(), files.len(), args.out.join(train::TRL_SCRIPT).display());
+    Ok(())
+}
+
+/// The records, template and masking of the examples `--data` names (bad lines are reported and
+/// left out, as `train` leaves them out).
+fn export_examples(args: &TrainArgs, tok: &Tokenizer, config: &Config) -> Result<(Vec<(usize, train::Record)>, ChatTemplate, bool), TrainCliError> {
+    let Some(path) = &args.data else {
+        return Err(TrainCliError::Usage("export-trl writes out examples: give them with --data FILE (JSON Lines), not --text".into()));
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| ModelError::Io { path: path.display().to_string(), reason: e.to_string() })?;
+    let parsed = train::parse_examples(&text);
+    if parsed.format == Format::PlainText {
+        return Err(TrainCliError::Usage(format!("{} is plain text; export-trl writes out JSON Lines examples ({{\"prompt\", \"completion\"}}, {{\"messages\"}} or {{\"text\"}} per line)", path.display())));
+    }
+    for bad in &parsed.bad {
+        eprintln!("{}: {bad}; skipped", path.display());
+    }
+    Ok((parsed.records, template(args, tok, config)?, !args.no_mask_prompt))
 }

@@ -16,6 +16,7 @@ mod activations;
 pub mod chat;
 pub mod data;
 pub mod examples;
+pub mod export;
 mod merge;
 pub mod memory;
 pub mod profile;
@@ -24,6 +25,7 @@ mod step;
 
 pub use chat::{ChatTemplate, SftConfig, TemplateError, PLAIN_TEMPLATE, SFT_FILE};
 pub use data::{Dataset, Example, Examples};
+pub use export::{frozen_rows, trl_export, ExportError, ExportFile, FrozenRows, TrlRun, TRL_SCRIPT};
 pub use examples::{parse as parse_examples, Format, Kind, LineError, Message, Parsed, Record, Role};
 pub use run::{check_resume, diverging, new_lora, validate_lora, Best, Decay, Schedule, Session, StepReport, TrainSettings, TrainingState, Validation, DIVERGING};
 pub use step::{Trainer, TrainerOptions};
