@@ -14,8 +14,11 @@ use crate::gpu::{GpuContext, GpuError};
 use crate::lora::{self, Adapter, LoraError, LoraOptions};
 use crate::model::{config_json_f32, save_safetensors, Arch, Branch, Config, GpuModel, Model, ModelError, ModelFiles, Tokenizer, WeightFormat};
 use crate::train::memory::MemoryBudget;
-use crate::train::{self, Dataset, GpuLora, Session, StepReport, TrainError, TrainSettings, TrainingState};
+use crate::train::{self, ChatTemplate, Dataset, GpuLora, Session, StepReport, TemplateError, TrainError, TrainSettings, TrainingState};
 use crate::zip::{self, ZipError};
+
+mod examples;
+pub use examples::{ExampleSet, ExampleStats, HeldOut, TrainData};
 
 /// GPU memory the page assumes a browser tab can use: WebGPU tells a page no memory size, and
 /// integrated GPUs share the machine's memory with everything else (see [`Studio::memory_hint`]).
@@ -44,6 +47,14 @@ pub enum StudioError {
          {seq_len} tokens (it needs at least {needed}): paste more text or lower the sequence length"
     )]
     TextTooShort { tokens: usize, seq_len: usize, needed: usize },
+    #[error(
+        "only {usable} example{} can be trained on{}: training needs at least two (one to train on and one to validate on)",
+        if *usable == 1 { "" } else { "s" },
+        if *dropped > 0 { format!(" ({dropped} had no answer token left within the sequence length)") } else { String::new() }
+    )]
+    TooFewExamples { usable: usize, dropped: usize },
+    #[error(transparent)]
+    Template(#[from] TemplateError),
     #[error("{0}")]
     TooBig(String),
     #[error("tensor `{name}` cannot be kept in {format}: {detail}; choose “as stored”, f16 or f32 under Frozen weights")]
@@ -59,6 +70,8 @@ impl From<TrainError> for StudioError {
             TrainError::TextTooShort { tokens, seq_len, needed } => StudioError::TextTooShort { tokens, seq_len, needed },
             // The CLI's sentence names --steps; the page's names its field.
             TrainError::AlreadyTrained { done } => StudioError::AlreadyTrained { done },
+            // The CLI's sentence names --seq-len too.
+            TrainError::TooFewExamples { usable, dropped } => StudioError::TooFewExamples { usable, dropped },
             e => StudioError::Train(e),
         }
     }
@@ -124,12 +137,13 @@ impl From<ModelFiles> for ModelSource {
 }
 
 impl ModelSource {
-    /// The host model, its tokenizer, config.json's text and a description of the source.
-    fn host_model(&self) -> Result<(Model, Tokenizer, String, String), StudioError> {
+    /// The host model, its tokenizer, config.json's text, a description of the source, and
+    /// tokenizer_config.json when the source has one (a GGUF's, as `loratab import-gguf` writes it).
+    fn host_model(&self) -> Result<HostModel, StudioError> {
         match self {
             ModelSource::Files(files) => {
                 let (model, tokenizer) = Model::from_files(files)?;
-                Ok((model, tokenizer, files.config.clone(), "a model folder".into()))
+                Ok((model, tokenizer, files.config.clone(), "a model folder".into(), None))
             }
             ModelSource::Gguf { file_name, bytes } => {
                 let imported = gguf::import(bytes)?;
@@ -137,11 +151,14 @@ impl ModelSource {
                 let (model, tokenizer) = imported.model()?;
                 let kinds = imported.kinds.iter().map(|(k, n)| format!("{k} ×{n}")).collect::<Vec<_>>().join(", ");
                 let title = imported.name.as_deref().map(|n| format!("{n}, ")).unwrap_or_default();
-                Ok((model, tokenizer, imported.config.to_string(), format!("{title}GGUF file {file_name} ({kinds})")))
+                let described = format!("{title}GGUF file {file_name} ({kinds})");
+                Ok((model, tokenizer, imported.config.to_string(), described, Some(imported.tokenizer_config)))
             }
         }
     }
 }
+
+type HostModel = (Model, Tokenizer, String, String, Option<serde_json::Value>);
 
 /// Whether `name` is a GGUF file by its name (the page routes a dropped file by it).
 pub fn is_gguf(name: &str) -> bool {
@@ -172,6 +189,8 @@ pub struct AdapterSize {
 /// A training run on the studio's model.
 pub struct Run {
     pub session: Session,
+    /// The held-out examples with an answer, as written (for Compare; empty for a text).
+    held_out: Vec<HeldOut>,
 }
 
 impl Run {
@@ -319,6 +338,8 @@ pub struct Studio {
     source: ModelSource,
     /// The format the frozen matrices were converted to at load (None: as stored).
     frozen: Option<WeightFormat>,
+    /// The chat template examples are rendered with, or why the model's own is not usable.
+    template: Result<ChatTemplate, String>,
 }
 
 impl Studio {
@@ -345,7 +366,7 @@ impl Studio {
     async fn upload(
         ctx: GpuContext,
         source: ModelSource,
-        (mut model, tokenizer, config_json, described): (Model, Tokenizer, String, String),
+        (mut model, tokenizer, config_json, described, tokenizer_config): HostModel,
         name: &str,
         frozen: Option<WeightFormat>,
     ) -> Result<Self, StudioError> {
@@ -381,7 +402,8 @@ impl Studio {
         let before = ctx.memory().live();
         let model = GpuModel::upload(&ctx, &model).await?;
         let info = ModelInfo { weight_bytes: ctx.memory().live() - before, ..info };
-        Ok(Self { ctx, model, tokenizer, info, source, frozen })
+        let template = examples::model_template(tokenizer_config.as_ref(), &config_json, &tokenizer);
+        Ok(Self { ctx, model, tokenizer, info, source, frozen, template })
     }
 
     pub fn config(&self) -> &Config {
@@ -465,30 +487,53 @@ impl Studio {
 
     /// A new adapter with `opts`, ready to train on `text` with `settings`.
     pub async fn start(&self, text: &str, opts: &LoraOptions, settings: TrainSettings) -> Result<Run, StudioError> {
-        settings.validate(self.config())?;
-        let tokens = self.tokenize(text)?;
-        Dataset::new(tokens.clone(), settings.seq_len)?;
+        self.start_on(&TrainData::Text(text.into()), opts, settings).await
+    }
+
+    /// A new adapter with `opts`, ready to train on `data` (a text, or examples) with `settings`.
+    pub async fn start_on(&self, data: &TrainData, opts: &LoraOptions, settings: TrainSettings) -> Result<Run, StudioError> {
+        // The data is checked before anything is allocated.
+        let (data, held_out) = self.dataset(data, &settings)?;
         let lora = train::new_lora(&self.ctx, &self.model, opts).await?;
-        Ok(Run { session: Session::new(&self.ctx, &self.model, tokens, lora, settings).await? })
+        self.run(data, held_out, lora, settings).await
     }
 
     /// Continue training `saved` on `text` up to `settings.steps` (exactly, when it has its training state).
     pub async fn resume(&self, text: &str, saved: &SavedAdapter, settings: TrainSettings) -> Result<Run, StudioError> {
+        self.resume_on(&TrainData::Text(text.into()), saved, settings).await
+    }
+
+    /// [`Studio::resume`] on a text or examples.
+    pub async fn resume_on(&self, data: &TrainData, saved: &SavedAdapter, settings: TrainSettings) -> Result<Run, StudioError> {
         train::check_resume(saved.step(), settings.steps)?;
-        self.load_adapter(text, saved, settings).await
+        self.load_adapter_on(data, saved, settings).await
     }
 
     /// `saved` on the GPU as a run on `text` (finished already when it has taken `settings.steps`):
     /// to compare with, or to train further.
     pub async fn load_adapter(&self, text: &str, saved: &SavedAdapter, settings: TrainSettings) -> Result<Run, StudioError> {
-        settings.validate(self.config())?;
-        let tokens = self.tokenize(text)?;
-        Dataset::new(tokens.clone(), settings.seq_len)?;
+        self.load_adapter_on(&TrainData::Text(text.into()), saved, settings).await
+    }
+
+    /// [`Studio::load_adapter`] on a text or examples.
+    pub async fn load_adapter_on(&self, data: &TrainData, saved: &SavedAdapter, settings: TrainSettings) -> Result<Run, StudioError> {
+        let (data, held_out) = self.dataset(data, &settings)?;
         let mut lora = GpuLora::new(&self.ctx, &self.model, &saved.adapter).await?;
         if let Some(state) = &saved.state {
             state.apply(&self.ctx, &mut lora)?;
         }
-        Ok(Run { session: Session::new(&self.ctx, &self.model, tokens, lora, settings).await? })
+        self.run(data, held_out, lora, settings).await
+    }
+
+    /// The settings checked and `data` cut with them.
+    fn dataset(&self, data: &TrainData, settings: &TrainSettings) -> Result<(Dataset, Vec<HeldOut>), StudioError> {
+        settings.validate(self.config())?;
+        let prepared = self.prepare(data, settings.seq_len)?;
+        Ok((prepared.data, prepared.held_out))
+    }
+
+    async fn run(&self, data: Dataset, held_out: Vec<HeldOut>, lora: GpuLora, settings: TrainSettings) -> Result<Run, StudioError> {
+        Ok(Run { session: Session::with_data(&self.ctx, &self.model, data, lora, settings).await?, held_out })
     }
 
     /// One optimizer step of `run`.
@@ -526,7 +571,7 @@ impl Studio {
     /// Whatever the base was (a folder, a GGUF, compact or not), the download is an f32 folder: the
     /// host model is rebuilt from the source as stored, so no conversion chosen at load is baked in.
     pub fn merged_model_zip(&self, adapter: &Adapter) -> Result<Vec<u8>, StudioError> {
-        let (mut model, _, config, _) = self.source.host_model()?;
+        let (mut model, _, config, _, _) = self.source.host_model()?;
         lora::merge(&mut model, adapter)?;
         let weights = save_safetensors(&model.to_tensors())?;
         drop(model);

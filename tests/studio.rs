@@ -148,6 +148,71 @@ gpu_test! {
 }
 
 gpu_test! {
+    /// Examples through the studio: rendered with the plain template ending answers with the
+    /// model's EOS (llama-tiny has no chat template; config.json's eos_token_id 0 is
+    /// `<|endoftext|>`), counted as the library's dataset counts them, split by example with the
+    /// held-out ones kept as written for Compare, trained, and answered with the answer cut at EOS.
+    async fn examples_train_split_by_example_and_answer() {
+        use loratab::studio::{ExampleSet, HeldOut, TrainData};
+        use loratab::train::{ChatTemplate, Dataset, Example, Record};
+        let studio = Studio::load(gpu().await, files(), "llama-tiny").await.unwrap();
+        assert!(!studio.has_own_template());
+        let pair = |p: String, c: String| Record::Completion { prompt: p, completion: c };
+        let mut records: Vec<(String, Record)> = (0..12).map(|i| (format!("row {}", i + 1), pair(format!("{i} plus one?"), format!("It is {}.", i + 1)))).collect();
+        // One answer too long for 32 tokens (cut), one prompt so long that no answer is left (left out).
+        records.push(("row 13".into(), pair("Count.".into(), "one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen".into())));
+        records.push(("row 14".into(), pair("a b c d e f g h i j k l m n o p q r s t u v w x y z a b c d e f g h".into(), "Yes.".into())));
+        let set = ExampleSet { records: records.clone(), answers_only: true };
+
+        // The oracle: the library's template, examples and dataset, outside the studio.
+        let tok = loratab::model::Tokenizer::from_bytes(TOKENIZER).unwrap();
+        let plain = ChatTemplate::plain(Some("<|endoftext|>".into()));
+        let examples: Vec<Example> = records.iter().map(|(_, r)| plain.example(&tok, r).unwrap()).collect();
+        let want = Dataset::from_examples(examples, 32).unwrap();
+        let ex = want.examples.as_ref().unwrap();
+        assert!(ex.truncated >= 1 && ex.dropped == 1, "the test's long rows: {} cut, {} left out", ex.truncated, ex.dropped);
+        let stats = studio.example_stats(&set, 32).unwrap();
+        let all = || ex.train.iter().chain(&ex.validation);
+        assert_eq!((stats.examples, stats.train, stats.validation), (13, ex.train.len(), ex.validation.len()));
+        assert_eq!((stats.truncated, stats.dropped), (ex.truncated, ex.dropped));
+        assert_eq!(stats.tokens, all().map(|e| e.ids.len()).sum::<usize>());
+        assert_eq!(stats.learnt, all().map(Example::targets).sum::<usize>());
+        assert!(stats.failed.is_empty());
+        // Loss on every token: every position but each example's first is learnt, and nothing is left out.
+        let every = studio.example_stats(&ExampleSet { answers_only: false, ..set.clone() }, 32).unwrap();
+        assert_eq!((every.examples, every.dropped), (14, 0));
+        assert_eq!(every.learnt, every.tokens - every.examples);
+
+        // Trained by example: the held-out ones are the records at the dataset's held-out indices.
+        let held: Vec<HeldOut> = ex.held_out.iter().map(|&i| HeldOut::of(&records[i].1).unwrap()).collect();
+        assert_eq!(held.len(), 1);
+        let mut run = studio.start_on(&TrainData::Examples(set), &opts(2), TrainSettings { seq_len: 32, ..settings(2) }).await.unwrap();
+        assert_eq!(run.held_out(), held.as_slice());
+        let before = studio.validation_loss(&run).await.unwrap();
+        while !run.finished() {
+            studio.step(&mut run).await.unwrap();
+        }
+        let after = studio.validation_loss(&run).await.unwrap();
+        assert!(before.is_finite() && after.is_finite() && after != before, "{before} → {after}");
+
+        // A held-out question is asked as the template's user turn; the answer is the generation
+        // from there, cut where the template ends an answer.
+        let (q, context) = (held[0].question().to_string(), held[0].context.clone());
+        assert!(records.iter().any(|(_, r)| matches!(r, Record::Completion { prompt, .. } if *prompt == q)));
+        let prompt = studio.chat_prompt(&context).unwrap();
+        assert_eq!(prompt, format!("Question: {q}\nAnswer:"));
+        let raw = studio.generate(&prompt, 12, &GREEDY, Some(&run)).await.unwrap();
+        let answer = studio.answer(&context, 12, &GREEDY, Some(&run)).await.unwrap();
+        assert_eq!(answer, raw.split("<|endoftext|>").next().unwrap().trim());
+
+        // Too few examples: the page's sentence.
+        let one = ExampleSet { records: records[..1].to_vec(), answers_only: true };
+        let err = studio.example_stats(&one, 32).unwrap_err().to_string();
+        assert!(err.starts_with("only 1 example can be trained on: training needs at least two"), "{err}");
+    }
+}
+
+gpu_test! {
     async fn errors_are_sentences() {
         let studio = Studio::load(gpu().await, files(), "llama-tiny").await.unwrap();
         let short = studio.text_stats("a few words", 16).unwrap_err();

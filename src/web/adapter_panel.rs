@@ -16,10 +16,17 @@ pub fn AdapterPanel() -> impl IntoView {
         Ok(m) => (true, m),
         Err(e) => (false, e),
     }));
-    // Each download first refreshes the snapshot when the GPU is free, so it holds the newest adapter.
+    // The best adapter of the run (lowest validation loss) is downloaded unless "latest" is chosen.
+    let latest = RwSignal::new(false);
+    let best = move || if latest.get() { None } else { state.data.best.get() };
+    // The latest first refreshes the snapshot when the GPU is free, so it holds the newest adapter.
     let download = move |what: &'static str| {
         spawn_local(async move {
-            let Some(saved) = state.fresh_snapshot().await else {
+            let chosen = match best() {
+                Some(b) => Some(b.adapter),
+                None => state.fresh_snapshot().await,
+            };
+            let Some(saved) = chosen else {
                 return report(Err("Train or load an adapter first.".into()));
             };
             let tag = format!("r{}-step{}", saved.adapter.config.r, saved.step());
@@ -64,10 +71,27 @@ pub fn AdapterPanel() -> impl IntoView {
             format!("Latest adapter: rank {}, α {}, on {}, step {}.", c.r, c.lora_alpha, c.target_modules.join(", "), s.step())
         })
     };
+    let which = move || {
+        state.data.best.get().map(|b| {
+            let latest_step = state.saved.get().map(|s| s.step()).unwrap_or(b.step);
+            view! {
+                <fieldset data-testid="which-adapter">
+                    <legend>"Download"</legend>
+                    <label class="check"><input type="radio" name="which-adapter" data-testid="download-best"
+                        prop:checked=move || !latest.get() on:change=move |_| latest.set(false)/>
+                        {format!("the best adapter: step {}, validation loss {:.4}", b.step, b.loss)}</label>
+                    <label class="check"><input type="radio" name="which-adapter" data-testid="download-latest"
+                        prop:checked=move || latest.get() on:change=move |_| latest.set(true)/>
+                        {format!("the latest: step {latest_step}")}</label>
+                </fieldset>
+            }
+        })
+    };
     view! {
         <section aria-labelledby="adapter-heading">
             <h2 id="adapter-heading">"6. Download or load an adapter"</h2>
             <p data-testid="saved-summary">{summary}</p>
+            {which}
             <div class="buttons">
                 <button type="button" data-testid="download-zip" on:click=move |_| download("zip") prop:disabled=none>"Download adapter (PEFT, .zip)"</button>
                 <button type="button" on:click=move |_| download("config") prop:disabled=none>"adapter_config.json"</button>

@@ -19,6 +19,9 @@ use crate::model::{Config, ModelFiles, WeightFormat};
 use crate::studio::{ModelSource, Run, SavedAdapter, Studio, StudioError, TextStats};
 use crate::train::TrainSettings;
 
+mod data;
+pub use data::{Ask, Best, DataForm, DataMode, ExampleRow, Gathered};
+
 /// The model the page loads with no user action, shipped next to the page by Trunk.
 pub const DEFAULT_MODEL: &str = "austen-5m";
 
@@ -176,6 +179,8 @@ pub struct AppState {
     pub frozen: RwSignal<String>,
     /// GPU bytes in use once the current run was set up (measured), to set beside the estimate.
     pub train_bytes: RwSignal<Option<u64>>,
+    /// Text or examples, the examples themselves, and what a run on them gives (see `data`).
+    pub data: DataForm,
 }
 
 impl AppState {
@@ -200,6 +205,7 @@ impl AppState {
             lost: StoredValue::new_local(None),
             frozen: RwSignal::new(String::new()),
             train_bytes: RwSignal::new(None),
+            data: DataForm::new(),
         }
     }
 
@@ -337,6 +343,8 @@ impl AppState {
     pub async fn reload(self) {
         let Some(lost) = self.lost.get_value() else { return self.load_default().await };
         let points = self.points.get_untracked();
+        // The best snapshot of the run is on the host: it survives the device.
+        let best = self.data.best.get_untracked();
         // As it was: same source, same format (whatever the select says now).
         self.load_model(lost.source().clone(), lost.info.name.clone(), lost.frozen()).await;
         let Some(studio) = self.studio.get_untracked() else { return };
@@ -347,12 +355,13 @@ impl AppState {
             return;
         }
         let steps = settings.steps.max(saved.step());
-        let text = self.text.get_untracked();
-        match studio.load_adapter(&text, &saved, TrainSettings { steps, ..settings }).await {
+        let data = self.train_data();
+        match studio.load_adapter_on(&data, &saved, TrainSettings { steps, ..settings }).await {
             Ok(run) => {
                 // The chart up to the snapshot stays; later points were lost with the device.
                 let done = run.steps_done();
                 self.adopt(run, steps, points.into_iter().filter(|p| p.step <= done).collect());
+                self.data.best.set(best.filter(|b| b.step <= done));
             }
             Err(e) => self.train_status.set(TrainStatus::Failed(format!("The adapter could not be put back on the GPU: {e}."))),
         }
@@ -369,7 +378,7 @@ impl AppState {
         if !self.claim("training") {
             return;
         }
-        let text = self.text.get_untracked();
+        let data = self.train_data();
         self.stop.set(false);
         spawn_local(async move {
             let current = self.run.try_update_value(|r| r.take()).flatten();
@@ -379,7 +388,7 @@ impl AppState {
                     // Finished: continue from a snapshot with the new number of steps.
                     let more = async {
                         let saved = studio.snapshot(&run).await?;
-                        studio.resume(&text, &saved, TrainSettings { steps: settings.steps, ..run.session.settings.clone() }).await
+                        studio.resume_on(&data, &saved, TrainSettings { steps: settings.steps, ..run.session.settings.clone() }).await
                     };
                     let r = more.await;
                     if r.is_err() {
@@ -393,9 +402,10 @@ impl AppState {
                     self.train_status.set(TrainStatus::Preparing);
                     self.points.set(Vec::new());
                     self.train_bytes.set(None);
-                    let run = studio.start(&text, &opts, settings).await;
-                    if run.is_ok() {
+                    let run = studio.start_on(&data, &opts, settings).await;
+                    if let Ok(run) = &run {
                         self.train_bytes.set(Some(studio.gpu_bytes()));
+                        self.note_run(run, true);
                     }
                     run
                 }
@@ -442,7 +452,11 @@ impl AppState {
                     self.points.update(|p| p.push(LossPoint { step: r.step, train: r.loss, val }));
                 }
                 if at_eval {
-                    self.saved.set(Some(Rc::new(studio.snapshot(&run).await?)));
+                    let saved = Rc::new(studio.snapshot(&run).await?);
+                    if let Some(val) = val {
+                        self.note_validation(r.step, val, &saved);
+                    }
+                    self.saved.set(Some(saved));
                 }
                 browser::yield_now().await;
             }
@@ -472,16 +486,16 @@ impl AppState {
     }
 
     /// Generate from `prompt` with the base model and with the current adapter (same seed).
-    pub async fn compare(self, prompt: String, max_tokens: usize, sampling: Sampling) -> Result<(String, Option<String>), String> {
+    pub async fn compare(self, prompt: Ask, max_tokens: usize, sampling: Sampling) -> Result<(String, Option<String>), String> {
         let studio = self.studio.get_untracked().ok_or("No model is loaded.")?;
         if !self.claim("generating") {
             return Err("The GPU is busy; try again when it is done.".into());
         }
         let run = self.run.try_update_value(|r| r.take()).flatten();
         let result = async {
-            let base = studio.generate(&prompt, max_tokens, &sampling, None).await?;
+            let base = prompt.generate(&studio, max_tokens, &sampling, None).await?;
             let tuned = match &run {
-                Some(run) => Some(studio.generate(&prompt, max_tokens, &sampling, Some(run)).await?),
+                Some(run) => Some(prompt.generate(&studio, max_tokens, &sampling, Some(run)).await?),
                 None => None,
             };
             Ok::<_, StudioError>((base, tuned))
@@ -503,9 +517,9 @@ impl AppState {
         if !self.claim("loading an adapter") {
             return Err("The GPU is busy; try again when it is done.".into());
         }
-        let text = self.text.get_untracked();
+        let data = self.train_data();
         let steps = settings.steps.max(saved.step());
-        let result = studio.load_adapter(&text, &saved, TrainSettings { steps, ..settings }).await;
+        let result = studio.load_adapter_on(&data, &saved, TrainSettings { steps, ..settings }).await;
         self.release();
         let run = result.map_err(|e| {
             self.gpu_failed(&e);
@@ -519,6 +533,7 @@ impl AppState {
     /// of `steps`, with `points` on the chart; returns its step.
     fn adopt(&self, run: Run, steps: usize, points: Vec<LossPoint>) -> usize {
         let done = run.steps_done();
+        self.note_run(&run, true);
         self.run.set_value(Some(run));
         self.points.set(points);
         self.step.set(done);
