@@ -56,6 +56,7 @@ pub fn model_config(name: &str) -> Option<Config> {
         qkv_bias: false,
         o_bias: false,
         mlp_bias: false,
+        stop_ids: Vec::new(),
     };
     Some(match name {
         // models/austen-5m: the Llama that `tools/pretrain.py` trains.
@@ -80,6 +81,7 @@ pub fn model_config(name: &str) -> Option<Config> {
             qkv_bias: true,
             o_bias: true,
             mlp_bias: true,
+            stop_ids: Vec::new(),
         },
         _ => return None,
     })

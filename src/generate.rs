@@ -1,6 +1,8 @@
 //! Text generation with a KV cache: the prompt is run once, then each new token costs one position.
 //! The token is chosen on the GPU (`GpuModel::decode_step`): greedy reads back its id, top-k
 //! sampling its k candidates (drawn here by [`sample_ranked`], exactly as [`sample`] would).
+//! Generation ends at the first stop id (the model's EOS and end-of-turn tokens,
+//! `Config::stop_ids`), which is not returned, as transformers' `generate` ends at `eos_token_id`.
 
 use crate::gpu::{topk, GpuContext};
 use crate::model::{Branch, GpuModel, ModelError, Pick, Picked};
@@ -50,8 +52,9 @@ pub fn sample_ranked(ranked: &[(u32, f32)], temperature: f32, rng: &mut Rng) -> 
     ranked[ranked.len() - 1].0
 }
 
-/// Up to `max_tokens` new tokens after `prompt` (fewer if the context fills up), with an adapter
-/// run beside the frozen weights when `adapter` is given.
+/// Up to `max_tokens` new tokens after `prompt` (fewer if the context fills up or the model emits
+/// one of its stop ids, `model.config.stop_ids`, which is left out), with an adapter run beside the
+/// frozen weights when `adapter` is given.
 pub async fn generate(
     ctx: &GpuContext,
     model: &GpuModel,
@@ -59,6 +62,20 @@ pub async fn generate(
     max_tokens: usize,
     sampling: &Sampling,
     adapter: Option<&dyn Branch>,
+) -> Result<Vec<u32>, ModelError> {
+    generate_until(ctx, model, prompt, max_tokens, sampling, adapter, &model.config.stop_ids).await
+}
+
+/// [`generate`] stopping at `stop` instead of the model's stop ids (empty: only at `max_tokens` or
+/// the end of the context).
+pub async fn generate_until(
+    ctx: &GpuContext,
+    model: &GpuModel,
+    prompt: &[u32],
+    max_tokens: usize,
+    sampling: &Sampling,
+    adapter: Option<&dyn Branch>,
+    stop: &[u32],
 ) -> Result<Vec<u32>, ModelError> {
     if prompt.is_empty() {
         return Err(ModelError::EmptyText);
@@ -80,6 +97,9 @@ pub async fn generate(
             Picked::Ranked(ranked) => sample_ranked(&ranked, sampling.temperature, &mut rng),
             Picked::Logits(logits) => sample(&logits, sampling, &mut rng),
         };
+        if stop.contains(&token) {
+            break;
+        }
         out.push(token);
         past += next_input.len();
         next_input = vec![token];

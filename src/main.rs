@@ -29,6 +29,7 @@ mod cli {
     use loratab::lora::{self, Adapter, LoraError};
     use crate::model_arg::{OpenError, Source};
     use loratab::model::{GpuModel, Model, ModelError, Tokenizer, WeightFormat};
+    use loratab::train::{ChatTemplate, TemplateError};
     use std::path::{Path, PathBuf};
     use std::process::ExitCode;
 
@@ -93,6 +94,10 @@ mod cli {
             /// A LoRA adapter folder in PEFT's format, merged into the model first.
             #[arg(long)]
             adapter: Option<PathBuf>,
+            /// Ask the prompt as a user turn through the model's chat template (the plain
+            /// `Question:`/`Answer:` template for a model without one) and print only the answer.
+            #[arg(long)]
+            chat: bool,
         },
         /// Show the GPU adapter loratab will use and run the GPU self-test against the CPU reference.
         Info {
@@ -127,10 +132,10 @@ mod cli {
                 let base = Base { model: model.as_deref(), format: base_dtype, adapter: adapter.as_deref() };
                 report(pollster::block_on(eval(&base, &text, seq_len)))
             }
-            Command::Generate { model, base_dtype, prompt, max_tokens, temperature, top_k, seed, adapter } => {
+            Command::Generate { model, base_dtype, prompt, max_tokens, temperature, top_k, seed, adapter, chat } => {
                 let sampling = Sampling { temperature, top_k, seed };
                 let base = Base { model: model.as_deref(), format: base_dtype, adapter: adapter.as_deref() };
-                report(pollster::block_on(generate(&base, &prompt, max_tokens, &sampling)))
+                report(pollster::block_on(generate(&base, &prompt, max_tokens, &sampling, chat)))
             }
             Command::Merge { model, adapter, out } => report(merge(model.as_deref(), &adapter, &out)),
             Command::Train(args) => report(crate::train_cli::run(args)),
@@ -162,6 +167,8 @@ mod cli {
         Gguf { path: String, source: GgufError },
         #[error(transparent)]
         Open(#[from] OpenError),
+        #[error(transparent)]
+        Template(#[from] TemplateError),
         #[error("--out {0} is the base model itself: write the merged model to another folder")]
         OutIsBase(String),
     }
@@ -213,11 +220,21 @@ mod cli {
         Ok(())
     }
 
-    async fn generate(base: &Base<'_>, prompt: &str, max_tokens: usize, sampling: &Sampling) -> Result<(), CliError> {
+    /// The continuation of `prompt` after it; with `chat`, the answer to it as a user turn alone.
+    /// Either ends at the model's EOS or end-of-turn token (not printed).
+    async fn generate(base: &Base<'_>, prompt: &str, max_tokens: usize, sampling: &Sampling, chat: bool) -> Result<(), CliError> {
         let (ctx, model, tokenizer, _) = open(base).await?;
-        let ids = tokenizer.encode(prompt)?;
+        let ids = if chat {
+            ChatTemplate::for_model(&tokenizer, &model.config)?.chat_prompt(&tokenizer, prompt)?
+        } else {
+            tokenizer.encode(prompt)?
+        };
+        if ids.len() >= model.config.max_positions {
+            return Err(ModelError::TooLong { tokens: ids.len(), max: model.config.max_positions }.into());
+        }
         let out = loratab::generate::generate(&ctx, &model, &ids, max_tokens, sampling, None).await?;
-        println!("{}{}", prompt, tokenizer.decode(&out)?);
+        let text = tokenizer.decode(&out)?;
+        if chat { println!("{text}") } else { println!("{prompt}{text}") }
         Ok(())
     }
 

@@ -18,7 +18,7 @@ use crate::train::{self, ChatTemplate, Dataset, GpuLora, Session, StepReport, Te
 use crate::zip::{self, ZipError};
 
 mod examples;
-pub use examples::{ExampleSet, ExampleStats, HeldOut, TrainData};
+pub use examples::{DataRecord, ExampleSet, ExampleStats, HeldOut, TrainData};
 
 /// GPU memory the page assumes a browser tab can use: WebGPU tells a page no memory size, and
 /// integrated GPUs share the machine's memory with everything else (see [`Studio::memory_hint`]).
@@ -39,6 +39,8 @@ pub enum StudioError {
     Zip(#[from] ZipError),
     #[error(transparent)]
     Gguf(#[from] GgufError),
+    #[error(transparent)]
+    Template(#[from] TemplateError),
     /// A set of chosen files that is not a model or an adapter: the sentence says what is missing.
     #[error("{0}")]
     Files(String),
@@ -53,8 +55,6 @@ pub enum StudioError {
         if *dropped > 0 { format!(" ({dropped} had no answer token left within the sequence length)") } else { String::new() }
     )]
     TooFewExamples { usable: usize, dropped: usize },
-    #[error(transparent)]
-    Template(#[from] TemplateError),
     #[error("{0}")]
     TooBig(String),
     #[error("tensor `{name}` cannot be kept in {format}: {detail}; choose “as stored”, f16 or f32 under Frozen weights")]
@@ -137,13 +137,12 @@ impl From<ModelFiles> for ModelSource {
 }
 
 impl ModelSource {
-    /// The host model, its tokenizer, config.json's text, a description of the source, and
-    /// tokenizer_config.json when the source has one (a GGUF's, as `loratab import-gguf` writes it).
-    fn host_model(&self) -> Result<HostModel, StudioError> {
+    /// The host model, its tokenizer, config.json's text and a description of the source.
+    fn host_model(&self) -> Result<(Model, Tokenizer, String, String), StudioError> {
         match self {
             ModelSource::Files(files) => {
                 let (model, tokenizer) = Model::from_files(files)?;
-                Ok((model, tokenizer, files.config.clone(), "a model folder".into(), None))
+                Ok((model, tokenizer, files.config.clone(), "a model folder".into()))
             }
             ModelSource::Gguf { file_name, bytes } => {
                 let imported = gguf::import(bytes)?;
@@ -151,14 +150,11 @@ impl ModelSource {
                 let (model, tokenizer) = imported.model()?;
                 let kinds = imported.kinds.iter().map(|(k, n)| format!("{k} ×{n}")).collect::<Vec<_>>().join(", ");
                 let title = imported.name.as_deref().map(|n| format!("{n}, ")).unwrap_or_default();
-                let described = format!("{title}GGUF file {file_name} ({kinds})");
-                Ok((model, tokenizer, imported.config.to_string(), described, Some(imported.tokenizer_config)))
+                Ok((model, tokenizer, imported.config.to_string(), format!("{title}GGUF file {file_name} ({kinds})")))
             }
         }
     }
 }
-
-type HostModel = (Model, Tokenizer, String, String, Option<serde_json::Value>);
 
 /// Whether `name` is a GGUF file by its name (the page routes a dropped file by it).
 pub fn is_gguf(name: &str) -> bool {
@@ -191,6 +187,8 @@ pub struct Run {
     pub session: Session,
     /// The held-out examples with an answer, as written (for Compare; empty for a text).
     held_out: Vec<HeldOut>,
+    /// What it trains on, recorded beside its adapter.
+    record: DataRecord,
 }
 
 impl Run {
@@ -213,9 +211,12 @@ pub struct SavedAdapter {
     pub adapter: Adapter,
     /// AdamW's moments and the step, for an exact continuation (absent in plain PEFT folders).
     pub state: Option<TrainingState>,
+    /// What it was trained on: template and masking for examples (absent in plain PEFT folders).
+    pub data: Option<DataRecord>,
 }
 
 const ADAPTER_CONFIG: &str = "adapter_config.json";
+const DATA: &str = "training_data.json";
 const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
 const STATE: &str = "training_state.safetensors";
 
@@ -253,13 +254,18 @@ impl SavedAdapter {
         Ok(self.adapter.to_files()?)
     }
 
-    /// One zip: PEFT's two files, plus training_state.safetensors when there is one (PEFT ignores it).
+    /// One zip: PEFT's two files, plus training_state.safetensors and training_data.json when there
+    /// are (PEFT ignores both).
     pub fn zip(&self) -> Result<Vec<u8>, StudioError> {
         let (config, weights) = self.peft_files()?;
         let state = self.state.as_ref().map(|s| s.to_bytes()).transpose()?;
+        let data = self.data.as_ref().map(DataRecord::to_json);
         let mut files: Vec<(&str, &[u8])> = vec![(ADAPTER_CONFIG, config.as_bytes()), (ADAPTER_WEIGHTS, weights.as_slice())];
         if let Some(state) = &state {
             files.push((STATE, state.as_slice()));
+        }
+        if let Some(data) = &data {
+            files.push((DATA, data.as_bytes()));
         }
         Ok(zip::store(&files)?)
     }
@@ -276,7 +282,8 @@ impl SavedAdapter {
         let config = String::from_utf8(config).map_err(|_| LoraError::Config("it is not UTF-8 text".into()))?;
         let adapter = Adapter::from_files(&config, &weights)?;
         let state = take(&mut files, STATE).map(|b| TrainingState::from_bytes(&b)).transpose()?;
-        Ok(Self { adapter, state })
+        let data = take(&mut files, DATA).map(|b| DataRecord::from_json(&b)).transpose()?;
+        Ok(Self { adapter, state, data })
     }
 }
 
@@ -309,7 +316,10 @@ pub fn model_files(files: Vec<(String, Vec<u8>)>) -> Result<ModelFiles, StudioEr
     } else {
         return Err(missing("model.safetensors"));
     };
-    Ok(ModelFiles { config, weights, tokenizer })
+    let text = |name: &str, bytes: Vec<u8>| String::from_utf8(bytes).map_err(|_| ModelError::Json { file: name.into(), reason: "it is not UTF-8 text".into() });
+    let generation_config = take(&mut files, "generation_config.json").map(|b| text("generation_config.json", b)).transpose()?;
+    let tokenizer_config = take(&mut files, "tokenizer_config.json").map(|b| text("tokenizer_config.json", b)).transpose()?;
+    Ok(ModelFiles { config, weights, tokenizer, generation_config, tokenizer_config })
 }
 
 /// Refuse, before uploading, a model whose training would not fit this GPU's buffer limits: the
@@ -338,8 +348,6 @@ pub struct Studio {
     source: ModelSource,
     /// The format the frozen matrices were converted to at load (None: as stored).
     frozen: Option<WeightFormat>,
-    /// The chat template examples are rendered with, or why the model's own is not usable.
-    template: Result<ChatTemplate, String>,
 }
 
 impl Studio {
@@ -366,7 +374,7 @@ impl Studio {
     async fn upload(
         ctx: GpuContext,
         source: ModelSource,
-        (mut model, tokenizer, config_json, described, tokenizer_config): HostModel,
+        (mut model, tokenizer, config_json, described): (Model, Tokenizer, String, String),
         name: &str,
         frozen: Option<WeightFormat>,
     ) -> Result<Self, StudioError> {
@@ -402,8 +410,7 @@ impl Studio {
         let before = ctx.memory().live();
         let model = GpuModel::upload(&ctx, &model).await?;
         let info = ModelInfo { weight_bytes: ctx.memory().live() - before, ..info };
-        let template = examples::model_template(tokenizer_config.as_ref(), &config_json, &tokenizer);
-        Ok(Self { ctx, model, tokenizer, info, source, frozen, template })
+        Ok(Self { ctx, model, tokenizer, info, source, frozen })
     }
 
     pub fn config(&self) -> &Config {
@@ -493,9 +500,9 @@ impl Studio {
     /// A new adapter with `opts`, ready to train on `data` (a text, or examples) with `settings`.
     pub async fn start_on(&self, data: &TrainData, opts: &LoraOptions, settings: TrainSettings) -> Result<Run, StudioError> {
         // The data is checked before anything is allocated.
-        let (data, held_out) = self.dataset(data, &settings)?;
+        let prepared = self.dataset(data, &settings)?;
         let lora = train::new_lora(&self.ctx, &self.model, opts).await?;
-        self.run(data, held_out, lora, settings).await
+        self.run(prepared, lora, settings).await
     }
 
     /// Continue training `saved` on `text` up to `settings.steps` (exactly, when it has its training state).
@@ -517,23 +524,23 @@ impl Studio {
 
     /// [`Studio::load_adapter`] on a text or examples.
     pub async fn load_adapter_on(&self, data: &TrainData, saved: &SavedAdapter, settings: TrainSettings) -> Result<Run, StudioError> {
-        let (data, held_out) = self.dataset(data, &settings)?;
+        let prepared = self.dataset(data, &settings)?;
         let mut lora = GpuLora::new(&self.ctx, &self.model, &saved.adapter).await?;
         if let Some(state) = &saved.state {
             state.apply(&self.ctx, &mut lora)?;
         }
-        self.run(data, held_out, lora, settings).await
+        self.run(prepared, lora, settings).await
     }
 
     /// The settings checked and `data` cut with them.
-    fn dataset(&self, data: &TrainData, settings: &TrainSettings) -> Result<(Dataset, Vec<HeldOut>), StudioError> {
+    fn dataset(&self, data: &TrainData, settings: &TrainSettings) -> Result<examples::Prepared, StudioError> {
         settings.validate(self.config())?;
-        let prepared = self.prepare(data, settings.seq_len)?;
-        Ok((prepared.data, prepared.held_out))
+        self.prepare(data, settings.seq_len)
     }
 
-    async fn run(&self, data: Dataset, held_out: Vec<HeldOut>, lora: GpuLora, settings: TrainSettings) -> Result<Run, StudioError> {
-        Ok(Run { session: Session::with_data(&self.ctx, &self.model, data, lora, settings).await?, held_out })
+    async fn run(&self, prepared: examples::Prepared, lora: GpuLora, settings: TrainSettings) -> Result<Run, StudioError> {
+        let examples::Prepared { data, held_out, record, .. } = prepared;
+        Ok(Run { session: Session::with_data(&self.ctx, &self.model, data, lora, settings).await?, held_out, record })
     }
 
     /// One optimizer step of `run`.
@@ -550,14 +557,45 @@ impl Studio {
     pub async fn snapshot(&self, run: &Run) -> Result<SavedAdapter, StudioError> {
         let mut adapter = run.session.adapter(&self.ctx).await?;
         adapter.config.base_model_name_or_path = Some(self.info.name.clone());
-        Ok(SavedAdapter { adapter, state: Some(run.session.state(&self.ctx).await?) })
+        Ok(SavedAdapter { adapter, state: Some(run.session.state(&self.ctx).await?), data: Some(run.record.clone()) })
+    }
+
+    /// The validation loss as [`Studio::validation_loss`] measures it, keeping the adapter on the
+    /// host as the run's best when it is the lowest so far ([`Session::validate`]).
+    pub async fn validate(&self, run: &mut Run) -> Result<train::Validation, StudioError> {
+        Ok(run.session.validate(&self.ctx, &self.model).await?)
+    }
+
+    /// The run's adapter with the lowest validation loss so far, as a download holds it.
+    pub fn best(&self, run: &Run) -> Option<SavedAdapter> {
+        let best = run.session.best()?;
+        let mut adapter = best.adapter.clone();
+        adapter.config.base_model_name_or_path = Some(self.info.name.clone());
+        Some(SavedAdapter { adapter, state: Some(best.state.clone()), data: Some(run.record.clone()) })
     }
 
     /// Continue `prompt` by up to `max_tokens` tokens, with `run`'s adapter when given. The adapter
     /// runs beside the frozen weights (not merged into them: compact weights cannot hold W + s·B·A,
     /// and the base stays exactly the base for the next call).
+    /// Generation stops at the model's EOS and end-of-turn tokens (`Config::stop_ids`).
     pub async fn generate(&self, prompt: &str, max_tokens: usize, sampling: &Sampling, adapter: Option<&Run>) -> Result<String, StudioError> {
-        let ids = self.tokenize(prompt)?;
+        self.generate_ids(self.tokenize(prompt)?, max_tokens, sampling, adapter).await
+    }
+
+    /// The model's chat template: its own, or the plain `Question:`/`Answer:` one for a model
+    /// without one (`ChatTemplate::for_model`).
+    pub fn chat_template(&self) -> Result<ChatTemplate, StudioError> {
+        Ok(ChatTemplate::for_model(&self.tokenizer, self.config())?)
+    }
+
+    /// The answer to `question` asked as a user turn through the model's chat template (with the
+    /// assistant's header after it), as [`Studio::generate`] continues it: what a model tuned on
+    /// examples is compared with.
+    pub async fn generate_chat(&self, question: &str, max_tokens: usize, sampling: &Sampling, adapter: Option<&Run>) -> Result<String, StudioError> {
+        self.answer(&[train::Message::new(train::Role::User, question)], max_tokens, sampling, adapter).await
+    }
+
+    async fn generate_ids(&self, ids: Vec<u32>, max_tokens: usize, sampling: &Sampling, adapter: Option<&Run>) -> Result<String, StudioError> {
         if ids.len() >= self.config().max_positions {
             return Err(ModelError::TooLong { tokens: ids.len(), max: self.config().max_positions }.into());
         }
@@ -571,7 +609,7 @@ impl Studio {
     /// Whatever the base was (a folder, a GGUF, compact or not), the download is an f32 folder: the
     /// host model is rebuilt from the source as stored, so no conversion chosen at load is baked in.
     pub fn merged_model_zip(&self, adapter: &Adapter) -> Result<Vec<u8>, StudioError> {
-        let (mut model, _, config, _, _) = self.source.host_model()?;
+        let (mut model, _, config, _) = self.source.host_model()?;
         lora::merge(&mut model, adapter)?;
         let weights = save_safetensors(&model.to_tensors())?;
         drop(model);

@@ -19,6 +19,8 @@ fn files() -> ModelFiles {
         config: CONFIG.to_string(),
         weights: vec![("model.safetensors".into(), WEIGHTS.to_vec())],
         tokenizer: TOKENIZER.to_vec(),
+        generation_config: None,
+        tokenizer_config: None,
     }
 }
 

@@ -264,6 +264,7 @@ fn fuzz_loading_never_panics() {
             config: String::from_utf8_lossy(&config).into_owned(),
             weights: vec![("model.safetensors".into(), weights)],
             tokenizer: base.tokenizer.clone(),
+            ..Default::default()
         };
         let outcome = std::panic::catch_unwind(|| Model::from_files(&files).map(|_| ()));
         assert!(outcome.is_ok(), "iteration {i}: loading panicked");

@@ -42,6 +42,7 @@ impl Fixture {
             config: self.config.to_string(),
             weights: vec![("model.safetensors".into(), self.weights.to_vec())],
             tokenizer: self.tokenizer.to_vec(),
+            ..Default::default()
         }
     }
     fn load(&self) -> (Model, Tokenizer) {

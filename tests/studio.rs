@@ -25,6 +25,8 @@ fn files() -> ModelFiles {
         config: CONFIG.to_string(),
         weights: vec![("model.safetensors".into(), WEIGHTS.to_vec())],
         tokenizer: TOKENIZER.to_vec(),
+        generation_config: None,
+        tokenizer_config: None,
     }
 }
 
@@ -203,7 +205,15 @@ gpu_test! {
         assert_eq!(prompt, format!("Question: {q}\nAnswer:"));
         let raw = studio.generate(&prompt, 12, &GREEDY, Some(&run)).await.unwrap();
         let answer = studio.answer(&context, 12, &GREEDY, Some(&run)).await.unwrap();
-        assert_eq!(answer, raw.split("<|endoftext|>").next().unwrap().trim());
+        assert_eq!(answer, raw);
+
+        // The adapter records its data: the plain template with its EOS, and the masking.
+        let saved = studio.snapshot(&run).await.unwrap();
+        let back = SavedAdapter::from_files(vec![("a.zip".into(), saved.zip().unwrap())]).unwrap();
+        let data = back.data.expect("training_data.json in the zip");
+        assert_eq!((data.data.as_str(), data.seq_len, data.completion_only_loss), ("examples", 32, Some(true)));
+        assert_eq!((data.template.as_deref(), data.eos_token.as_deref()), (Some("plain"), Some("<|endoftext|>")));
+        assert_eq!(data.chat_template.as_deref(), Some(loratab::train::PLAIN_TEMPLATE));
 
         // Too few examples: the page's sentence.
         let one = ExampleSet { records: records[..1].to_vec(), answers_only: true };

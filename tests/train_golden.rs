@@ -32,6 +32,7 @@ impl Base {
                     config: config.to_string(),
                     weights: vec![("model.safetensors".into(), weights.to_vec())],
                     tokenizer: tokenizer.to_vec(),
+                    ..Default::default()
                 };
                 Model::from_files(&files).unwrap().0
             }

@@ -19,6 +19,7 @@ macro_rules! files {
             config: include_str!(concat!("fixtures/", $name, "/config.json")).to_string(),
             weights: vec![("model.safetensors".into(), include_bytes!(concat!("fixtures/", $name, "/model.safetensors")).to_vec())],
             tokenizer: include_bytes!(concat!("fixtures/", $name, "/tokenizer.json")).to_vec(),
+            ..Default::default()
         }
     };
 }

@@ -64,6 +64,7 @@ async fn mount<V: IntoView + 'static>(view: fn() -> V) -> (AppState, web_sys::Ht
         config: CONFIG.into(),
         weights: vec![("model.safetensors".into(), WEIGHTS.to_vec())],
         tokenizer: TOKENIZER.to_vec(),
+        ..Default::default()
     };
     let studio = Studio::load(gpu().await, files, "llama-tiny").await.unwrap();
     state.studio.set(Some(Rc::new(studio)));

@@ -31,8 +31,10 @@ impl Imported {
     /// tensor stays Q4_1 on the GPU); norms become f32.
     pub fn model(&self) -> Result<(Model, Tokenizer), GgufError> {
         let config = Config::from_json(&self.config.to_string())?;
-        let model = Model::from_tensors(config, self.tensors.iter().cloned().collect())?;
-        let tokenizer = Tokenizer::from_bytes(&serde_json::to_vec(&self.tokenizer).expect("JSON values serialize"))?;
+        let mut model = Model::from_tensors(config, self.tensors.iter().cloned().collect())?;
+        let tokenizer = Tokenizer::from_bytes(&serde_json::to_vec(&self.tokenizer).expect("JSON values serialize"))?
+            .with_config(Some(self.tokenizer_config.clone()));
+        model.set_stop_ids(&tokenizer, Some(&self.generation_config));
         Ok((model, tokenizer))
     }
 
@@ -303,7 +305,16 @@ pub fn import(bytes: &[u8]) -> Result<Imported, GgufError> {
         "pad_token_id": pad,
         "torch_dtype": "float32",
     });
-    let generation_config = json!({ "bos_token_id": bos, "eos_token_id": eos, "pad_token_id": pad });
+    // llama.cpp's end-of-turn (and end-of-message) tokens stop generation too: transformers lists
+    // every stop id in generation_config's eos_token_id.
+    let mut stops: Vec<usize> = eos.into_iter().collect();
+    for id in [ids("eot_token_id")?, ids("eom_token_id")?].into_iter().flatten() {
+        if !stops.contains(&id) {
+            stops.push(id);
+        }
+    }
+    let stop_json = if stops.len() > 1 { json!(stops) } else { json!(eos) };
+    let generation_config = json!({ "bos_token_id": bos, "eos_token_id": stop_json, "pad_token_id": pad });
     let (tokenizer, tokenizer_config) = tokenizer::convert(&m, vocab, context)?;
     // Whatever loads the folder later must be able to read this.
     Tokenizer::from_bytes(&serde_json::to_vec(&tokenizer).expect("JSON values serialize"))

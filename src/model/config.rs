@@ -34,6 +34,10 @@ pub struct Config {
     /// o_proj carries a bias (llama with attention_bias).
     pub o_bias: bool,
     pub mlp_bias: bool,
+    /// The ids generation stops at (EOS and end-of-turn tokens, none emitted): config.json's
+    /// `eos_token_id` here; [`super::stop_ids`] adds generation_config.json's and the tokenizer's
+    /// when the whole folder is read.
+    pub stop_ids: Vec<u32>,
 }
 
 fn get_usize(v: &Value, key: &str) -> Result<usize, ModelError> {
@@ -45,6 +49,15 @@ fn get_usize(v: &Value, key: &str) -> Result<usize, ModelError> {
 
 fn get_f32(v: &Value, key: &str) -> Option<f32> {
     v.get(key).and_then(Value::as_f64).map(|x| x as f32)
+}
+
+/// A token id field as transformers writes it: a number, a list of numbers, or null/absent (no ids).
+pub(crate) fn token_ids(v: Option<&Value>) -> Vec<u32> {
+    match v {
+        Some(Value::Array(list)) => list.iter().filter_map(Value::as_u64).map(|x| x as u32).collect(),
+        Some(v) => v.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
+        None => Vec::new(),
+    }
 }
 
 fn get_bool(v: &Value, key: &str) -> Option<bool> {
@@ -95,6 +108,7 @@ impl Config {
             qkv_bias: true,
             o_bias: true,
             mlp_bias: true,
+            stop_ids: token_ids(v.get("eos_token_id")),
         })
     }
 
@@ -144,6 +158,7 @@ impl Config {
             qkv_bias: model_type == "qwen2" || attention_bias,
             o_bias: attention_bias,
             mlp_bias: get_bool(v, "mlp_bias").unwrap_or(false),
+            stop_ids: token_ids(v.get("eos_token_id")),
             model_type,
         })
     }

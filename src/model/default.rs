@@ -21,5 +21,7 @@ pub fn files() -> ModelFiles {
         config: include_str!("../../models/austen-5m/config.json").to_string(),
         weights: vec![("model.safetensors".into(), include_bytes!("../../models/austen-5m/model.safetensors").to_vec())],
         tokenizer: include_bytes!("../../models/austen-5m/tokenizer.json").to_vec(),
+        generation_config: None,
+        tokenizer_config: None,
     }
 }

@@ -6,12 +6,16 @@ use std::collections::HashMap;
 use super::*;
 
 /// The raw files of a model folder.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct ModelFiles {
     pub config: String,
     /// (file name, bytes) of model.safetensors or of every shard.
     pub weights: Vec<(String, Vec<u8>)>,
     pub tokenizer: Vec<u8>,
+    /// generation_config.json (its `eos_token_id`: where generation stops), when the folder has one.
+    pub generation_config: Option<String>,
+    /// tokenizer_config.json (the chat template and the EOS token), when the folder has one.
+    pub tokenizer_config: Option<String>,
 }
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -29,6 +33,13 @@ impl ModelFiles {
         let config = String::from_utf8(read("config.json")?)
             .map_err(|_| ModelError::Config("it is not UTF-8 text".into()))?;
         let tokenizer = read("tokenizer.json")?;
+        let optional = |name: &str| -> Result<Option<String>, ModelError> {
+            if !dir.join(name).exists() {
+                return Ok(None);
+            }
+            String::from_utf8(read(name)?).map(Some).map_err(|_| ModelError::Json { file: name.into(), reason: "it is not UTF-8 text".into() })
+        };
+        let (generation_config, tokenizer_config) = (optional("generation_config.json")?, optional("tokenizer_config.json")?);
         let mut weights = Vec::new();
         if dir.join("model.safetensors").exists() || !dir.join("model.safetensors.index.json").exists() {
             weights.push(("model.safetensors".to_string(), read("model.safetensors")?));
@@ -57,7 +68,7 @@ impl ModelFiles {
                 weights.push((shard.to_string(), read(shard)?));
             }
         }
-        Ok(Self { config, weights, tokenizer })
+        Ok(Self { config, weights, tokenizer, generation_config, tokenizer_config })
     }
 }
 
@@ -192,7 +203,7 @@ impl Model {
         for (name, bytes) in &files.weights {
             map.extend(load_weights(name, bytes)?);
         }
-        let model = Self::from_tensors(config, map)?;
+        let mut model = Self::from_tensors(config, map)?;
         let tokenizer = Tokenizer::from_bytes(&files.tokenizer)?;
         if tokenizer.vocab_size() > model.config.vocab_size {
             return Err(ModelError::VocabMismatch {
@@ -200,7 +211,22 @@ impl Model {
                 model: model.config.vocab_size,
             });
         }
+        let json = |file: &str, text: &Option<String>| -> Result<Option<serde_json::Value>, ModelError> {
+            text.as_deref().map(|t| serde_json::from_str(t).map_err(|e| ModelError::Json { file: file.into(), reason: e.to_string() })).transpose()
+        };
+        let generation = json("generation_config.json", &files.generation_config)?;
+        let tokenizer = tokenizer.with_config(json("tokenizer_config.json", &files.tokenizer_config)?);
+        model.set_stop_ids(&tokenizer, generation.as_ref());
         Ok((model, tokenizer))
+    }
+
+    /// [`Config::stop_ids`] from the whole folder: generation_config.json's `eos_token_id` (when it
+    /// has one; else config.json's) with the tokenizer's EOS and end-of-turn tokens
+    /// ([`Tokenizer::stop_ids`]).
+    pub fn set_stop_ids(&mut self, tokenizer: &Tokenizer, generation_config: Option<&serde_json::Value>) {
+        let generation = super::config::token_ids(generation_config.and_then(|g| g.get("eos_token_id")));
+        let eos = if generation.is_empty() { &self.config.stop_ids } else { &generation };
+        self.config.stop_ids = tokenizer.stop_ids(eos).into_iter().filter(|&id| (id as usize) < self.config.vocab_size).collect();
     }
 
     /// Read a model folder from disk.

@@ -19,7 +19,7 @@ pub use decode::{Pick, Picked};
 pub use forward::{GpuBlock, GpuLinear, GpuMlp, GpuModel, GpuNorm, RowParts};
 pub use load::{load_safetensors, load_weights, save_safetensors, save_safetensors_f16, ModelFiles};
 pub(crate) use load::serialize_views;
-pub use tokenizer::Tokenizer;
+pub use tokenizer::{Tokenizer, END_OF_TURN};
 pub use weight::{Weight, WeightFormat};
 
 use crate::gpu::GpuError;
@@ -47,6 +47,8 @@ pub enum ModelError {
     MissingTensor { name: String, model_type: String },
     #[error("tensor `{name}` has shape {found:?} but config.json implies {expected:?}: the weights and config.json do not belong together")]
     ShapeMismatch { name: String, expected: Vec<usize>, found: Vec<usize> },
+    #[error("{file} is not usable: {reason}")]
+    Json { file: String, reason: String },
     #[error("tokenizer.json is not usable: {0}")]
     Tokenizer(String),
     #[error("the tokenizer knows {tokenizer} tokens but the model's embedding has only {model} rows: tokenizer.json does not belong to this model")]

@@ -2,17 +2,14 @@
 //! rendered with the model's chat template), their statistics for the page, and the held-out
 //! examples' prompts and expected answers for Compare.
 //!
-//! The template is the model's own (tokenizer_config.json's `chat_template`, which a GGUF's
-//! `tokenizer.chat_template` becomes on import) or, for a model without one (the default
-//! austen-5m), [`PLAIN_TEMPLATE`] with the model's end-of-sequence token, so answers end with EOS
-//! and generation can stop there.
-
-use serde_json::Value as Json;
+//! The template is [`Studio::chat_template`]: the model's own (tokenizer_config.json's
+//! `chat_template`, which a GGUF's `tokenizer.chat_template` becomes on import) or, for a model
+//! without one (the default austen-5m), the plain one ending each answer with the model's EOS, so
+//! answers end where generation stops.
 
 use super::{Run, Studio, StudioError};
 use crate::generate::Sampling;
-use crate::model::Tokenizer;
-use crate::train::{ChatTemplate, Dataset, Example, Message, Record, Role, PLAIN_TEMPLATE};
+use crate::train::{Dataset, Example, Message, Record, Role};
 
 /// What a run trains on.
 #[derive(Debug, Clone, PartialEq)]
@@ -78,27 +75,39 @@ pub(super) struct Prepared {
     pub data: Dataset,
     pub held_out: Vec<HeldOut>,
     pub failed: Vec<String>,
+    pub record: DataRecord,
 }
 
-/// The first end-of-sequence id config.json names (`eos_token_id`: a number or a list).
-fn config_eos(config_json: &str) -> Option<u32> {
-    let v: Json = serde_json::from_str(config_json).ok()?;
-    let eos = v.get("eos_token_id")?;
-    let id = eos.as_u64().or_else(|| eos.as_array()?.first()?.as_u64())?;
-    u32::try_from(id).ok()
+/// What an adapter was trained on, saved beside it as `training_data.json` (PEFT ignores the
+/// file): for examples, the chat template and the masking, so the run can be repeated or carried
+/// on elsewhere with the same ones (TRL's `completion_only_loss`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DataRecord {
+    /// "text" or "examples".
+    pub data: String,
+    pub seq_len: usize,
+    /// "model" (the model's own chat template) or "plain" (loratab's, for a model without one);
+    /// None for a text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
+    /// The template's Jinja source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chat_template: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eos_token: Option<String>,
+    /// Loss on the answers only (prompt tokens labelled −100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_only_loss: Option<bool>,
 }
 
-/// The template a model trains and answers with: its own from `tokenizer_config`, else the plain
-/// one ending answers with config.json's EOS token. Err: the model's template is not valid Jinja
-/// (a sentence; the model itself still loads and trains on text).
-pub(super) fn model_template(tokenizer_config: Option<&Json>, config_json: &str, tokenizer: &Tokenizer) -> Result<ChatTemplate, String> {
-    if let Some(config) = tokenizer_config {
-        if let Some(t) = ChatTemplate::from_tokenizer_config(config).map_err(|e| e.to_string())? {
-            return Ok(t);
-        }
+impl DataRecord {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("plain fields serialize")
     }
-    let eos = config_eos(config_json).and_then(|id| tokenizer.decode(&[id]).ok()).filter(|t| !t.is_empty());
-    Ok(ChatTemplate::plain(eos))
+
+    pub fn from_json(bytes: &[u8]) -> Result<Self, StudioError> {
+        serde_json::from_slice(bytes).map_err(|e| StudioError::Files(format!("training_data.json is not usable: {e}")))
+    }
 }
 
 /// `e` with every token learnt (answer-only loss off).
@@ -107,20 +116,15 @@ fn learn_all(e: Example) -> Example {
 }
 
 impl Studio {
-    /// The chat template examples are rendered with (see the module comment), or why there is none.
-    pub fn chat_template(&self) -> Result<&ChatTemplate, StudioError> {
-        self.template.as_ref().map_err(|e| StudioError::Files(format!("{e}; train on text instead")))
-    }
-
-    /// True when the template is the model's own, false for the plain one.
+    /// True when the model has a chat template of its own, false when examples use the plain one.
     pub fn has_own_template(&self) -> bool {
-        self.template.as_ref().is_ok_and(|t| t.source != PLAIN_TEMPLATE)
+        self.chat_template().is_ok_and(|t| !t.is_plain())
     }
 
     /// `set` rendered, tokenized and split at `seq_len` (examples the template refuses are left
     /// out and named in `failed`).
     pub(super) fn prepare_examples(&self, set: &ExampleSet, seq_len: usize) -> Result<Prepared, StudioError> {
-        let template = self.chat_template()?;
+        let template = &self.chat_template()?;
         let (mut examples, mut used, mut failed) = (Vec::new(), Vec::new(), Vec::new());
         for (origin, record) in &set.records {
             match template.example(&self.tokenizer, record) {
@@ -134,7 +138,15 @@ impl Studio {
         let data = Dataset::from_examples(examples, seq_len)?;
         let held = data.examples.as_ref().map(|x| x.held_out.clone()).unwrap_or_default();
         let held_out = held.iter().filter_map(|&i| HeldOut::of(used[i])).collect();
-        Ok(Prepared { data, held_out, failed })
+        let record = DataRecord {
+            data: "examples".into(),
+            seq_len,
+            template: Some(if template.is_plain() { "plain" } else { "model" }.into()),
+            chat_template: Some(template.source.clone()),
+            eos_token: template.eos_token.clone(),
+            completion_only_loss: Some(set.answers_only),
+        };
+        Ok(Prepared { data, held_out, failed, record })
     }
 
     /// `data` as a dataset cut at `seq_len` (a text tokenized and windowed, or examples rendered).
@@ -142,7 +154,8 @@ impl Studio {
         match data {
             TrainData::Text(text) => {
                 let data = Dataset::new(self.tokenize(text)?, seq_len)?;
-                Ok(Prepared { data, held_out: Vec::new(), failed: Vec::new() })
+                let record = DataRecord { data: "text".into(), seq_len, template: None, chat_template: None, eos_token: None, completion_only_loss: None };
+                Ok(Prepared { data, held_out: Vec::new(), failed: Vec::new(), record })
             }
             TrainData::Examples(set) => self.prepare_examples(set, seq_len),
         }
@@ -172,17 +185,12 @@ impl Studio {
         Ok(self.chat_template()?.render(context, true)?)
     }
 
-    /// The model's answer to `context` (rendered with the generation prompt, as
-    /// [`Studio::chat_prompt`]), with `adapter` when given. The answer ends where the template ends
-    /// one (its end-of-sequence token, such as `<|endoftext|>` or `<|im_end|>`), which is not part
-    /// of it.
+    /// The model's answer to `context` (the ids of [`Studio::chat_prompt`], as transformers'
+    /// `apply_chat_template(…, add_generation_prompt=True)` gives them), with `adapter` when given;
+    /// it ends at the model's EOS or end-of-turn token, which is not part of it.
     pub async fn answer(&self, context: &[Message], max_tokens: usize, sampling: &Sampling, adapter: Option<&Run>) -> Result<String, StudioError> {
-        let prompt = self.chat_prompt(context)?;
-        let mut text = self.generate(&prompt, max_tokens, sampling, adapter).await?;
-        if let Some(end) = self.chat_template()?.eos_token.as_deref().and_then(|eos| text.find(eos)) {
-            text.truncate(end);
-        }
-        Ok(text.trim().to_string())
+        let ids = self.chat_template()?.encode(&self.tokenizer, context, true)?;
+        self.generate_ids(ids, max_tokens, sampling, adapter).await
     }
 }
 

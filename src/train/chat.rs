@@ -20,7 +20,7 @@ use serde_json::{Map, Value as Json};
 
 use super::data::Example;
 use super::examples::{Message, Record, Role};
-use crate::model::{ModelError, Tokenizer};
+use crate::model::{Config, ModelError, Tokenizer};
 use crate::reference::cross_entropy::IGNORE;
 
 /// The template of a model that has none (such as the default austen-5m): a system message as a
@@ -121,6 +121,29 @@ impl ChatTemplate {
             Some(_) => return Err(TemplateError::Config("`chat_template` is neither a string nor a list of templates".into())),
         };
         Self::new(source, token_field(c, "bos_token"), token_field(c, "eos_token")).map(Some)
+    }
+
+    /// The template a model chats with: its own (tokenizer_config.json's `chat_template`, a GGUF's
+    /// `tokenizer.chat_template`), else [`PLAIN_TEMPLATE`] ended by its EOS token (tokenizer_config's
+    /// `eos_token`, else the text of its first stop id; none when it has neither).
+    pub fn for_model(tok: &Tokenizer, config: &Config) -> Result<Self, TemplateError> {
+        if let Some(own) = tok.config().map(Self::from_tokenizer_config).transpose()?.flatten() {
+            return Ok(own);
+        }
+        let named = tok.config().and_then(|c| c.as_object()).and_then(|c| token_field(c, "eos_token"));
+        Ok(Self::plain(named.or_else(|| config.stop_ids.first().and_then(|&id| tok.id_to_token(id)))))
+    }
+
+    /// True for [`PLAIN_TEMPLATE`] (the model has no template of its own).
+    pub fn is_plain(&self) -> bool {
+        self.source == PLAIN_TEMPLATE
+    }
+
+    /// The ids of `prompt` as one user turn followed by the assistant's header
+    /// (`apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True)`):
+    /// what `loratab generate --chat` and the page's Compare feed the model.
+    pub fn chat_prompt(&self, tok: &Tokenizer, prompt: &str) -> Result<Vec<u32>, TemplateError> {
+        self.encode(tok, &[Message::new(Role::User, prompt)], true)
     }
 
     /// The text of `messages` (and the assistant header when `add_generation_prompt`).

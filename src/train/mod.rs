@@ -24,7 +24,7 @@ mod step;
 pub use chat::{ChatTemplate, TemplateError, PLAIN_TEMPLATE};
 pub use data::{Dataset, Example, Examples};
 pub use examples::{parse as parse_examples, LineError, Message, Parsed, Record, Role};
-pub use run::{check_resume, diverging, new_lora, validate_lora, Decay, Schedule, Session, StepReport, TrainSettings, TrainingState, DIVERGING};
+pub use run::{check_resume, diverging, new_lora, validate_lora, Best, Decay, Schedule, Session, StepReport, TrainSettings, TrainingState, Validation, DIVERGING};
 pub use step::{Trainer, TrainerOptions};
 
 use std::collections::{BTreeMap, HashMap};

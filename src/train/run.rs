@@ -19,6 +19,11 @@
 //! transformers' Trainer did before it counted tokens across accumulation. Validation is the mean
 //! loss over the held-out examples' learnt positions.
 //!
+//! Keeping the best adapter ([`Session::validate`]): each validation that scores lower than every
+//! one before it (the first included, so an untrained adapter counts) copies the adapter and its
+//! training state to the host as [`Best`]; [`Session::stop_early`] says when `patience`
+//! validations in a row have not improved on it.
+//!
 //! Schedule ([`Schedule`]): linear warmup, then cosine (default) or linear decay to 0 at the end.
 //! Everything random comes from the seed, so a run is reproducible; a resumed run (adapter + AdamW
 //! moments + step from [`TrainingState`]) fast-forwards the batch sampler and continues exactly.
@@ -237,6 +242,30 @@ pub struct StepReport {
     pub tokens: usize,
 }
 
+/// The adapter at the lowest validation loss so far, copied to the host with what resuming it needs.
+#[derive(Debug, Clone)]
+pub struct Best {
+    /// Optimizer steps the adapter had taken.
+    pub step: usize,
+    pub loss: f64,
+    pub adapter: Adapter,
+    pub state: TrainingState,
+}
+
+/// What one [`Session::validate`] found.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Validation {
+    /// Optimizer steps taken when it was measured.
+    pub step: usize,
+    pub loss: f64,
+    /// This validation is the new best.
+    pub improved: bool,
+    pub best_step: usize,
+    pub best_loss: f64,
+    /// Validations since the best one (0 when this is it).
+    pub since_best: usize,
+}
+
 /// A training run on the GPU: the data, the trainer with its adapter, and the batch sampler.
 pub struct Session {
     pub settings: TrainSettings,
@@ -250,6 +279,9 @@ pub struct Session {
     squares: GpuTensor,
     /// The clipping recording's uniforms and bind groups (the same every step).
     norm_cache: std::sync::Arc<std::sync::Mutex<gpu::DispatchCache>>,
+    /// The best adapter so far and the last validation (see [`Session::validate`]).
+    best: Option<Best>,
+    last_validation: Option<Validation>,
 }
 
 impl Session {
@@ -294,6 +326,8 @@ impl Session {
             data,
             trainer,
             sampler,
+            best: None,
+            last_validation: None,
         })
     }
 
@@ -376,6 +410,43 @@ impl Session {
             None => Ok(self.eval_tokens(ctx, model, self.data.validation_tokens()).await?.loss),
             Some(ex) => Ok(self.eval_examples(ctx, model, &ex.validation).await?.loss),
         }
+    }
+
+    /// The validation loss now, remembered: when it is lower than every validation before it (or
+    /// the first), the adapter and its training state are copied to the host as [`Session::best`].
+    /// A second call at the same step measures nothing again.
+    pub async fn validate(&mut self, ctx: &GpuContext, model: &GpuModel) -> Result<Validation, TrainError> {
+        let step = self.steps_done();
+        if let Some(v) = self.last_validation.filter(|v| v.step == step) {
+            return Ok(v);
+        }
+        let loss = self.validation_loss(ctx, model).await?;
+        let improved = self.best.as_ref().is_none_or(|b| loss < b.loss);
+        if improved {
+            let (adapter, state) = (self.adapter(ctx).await?, self.state(ctx).await?);
+            self.best = Some(Best { step, loss, adapter, state });
+        }
+        let best = self.best.as_ref().expect("set above at the latest");
+        let since_best = if improved { 0 } else { self.last_validation.map_or(0, |v| v.since_best) + 1 };
+        let v = Validation { step, loss, improved, best_step: best.step, best_loss: best.loss, since_best };
+        self.last_validation = Some(v);
+        Ok(v)
+    }
+
+    /// The adapter at the lowest validation loss so far (None before the first [`Session::validate`]).
+    pub fn best(&self) -> Option<&Best> {
+        self.best.as_ref()
+    }
+
+    /// The last [`Session::validate`]'s result.
+    pub fn last_validation(&self) -> Option<Validation> {
+        self.last_validation
+    }
+
+    /// Early stopping: true once `patience` validations in a row have not improved on the best
+    /// (never for a patience of 0).
+    pub fn stop_early(&self, patience: usize) -> bool {
+        patience > 0 && self.last_validation.is_some_and(|v| v.since_best >= patience)
     }
 
     /// The mean loss of `examples`' learnt positions with the adapter as it is now (each example

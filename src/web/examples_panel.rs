@@ -83,7 +83,7 @@ pub fn ExamplesEditor() -> impl IntoView {
     // The template in use, and the first example as the model will read it.
     let template = move || {
         let studio = state.studio.get()?;
-        let t = match studio.chat_template() {
+        let t = &match studio.chat_template() {
             Ok(t) => t,
             Err(e) => return Some(view! { <p class="status-failed" role="alert">{format::sentence(e)}</p> }.into_any()),
         };
@@ -92,7 +92,7 @@ pub fn ExamplesEditor() -> impl IntoView {
         let first = gathered.with(|g| g.set.records.first().cloned()).and_then(|(_, r)| r.messages()).and_then(|m| t.render(&m, false).ok());
         Some(
             view! {
-                <details data-testid="template" data-own=studio.has_own_template()>
+                <details data-testid="template" data-own=if studio.has_own_template() { "true" } else { "false" }>
                     <summary>"Rendered with "{kind}</summary>
                     <pre class="template">{source}</pre>
                     {first.map(|f| view! { <p>"The first example as the model reads it:"</p><pre class="template" data-testid="rendered-example">{f}</pre> })}

@@ -300,6 +300,8 @@ impl AppState {
                 config: String::from_utf8_lossy(&browser::fetch_bytes(&format!("{base}/config.json")).await?).into_owned(),
                 weights: vec![("model.safetensors".into(), browser::fetch_bytes(&format!("{base}/model.safetensors")).await?)],
                 tokenizer: browser::fetch_bytes(&format!("{base}/tokenizer.json")).await?,
+                generation_config: None,
+                tokenizer_config: None,
             })
         };
         match fetched.await {
@@ -431,7 +433,7 @@ impl AppState {
         let eval_every = (total / 5).max(5);
         let result: Result<(), StudioError> = async {
             if self.points.with_untracked(Vec::is_empty) {
-                let val = studio.validation_loss(&run).await?;
+                let val = self.validate(&studio, &mut run).await?;
                 self.points.update(|p| p.push(LossPoint { step: run.steps_done(), train: None, val: Some(val) }));
             }
             let (t0, mut tokens) = (browser::now_ms(), 0usize);
@@ -447,16 +449,12 @@ impl AppState {
                 }
                 self.step.set(r.step);
                 let at_eval = r.step % eval_every == 0 || run.finished();
-                let val = if at_eval { Some(studio.validation_loss(&run).await?) } else { None };
+                let val = if at_eval { Some(self.validate(&studio, &mut run).await?) } else { None };
                 if r.loss.is_some() || val.is_some() {
                     self.points.update(|p| p.push(LossPoint { step: r.step, train: r.loss, val }));
                 }
                 if at_eval {
-                    let saved = Rc::new(studio.snapshot(&run).await?);
-                    if let Some(val) = val {
-                        self.note_validation(r.step, val, &saved);
-                    }
-                    self.saved.set(Some(saved));
+                    self.saved.set(Some(Rc::new(studio.snapshot(&run).await?)));
                 }
                 browser::yield_now().await;
             }

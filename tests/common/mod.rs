@@ -67,6 +67,8 @@ pub fn gguf_model_files(gguf: &[u8], f16: bool) -> loratab::model::ModelFiles {
         config: String::from_utf8(get("config.json")).unwrap(),
         weights: vec![("model.safetensors".into(), get("model.safetensors"))],
         tokenizer: get("tokenizer.json"),
+        generation_config: Some(String::from_utf8(get("generation_config.json")).unwrap()),
+        tokenizer_config: Some(String::from_utf8(get("tokenizer_config.json")).unwrap()),
     }
 }
 

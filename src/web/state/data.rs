@@ -191,11 +191,17 @@ impl AppState {
         }
     }
 
-    /// After a validation point's snapshot: keep it as the best when its loss is the lowest of the run.
-    pub(super) fn note_validation(&self, step: usize, loss: f64, adapter: &Rc<SavedAdapter>) {
-        let better = self.data.best.with_untracked(|b| b.as_ref().is_none_or(|b| loss < b.loss));
-        if step > 0 && loss.is_finite() && better {
-            self.data.best.set(Some(Best { step, loss, adapter: adapter.clone() }));
+    /// The validation loss now; when it is the run's lowest so far (the engine keeps that adapter,
+    /// `Studio::validate`), it becomes the best one the page downloads. The page's best outlives a
+    /// resumed run's session, so it is replaced only by a lower loss.
+    pub(super) async fn validate(&self, studio: &Studio, run: &mut Run) -> Result<f64, StudioError> {
+        let v = studio.validate(run).await?;
+        let lower = self.data.best.with_untracked(|b| b.as_ref().is_none_or(|b| v.loss < b.loss));
+        if v.improved && lower {
+            if let Some(best) = studio.best(run) {
+                self.data.best.set(Some(Best { step: v.step, loss: v.loss, adapter: Rc::new(best) }));
+            }
         }
+        Ok(v.loss)
     }
 }
