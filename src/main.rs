@@ -107,6 +107,9 @@ mod cli {
         },
         /// Train a LoRA adapter on a text file and write it in PEFT's format.
         Train(crate::train_cli::TrainArgs),
+        /// Write the run `train` would make (same flags; --out is the folder) for PyTorch: the
+        /// examples as jsonl, the starting adapter and a TRL SFTTrainer + PEFT script.
+        ExportTrl(crate::train_cli::TrainArgs),
         /// Benchmarks: matmul GFLOP/s, training step time and memory, forward base vs merged vs
         /// unmerged adapter; with --torch, the same cases in PyTorch + PEFT side by side.
         Bench(crate::bench_cli::BenchArgs),
@@ -139,6 +142,7 @@ mod cli {
             }
             Command::Merge { model, adapter, out } => report(merge(model.as_deref(), &adapter, &out)),
             Command::Train(args) => report(crate::train_cli::run(args)),
+            Command::ExportTrl(args) => report(crate::train_cli::export_trl(args)),
             Command::Bench(args) => report(crate::bench_cli::run(args)),
             Command::ImportGguf { file, out, f16 } => report(import_gguf(&file, &out, f16)),
         }

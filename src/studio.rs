@@ -41,6 +41,8 @@ pub enum StudioError {
     Gguf(#[from] GgufError),
     #[error(transparent)]
     Template(#[from] TemplateError),
+    #[error(transparent)]
+    Export(#[from] train::ExportError),
     /// A set of chosen files that is not a model or an adapter: the sentence says what is missing.
     #[error("{0}")]
     Files(String),

@@ -402,3 +402,67 @@ fn report(ctx: &GpuContext, session: &Session, out: &Path, run: &LoopEnd, memory
     });
     println!("{summary}");
 }
+
+/// `loratab export-trl`: the run that `train`'s flags describe, written for PyTorch (TRL's
+/// SFTTrainer + PEFT; `train::export`) instead of trained. `--out` is the export's folder;
+/// `--resume DIR` starts it from that adapter (AdamW starts afresh), else from the fresh adapter
+/// `train` would make with the same seed. For the embedded default model its three files go to
+/// `base/` so the folder is complete.
+pub fn export_trl(args: TrainArgs) -> Result<(), TrainCliError> {
+    let (model, tokenizer) = crate::model_arg::Source::open(args.model.as_deref())?.model(args.base_dtype)?;
+    let settings = settings(&args, &model.config);
+    settings.validate(&model.config)?;
+    let (records, template, answers_only) = export_examples(&args, &tokenizer)?;
+    let (mut adapter, frozen) = match &args.resume {
+        Some(dir) => {
+            let frozen = match std::fs::read(dir.join(STATE_FILE)) {
+                Ok(bytes) => TrainingState::from_bytes(&bytes)?.frozen,
+                Err(_) => Vec::new(),
+            };
+            (Adapter::load_dir(dir)?, frozen)
+        }
+        None => {
+            let opts = lora_options(&args)?;
+            train::validate_lora(&opts)?;
+            let arch = model.config.arch;
+            let frozen = opts.frozen(arch).into_iter().flat_map(|t| t.sites(arch)).collect();
+            (Adapter::from_options(&model.config, &opts)?, frozen)
+        }
+    };
+    adapter.config.base_model_name_or_path = Some(crate::model_arg::base_name(args.model.as_deref()));
+    let write = |name: &str, bytes: &[u8]| -> Result<(), TrainCliError> {
+        let path = args.out.join(name);
+        let err = |e: std::io::Error| TrainError::Write { path: path.display().to_string(), reason: e.to_string() };
+        std::fs::create_dir_all(path.parent().expect("inside --out")).map_err(err)?;
+        std::fs::write(&path, bytes).map_err(err)?;
+        Ok(())
+    };
+    let base = match &args.model {
+        Some(p) => std::path::absolute(p).unwrap_or_else(|_| p.clone()).display().to_string(),
+        None => {
+            let files = loratab::model::default::files();
+            write("base/config.json", files.config.as_bytes())?;
+            write("base/tokenizer.json", &files.tokenizer)?;
+            for (name, bytes) in &files.weights {
+                write(&format!("base/{name}"), bytes)?;
+            }
+            "base".to_string()
+        }
+    };
+    let frozen_rows = train::frozen_rows(&model.config, &adapter, &frozen);
+    let run = train::TrlRun { records: &records, template: &template, answers_only, adapter: &adapter, settings: &settings, base_model: &base, frozen_rows: &frozen_rows };
+    let files = train::trl_export(&tokenizer, &run).map_err(|e| TrainCliError::Usage(e.to_string()))?;
+    for f in &files {
+        write(&f.name, &f.bytes)?;
+    }
+    eprintln!("wrote {} ({} files); run it with: python {}", args.out.display(), files.len(), args.out.join(train::TRL_SCRIPT).display());
+    Ok(())
+}
+
+/// PROVISIONAL until `train --data` lands: the examples, template and masking of the run.
+fn export_examples(args: &TrainArgs, tok: &loratab::model::Tokenizer) -> Result<(Vec<(usize, train::Record)>, train::ChatTemplate, bool), TrainCliError> {
+    let text = std::fs::read_to_string(&args.text).map_err(|e| ModelError::Io { path: args.text.display().to_string(), reason: e.to_string() })?;
+    let parsed = train::parse_examples(&text);
+    let eos = tok.token_to_id("<|endoftext|>").map(|_| "<|endoftext|>".to_string());
+    Ok((parsed.records, train::ChatTemplate::plain(eos), true))
+}

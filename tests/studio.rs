@@ -115,7 +115,7 @@ gpu_test! {
         let saved = studio.snapshot(&run).await.unwrap();
         let archive = saved.zip().unwrap();
         let names: Vec<String> = zip::read(&archive).unwrap().into_iter().map(|(n, _)| n).collect();
-        assert_eq!(names, ["adapter_config.json", "adapter_model.safetensors", "training_state.safetensors"]);
+        assert_eq!(names, ["adapter_config.json", "adapter_model.safetensors", "training_state.safetensors", "training_data.json"]);
         let back = SavedAdapter::from_files(vec![("adapter.zip".into(), archive)]).unwrap();
         assert_eq!(back.step(), 6);
         for (name, pair) in &saved.adapter.modules {
@@ -186,7 +186,7 @@ gpu_test! {
         assert_eq!(every.learnt, every.tokens - every.examples);
 
         // Trained by example: the held-out ones are the records at the dataset's held-out indices.
-        let held: Vec<HeldOut> = ex.held_out.iter().map(|&i| HeldOut::of(&records[i].1).unwrap()).collect();
+        let held: Vec<HeldOut> = ex.validation_from.iter().map(|&i| HeldOut::of(&records[i].1).unwrap()).collect();
         assert_eq!(held.len(), 1);
         let mut run = studio.start_on(&TrainData::Examples(set), &opts(2), TrainSettings { seq_len: 32, ..settings(2) }).await.unwrap();
         assert_eq!(run.held_out(), held.as_slice());

@@ -7,9 +7,9 @@
 //! without one (the default austen-5m), the plain one ending each answer with the model's EOS, so
 //! answers end where generation stops.
 
-use super::{Run, Studio, StudioError};
+use super::{ModelSource, Run, SavedAdapter, Studio, StudioError};
 use crate::generate::Sampling;
-use crate::train::{Dataset, Example, Message, Record, Role};
+use crate::train::{self, Dataset, Example, Message, Record, Role, TrainSettings};
 
 /// What a run trains on.
 #[derive(Debug, Clone, PartialEq)]
@@ -136,7 +136,7 @@ impl Studio {
             }
         }
         let data = Dataset::from_examples(examples, seq_len)?;
-        let held = data.examples.as_ref().map(|x| x.held_out.clone()).unwrap_or_default();
+        let held = data.examples.as_ref().map(|x| x.validation_from.clone()).unwrap_or_default();
         let held_out = held.iter().filter_map(|&i| HeldOut::of(used[i])).collect();
         let record = DataRecord {
             data: "examples".into(),
@@ -191,6 +191,46 @@ impl Studio {
     pub async fn answer(&self, context: &[Message], max_tokens: usize, sampling: &Sampling, adapter: Option<&Run>) -> Result<String, StudioError> {
         let ids = self.chat_template()?.encode(&self.tokenizer, context, true)?;
         self.generate_ids(ids, max_tokens, sampling, adapter).await
+    }
+}
+
+/// A model folder this small is put into a TRL export whole (under `base/`), so the export runs
+/// as it is; a larger one is named and the user points the script at it.
+const EXPORT_BASE_LIMIT: usize = 64 << 20;
+
+impl Studio {
+    /// A zip of the run written for TRL's SFTTrainer + PEFT (`train::trl_export`: the split
+    /// examples, the sampler's order, `adapter` as the starting point, `train_trl.py` with the same
+    /// template, masking and settings), with the base model's files under `base/` when it is a
+    /// small model folder (the default model's 11 MB).
+    pub fn trl_export_zip(&self, set: &ExampleSet, adapter: &SavedAdapter, settings: &TrainSettings) -> Result<Vec<u8>, StudioError> {
+        let records: Vec<(usize, Record)> = set.records.iter().enumerate().map(|(i, (_, r))| (i + 1, r.clone())).collect();
+        let frozen = adapter.state.as_ref().map(|s| s.frozen.clone()).unwrap_or_default();
+        let base: Vec<(String, &[u8])> = match self.source() {
+            ModelSource::Files(f) if f.weights.iter().map(|(_, w)| w.len()).sum::<usize>() <= EXPORT_BASE_LIMIT => {
+                let mut files = vec![("config.json".to_string(), f.config.as_bytes()), ("tokenizer.json".into(), f.tokenizer.as_slice())];
+                files.extend(f.weights.iter().map(|(n, w)| (n.clone(), w.as_slice())));
+                files.extend(f.tokenizer_config.as_ref().map(|t| ("tokenizer_config.json".into(), t.as_bytes())));
+                files.extend(f.generation_config.as_ref().map(|g| ("generation_config.json".into(), g.as_bytes())));
+                files
+            }
+            _ => Vec::new(),
+        };
+        let base_model = if base.is_empty() { self.info.name.clone() } else { "base".into() };
+        let run = train::TrlRun {
+            records: &records,
+            template: &self.chat_template()?,
+            answers_only: set.answers_only,
+            adapter: &adapter.adapter,
+            settings,
+            base_model: &base_model,
+            frozen_rows: &train::frozen_rows(self.config(), &adapter.adapter, &frozen),
+        };
+        let files = train::trl_export(&self.tokenizer, &run)?;
+        let base = base.iter().map(|(n, b)| (format!("base/{n}"), *b));
+        let all: Vec<(String, &[u8])> = files.iter().map(|f| (f.name.clone(), f.bytes.as_slice())).chain(base).collect();
+        let named: Vec<(&str, &[u8])> = all.iter().map(|(n, b)| (n.as_str(), *b)).collect();
+        Ok(crate::zip::store(&named)?)
     }
 }
 

@@ -73,9 +73,10 @@ pub struct Examples {
     pub truncated: usize,
     /// Examples with no learnt token left (after truncation), not used.
     pub dropped: usize,
-    /// Which of the examples given to [`Dataset::from_examples`] (their indices there) are held
-    /// out, in `validation`'s order: to show a held-out example's prompt and answer as written.
-    pub held_out: Vec<usize>,
+    /// Where each of `train` and `validation` was in the list given to
+    /// [`Dataset::from_examples`] (for writing the same split out, `train::export`).
+    pub train_from: Vec<usize>,
+    pub validation_from: Vec<usize>,
 }
 
 /// `examples` (each at most `seq_len` long) as one batch of `batch` windows of `seq_len`: ids and
@@ -107,7 +108,8 @@ impl Dataset {
     pub fn from_examples(examples: Vec<Example>, seq_len: usize) -> Result<Self, TrainError> {
         check_seq_len(seq_len)?;
         let (mut kept, mut truncated, mut dropped) = (Vec::new(), 0, 0);
-        for (index, mut e) in examples.into_iter().enumerate() {
+        let mut origin = Vec::new();
+        for (i, mut e) in examples.into_iter().enumerate() {
             assert_eq!(e.ids.len(), e.labels.len(), "an example has one label per id");
             if e.ids.len() > seq_len {
                 e.ids.truncate(seq_len);
@@ -117,7 +119,8 @@ impl Dataset {
             if e.targets() == 0 {
                 dropped += 1;
             } else {
-                kept.push((index, e));
+                kept.push(e);
+                origin.push(i);
             }
         }
         let n = kept.len();
@@ -126,17 +129,18 @@ impl Dataset {
         }
         let v = ((n as f64 / 10.0).round() as usize).max(1);
         let held: Vec<usize> = (0..v).map(|j| ((2 * j + 1) * n) / (2 * v)).collect();
-        let (mut train, mut validation, mut held_out) = (Vec::new(), Vec::new(), Vec::new());
-        for (i, (index, e)) in kept.into_iter().enumerate() {
+        let (mut train, mut validation, mut train_from, mut validation_from) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (i, (e, from)) in kept.into_iter().zip(origin).enumerate() {
             if held.contains(&i) {
                 validation.push(e);
-                held_out.push(index);
+                validation_from.push(from);
             } else {
-                train.push(e)
+                train.push(e);
+                train_from.push(from);
             }
         }
         let tokens = train.iter().chain(&validation).flat_map(|e| e.ids.iter().copied()).collect();
-        let examples = Examples { train, validation, truncated, dropped, held_out };
+        let examples = Examples { train, validation, truncated, dropped, train_from, validation_from };
         Ok(Self { tokens, seq_len, train_windows: n - v, validation_windows: v, examples: Some(examples) })
     }
 
@@ -233,13 +237,15 @@ mod tests {
         assert_eq!((ex.train.len(), ex.validation.len()), (19, 2));
         // Held out: examples ⌊(2j + 1)·21 / 4⌋ = 5 and 15.
         assert_eq!(ex.validation, [example(3 + 5 % 4, 2), example(3 + 15 % 4, 2)]);
-        assert_eq!(ex.held_out, [5, 15]);
-        // `held_out` indexes what was given, dropped examples included: of 4 usable examples after
+        // Inputs 21 and 22 are dropped, so the kept ones are inputs 0..=20 in order.
+        assert_eq!(ex.validation_from, [5, 15]);
+        assert_eq!(ex.train_from, (0..21).filter(|i| ![5, 15].contains(i)).collect::<Vec<_>>());
+        // The origins index what was given, dropped examples included: of 4 usable examples after
         // a dropped one, usable example ⌊4 / 2⌋ = 2 is held out, given as index 3.
         let mut shifted = vec![example(5, 5)];
         shifted.extend((0..4).map(|i| example(3 + i, 1)));
         let ex = Dataset::from_examples(shifted, 8).unwrap().examples.unwrap();
-        assert_eq!((ex.held_out, ex.validation), (vec![3], vec![example(5, 1)]));
+        assert_eq!((ex.validation_from, ex.validation), (vec![3], vec![example(5, 1)]));
         assert!(ex.train.iter().all(|e| e.ids.len() <= 8 && e.targets() > 0));
         assert_eq!(d.tokens.len(), ex.train.iter().chain(&ex.validation).map(|e| e.ids.len()).sum::<usize>());
 

@@ -16,6 +16,7 @@ mod activations;
 pub mod chat;
 pub mod data;
 pub mod examples;
+pub mod export;
 mod merge;
 pub mod memory;
 mod run;
@@ -23,6 +24,7 @@ mod step;
 
 pub use chat::{ChatTemplate, TemplateError, PLAIN_TEMPLATE};
 pub use data::{Dataset, Example, Examples};
+pub use export::{frozen_rows, trl_export, ExportError, ExportFile, FrozenRows, TrlRun, TRL_SCRIPT};
 pub use examples::{parse as parse_examples, LineError, Message, Parsed, Record, Role};
 pub use run::{check_resume, diverging, new_lora, validate_lora, Best, Decay, Schedule, Session, StepReport, TrainSettings, TrainingState, Validation, DIVERGING};
 pub use step::{Trainer, TrainerOptions};

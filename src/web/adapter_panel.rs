@@ -6,7 +6,7 @@ use leptos::task::spawn_local;
 
 use super::browser::{self, save_bytes};
 use super::format;
-use super::state::AppState;
+use super::state::{AppState, DataMode};
 
 #[component]
 pub fn AdapterPanel() -> impl IntoView {
@@ -34,6 +34,17 @@ pub fn AdapterPanel() -> impl IntoView {
                 "zip" => saved.zip().map(|b| (format!("loratab-adapter-{tag}.zip"), b, "application/zip")),
                 "config" => saved.peft_files().map(|(c, _)| ("adapter_config.json".to_string(), c.into_bytes(), "application/json")),
                 "weights" => saved.peft_files().map(|(_, w)| ("adapter_model.safetensors".to_string(), w, "application/octet-stream")),
+                "trl" => {
+                    let Some(studio) = state.studio.get_untracked() else {
+                        return report(Err("The export needs the base model loaded: reload it first.".into()));
+                    };
+                    let settings = match state.form.parse(studio.config()) {
+                        Ok((_, s)) => s,
+                        Err(e) => return report(Err(e)),
+                    };
+                    let set = untrack(|| state.data.gather().set);
+                    studio.trl_export_zip(&set, &saved, &settings).map(|b| (format!("loratab-trl-{tag}.zip"), b, "application/zip"))
+                }
                 _ => {
                     let Some(studio) = state.studio.get_untracked() else {
                         return report(Err("The merged model needs the base model loaded: reload it first.".into()));
@@ -97,7 +108,13 @@ pub fn AdapterPanel() -> impl IntoView {
                 <button type="button" on:click=move |_| download("config") prop:disabled=none>"adapter_config.json"</button>
                 <button type="button" on:click=move |_| download("weights") prop:disabled=none>"adapter_model.safetensors"</button>
                 <button type="button" data-testid="download-merged" on:click=move |_| download("merged") prop:disabled=none>"Download merged model (.zip)"</button>
+                {move || (state.data.mode.get() == DataMode::Examples).then(|| view! {
+                    <button type="button" data-testid="download-trl" on:click=move |_| download("trl") prop:disabled=none>"Export for TRL + PEFT (.zip)"</button>
+                })}
             </div>
+            {move || (state.data.mode.get() == DataMode::Examples).then(|| view! {
+                <p class="hint">"The TRL export holds the examples as split here, the adapter chosen above as the starting point, and train_trl.py, which trains on with SFTTrainer + PEFT using the same template, masking and settings (python train_trl.py)."</p>
+            })}
             <p class="hint">"The zip holds PEFT's two files (load with PeftModel.from_pretrained) and training_state.safetensors, which lets loratab continue exactly."</p>
             <label>"Load an adapter (its two files or a zip) "
                 <input type="file" multiple accept=".json,.safetensors,.zip" on:change=on_pick

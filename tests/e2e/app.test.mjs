@@ -144,7 +144,8 @@ test('paste → train → compare → download on the default model', async (t) 
     const adapter = await download(page, 'download-zip');
     assert.match(adapter.name, new RegExp(`^loratab-adapter-r${RANK}-step${STEPS}\\.zip$`));
     const files = unzip(adapter.bytes);
-    assert.deepEqual(Object.keys(files).sort(), ['adapter_config.json', 'adapter_model.safetensors', 'training_state.safetensors']);
+    assert.deepEqual(Object.keys(files).sort(), ['adapter_config.json', 'adapter_model.safetensors', 'training_data.json', 'training_state.safetensors']);
+    assert.deepEqual(JSON.parse(files['training_data.json']), { data: 'text', seq_len: 32 });
     const peft = JSON.parse(files['adapter_config.json']);
     assert.equal(peft.peft_type, 'LORA');
     assert.equal(peft.r, RANK);
@@ -297,6 +298,24 @@ test('examples: type rows, paste jsonl → train → compare with the expected a
     const files = unzip(fs.readFileSync(file));
     const peft = JSON.parse(files['adapter_config.json']);
     assert.equal(peft.r, 4);
+    // Which template and masking trained it, beside PEFT's files (PEFT ignores the file).
+    const data = JSON.parse(files['training_data.json']);
+    assert.deepEqual(
+      [data.data, data.template, data.eos_token, data.completion_only_loss, data.seq_len],
+      ['examples', 'plain', '<|endoftext|>', true, 32],
+    );
+    assert.match(data.chat_template, /Question: /);
+
+    // The TRL export: the same split (9 + 1 examples), the adapter chosen above, the default model's
+    // files and the script with the same template and masking.
+    const [trl] = await Promise.all([page.waitForEvent('download', { timeout: 60_000 }), page.getByTestId('download-trl').click()]);
+    const exported = path.join(ARTIFACTS, `examples-${trl.suggestedFilename()}`);
+    await trl.saveAs(exported);
+    const out = unzip(fs.readFileSync(exported));
+    const lines = (name) => out[name].toString().trim().split('\n').length;
+    assert.deepEqual([lines('train.jsonl'), lines('validation.jsonl')], [9, 1]);
+    assert.ok(out['base/model.safetensors'] && out['adapter/adapter_model.safetensors'] && out['train_trl.py'], Object.keys(out).join(', '));
+    assert.match(out['train_trl.py'].toString(), /ANSWERS_ONLY = True/);
     assert.ok(val.length >= 2 && val.every(Number.isFinite), `validation losses ${val}`);
     assert.deepEqual(errors.filter((e) => !e.includes('favicon')), [], 'no errors in the console');
   } finally {
