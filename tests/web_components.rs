@@ -414,3 +414,86 @@ async fn stop_and_resume_end_where_an_unbroken_run_does() {
         assert!((a - b).abs() < 1e-4, "training losses {train:?} vs {losses:?}");
     }
 }
+
+fn examples_flow() -> impl IntoView {
+    view! { <TextPanel/><SettingsPanel/><TrainPanel/><ComparePanel/><AdapterPanel/> }
+}
+
+/// Fire `change` on the element at `selector` (a select whose value was set, as a pick does).
+fn change(root: &web_sys::HtmlElement, selector: &str) {
+    let init = web_sys::EventInit::new();
+    init.set_bubbles(true);
+    find(root, selector).dispatch_event(&web_sys::Event::new_with_event_init_dict("change", &init).unwrap()).unwrap();
+}
+
+/// Examples typed into the table plus a pasted JSON Lines file with a broken line: the line's
+/// sentence is shown and the rest used; the counts are the engine's; training on them, Compare on
+/// the held-out example shows its expected answer and the answers the engine gives (with an
+/// adapter trained outside the page on the same examples); the best adapter is the one kept.
+#[wasm_bindgen_test]
+async fn examples_are_typed_trained_and_compared() {
+    use loratab::studio::{ExampleSet, TrainData};
+    use loratab::train::Record;
+    let (state, root) = mount(examples_flow).await;
+    small_settings(&root, 4);
+    type_into(&root, "#seq-len", "32");
+    find(&root, "[data-testid=mode-examples]").click();
+    until("the examples editor", 5.0, || root.query_selector("[data-testid=clear-examples]").unwrap().is_some()).await;
+    find(&root, "[data-testid=clear-examples]").click();
+    let pairs: Vec<(String, String)> = (0..8).map(|i| (format!("{i} plus one?"), format!("It is {}.", i + 1))).collect();
+    for (i, (p, a)) in pairs.iter().enumerate() {
+        if i >= 2 {
+            find(&root, "[data-testid=add-row]").click();
+            until("a new row", 5.0, || root.query_selector_all("[data-testid=example-row]").unwrap().length() as usize == i + 1).await;
+        }
+        type_into(&root, &format!("[aria-label='Prompt {}']", i + 1), p);
+        type_into(&root, &format!("[aria-label='Answer {}']", i + 1), a);
+    }
+    type_into(&root, "#jsonl", "{\"prompt\": \"8 plus one?\", \"completion\": \"It is 9.\"}\n{\"prompt\": 3}\n{\"prompt\": \"9 plus one?\", \"completion\": \"It is 10.\"}");
+    until("the bad line", 5.0, || text_of(&root, "[data-testid=example-problems]").contains("Line 2: \"prompt\" must be a string")).await;
+    until("the counts", 10.0, || attr(&root, "[data-testid=example-stats]", "data-examples") == "10").await;
+    let records: Vec<(String, Record)> = pairs
+        .iter()
+        .cloned()
+        .chain([("8 plus one?".to_string(), "It is 9.".to_string()), ("9 plus one?".into(), "It is 10.".into())])
+        .enumerate()
+        .map(|(i, (prompt, completion))| (if i < 8 { format!("row {}", i + 1) } else { format!("line {}", 2 * i - 15) }, Record::Completion { prompt, completion }))
+        .collect();
+    let set = ExampleSet { records, answers_only: true };
+    assert_eq!(untrack(|| state.data.gather().set), set, "the page's examples as typed");
+    let studio = state.studio.get_untracked().unwrap();
+    let want = studio.example_stats(&set, 32).unwrap();
+    assert!(text_of(&root, "[data-testid=example-stats]").starts_with(&format!("10 examples: {} to train on, {} held out", want.train, want.validation)));
+
+    find(&root, "[data-testid=train]").click();
+    until("training to finish", 300.0, || matches!(attr(&root, "[data-testid=train-status]", "data-state").as_str(), "finished" | "failed")).await;
+    assert_eq!(attr(&root, "[data-testid=train-status]", "data-state"), "finished", "{}", text_of(&root, "[data-testid=train-status]"));
+
+    // The oracle: the same examples and settings trained outside the page.
+    let (opts, settings) = state.form.parse(studio.config()).unwrap();
+    let mut run = studio.start_on(&TrainData::Examples(set), &opts, settings.clone()).await.unwrap();
+    let mut vals = vec![(0, studio.validation_loss(&run).await.unwrap())];
+    while !run.finished() {
+        studio.step(&mut run).await.unwrap();
+        vals.push((run.steps_done(), studio.validation_loss(&run).await.unwrap()));
+    }
+    let best = state.data.best.get_untracked().expect("a best adapter");
+    let validated: Vec<usize> = state.points.get_untracked().iter().filter(|p| p.val.is_some()).map(|p| p.step).collect();
+    let (step, loss) = vals.iter().copied().filter(|(s, _)| validated.contains(s)).min_by(|a, b| a.1.total_cmp(&b.1)).unwrap();
+    assert_eq!(step, best.step, "the best of the page's validation points: {vals:?}");
+    assert!((loss - best.loss).abs() < 1e-5, "{loss} vs {}", best.loss);
+    assert_eq!(attr(&root, "[data-testid=loss-chart]", "data-best-step"), best.step.to_string());
+
+    // Compare on the held-out example, greedy.
+    let held = run.held_out()[0].clone();
+    find(&root, "#held-out").unchecked_into::<web_sys::HtmlSelectElement>().set_value("0");
+    change(&root, "#held-out");
+    type_into(&root, "#temperature", "0");
+    type_into(&root, "#gen-tokens", "8");
+    find(&root, "[data-testid=generate]").click();
+    until("both answers", 60.0, || !text_of(&root, "[data-testid=compare-tuned]").is_empty()).await;
+    assert_eq!(text_of(&root, "[data-testid=compare-expected]"), held.expected);
+    let greedy = Sampling { temperature: 0.0, top_k: 40, seed: 0 };
+    assert_eq!(text_of(&root, "[data-testid=compare-base]"), studio.answer(&held.context, 8, &greedy, None).await.unwrap());
+    assert_eq!(text_of(&root, "[data-testid=compare-tuned]"), studio.answer(&held.context, 8, &greedy, Some(&run)).await.unwrap());
+}
