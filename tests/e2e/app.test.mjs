@@ -130,7 +130,7 @@ test('paste → train → compare → download on the default model', async (t) 
     assert.equal(plotted, STEPS, 'every training loss is plotted');
 
     await mark('train');
-    await page.getByLabel('Prompt').fill(PROMPT);
+    await page.getByLabel('Prompt', { exact: true }).fill(PROMPT);
     await setField(page, 'New tokens', 8);
     // The page's sampling (temperature 0.8, seed 0): the engine cannot be called from here, so the
     // same generation is repeated after the adapter is loaded back, and must give the same text.
