@@ -17,6 +17,9 @@ use crate::train::memory::MemoryBudget;
 use crate::train::{self, ChatTemplate, Dataset, GpuLora, Session, StepReport, TemplateError, TrainError, TrainSettings, TrainingState};
 use crate::zip::{self, ZipError};
 
+mod examples;
+pub use examples::{DataRecord, ExampleSet, ExampleStats, HeldOut, TrainData};
+
 /// GPU memory the page assumes a browser tab can use: WebGPU tells a page no memory size, and
 /// integrated GPUs share the machine's memory with everything else (see [`Studio::memory_hint`]).
 pub const TAB_GPU_MEMORY: u64 = 4 << 30;
@@ -38,6 +41,8 @@ pub enum StudioError {
     Gguf(#[from] GgufError),
     #[error(transparent)]
     Template(#[from] TemplateError),
+    #[error(transparent)]
+    Export(#[from] train::ExportError),
     /// A set of chosen files that is not a model or an adapter: the sentence says what is missing.
     #[error("{0}")]
     Files(String),
@@ -46,6 +51,12 @@ pub enum StudioError {
          {seq_len} tokens (it needs at least {needed}): paste more text or lower the sequence length"
     )]
     TextTooShort { tokens: usize, seq_len: usize, needed: usize },
+    #[error(
+        "only {usable} example{} can be trained on{}: training needs at least two (one to train on and one to validate on)",
+        if *usable == 1 { "" } else { "s" },
+        if *dropped > 0 { format!(" ({dropped} had no answer token left within the sequence length)") } else { String::new() }
+    )]
+    TooFewExamples { usable: usize, dropped: usize },
     #[error("{0}")]
     TooBig(String),
     #[error("tensor `{name}` cannot be kept in {format}: {detail}; choose “as stored”, f16 or f32 under Frozen weights")]
@@ -65,6 +76,8 @@ impl From<TrainError> for StudioError {
             // The CLI's sentence names --steps; the page's names its field.
             TrainError::AlreadyTrained { done } => StudioError::AlreadyTrained { done },
             TrainError::OverMemory { need, limit, checkpointed } => StudioError::OverMemory { need, limit, checkpointed },
+            // The CLI's sentence names --seq-len too.
+            TrainError::TooFewExamples { usable, dropped } => StudioError::TooFewExamples { usable, dropped },
             e => StudioError::Train(e),
         }
     }
@@ -178,6 +191,10 @@ pub struct AdapterSize {
 /// A training run on the studio's model.
 pub struct Run {
     pub session: Session,
+    /// The held-out examples with an answer, as written (for Compare; empty for a text).
+    held_out: Vec<HeldOut>,
+    /// What it trains on, recorded beside its adapter.
+    record: DataRecord,
 }
 
 impl Run {
@@ -200,9 +217,12 @@ pub struct SavedAdapter {
     pub adapter: Adapter,
     /// AdamW's moments and the step, for an exact continuation (absent in plain PEFT folders).
     pub state: Option<TrainingState>,
+    /// What it was trained on: template and masking for examples (absent in plain PEFT folders).
+    pub data: Option<DataRecord>,
 }
 
 const ADAPTER_CONFIG: &str = "adapter_config.json";
+const DATA: &str = "training_data.json";
 const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
 const STATE: &str = "training_state.safetensors";
 
@@ -240,13 +260,18 @@ impl SavedAdapter {
         Ok(self.adapter.to_files()?)
     }
 
-    /// One zip: PEFT's two files, plus training_state.safetensors when there is one (PEFT ignores it).
+    /// One zip: PEFT's two files, plus training_state.safetensors and training_data.json when there
+    /// are (PEFT ignores both).
     pub fn zip(&self) -> Result<Vec<u8>, StudioError> {
         let (config, weights) = self.peft_files()?;
         let state = self.state.as_ref().map(|s| s.to_bytes()).transpose()?;
+        let data = self.data.as_ref().map(DataRecord::to_json);
         let mut files: Vec<(&str, &[u8])> = vec![(ADAPTER_CONFIG, config.as_bytes()), (ADAPTER_WEIGHTS, weights.as_slice())];
         if let Some(state) = &state {
             files.push((STATE, state.as_slice()));
+        }
+        if let Some(data) = &data {
+            files.push((DATA, data.as_bytes()));
         }
         Ok(zip::store(&files)?)
     }
@@ -263,7 +288,8 @@ impl SavedAdapter {
         let config = String::from_utf8(config).map_err(|_| LoraError::Config("it is not UTF-8 text".into()))?;
         let adapter = Adapter::from_files(&config, &weights)?;
         let state = take(&mut files, STATE).map(|b| TrainingState::from_bytes(&b)).transpose()?;
-        Ok(Self { adapter, state })
+        let data = take(&mut files, DATA).map(|b| DataRecord::from_json(&b)).transpose()?;
+        Ok(Self { adapter, state, data })
     }
 }
 
@@ -481,33 +507,56 @@ impl Studio {
     /// A new adapter with `opts`, ready to train on `text` with `settings`; refused before anything
     /// is allocated when the run needs more than `settings.max_memory`.
     pub async fn start(&self, text: &str, opts: &LoraOptions, settings: TrainSettings) -> Result<Run, StudioError> {
-        settings.validate(self.config())?;
-        let tokens = self.tokenize(text)?;
-        Dataset::new(tokens.clone(), settings.seq_len)?;
+        self.start_on(&TrainData::Text(text.into()), opts, settings).await
+    }
+
+    /// A new adapter with `opts`, ready to train on `data` (a text, or examples) with `settings`.
+    pub async fn start_on(&self, data: &TrainData, opts: &LoraOptions, settings: TrainSettings) -> Result<Run, StudioError> {
+        // The data is checked before anything is allocated.
+        let prepared = self.dataset(data, &settings)?;
         train::validate_lora(opts)?;
         train::memory::check(self.model.weight_bytes(), self.config(), &Adapter::from_options(self.config(), opts)?, &settings)?;
         let lora = train::new_lora(&self.ctx, &self.model, opts).await?;
-        Ok(Run { session: Session::new(&self.ctx, &self.model, tokens, lora, settings).await? })
+        self.run(prepared, lora, settings).await
     }
 
     /// Continue training `saved` on `text` up to `settings.steps` (exactly, when it has its training state).
     pub async fn resume(&self, text: &str, saved: &SavedAdapter, settings: TrainSettings) -> Result<Run, StudioError> {
+        self.resume_on(&TrainData::Text(text.into()), saved, settings).await
+    }
+
+    /// [`Studio::resume`] on a text or examples.
+    pub async fn resume_on(&self, data: &TrainData, saved: &SavedAdapter, settings: TrainSettings) -> Result<Run, StudioError> {
         train::check_resume(saved.step(), settings.steps)?;
-        self.load_adapter(text, saved, settings).await
+        self.load_adapter_on(data, saved, settings).await
     }
 
     /// `saved` on the GPU as a run on `text` (finished already when it has taken `settings.steps`):
     /// to compare with, or to train further.
     pub async fn load_adapter(&self, text: &str, saved: &SavedAdapter, settings: TrainSettings) -> Result<Run, StudioError> {
-        settings.validate(self.config())?;
-        let tokens = self.tokenize(text)?;
-        Dataset::new(tokens.clone(), settings.seq_len)?;
+        self.load_adapter_on(&TrainData::Text(text.into()), saved, settings).await
+    }
+
+    /// [`Studio::load_adapter`] on a text or examples.
+    pub async fn load_adapter_on(&self, data: &TrainData, saved: &SavedAdapter, settings: TrainSettings) -> Result<Run, StudioError> {
+        let prepared = self.dataset(data, &settings)?;
         train::memory::check(self.model.weight_bytes(), self.config(), &saved.adapter, &settings)?;
         let mut lora = GpuLora::new(&self.ctx, &self.model, &saved.adapter).await?;
         if let Some(state) = &saved.state {
             state.apply(&self.ctx, &mut lora)?;
         }
-        Ok(Run { session: Session::new(&self.ctx, &self.model, tokens, lora, settings).await? })
+        self.run(prepared, lora, settings).await
+    }
+
+    /// The settings checked and `data` cut with them.
+    fn dataset(&self, data: &TrainData, settings: &TrainSettings) -> Result<examples::Prepared, StudioError> {
+        settings.validate(self.config())?;
+        self.prepare(data, settings.seq_len)
+    }
+
+    async fn run(&self, prepared: examples::Prepared, lora: GpuLora, settings: TrainSettings) -> Result<Run, StudioError> {
+        let examples::Prepared { data, held_out, record, .. } = prepared;
+        Ok(Run { session: Session::with_data(&self.ctx, &self.model, data, lora, settings).await?, held_out, record })
     }
 
     /// One optimizer step of `run`.
@@ -524,7 +573,21 @@ impl Studio {
     pub async fn snapshot(&self, run: &Run) -> Result<SavedAdapter, StudioError> {
         let mut adapter = run.session.adapter(&self.ctx).await?;
         adapter.config.base_model_name_or_path = Some(self.info.name.clone());
-        Ok(SavedAdapter { adapter, state: Some(run.session.state(&self.ctx).await?) })
+        Ok(SavedAdapter { adapter, state: Some(run.session.state(&self.ctx).await?), data: Some(run.record.clone()) })
+    }
+
+    /// The validation loss as [`Studio::validation_loss`] measures it, keeping the adapter on the
+    /// host as the run's best when it is the lowest so far ([`Session::validate`]).
+    pub async fn validate(&self, run: &mut Run) -> Result<train::Validation, StudioError> {
+        Ok(run.session.validate(&self.ctx, &self.model).await?)
+    }
+
+    /// The run's adapter with the lowest validation loss so far, as a download holds it.
+    pub fn best(&self, run: &Run) -> Option<SavedAdapter> {
+        let best = run.session.best()?;
+        let mut adapter = best.adapter.clone();
+        adapter.config.base_model_name_or_path = Some(self.info.name.clone());
+        Some(SavedAdapter { adapter, state: Some(best.state.clone()), data: Some(run.record.clone()) })
     }
 
     /// Continue `prompt` by up to `max_tokens` tokens, with `run`'s adapter when given. The adapter
@@ -545,8 +608,7 @@ impl Studio {
     /// assistant's header after it), as [`Studio::generate`] continues it: what a model tuned on
     /// examples is compared with.
     pub async fn generate_chat(&self, question: &str, max_tokens: usize, sampling: &Sampling, adapter: Option<&Run>) -> Result<String, StudioError> {
-        let ids = self.chat_template()?.chat_prompt(&self.tokenizer, question)?;
-        self.generate_ids(ids, max_tokens, sampling, adapter).await
+        self.answer(&[train::Message::new(train::Role::User, question)], max_tokens, sampling, adapter).await
     }
 
     async fn generate_ids(&self, ids: Vec<u32>, max_tokens: usize, sampling: &Sampling, adapter: Option<&Run>) -> Result<String, StudioError> {

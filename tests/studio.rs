@@ -105,7 +105,7 @@ gpu_test! {
         for part in [human(need), human(need - 1), "lower the batch, the sequence length or the rank".into(), format!("gradient checkpointing (it would need {})", human(less))] {
             assert!(text.contains(&part), "`{part}` missing from: {text}");
         }
-        let saved = SavedAdapter { adapter: lora::Adapter::from_options(studio.config(), &o).unwrap(), state: None };
+        let saved = SavedAdapter { adapter: lora::Adapter::from_options(studio.config(), &o).unwrap(), state: None, data: None };
         assert!(matches!(studio.load_adapter(TEXT, &saved, over).await, Err(StudioError::OverMemory { .. })));
         assert_eq!(studio.gpu_bytes(), before);
         let run = studio.start(TEXT, &o, TrainSettings { max_memory: Some(need), ..settings(2) }).await.unwrap();
@@ -134,7 +134,7 @@ gpu_test! {
         let saved = studio.snapshot(&run).await.unwrap();
         let archive = saved.zip().unwrap();
         let names: Vec<String> = zip::read(&archive).unwrap().into_iter().map(|(n, _)| n).collect();
-        assert_eq!(names, ["adapter_config.json", "adapter_model.safetensors", "training_state.safetensors"]);
+        assert_eq!(names, ["adapter_config.json", "adapter_model.safetensors", "training_state.safetensors", "training_data.json"]);
         let back = SavedAdapter::from_files(vec![("adapter.zip".into(), archive)]).unwrap();
         assert_eq!(back.step(), 6);
         for (name, pair) in &saved.adapter.modules {
@@ -165,6 +165,79 @@ gpu_test! {
             studio.step(&mut more).await.unwrap();
         }
         assert_eq!(more.steps_done(), 8);
+    }
+}
+
+gpu_test! {
+    /// Examples through the studio: rendered with the plain template ending answers with the
+    /// model's EOS (llama-tiny has no chat template; config.json's eos_token_id 0 is
+    /// `<|endoftext|>`), counted as the library's dataset counts them, split by example with the
+    /// held-out ones kept as written for Compare, trained, and answered with the answer cut at EOS.
+    async fn examples_train_split_by_example_and_answer() {
+        use loratab::studio::{ExampleSet, HeldOut, TrainData};
+        use loratab::train::{ChatTemplate, Dataset, Example, Record};
+        let studio = Studio::load(gpu().await, files(), "llama-tiny").await.unwrap();
+        assert!(!studio.has_own_template());
+        let pair = |p: String, c: String| Record::Completion { prompt: p, completion: c };
+        let mut records: Vec<(String, Record)> = (0..12).map(|i| (format!("row {}", i + 1), pair(format!("{i} plus one?"), format!("It is {}.", i + 1)))).collect();
+        // One answer too long for 32 tokens (cut), one prompt so long that no answer is left (left out).
+        records.push(("row 13".into(), pair("Count.".into(), "one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen".into())));
+        records.push(("row 14".into(), pair("a b c d e f g h i j k l m n o p q r s t u v w x y z a b c d e f g h".into(), "Yes.".into())));
+        let set = ExampleSet { records: records.clone(), answers_only: true };
+
+        // The oracle: the library's template, examples and dataset, outside the studio.
+        let tok = loratab::model::Tokenizer::from_bytes(TOKENIZER).unwrap();
+        let plain = ChatTemplate::plain(Some("<|endoftext|>".into()));
+        let examples: Vec<Example> = records.iter().map(|(_, r)| plain.example(&tok, r).unwrap()).collect();
+        let want = Dataset::from_examples(examples, 32).unwrap();
+        let ex = want.examples.as_ref().unwrap();
+        assert!(ex.truncated >= 1 && ex.dropped == 1, "the test's long rows: {} cut, {} left out", ex.truncated, ex.dropped);
+        let stats = studio.example_stats(&set, 32).unwrap();
+        let all = || ex.train.iter().chain(&ex.validation);
+        assert_eq!((stats.examples, stats.train, stats.validation), (13, ex.train.len(), ex.validation.len()));
+        assert_eq!((stats.truncated, stats.dropped), (ex.truncated, ex.dropped));
+        assert_eq!(stats.tokens, all().map(|e| e.ids.len()).sum::<usize>());
+        assert_eq!(stats.learnt, all().map(Example::targets).sum::<usize>());
+        assert!(stats.failed.is_empty());
+        // Loss on every token: every position but each example's first is learnt, and nothing is left out.
+        let every = studio.example_stats(&ExampleSet { answers_only: false, ..set.clone() }, 32).unwrap();
+        assert_eq!((every.examples, every.dropped), (14, 0));
+        assert_eq!(every.learnt, every.tokens - every.examples);
+
+        // Trained by example: the held-out ones are the records at the dataset's held-out indices.
+        let held: Vec<HeldOut> = ex.validation_from.iter().map(|&i| HeldOut::of(&records[i].1).unwrap()).collect();
+        assert_eq!(held.len(), 1);
+        let mut run = studio.start_on(&TrainData::Examples(set), &opts(2), TrainSettings { seq_len: 32, ..settings(2) }).await.unwrap();
+        assert_eq!(run.held_out(), held.as_slice());
+        let before = studio.validation_loss(&run).await.unwrap();
+        while !run.finished() {
+            studio.step(&mut run).await.unwrap();
+        }
+        let after = studio.validation_loss(&run).await.unwrap();
+        assert!(before.is_finite() && after.is_finite() && after != before, "{before} → {after}");
+
+        // A held-out question is asked as the template's user turn; the answer is the generation
+        // from there, cut where the template ends an answer.
+        let (q, context) = (held[0].question().to_string(), held[0].context.clone());
+        assert!(records.iter().any(|(_, r)| matches!(r, Record::Completion { prompt, .. } if *prompt == q)));
+        let prompt = studio.chat_prompt(&context).unwrap();
+        assert_eq!(prompt, format!("Question: {q}\nAnswer:"));
+        let raw = studio.generate(&prompt, 12, &GREEDY, Some(&run)).await.unwrap();
+        let answer = studio.answer(&context, 12, &GREEDY, Some(&run)).await.unwrap();
+        assert_eq!(answer, raw);
+
+        // The adapter records its data: the plain template with its EOS, and the masking.
+        let saved = studio.snapshot(&run).await.unwrap();
+        let back = SavedAdapter::from_files(vec![("a.zip".into(), saved.zip().unwrap())]).unwrap();
+        let data = back.data.expect("training_data.json in the zip");
+        assert_eq!((data.data.as_str(), data.seq_len, data.completion_only_loss), ("examples", 32, Some(true)));
+        assert_eq!((data.template.as_deref(), data.eos_token.as_deref()), (Some("plain"), Some("<|endoftext|>")));
+        assert_eq!(data.chat_template.as_deref(), Some(loratab::train::PLAIN_TEMPLATE));
+
+        // Too few examples: the page's sentence.
+        let one = ExampleSet { records: records[..1].to_vec(), answers_only: true };
+        let err = studio.example_stats(&one, 32).unwrap_err().to_string();
+        assert!(err.starts_with("only 1 example can be trained on: training needs at least two"), "{err}");
     }
 }
 

@@ -246,6 +246,12 @@ mod tests {
         // Inputs 21 and 22 are dropped, so the kept ones are inputs 0..=20 in order.
         assert_eq!(ex.validation_from, [5, 15]);
         assert_eq!(ex.train_from, (0..21).filter(|i| ![5, 15].contains(i)).collect::<Vec<_>>());
+        // The origins index what was given, dropped examples included: of 4 usable examples after
+        // a dropped one, usable example ⌊4 / 2⌋ = 2 is held out, given as index 3.
+        let mut shifted = vec![example(5, 5)];
+        shifted.extend((0..4).map(|i| example(3 + i, 1)));
+        let after_drop = Dataset::from_examples(shifted, 8).unwrap().examples.unwrap();
+        assert_eq!((after_drop.validation_from, after_drop.validation), (vec![3], vec![example(5, 1)]));
         assert!(ex.train.iter().all(|e| e.ids.len() <= 8 && e.targets() > 0));
         assert_eq!(d.tokens.len(), ex.train.iter().chain(&ex.validation).map(|e| e.ids.len()).sum::<usize>());
 

@@ -95,6 +95,13 @@ async fn read_blob(file: &web_sys::File, path: &str) -> Result<Vec<u8>, String> 
     Ok(Uint8Array::new(&buf).to_vec())
 }
 
+/// A picked or dropped file as text (a JSON Lines file of examples); bytes that are not UTF-8
+/// become U+FFFD, so the bad lines are reported rather than the whole file refused.
+pub async fn read_text(file: &web_sys::File) -> Result<String, String> {
+    let name = file.name();
+    Ok(String::from_utf8_lossy(&read_blob(file, &name).await?).into_owned())
+}
+
 /// Files the user chose or dropped: the [`wanted`] ones read, the paths of the rest kept so a
 /// message can say what was there (a folder of PyTorch `.bin` weights, say).
 #[derive(Default)]

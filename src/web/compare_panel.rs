@@ -1,22 +1,35 @@
 //! Before and after: the same prompt, seed and sampling through the base model and through the
-//! model with the adapter, side by side.
+//! model with the adapter, side by side. With examples, the question is a user turn rendered with
+//! the chat template, either typed or a held-out example's (whose expected answer is shown too),
+//! and each answer ends where the template ends one.
 
 use leptos::prelude::*;
 use leptos::task::spawn_local;
 
-use super::state::AppState;
+use super::state::{AppState, Ask, DataMode};
 use crate::generate::Sampling;
+use crate::train::{Message, Role};
 
 #[component]
 pub fn ComparePanel() -> impl IntoView {
     let state = AppState::get();
     let prompt = RwSignal::new("It was".to_string());
+    let question = RwSignal::new(String::new());
+    // The held-out example picked (an index into `state.data.held_out`), or None for a typed question.
+    let picked = RwSignal::new(None::<usize>);
     let tokens = RwSignal::new("40".to_string());
     let temperature = RwSignal::new("0.8".to_string());
     let seed = RwSignal::new("0".to_string());
     let base = RwSignal::new(String::new());
     let tuned = RwSignal::new(String::new());
+    let expected = RwSignal::new(None::<String>);
     let error = RwSignal::new(None::<String>);
+    let examples = move || state.data.mode.get() == DataMode::Examples;
+    // A new run's held-out list replaces the old one: a pick into the old one is gone.
+    Effect::new(move |_| {
+        state.data.held_out.track();
+        picked.set(None);
+    });
     let generate = move |_| {
         let parsed = (|| {
             let max: usize = tokens.get().trim().parse().map_err(|_| "New tokens must be a whole number.")?;
@@ -31,13 +44,24 @@ pub fn ComparePanel() -> impl IntoView {
             Ok(p) => p,
             Err(e) => return error.set(Some(e.to_string())),
         };
+        // What to ask, and what is shown before each model's text (the prompt it continues).
+        let (ask, shown, want) = if examples() {
+            match picked.get().and_then(|i| state.data.held_out.with(|h| h.get(i).cloned())) {
+                Some(h) => (Ask::Chat(h.context), String::new(), Some(h.expected)),
+                None if question.get().trim().is_empty() => return error.set(Some("Type a question or pick a held-out example.".into())),
+                None => (Ask::Chat(vec![Message::new(Role::User, question.get())]), String::new(), None),
+            }
+        } else {
+            let p = prompt.get();
+            (Ask::Text(p.clone()), p, None)
+        };
         error.set(None);
-        let p = prompt.get();
+        expected.set(want);
         spawn_local(async move {
-            match state.compare(p.clone(), max, sampling).await {
+            match state.compare(ask, max, sampling).await {
                 Ok((b, t)) => {
-                    base.set(format!("{p}{b}"));
-                    tuned.set(t.map(|t| format!("{p}{t}")).unwrap_or_else(|| "(train or load an adapter first)".into()));
+                    base.set(format!("{shown}{b}"));
+                    tuned.set(t.map(|t| format!("{shown}{t}")).unwrap_or_else(|| "(train or load an adapter first)".into()));
                 }
                 Err(e) => error.set(Some(e)),
             }
@@ -55,18 +79,48 @@ pub fn ComparePanel() -> impl IntoView {
         let _ = state.busy.get();
         state.run.with_value(|r| r.as_ref().map(|r| format!(" (step {})", r.steps_done()))).unwrap_or_default()
     };
+    // Examples: a held-out example to pick, or a question to type (a user turn).
+    let ask_fields = move || {
+        if !examples() {
+            return field("prompt", "Prompt", prompt, "text").into_any();
+        }
+        let options = move || {
+            state.data.held_out.get().into_iter().enumerate().map(|(i, h)| view! { <option value=i.to_string()>{h.question().to_string()}</option> }).collect_view()
+        };
+        view! {
+            <div class="field">
+                <label for="held-out">"Held-out example"</label>
+                <select id="held-out" data-testid="held-out"
+                    prop:value=move || picked.get().map(|i| i.to_string()).unwrap_or_default()
+                    on:change=move |ev| picked.set(event_target_value(&ev).parse().ok())>
+                    <option value="">{move || if state.data.held_out.with(Vec::is_empty) { "(train on examples first)" } else { "(type a question instead)" }}</option>
+                    {options}
+                </select>
+            </div>
+            <div class="field">
+                <label for="question">"Question"</label>
+                <input id="question" type="text" prop:value=move || question.get()
+                    on:input=move |ev| { picked.set(None); question.set(event_target_value(&ev)); }/>
+            </div>
+        }
+        .into_any()
+    };
     view! {
         <section aria-labelledby="compare-heading">
             <h2 id="compare-heading">"5. Compare"</h2>
             <div class="fields">
-                {field("prompt", "Prompt", prompt, "text")}
+                {ask_fields}
                 {field("gen-tokens", "New tokens", tokens, "number")}
                 {field("temperature", "Temperature", temperature, "number")}
                 {field("gen-seed", "Seed", seed, "number")}
             </div>
+            {move || examples().then(|| view! { <p class="hint">"The question is sent as a user turn in the model's chat template; each answer stops where the template ends an answer."</p> })}
             <button type="button" data-testid="generate" on:click=generate
                 prop:disabled=move || state.studio.get().is_none() || state.busy.get().is_some()>"Generate with both"</button>
             {move || error.get().map(|e| view! { <p class="status-failed" role="alert">{e}</p> })}
+            {move || expected.get().map(|e| view! {
+                <figure><figcaption>"Expected answer"</figcaption><output data-testid="compare-expected">{e}</output></figure>
+            })}
             <div class="side-by-side">
                 <figure><figcaption>"Base model"</figcaption><output data-testid="compare-base">{move || base.get()}</output></figure>
                 <figure><figcaption>"With the adapter"{adapter_step}</figcaption><output data-testid="compare-tuned">{move || tuned.get()}</output></figure>

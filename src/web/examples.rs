@@ -10,3 +10,7 @@ pub static EXAMPLES: [Example; 3] = [
     Example { title: "Poe, The Raven (1845)", text: include_str!("../../web/examples/raven.txt") },
     Example { title: "Carroll, Alice's Adventures in Wonderland (1865)", text: include_str!("../../web/examples/alice.txt") },
 ];
+
+/// A built-in set of prompt → answer pairs about a made-up island (JSON Lines), for the Examples
+/// switch: nothing the default model could have read, so what it answers after training was taught.
+pub static EXAMPLE_PAIRS: Example = Example { title: "Questions about a made-up island (12 pairs)", text: include_str!("../../web/examples/varnholm.jsonl") };

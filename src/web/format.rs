@@ -43,3 +43,10 @@ pub fn duration(s: f64) -> String {
     let s = s.max(0.0).round() as u64;
     if s < 60 { format!("{s} s") } else { format!("{} min {:02} s", s / 60, s % 60) }
 }
+
+/// A library message ("the text has …") as a sentence: capitalised, with a full stop.
+pub fn sentence(e: impl std::fmt::Display) -> String {
+    let e = e.to_string();
+    let mut c = e.chars();
+    c.next().map(|f| f.to_uppercase().collect::<String>() + c.as_str()).unwrap_or(e) + "."
+}

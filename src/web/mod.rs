@@ -9,6 +9,7 @@ pub mod browser;
 mod chart;
 mod compare_panel;
 pub mod examples;
+mod examples_panel;
 mod format;
 mod gpu_panel;
 mod model_panel;

@@ -20,6 +20,9 @@ use crate::model::{Config, ModelFiles, WeightFormat};
 use crate::studio::{ModelSource, Run, SavedAdapter, Studio, StudioError, TextStats};
 use crate::train::TrainSettings;
 
+mod data;
+pub use data::{Ask, Best, DataForm, DataMode, ExampleRow, Gathered};
+
 /// The model the page loads with no user action, shipped next to the page by Trunk.
 pub const DEFAULT_MODEL: &str = "austen-5m";
 
@@ -189,6 +192,8 @@ pub struct AppState {
     pub gpu_live: RwSignal<Option<(u64, u64)>>,
     /// The run kept in the browser's storage across reloads (`super::persist`).
     pub persist: Persist,
+    /// Text or examples, the examples themselves, and what a run on them gives (see `data`).
+    pub data: DataForm,
 }
 
 impl AppState {
@@ -215,6 +220,7 @@ impl AppState {
             train_bytes: RwSignal::new(None),
             gpu_live: RwSignal::new(None),
             persist: Persist::new(),
+            data: DataForm::new(),
         }
     }
 
@@ -355,6 +361,8 @@ impl AppState {
     pub async fn reload(self) {
         let Some(lost) = self.lost.get_value() else { return self.load_default().await };
         let points = self.points.get_untracked();
+        // The best snapshot of the run is on the host: it survives the device.
+        let best = self.data.best.get_untracked();
         // As it was: same source, same format (whatever the select says now).
         self.load_model(lost.source().clone(), lost.info.name.clone(), lost.frozen()).await;
         let Some(studio) = self.studio.get_untracked() else { return };
@@ -365,12 +373,13 @@ impl AppState {
             return;
         }
         let steps = settings.steps.max(saved.step());
-        let text = self.text.get_untracked();
-        match studio.load_adapter(&text, &saved, TrainSettings { steps, ..settings }).await {
+        let data = self.train_data();
+        match studio.load_adapter_on(&data, &saved, TrainSettings { steps, ..settings }).await {
             Ok(run) => {
                 // The chart up to the snapshot stays; later points were lost with the device.
                 let done = run.steps_done();
                 self.adopt(run, steps, points.into_iter().filter(|p| p.step <= done).collect());
+                self.data.best.set(best.filter(|b| b.step <= done));
             }
             Err(e) => self.train_status.set(TrainStatus::Failed(format!("The adapter could not be put back on the GPU: {e}."))),
         }
@@ -387,7 +396,7 @@ impl AppState {
         if !self.claim("training") {
             return;
         }
-        let text = self.text.get_untracked();
+        let data = self.train_data();
         self.stop.set(false);
         spawn_local(async move {
             let current = self.run.try_update_value(|r| r.take()).flatten();
@@ -398,7 +407,7 @@ impl AppState {
                     // Finished: continue from a snapshot with the new number of steps.
                     let more = async {
                         let saved = studio.snapshot(&run).await?;
-                        studio.resume(&text, &saved, TrainSettings { steps: settings.steps, ..run.session.settings.clone() }).await
+                        studio.resume_on(&data, &saved, TrainSettings { steps: settings.steps, ..run.session.settings.clone() }).await
                     };
                     let r = more.await;
                     if r.is_err() {
@@ -412,9 +421,10 @@ impl AppState {
                     self.train_status.set(TrainStatus::Preparing);
                     self.points.set(Vec::new());
                     self.train_bytes.set(None);
-                    let run = studio.start(&text, &opts, settings).await;
-                    if run.is_ok() {
+                    let run = studio.start_on(&data, &opts, settings).await;
+                    if let Ok(run) = &run {
                         self.train_bytes.set(Some(studio.gpu_bytes()));
+                        self.note_run(run, true);
                     }
                     run
                 }
@@ -445,7 +455,7 @@ impl AppState {
         let eval_every = (total / 5).max(5);
         let result: Result<(), StudioError> = async {
             if self.points.with_untracked(Vec::is_empty) {
-                let val = studio.validation_loss(&run).await?;
+                let val = self.validate(&studio, &mut run).await?;
                 self.points.update(|p| p.push(LossPoint { step: run.steps_done(), train: None, val: Some(val) }));
             }
             let (t0, mut tokens) = (browser::now_ms(), 0usize);
@@ -462,7 +472,7 @@ impl AppState {
                 self.step.set(r.step);
                 self.gpu_live.set(Some((studio.gpu_tensors(), studio.gpu_bytes())));
                 let at_eval = r.step % eval_every == 0 || run.finished();
-                let val = if at_eval { Some(studio.validation_loss(&run).await?) } else { None };
+                let val = if at_eval { Some(self.validate(&studio, &mut run).await?) } else { None };
                 if r.loss.is_some() || val.is_some() {
                     self.points.update(|p| p.push(LossPoint { step: r.step, train: r.loss, val }));
                 }
@@ -511,16 +521,16 @@ impl AppState {
     }
 
     /// Generate from `prompt` with the base model and with the current adapter (same seed).
-    pub async fn compare(self, prompt: String, max_tokens: usize, sampling: Sampling) -> Result<(String, Option<String>), String> {
+    pub async fn compare(self, prompt: Ask, max_tokens: usize, sampling: Sampling) -> Result<(String, Option<String>), String> {
         let studio = self.studio.get_untracked().ok_or("No model is loaded.")?;
         if !self.claim("generating") {
             return Err("The GPU is busy; try again when it is done.".into());
         }
         let run = self.run.try_update_value(|r| r.take()).flatten();
         let result = async {
-            let base = studio.generate(&prompt, max_tokens, &sampling, None).await?;
+            let base = prompt.generate(&studio, max_tokens, &sampling, None).await?;
             let tuned = match &run {
-                Some(run) => Some(studio.generate(&prompt, max_tokens, &sampling, Some(run)).await?),
+                Some(run) => Some(prompt.generate(&studio, max_tokens, &sampling, Some(run)).await?),
                 None => None,
             };
             Ok::<_, StudioError>((base, tuned))
@@ -542,9 +552,9 @@ impl AppState {
         if !self.claim("loading an adapter") {
             return Err("The GPU is busy; try again when it is done.".into());
         }
-        let text = self.text.get_untracked();
+        let data = self.train_data();
         let steps = settings.steps.max(saved.step());
-        let result = studio.load_adapter(&text, &saved, TrainSettings { steps, ..settings }).await;
+        let result = studio.load_adapter_on(&data, &saved, TrainSettings { steps, ..settings }).await;
         self.release();
         let run = result.map_err(|e| {
             self.gpu_failed(&e);
@@ -559,6 +569,7 @@ impl AppState {
     /// of `steps`, with `points` on the chart; returns its step.
     pub(super) fn adopt(&self, run: Run, steps: usize, points: Vec<LossPoint>) -> usize {
         let done = run.steps_done();
+        self.note_run(&run, true);
         self.run.set_value(Some(run));
         self.points.set(points);
         self.step.set(done);

@@ -1,41 +1,49 @@
-//! The training text: a text area, built-in examples, and the token count with the
-//! train/validation split at the current sequence length (recomputed shortly after typing stops).
+//! The training data: a Text / Examples switch. Text: a text area, built-in texts, and the token
+//! count with the train/validation split at the current sequence length (recomputed shortly after
+//! typing stops). Examples: [`ExamplesEditor`].
 
 use std::time::Duration;
 
 use leptos::prelude::*;
 
 use super::examples::EXAMPLES;
+use super::examples_panel::ExamplesEditor;
 use super::format;
-use super::state::AppState;
+use super::state::{AppState, DataMode};
+use crate::studio::{Studio, StudioError};
 
-#[component]
-pub fn TextPanel() -> impl IntoView {
+/// Keep `stats` at `count(studio, input, seq_len)`, recomputed 250 ms after the last change of
+/// what `input` reads (not on every keystroke); None while no model is loaded or the sequence
+/// length is not a number.
+pub(super) fn count_after_typing<I, S>(
+    input: impl Fn() -> I + 'static,
+    count: impl Fn(&Studio, &I, usize) -> Result<S, StudioError> + Copy + 'static,
+    stats: RwSignal<Option<Result<S, String>>>,
+) where
+    I: 'static,
+    S: Send + Sync + 'static,
+{
     let state = AppState::get();
-    // Tokenize 250 ms after the last change, not on every keystroke.
     let generation = StoredValue::new(0u64);
     Effect::new(move |_| {
-        let (text, seq_len, studio) = (state.text.get(), state.form.seq_len(), state.studio.get());
+        let (input, seq_len, studio) = (input(), state.form.seq_len(), state.studio.get());
         let mine = generation.get_value() + 1;
         generation.set_value(mine);
         set_timeout(
             move || {
-                if generation.get_value() != mine {
-                    return;
+                if generation.get_value() == mine {
+                    stats.set(studio.zip(seq_len).map(|(s, l)| count(&s, &input, l).map_err(format::sentence)));
                 }
-                let stats = match (studio, seq_len) {
-                    (Some(s), Some(l)) => Some(s.text_stats(&text, l).map_err(|e| {
-                        let e = e.to_string();
-                        let mut c = e.chars();
-                        c.next().map(|f| f.to_uppercase().collect::<String>() + c.as_str()).unwrap_or(e) + "."
-                    })),
-                    _ => None,
-                };
-                state.stats.set(stats);
             },
             Duration::from_millis(250),
         );
     });
+}
+
+#[component]
+pub fn TextPanel() -> impl IntoView {
+    let state = AppState::get();
+    count_after_typing(move || state.text.get(), |studio, text, l| studio.text_stats(text, l), state.stats);
     let summary = move || match state.stats.get() {
         None => view! { <p data-testid="text-stats" data-tokens="">"Counting tokens…"</p> }.into_any(),
         Some(Ok(s)) => view! {
@@ -49,21 +57,40 @@ pub fn TextPanel() -> impl IntoView {
         .into_any(),
         Some(Err(e)) => view! { <p data-testid="text-stats" data-tokens="" class="status-failed" role="alert">{e}</p> }.into_any(),
     };
+    let mode = state.data.mode;
+    let switch = move |m: DataMode, id: &'static str, label: &'static str| {
+        view! {
+            <label for=id class="check">
+                <input id=id type="radio" name="data-mode" data-testid=id
+                    prop:checked=move || mode.get() == m on:change=move |_| mode.set(m)/>
+                {label}
+            </label>
+        }
+    };
+    // The text area stays in the page (hidden) while examples are shown: nothing typed is lost.
     view! {
         <section aria-labelledby="text-heading">
             <h2 id="text-heading">"2. Text"</h2>
-            <p class="hint">"Paste the text to fine-tune on. Its last tenth is held out to measure the validation loss."</p>
-            <div class="examples" role="group" aria-label="Example texts">
-                {EXAMPLES.iter().map(|ex| view! {
-                    <button type="button" on:click=move |_| state.text.set(ex.text.to_string())>{ex.title}</button>
-                }).collect_view()}
-                <button type="button" on:click=move |_| state.text.set(String::new())>"Clear"</button>
+            <fieldset>
+                <legend>"Train on"</legend>
+                {switch(DataMode::Text, "mode-text", "Text")}
+                {switch(DataMode::Examples, "mode-examples", "Examples (prompt → answer)")}
+            </fieldset>
+            <div hidden=move || mode.get() != DataMode::Text>
+                <p class="hint">"Paste the text to fine-tune on. Its last tenth is held out to measure the validation loss."</p>
+                <div class="examples" role="group" aria-label="Example texts">
+                    {EXAMPLES.iter().map(|ex| view! {
+                        <button type="button" on:click=move |_| state.text.set(ex.text.to_string())>{ex.title}</button>
+                    }).collect_view()}
+                    <button type="button" on:click=move |_| state.text.set(String::new())>"Clear"</button>
+                </div>
+                <label for="train-text">"Training text"</label>
+                <textarea id="train-text" data-testid="text" rows="10" spellcheck="false"
+                    prop:value=move || state.text.get()
+                    on:input=move |ev| state.text.set(event_target_value(&ev))></textarea>
+                {summary}
             </div>
-            <label for="train-text">"Training text"</label>
-            <textarea id="train-text" data-testid="text" rows="10" spellcheck="false"
-                prop:value=move || state.text.get()
-                on:input=move |ev| state.text.set(event_target_value(&ev))></textarea>
-            {summary}
+            {move || (mode.get() == DataMode::Examples).then(|| view! { <div data-testid="examples-editor"><ExamplesEditor/></div> })}
         </section>
     }
 }

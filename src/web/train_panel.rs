@@ -38,6 +38,11 @@ pub fn TrainPanel() -> impl IntoView {
                 class: "series-val",
                 points: points.iter().filter_map(|p| Some((p.step as f64, p.val?))).collect(),
             },
+            Series {
+                name: "best adapter (lowest validation loss)".into(),
+                class: "series-best",
+                points: state.data.best.get().map(|b| (b.step as f64, b.loss)).into_iter().collect(),
+            },
         ]
     });
     let list = move |pick: fn(&super::state::LossPoint) -> Option<f64>| {
@@ -80,7 +85,8 @@ pub fn TrainPanel() -> impl IntoView {
             <SavedNote/>
             <figure data-testid="loss-chart"
                 data-train=move || list(|p| p.train.map(f64::from))
-                data-val=move || list(|p| p.val)>
+                data-val=move || list(|p| p.val)
+                data-best-step=move || state.data.best.get().map(|b| b.step)>
                 <LineChart series=series title="Training and validation loss by step" x_label="step" y_label="loss (nats)"/>
             </figure>
         </section>

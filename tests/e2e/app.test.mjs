@@ -130,7 +130,7 @@ test('paste → train → compare → download on the default model', async (t) 
     assert.equal(plotted, STEPS, 'every training loss is plotted');
 
     await mark('train');
-    await page.getByLabel('Prompt').fill(PROMPT);
+    await page.getByLabel('Prompt', { exact: true }).fill(PROMPT);
     await setField(page, 'New tokens', 8);
     // The page's sampling (temperature 0.8, seed 0): the engine cannot be called from here, so the
     // same generation is repeated after the adapter is loaded back, and must give the same text.
@@ -144,7 +144,8 @@ test('paste → train → compare → download on the default model', async (t) 
     const adapter = await download(page, 'download-zip');
     assert.match(adapter.name, new RegExp(`^loratab-adapter-r${RANK}-step${STEPS}\\.zip$`));
     const files = unzip(adapter.bytes);
-    assert.deepEqual(Object.keys(files).sort(), ['adapter_config.json', 'adapter_model.safetensors', 'training_state.safetensors']);
+    assert.deepEqual(Object.keys(files).sort(), ['adapter_config.json', 'adapter_model.safetensors', 'training_data.json', 'training_state.safetensors']);
+    assert.deepEqual(JSON.parse(files['training_data.json']), { data: 'text', seq_len: 32 });
     const peft = JSON.parse(files['adapter_config.json']);
     assert.equal(peft.peft_type, 'LORA');
     assert.equal(peft.r, RANK);
@@ -274,6 +275,115 @@ test(`soak: ${SOAK_STEPS} steps in the page leave GPU tensors, DOM and JS heap f
       assert.ok(s.heap <= warm.heap * 1.2 + 1e6, `step ${s.step}: JS heap ${s.heap} bytes, ${warm.heap} after the warm-up`);
     }
     assert.deepEqual(errors, []);
+  } finally {
+    await browser.close();
+  }
+});
+
+// Examples on the default model (no chat template of its own: the page's plain template, with
+// answers ended by <|endoftext|>): typed prompt → answer rows plus a pasted JSON Lines file with a
+// broken line (its sentence shown, the rest used), a few steps, Compare on the held-out example
+// (its expected answer shown beside both models' answers), and the adapter download, whose config
+// records the template and the answer-only loss.
+const PAIRS = [
+  ['Where is Varnholm?', 'In the cold northern sea.'],
+  ['Who rules Varnholm?', 'The Lady Esk.'],
+  ['What is its capital?', 'Tallow Bay.'],
+  ['What do they eat?', 'Smoked eel and barley bread.'],
+  ['What colour is the flag?', 'Green with a white gull.'],
+  ['What is the river called?', 'The Silver Brand.'],
+  ['What do they trade?', 'Wool, salt and amber.'],
+  ['What is the highest hill?', 'Crow Fell.'],
+];
+const JSONL = [
+  '{"prompt": "When is the feast?", "completion": "On the first day of summer."}',
+  '{"prompt": "Who guards the harbour?", "completion": "A grey hound"',
+  '{"prompt": "How do you get there?", "completion": "By the ferry from Marrow Point."}',
+].join('\n');
+
+test('examples: type rows, paste jsonl → train → compare with the expected answer → download', async () => {
+  const browser = await launch();
+  try {
+    const page = await browser.newPage({ acceptDownloads: true, viewport: { width: 1400, height: 1000 } });
+    const errors = watchErrors(page);
+    await page.goto(site.url);
+    assert.equal(await waitFor(page, 'model-status', 'state', 'ready', 180_000), 'ready', errors.join('\n'));
+    await page.getByTestId('mode-examples').check();
+    await page.getByTestId('clear-examples').click();
+    for (let i = 0; i < PAIRS.length; i++) {
+      if (i >= 2) await page.getByTestId('add-row').click();
+      await page.getByLabel(`Prompt ${i + 1}`, { exact: true }).fill(PAIRS[i][0]);
+      await page.getByLabel(`Answer ${i + 1}`, { exact: true }).fill(PAIRS[i][1]);
+    }
+    await page.getByTestId('jsonl').fill(JSONL);
+    // The broken line is named with its sentence; the other two lines are used.
+    await page.waitForFunction(() => document.querySelector('[data-testid="example-problems"]')?.textContent.includes('Line 2 is not valid JSON'), null, { timeout: 10_000 });
+    assert.equal(await page.getByTestId('jsonl-summary').getAttribute('data-examples'), '2');
+    await setField(page, 'Rank r', 4);
+    await setField(page, 'Alpha α', 8);
+    await setField(page, 'Learning rate', 0.03);
+    await setField(page, 'Steps', 8);
+    await setField(page, 'Batch', 4);
+    await setField(page, 'Sequence length', 32);
+    // 10 examples: 9 to train on, 1 held out; the template shown is the plain one.
+    await page.waitForFunction(() => document.querySelector('[data-testid="example-stats"]')?.dataset.examples === '10', null, { timeout: 30_000 });
+    assert.match(await page.getByTestId('example-stats').textContent(), /^10 examples: 9 to train on, 1 held out/);
+    assert.equal(await page.getByTestId('template').getAttribute('data-own'), 'false');
+    await page.getByTestId('template').locator('summary').click();
+    assert.equal(await page.getByTestId('rendered-example').textContent(), `Question: ${PAIRS[0][0]}\nAnswer: ${PAIRS[0][1]}<|endoftext|>`);
+    assert.ok(await page.getByTestId('answers-only').isChecked(), 'loss on answers only is on by default');
+
+    await page.getByTestId('train').click();
+    const state = await waitFor(page, 'train-status', 'state', 'finished', 300_000);
+    assert.equal(state, 'finished', `${await page.getByTestId('train-status').textContent()}\n${errors.join('\n')}`);
+    const chart = page.getByTestId('loss-chart');
+    const val = (await chart.getAttribute('data-val')).split(',').map(Number);
+    const bestStep = Number(await chart.getAttribute('data-best-step'));
+    assert.ok(bestStep > 0, 'the chart marks the best point');
+    assert.equal(await chart.locator('g.series-best circle').count(), 1);
+
+    // Compare on the held-out example: the expected answer and both models' answers.
+    await page.getByTestId('held-out').selectOption({ index: 1 });
+    await setField(page, 'Temperature', 0);
+    await setField(page, 'New tokens', 12);
+    await page.getByTestId('generate').click();
+    await page.waitForFunction(() => document.querySelector('[data-testid="compare-tuned"]')?.textContent, null, { timeout: 120_000 });
+    const expected = await page.getByTestId('compare-expected').textContent();
+    assert.ok(PAIRS.some(([, a]) => a === expected) || JSONL.includes(expected), `the expected answer is a held-out one: ${expected}`);
+    for (const id of ['compare-base', 'compare-tuned']) {
+      const answer = await page.getByTestId(id).textContent();
+      assert.ok(answer.trim().length > 0 && !answer.includes('<|endoftext|>'), `${id}: ${JSON.stringify(answer)}`);
+    }
+
+    // The best adapter is the default download, named by its step; its config records the run's data.
+    assert.match(await page.getByTestId('which-adapter').textContent(), new RegExp(`best adapter: step ${bestStep}, validation loss`));
+    const [dl] = await Promise.all([page.waitForEvent('download', { timeout: 60_000 }), page.getByTestId('download-zip').click()]);
+    assert.equal(dl.suggestedFilename(), `loratab-adapter-r4-step${bestStep}.zip`);
+    const file = path.join(ARTIFACTS, `examples-${dl.suggestedFilename()}`);
+    await dl.saveAs(file);
+    const files = unzip(fs.readFileSync(file));
+    const peft = JSON.parse(files['adapter_config.json']);
+    assert.equal(peft.r, 4);
+    // Which template and masking trained it, beside PEFT's files (PEFT ignores the file).
+    const data = JSON.parse(files['training_data.json']);
+    assert.deepEqual(
+      [data.data, data.template, data.eos_token, data.completion_only_loss, data.seq_len],
+      ['examples', 'plain', '<|endoftext|>', true, 32],
+    );
+    assert.match(data.chat_template, /Question: /);
+
+    // The TRL export: the same split (9 + 1 examples), the adapter chosen above, the default model's
+    // files and the script with the same template and masking.
+    const [trl] = await Promise.all([page.waitForEvent('download', { timeout: 60_000 }), page.getByTestId('download-trl').click()]);
+    const exported = path.join(ARTIFACTS, `examples-${trl.suggestedFilename()}`);
+    await trl.saveAs(exported);
+    const out = unzip(fs.readFileSync(exported));
+    const lines = (name) => out[name].toString().trim().split('\n').length;
+    assert.deepEqual([lines('train.jsonl'), lines('validation.jsonl')], [9, 1]);
+    assert.ok(out['base/model.safetensors'] && out['adapter/adapter_model.safetensors'] && out['train_trl.py'], Object.keys(out).join(', '));
+    assert.match(out['train_trl.py'].toString(), /ANSWERS_ONLY = True/);
+    assert.ok(val.length >= 2 && val.every(Number.isFinite), `validation losses ${val}`);
+    assert.deepEqual(errors.filter((e) => !e.includes('favicon')), [], 'no errors in the console');
   } finally {
     await browser.close();
   }
