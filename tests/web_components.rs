@@ -453,6 +453,9 @@ async fn a_non_finite_step_stops_the_page_and_keeps_the_last_good_adapter() {
     // Resume would only repeat the same step: it is offered for a stopped run, not a failed one.
     assert_eq!(js_sys::Reflect::get(&find(&root, "[data-testid=resume]"), &"disabled".into()).unwrap().as_bool(), Some(true));
 
+    // The download offers the best adapter by default (lowest validation loss, here step 0's):
+    // choose the latest, the last good step's.
+    find(&root, "[data-testid=download-latest]").click();
     find(&root, "[data-testid=download-zip]").click();
     until("the download", 30.0, || !text_of(&root, "[data-testid=adapter-message]").is_empty()).await;
     let message = text_of(&root, "[data-testid=adapter-message]");
