@@ -85,7 +85,7 @@ test('reload mid-run, resume, and end with the unbroken run’s adapter', async 
     assert.deepEqual(await chart(), unbrokenLosses, 'the same training losses, one per step, none twice');
     const resumed = await downloadZip(page);
     mark('resumed run');
-    assert.deepEqual(Object.keys(unzip(resumed)).sort(), ['adapter_config.json', 'adapter_model.safetensors', 'training_state.safetensors']);
+    assert.deepEqual(Object.keys(unzip(resumed)).sort(), ['adapter_config.json', 'adapter_model.safetensors', 'training_data.json', 'training_state.safetensors']);
     assert.ok(resumed.equals(unbroken), 'the resumed run’s adapter and training state are the unbroken run’s, byte for byte');
 
     // The finished run is offered after another reload; Start over forgets it.
