@@ -498,14 +498,7 @@ async fn train_loop(
     while !session.finished() {
         let r = match session.step(ctx, gm).await {
             Ok(r) => r,
-            // The step was not applied: keep what the run had learnt before it diverged.
-            Err(e @ train::TrainError::NonFinite { .. }) => {
-                bar.abandon();
-                let saved = save(ctx, session, args, base, sft).await?;
-                eprintln!("the adapter of step {} was saved to {}", saved.last.1, saved.last.0.display());
-                return Err(e.into());
-            }
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(diverged(ctx, session, args, base, sft, &bar, e).await),
         };
         tokens_run += r.tokens;
         if let Some(l) = r.loss {
@@ -516,7 +509,11 @@ async fn train_loop(
         // validated too, so it can be kept as the best.
         interrupted = stop.load(Ordering::SeqCst);
         if at_eval || session.finished() || interrupted {
-            val = session.validate(ctx, gm).await?.loss;
+            // Validation settles the last update too, so it can be the one that finds it refused.
+            val = match session.validate(ctx, gm).await {
+                Ok(v) => v.loss,
+                Err(e) => return Err(diverged(ctx, session, args, base, sft, &bar, e).await),
+            };
         }
         let rate = tokens_run as f64 / start.elapsed().as_secs_f64().max(1e-9);
         bar.set_message(format!("loss {loss:.4} val {val:.4} lr {:.2e} {rate:.0} tok/s", r.lr));
@@ -546,6 +543,22 @@ async fn train_loop(
         loss = session.trainer.read_loss(ctx).await?;
     }
     Ok(LoopEnd { start, tokens_run, loss, val, interrupted, early_stopped })
+}
+
+/// The error that ends the loop. A step that was not applied (non-finite gradients, or an update
+/// that would have overflowed) leaves the last good adapter on the GPU: it is saved first.
+async fn diverged(ctx: &GpuContext, session: &Session, args: &TrainArgs, base: &str, sft: Option<&SftConfig>, bar: &ProgressBar, e: train::TrainError) -> TrainCliError {
+    if !matches!(e, train::TrainError::NonFinite { .. } | train::TrainError::UpdateOverflow { .. }) {
+        return e.into();
+    }
+    bar.abandon();
+    match save(ctx, session, args, base, sft).await {
+        Ok(saved) => {
+            eprintln!("the adapter of step {} was saved to {}", saved.last.1, saved.last.0.display());
+            e.into()
+        }
+        Err(save_error) => save_error,
+    }
 }
 
 /// Say where the adapters went, which step each is from (and how to continue an interrupted run),

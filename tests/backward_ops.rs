@@ -572,6 +572,7 @@ gpu_test! {
         let ctx = gpu().await;
         let mut rng = Rng::new(180);
         let (mut worst, mut worst64) = (0.0f32, 0.0f32);
+        let status = ctx.zeros(&[1]).await.unwrap();
         let configs = [
             (AdamW::default(), 1.0f32),
             (AdamW { lr: 3e-2, beta1: 0.8, beta2: 0.95, eps: 1e-6, weight_decay: 0.1 }, 0.37),
@@ -589,10 +590,13 @@ gpu_test! {
                 // Steps 1..=5 with fresh gradients, then far-apart step numbers (bias corrections → 1).
                 for step in [1, 2, 3, 4, 5, 100, 10_000] {
                     let g = rng.vec(n);
-                    reference::adamw::adamw_step(&mut p, &g, &mut m, &mut v, &opt, step, grad_scale);
+                    let slot = reference::adamw::Slot { p: &mut p, g: &g, m: &mut m, v: &mut v };
+                    assert!(reference::adamw::adamw_step(&mut [slot], &opt, step, grad_scale));
                     adamw_f64(&mut p64, &g, &mut m64, &mut v64, &opt, step, grad_scale);
                     let gg = upload(&ctx, &g).await;
-                    run(&ctx, |enc| ops::adamw::encode(&ctx, enc, &pg, &gg, &mg, &vg, &opt, step, grad_scale)).await;
+                    let slot = ops::adamw::Slot { param: &pg, grad: &gg, m: &mg, v: &vg };
+                    run(&ctx, |enc| ops::adamw::encode(&ctx, enc, &[slot], &status, &opt, step, grad_scale)).await;
+                    assert_eq!(ctx.read_u32(&status).await.unwrap(), [0]);
 
                     let what = format!("{opt:?} grad_scale={grad_scale} n={n} step={step}");
                     // Relative to max(|p|, 0.1): an update is up to lr/(1 − β1) ≈ 0.15 here, and a
@@ -612,6 +616,68 @@ gpu_test! {
             }
         }
         eprintln!("adamw: max relative error {worst:e} (reference vs f64: {worst64:e})");
+    }
+}
+
+gpu_test! {
+    /// An update that would write ±∞ or NaN anywhere writes nothing, in every tensor of the step,
+    /// on the GPU as in the reference: a learning rate whose step size overflows f32 (lr / (1 − β1)
+    /// ≥ 3.4e38), and, at an ordinary learning rate, one gradient whose (1 − β2)·g² overflows (v = ∞,
+    /// while p stays finite). The GPU's flag then stays set, so a later update writes nothing
+    /// either until the flag is cleared; after that an update applies as the reference's does.
+    async fn adamw_writes_nothing_when_an_update_overflows() {
+        let ctx = gpu().await;
+        let mut rng = Rng::new(181);
+        let n = [300, 7];
+        /// Every tensor holds, bit for bit, what it held before.
+        async fn unchanged(ctx: &GpuContext, gpu_t: &[[GpuTensor; 4]], before: &[[Vec<f32>; 4]], what: &str) {
+            let bits = |x: &[f32]| -> Vec<u32> { x.iter().map(|v| v.to_bits()).collect() };
+            for (t, b) in gpu_t.iter().zip(before) {
+                for (g, h) in t.iter().zip(b) {
+                    assert_eq!(bits(&ctx.read(g).await.unwrap()), bits(h), "{what}");
+                }
+            }
+        }
+        let cases = [(AdamW { lr: 1e38, ..AdamW::default() }, None), (AdamW::default(), Some(1e21f32))];
+        for (opt, huge) in cases {
+            // p, g, m, v of two tensors; the second's gradient carries the huge value.
+            let mut host: Vec<[Vec<f32>; 4]> = n.iter().map(|&n| [rng.vec(n), rng.vec(n), rng.vec(n), rng.vec(n).iter().map(|x| x * x).collect()]).collect();
+            if let Some(h) = huge {
+                host[1][1][3] = h;
+            }
+            let mut gpu_t = Vec::new();
+            for t in &host {
+                gpu_t.push([upload(&ctx, &t[0]).await, upload(&ctx, &t[1]).await, upload(&ctx, &t[2]).await, upload(&ctx, &t[3]).await]);
+            }
+            let slots: Vec<ops::adamw::Slot> = gpu_t.iter().map(|t| ops::adamw::Slot { param: &t[0], grad: &t[1], m: &t[2], v: &t[3] }).collect();
+            let status = ctx.zeros(&[1]).await.unwrap();
+            let before = host.clone();
+            let reference_step = |host: &mut Vec<[Vec<f32>; 4]>, opt: &AdamW, scale: f32| {
+                let mut slots: Vec<reference::adamw::Slot> = host.iter_mut().map(|[p, g, m, v]| reference::adamw::Slot { p, g: &*g, m, v }).collect();
+                reference::adamw::adamw_step(&mut slots, opt, 2, scale)
+            };
+            assert!(!reference_step(&mut host, &opt, 1.0), "{opt:?}: the reference refuses");
+            assert_eq!(host, before, "{opt:?}: the reference wrote nothing");
+            run(&ctx, |enc| ops::adamw::encode(&ctx, enc, &slots, &status, &opt, 2, 1.0)).await;
+            assert_eq!(ctx.read_u32(&status).await.unwrap(), [1], "{opt:?}: flagged");
+            unchanged(&ctx, &gpu_t, &before, &format!("{opt:?}: the GPU wrote nothing")).await;
+            // Sticky: an update that would be fine writes nothing while the flag is set.
+            let fine = AdamW::default();
+            let scale = if huge.is_some() { 0.0 } else { 1.0 };
+            run(&ctx, |enc| ops::adamw::encode(&ctx, enc, &slots, &status, &fine, 2, scale)).await;
+            unchanged(&ctx, &gpu_t, &before, &format!("{opt:?}: nothing is written while the flag is set")).await;
+            // Cleared, the same update applies, as the reference's.
+            ctx.queue.write_buffer(&status.buffer, 0, &[0; 4]);
+            run(&ctx, |enc| ops::adamw::encode(&ctx, enc, &slots, &status, &fine, 2, scale)).await;
+            assert_eq!(ctx.read_u32(&status).await.unwrap(), [0], "{opt:?}: the fine update is not flagged");
+            assert!(reference_step(&mut host, &fine, scale));
+            for (t, h) in gpu_t.iter().zip(&host) {
+                for (g, h) in t.iter().zip(h) {
+                    let e = rel_error(&ctx.read(g).await.unwrap(), h, 0.1);
+                    assert!(e <= 1e-6, "{opt:?}: after clearing, GPU vs reference {e}");
+                }
+            }
+        }
     }
 }
 
@@ -707,9 +773,10 @@ gpu_test! {
 
         let (p, g, m, v) = (z(7).await, z(7).await, z(7).await, z(6).await);
         let opt = AdamW::default();
-        let e = err(ctx.run(|enc| ops::adamw::encode(ctx, enc, &p, &g, &m, &v, &opt, 1, 1.0)).await);
+        let slot = |v| ops::adamw::Slot { param: &p, grad: &g, m: &m, v };
+        let e = err(ctx.run(|enc| ops::adamw::encode(ctx, enc, &[slot(&v)], &m, &opt, 1, 1.0)).await);
         assert!(e.contains("adamw") && e.contains("as many values"), "{e}");
-        let e = err(ctx.run(|enc| ops::adamw::encode(ctx, enc, &p, &g, &m, &m, &opt, 0, 1.0)).await);
+        let e = err(ctx.run(|enc| ops::adamw::encode(ctx, enc, &[slot(&m)], &m, &opt, 0, 1.0)).await);
         assert!(e.contains("step 0"), "{e}");
     }
 }

@@ -352,3 +352,39 @@ fn train_over_max_memory_is_refused() {
     assert!(!ok && err.contains("`lots` is not a size: write e.g. 4GiB, 512MB or a number of bytes"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A learning rate so large that AdamW's update overflows (clipping off, finite gradients) stops
+/// the run with a sentence saying what to change, and what is saved is the last good adapter: a
+/// one-step run resumed at lr 1e38 saves the step-1 adapter and training state byte for byte,
+/// every value finite.
+#[test]
+fn train_refuses_an_update_that_overflows_and_saves_the_last_good_adapter() {
+    let dir = scratch("overflow");
+    let (good, bad) = (dir.join("good"), dir.join("bad"));
+    let (good_s, bad_s) = (good.to_str().unwrap(), bad.to_str().unwrap());
+    let base = ["train", "--model", "tests/fixtures/llama-tiny", "--text", "tests/fixtures/eval.txt", "--seq-len", "16", "--max-grad-norm", "0", "--keep", "last"];
+    let (ok, _, err) = loratab(&[&base[..], &["--steps", "1", "--out", good_s]].concat());
+    assert!(ok, "{err}");
+    let (ok, _, err) = loratab(&[&base[..], &["--steps", "3", "--lr", "1e38", "--resume", good_s, "--out", bad_s]].concat());
+    assert!(!ok, "{err}");
+    let wants = ["step 2 was not applied", "AdamW's update would have made the adapter or its optimizer state infinite or NaN", "lower the learning rate", "--max-grad-norm 1.0", "the adapter of step 1 was saved to"];
+    for want in wants {
+        assert!(err.contains(want), "`{want}` missing from: {err}");
+    }
+    assert!(!err.contains("panicked"), "{err}");
+    for file in ["adapter_model.safetensors", "training_state.safetensors"] {
+        let saved = std::fs::read(bad.join(file)).unwrap();
+        let tensors = safetensors::SafeTensors::deserialize(&saved).unwrap();
+        let mut values = 0;
+        for (name, t) in tensors.tensors() {
+            assert_eq!(t.dtype(), safetensors::Dtype::F32, "{name}");
+            for v in t.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())) {
+                assert!(v.is_finite(), "{file}: {name} holds {v}");
+                values += 1;
+            }
+        }
+        assert!(values > 0, "{file} holds no values");
+        assert!(saved == std::fs::read(good.join(file)).unwrap(), "{file} is not the step-1 one");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

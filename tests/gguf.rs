@@ -310,6 +310,40 @@ fn unsupported_quant_types_name_type_and_tensor() {
     assert_eq!(Gguf::parse(&bytes).unwrap_err().to_string(), "tensor `w` has ggml type 99, which loratab does not know");
 }
 
+/// A tensor holding ±∞ or NaN — a value of a float tensor, or a quantized block's f16 scale — is
+/// refused on import with the file's name for it, in every stored format, before a folder is written
+/// or a model built.
+#[test]
+fn non_finite_tensors_are_refused_by_name() {
+    let (meta, tensors) = tiny_parts();
+    // (ggml type code, bytes per block of 32 or per value, where the bad value goes, its bytes).
+    let inf16 = f16_bytes(f32::INFINITY).to_vec();
+    let cases: [(u32, Vec<u8>, &str); 6] = [
+        (0, f32::NEG_INFINITY.to_le_bytes().to_vec(), "F32 −∞"),
+        (1, f16_bytes(f32::NAN).to_vec(), "F16 NaN"),
+        (30, (f32::INFINITY.to_bits() >> 16).to_le_bytes()[..2].to_vec(), "BF16 ∞"),
+        (8, inf16.clone(), "Q8_0 scale ∞"),
+        (2, inf16.clone(), "Q4_0 scale ∞"),
+        (3, f16_bytes(f32::NEG_INFINITY).to_vec(), "Q4_1 scale −∞"),
+    ];
+    for (code, bad, what) in cases {
+        let mut tensors = tensors.clone();
+        let t = tensors.iter_mut().find(|t| t.2 == code && t.0.starts_with("blk.")).unwrap_or_else(|| panic!("the fixture has no {what} tensor"));
+        // The second block's (or value's) first bytes: the scale of a quantized block.
+        let at = match code {
+            0 => 4,
+            1 | 30 => 2,
+            8 => 34,
+            2 => 18,
+            _ => 20,
+        };
+        t.3[at..at + bad.len()].copy_from_slice(&bad);
+        let name = t.0.clone();
+        let msg = import_err(&write_gguf(&meta, &tensors));
+        assert_eq!(msg, format!("tensor `{name}` contains NaN or infinite values: the file is corrupted or the model diverged when it was trained; use another copy of the model"), "{what}");
+    }
+}
+
 #[test]
 fn non_llama_files_are_refused() {
     let (mut meta, tensors) = tiny_parts();

@@ -142,14 +142,17 @@ fn missing_tensor_is_reported() {
 fn non_finite_weights_are_refused_by_name() {
     let f = files("llama-tiny");
     let tensors = load_safetensors("m", &f.weights[0].1).unwrap();
-    let mut list: Vec<_> = tensors.into_iter().map(|(k, t)| (k, t.shape, t.data)).collect();
+    let list: Vec<_> = tensors.into_iter().map(|(k, t)| (k, t.shape, t.data)).collect();
     let bad = list.iter().position(|(k, _, _)| k == "model.layers.1.self_attn.v_proj.weight").unwrap();
-    list[bad].2[5] = f32::NAN;
-    let mut broken = files("llama-tiny");
-    broken.weights[0].1 = safetensors_bytes(&list);
-    let err = load_err(&broken);
-    assert!(matches!(err, ModelError::NonFinite { ref name } if name == "model.layers.1.self_attn.v_proj.weight"), "{err:?}");
-    assert!(err.to_string().contains("NaN or infinite"), "{err}");
+    for value in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        let mut list = list.clone();
+        list[bad].2[5] = value;
+        let mut broken = files("llama-tiny");
+        broken.weights[0].1 = safetensors_bytes(&list);
+        let err = load_err(&broken);
+        assert!(matches!(err, ModelError::NonFinite { ref name } if name == "model.layers.1.self_attn.v_proj.weight"), "{value}: {err:?}");
+        assert!(err.to_string().contains("NaN or infinite"), "{err}");
+    }
 }
 
 #[test]
@@ -158,17 +161,21 @@ fn non_finite_adapters_are_refused_by_name() {
     let config = std::fs::read_to_string(dir.join("adapter_config.json")).unwrap();
     let weights = std::fs::read(dir.join("adapter_model.safetensors")).unwrap();
     let good = loratab::lora::Adapter::from_files(&config, &weights).unwrap();
-    let mut list = Vec::new();
-    for (module, pair) in &good.modules {
-        let mut b = pair.b.data.clone();
-        if module.ends_with("layers.0.self_attn.v_proj") {
-            b[0] = f32::INFINITY;
+    for (value, half) in [(f32::INFINITY, "lora_B"), (f32::NEG_INFINITY, "lora_A"), (f32::NAN, "lora_B")] {
+        let mut list = Vec::new();
+        for (module, pair) in &good.modules {
+            let (mut a, mut b) = (pair.a.data.clone(), pair.b.data.clone());
+            if module.ends_with("layers.0.self_attn.v_proj") {
+                let target = if half == "lora_A" { &mut a } else { &mut b };
+                target[0] = value;
+            }
+            list.push((format!("base_model.model.{module}.lora_A.weight"), pair.a.shape.clone(), a));
+            list.push((format!("base_model.model.{module}.lora_B.weight"), pair.b.shape.clone(), b));
         }
-        list.push((format!("base_model.model.{module}.lora_A.weight"), pair.a.shape.clone(), pair.a.data.clone()));
-        list.push((format!("base_model.model.{module}.lora_B.weight"), pair.b.shape.clone(), b));
+        let err = loratab::lora::Adapter::from_files(&config, &safetensors_bytes(&list)).map(|_| ()).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains(&format!("layers.0.self_attn.v_proj.{half}")) && text.contains("NaN or infinite"), "{value}: {text}");
     }
-    let err = loratab::lora::Adapter::from_files(&config, &safetensors_bytes(&list)).map(|_| ()).unwrap_err();
-    assert!(err.to_string().contains("layers.0.self_attn.v_proj.lora_B") && err.to_string().contains("NaN or infinite"), "{err}");
 }
 
 #[test]

@@ -234,9 +234,13 @@ gpu_test! {
         let (m0, v0): (Vec<f32>, Vec<f32>) = c.iter().map(|v| (v * 0.1, v * v * 0.01)).unzip();
         let (pg, mg, vg) =
             (ctx.upload(&a, &[n]).await.unwrap(), ctx.upload(&m0, &[n]).await.unwrap(), ctx.upload(&v0, &[n]).await.unwrap());
-        ctx.run(|enc| ops::adamw::encode(&ctx, enc, &pg, &bg, &mg, &vg, &opt, 3, 0.5)).await.unwrap();
+        let status = ctx.zeros(&[1]).await.unwrap();
+        let slot = ops::adamw::Slot { param: &pg, grad: &bg, m: &mg, v: &vg };
+        ctx.run(|enc| ops::adamw::encode(&ctx, enc, &[slot], &status, &opt, 3, 0.5)).await.unwrap();
         let (mut p, mut m, mut v) = (a.clone(), m0.clone(), v0.clone());
-        reference::adamw::adamw_step(&mut p, &b, &mut m, &mut v, &opt, 3, 0.5);
+        let slot = reference::adamw::Slot { p: &mut p, g: &b, m: &mut m, v: &mut v };
+        assert!(reference::adamw::adamw_step(&mut [slot], &opt, 3, 0.5));
+        assert_eq!(ctx.read_u32(&status).await.unwrap(), [0], "adamw status");
         close("adamw param", &ctx.read(&pg).await.unwrap(), &p, 1e-6);
         close("adamw m", &ctx.read(&mg).await.unwrap(), &m, 1e-6);
         close("adamw v", &ctx.read(&vg).await.unwrap(), &v, 1e-6);

@@ -357,6 +357,67 @@ gpu_test! {
 }
 
 gpu_test! {
+    /// A learning rate so large that AdamW's update overflows (lr / (1 − β1^t) > f32::MAX) while the
+    /// gradients are finite: the step is refused, the adapter, its moments and its step count are
+    /// byte for byte those before it, and the error says to lower the learning rate. Whether the
+    /// flag is read with the step's own loss (log_every 1), with the next step's gradient norm, or
+    /// by a validation, and what the training state says meanwhile.
+    async fn an_update_that_overflows_is_not_applied() {
+        let ctx = gpu().await;
+        let f = llama();
+        let good = TrainSettings { max_grad_norm: None, ..settings(6, 1e-3) };
+        let (gm, mut first) = session(&ctx, &f, &opts("q,v", 3), good.clone()).await;
+        for _ in 0..2 {
+            first.step(&ctx, &gm).await.unwrap();
+        }
+        let files = |a: Adapter| a.to_files().unwrap();
+        let adapter = files(first.adapter(&ctx).await.unwrap());
+        let state = first.state(&ctx).await.unwrap().to_bytes().unwrap();
+        let (_, tokens) = f.gpu_model(&ctx).await;
+        let overflowing = |log_every: usize| {
+            let (ctx, gm, tokens, adapter, state) = (&ctx, &gm, tokens.clone(), &adapter, &state);
+            let s = TrainSettings { lr: 1e38, decay: Decay::Constant, log_every, ..good.clone() };
+            async move {
+                let mut lora = loratab::train::GpuLora::new(ctx, gm, &Adapter::from_files(&adapter.0, &adapter.1).unwrap()).await.unwrap();
+                loratab::train::TrainingState::from_bytes(state).unwrap().apply(ctx, &mut lora).unwrap();
+                Session::new(ctx, gm, tokens, lora, s).await.unwrap()
+            }
+        };
+        type Files = (String, Vec<u8>);
+        async fn same(ctx: &GpuContext, s: &Session, adapter: &Files, state: &[u8], what: &str) {
+            assert!(s.adapter(ctx).await.unwrap().to_files().unwrap() == *adapter, "{what}: the adapter changed");
+            assert!(s.state(ctx).await.unwrap().to_bytes().unwrap() == state, "{what}: the moments or step changed");
+        }
+        let refused = |err: TrainError| {
+            assert!(matches!(err, TrainError::UpdateOverflow { step: 3, clipping: false, .. }), "{err:?}");
+            let text = err.to_string();
+            assert!(text.contains("step 3 was not applied") && text.contains("lower the learning rate") && text.contains("--max-grad-norm"), "{text}");
+        };
+
+        // Read with the step's loss: refused at once.
+        let mut now = overflowing(1).await;
+        refused(now.step(&ctx, &gm).await.unwrap_err());
+        assert_eq!(now.steps_done(), 2);
+        same(&ctx, &now, &adapter, &state, "read with the loss").await;
+
+        // Not a logging step: the step reports, the state already counts it out, the next step refuses it.
+        let mut next = overflowing(10).await;
+        assert_eq!(next.step(&ctx, &gm).await.unwrap().step, 3);
+        same(&ctx, &next, &adapter, &state, "before it is found").await;
+        refused(next.step(&ctx, &gm).await.unwrap_err());
+        assert_eq!(next.steps_done(), 2);
+        same(&ctx, &next, &adapter, &state, "read with the next gradient norm").await;
+
+        // A validation in between finds it.
+        let mut val = overflowing(10).await;
+        val.step(&ctx, &gm).await.unwrap();
+        refused(val.validate(&ctx, &gm).await.unwrap_err());
+        assert_eq!(val.steps_done(), 2);
+        same(&ctx, &val, &adapter, &state, "found by a validation").await;
+    }
+}
+
+gpu_test! {
     /// One seed, one adapter: two runs give identical tensors; another seed does not.
     async fn runs_are_reproducible() {
         let ctx = gpu().await;

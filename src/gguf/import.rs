@@ -272,6 +272,8 @@ pub fn import(bytes: &[u8]) -> Result<Imported, GgufError> {
         let t: &TensorInfo = by_name.get(&hf).ok_or_else(|| GgufError::MissingTensor(gguf_name(&hf)))?;
         let format = weight_format(t.kind.name).ok_or_else(|| GgufError::UnsupportedType { name: t.name.clone(), kind: t.kind.name })?;
         let mut w = Weight::from_stored(format, &t.shape(), g.raw(t), &t.name)?;
+        // Named as the file names it, and before `import-gguf` writes a folder from it.
+        w.check_finite(&t.name)?;
         if hf.ends_with("q_proj.weight") {
             w = unpermute(&w, heads);
         } else if hf.ends_with("k_proj.weight") {

@@ -698,6 +698,13 @@ impl GpuContext {
         buffer: &wgpu::Buffer,
         bytes: u64,
     ) -> Result<Vec<u8>, GpuError> {
+        self.read_pieces(&[(buffer, bytes)]).await
+    }
+
+    /// [`Self::read_bytes`] of several buffers (each piece a multiple of 4 bytes) with one copy
+    /// submission and one map: their bytes back to back.
+    pub(crate) async fn read_pieces(&self, pieces: &[(&wgpu::Buffer, u64)]) -> Result<Vec<u8>, GpuError> {
+        let bytes: u64 = pieces.iter().map(|(_, b)| b).sum();
         let staging = self
             .scoped(|| {
                 let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
@@ -709,7 +716,11 @@ impl GpuContext {
                 let mut encoder = self
                     .device
                     .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
-                encoder.copy_buffer_to_buffer(buffer, 0, &staging, 0, bytes);
+                let mut at = 0;
+                for &(buffer, size) in pieces {
+                    encoder.copy_buffer_to_buffer(buffer, 0, &staging, at, size);
+                    at += size;
+                }
                 self.queue.submit([encoder.finish()]);
                 Ok(staging)
             })

@@ -171,6 +171,22 @@ impl GpuContext {
         let bytes = self.read_bytes(&t.buffer, t.bytes()).await?;
         Ok(bytemuck::pod_collect_to_vec(&bytes))
     }
+
+    /// Copy several tensors back with one read-back (one submission, one wait): what a caller that
+    /// needs them at the same point uses instead of one `read` each.
+    pub async fn read_many(&self, ts: &[&GpuTensor]) -> Result<Vec<Vec<f32>>, GpuError> {
+        let pieces: Vec<(&wgpu::Buffer, u64)> = ts.iter().filter(|t| !t.is_empty()).map(|t| (&t.buffer, t.bytes())).collect();
+        let bytes = self.read_pieces(&pieces).await?;
+        let mut at = 0;
+        Ok(ts
+            .iter()
+            .map(|t| {
+                let n = if t.is_empty() { 0 } else { t.bytes() as usize };
+                at += n;
+                bytemuck::pod_collect_to_vec(&bytes[at - n..at])
+            })
+            .collect())
+    }
 }
 
 impl GpuContext {

@@ -7,6 +7,7 @@
 //!   p ← p − (lr / (1 − β1^t)) · m / (√v / √(1 − β2^t) + eps)
 //! The last line is PyTorch's own arrangement (step_size = lr / bias_correction1, denominator
 //! √v / √bias_correction2 + eps), equal to p − lr·m̂/(√v̂ + eps) with m̂ = m/(1−β1^t), v̂ = v/(1−β2^t).
+//! All or nothing over the tensors of one step: if any new value is ±∞ or NaN, none is written.
 
 /// AdamW hyper-parameters; `Default` is PyTorch's.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -62,25 +63,39 @@ impl AdamW {
     }
 }
 
-/// One AdamW step on `p` with gradient `g · grad_scale`, updating the moments `m` and `v` in place.
-pub fn adamw_step(
-    p: &mut [f32],
-    g: &[f32],
-    m: &mut [f32],
-    v: &mut [f32],
-    opt: &AdamW,
-    step: u32,
-    grad_scale: f32,
-) {
-    assert!(p.len() == g.len() && p.len() == m.len() && p.len() == v.len());
+/// One tensor AdamW updates in place: parameter, gradient, first and second moments (same length).
+pub struct Slot<'a> {
+    pub p: &'a mut [f32],
+    pub g: &'a [f32],
+    pub m: &'a mut [f32],
+    pub v: &'a mut [f32],
+}
+
+/// Element `i`'s new (parameter, m, v), in the kernel's order of operations.
+fn updated(t: &Slot, i: usize, s: &StepScalars, grad_scale: f32) -> (f32, f32, f32) {
+    let grad = t.g[i] * grad_scale;
+    let m = s.beta1 * t.m[i] + s.one_minus_beta1 * grad;
+    let v = s.beta2 * t.v[i] + s.one_minus_beta2 * grad * grad;
+    let denom = v.sqrt() / s.bias_correction2_sqrt + s.eps;
+    (t.p[i] * s.decay - s.step_size * (m / denom), m, v)
+}
+
+/// One AdamW step on every slot with gradient `g · grad_scale`, all or nothing: when any new
+/// parameter or moment of any slot would be ±∞ or NaN (a learning rate so large the update
+/// overflows), nothing is written and the step returns false.
+pub fn adamw_step(slots: &mut [Slot], opt: &AdamW, step: u32, grad_scale: f32) -> bool {
     let s = opt.scalars(step);
-    for i in 0..p.len() {
-        let grad = g[i] * grad_scale;
-        let mut param = p[i] * s.decay;
-        m[i] = s.beta1 * m[i] + s.one_minus_beta1 * grad;
-        v[i] = s.beta2 * v[i] + s.one_minus_beta2 * grad * grad;
-        let denom = v[i].sqrt() / s.bias_correction2_sqrt + s.eps;
-        param -= s.step_size * (m[i] / denom);
-        p[i] = param;
+    for t in slots.iter() {
+        assert!(t.p.len() == t.g.len() && t.p.len() == t.m.len() && t.p.len() == t.v.len());
     }
+    let finite = |(p, m, v): (f32, f32, f32)| p.is_finite() && m.is_finite() && v.is_finite();
+    if !slots.iter().all(|t| (0..t.p.len()).all(|i| finite(updated(t, i, &s, grad_scale)))) {
+        return false;
+    }
+    for t in slots.iter_mut() {
+        for i in 0..t.p.len() {
+            (t.p[i], t.m[i], t.v[i]) = updated(t, i, &s, grad_scale);
+        }
+    }
+    true
 }

@@ -99,9 +99,10 @@ pub fn estimate(weights: u64, c: &Config, adapter: &Adapter, settings: &TrainSet
     let table = super::activations::plan(c, batch, seq, &ranks, dropout, keep);
     let bytes = |shape: &Vec<usize>| tensor(shape.iter().product());
     let kept: u64 = table.each().into_iter().map(|(_, shape)| bytes(shape)).sum();
-    // `Session::new`'s clipping scratch.
+    // `Session::new`'s clipping scratch (its squares end with a copy of AdamW's flag) and the
+    // trainer's AdamW flag.
     let clip_work = values.iter().map(|&n| gpu::sum_squares::workspace_len(n)).max().unwrap_or(1);
-    let clip = tensor(clip_work) + tensor(1) + tensor(values.len());
+    let clip = tensor(clip_work) + tensor(1) + tensor(values.len() + 1) + tensor(1);
     MemoryBudget {
         weights,
         adapter: 2 * adapter_values,

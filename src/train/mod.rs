@@ -52,6 +52,10 @@ pub enum TrainError {
     Unsupported(String),
     #[error("step {step} was not applied: its gradients are NaN or infinite, so training diverged. The adapter is the one from the step before; lower the learning rate{}", if *clipping { "" } else { " or clip gradients (--max-grad-norm 1.0)" })]
     NonFinite { step: usize, clipping: bool },
+    /// The gradients were finite, but AdamW's update at this learning rate would have written ±∞ or
+    /// NaN into the adapter or its moments: nothing was written and the step does not count.
+    #[error("step {step} was not applied: at a learning rate of {lr:e} AdamW's update would have made the adapter or its optimizer state infinite or NaN, so training diverged. The adapter is the one from the step before; lower the learning rate{}", if *clipping { "" } else { " or clip gradients (--max-grad-norm 1.0)" })]
+    UpdateOverflow { step: usize, lr: f32, clipping: bool },
     #[error("`{module}` cannot be merged on the GPU: its frozen weight is kept in {format}, which cannot hold W + s·B·A. Generation runs the adapter beside the weight instead; `loratab merge` merges into an f32 copy")]
     CompactMerge { module: String, format: crate::model::WeightFormat },
     #[error("the text has {tokens} tokens, too short for training with --seq-len {seq_len}: it needs at least {needed} (one window to train on and one to validate on); give more text or a smaller --seq-len")]

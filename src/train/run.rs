@@ -281,7 +281,8 @@ pub struct Session {
     pub trainer: Trainer,
     schedule: Schedule,
     sampler: Sampler,
-    /// Clipping scratch: sum_squares partials, one result, and one Σg² per trainable tensor.
+    /// Clipping scratch: sum_squares partials, one result, and one Σg² per adapter tensor followed
+    /// by a copy of AdamW's flag (read together).
     partials: GpuTensor,
     square: GpuTensor,
     squares: GpuTensor,
@@ -327,8 +328,8 @@ impl Session {
             partials: ctx.zeros(&[work]).await?,
             square: ctx.zeros(&[1]).await?,
             // One slot per adapter tensor, frozen ones included, so `memory::estimate` needs no
-            // knowledge of which B rows are frozen.
-            squares: ctx.zeros(&[all_tensors.max(1)]).await?,
+            // knowledge of which B rows are frozen; the last slot is AdamW's flag.
+            squares: ctx.zeros(&[all_tensors + 1]).await?,
             norm_cache: gpu::DispatchCache::new(),
             settings,
             data,
@@ -357,18 +358,22 @@ impl Session {
 
     /// One optimizer step: the whole loop body.
     pub async fn step(&mut self, ctx: &GpuContext, model: &GpuModel) -> Result<StepReport, TrainError> {
-        let s = &self.settings;
+        let s = self.settings.clone();
         let k = s.grad_accum;
         // 1. k micro-batches: forward → loss → backward; their gradients add up in the grad buffers.
         for micro in 0..k {
             let (tokens, labels) = self.sampler.next_labeled_batch(&self.data, s.batch);
             self.trainer.accumulate_labeled(ctx, model, &tokens, labels.as_deref(), micro > 0).await?;
         }
-        // 2. The mean gradient's global norm (Σ / k): a NaN or ∞ anywhere makes it non-finite, and
-        // then the step is not applied, so the adapter stays the last good one. Clip it to
-        // max_grad_norm when set.
+        // 2. The mean gradient's global norm (Σ / k), read with AdamW's flag for the last step's
+        // update. An update that would have written ±∞ or NaN (a learning rate so large that it
+        // overflows) wrote nothing: that step is taken back, and the run stops here.
+        let (squares, status) = self.gradient_norm(ctx).await?;
+        self.refuse_update(ctx, &status)?;
         let step = self.steps_done() + 1;
-        let norm = self.gradient_norm(ctx).await? / k as f32;
+        let norm = squares / k as f32;
+        // A NaN or ∞ anywhere in the gradients makes the norm non-finite, and then the step is not
+        // applied, so the adapter stays the last good one. Clip it to max_grad_norm when set.
         if !norm.is_finite() {
             return Err(TrainError::NonFinite { step, clipping: s.max_grad_norm.is_some() });
         }
@@ -377,32 +382,55 @@ impl Session {
             _ => 1.0,
         };
         let grad_norm = Some(norm);
-        // 3. AdamW at this step's learning rate, on the summed gradients · clip / k.
+        // 3. AdamW at this step's learning rate, on the summed gradients · clip / k (all or nothing).
         let lr = self.schedule.lr(step);
         let opt = AdamW { lr, weight_decay: s.weight_decay, ..AdamW::default() };
         self.trainer.update(ctx, &opt, clip / k as f32).await?;
-        // 4. Every N steps (and at the end), read back the mean loss of the batches since the last read.
+        // 4. Every N steps (and at the end), read back the mean loss of the batches since the last
+        // read, and with it the flag of this step's update: the last step is never left unchecked.
         let loss = if step % s.log_every == 0 || step >= s.steps {
-            Some(self.trainer.read_loss(ctx).await?)
+            let (loss, status) = self.trainer.read_loss_and_status(ctx).await?;
+            self.refuse_update(ctx, &status)?;
+            Some(loss)
         } else {
             None
         };
         Ok(StepReport { step, lr, grad_norm, loss, tokens: k * s.batch * s.seq_len })
     }
 
-    /// √(Σ g²) over every trainable gradient tensor: one sum_squares per tensor on the GPU, one read.
-    async fn gradient_norm(&self, ctx: &GpuContext) -> Result<f32, TrainError> {
+    /// If AdamW's flag (`status`, as read back) says the last update was refused: take its step back
+    /// (the adapter and moments were never written) and say what to change.
+    fn refuse_update(&mut self, ctx: &GpuContext, status: &[f32]) -> Result<(), TrainError> {
+        match self.trainer.take_refusal(ctx, status) {
+            Some(step) => Err(TrainError::UpdateOverflow { step, lr: self.schedule.lr(step), clipping: self.settings.max_grad_norm.is_some() }),
+            None => Ok(()),
+        }
+    }
+
+    /// Settle the last update before anything reads the adapter's step: the flag is read (one tiny
+    /// read-back, at validation points only, never per step) and a refused update taken back.
+    async fn settle(&mut self, ctx: &GpuContext) -> Result<(), TrainError> {
+        let status = ctx.read(self.trainer.status()).await?;
+        self.refuse_update(ctx, &status)
+    }
+
+    /// √(Σ g²) over every trainable gradient tensor (one sum_squares per tensor on the GPU), and
+    /// AdamW's flag copied beside the squares: one read for both.
+    async fn gradient_norm(&self, ctx: &GpuContext) -> Result<(f32, Vec<f32>), TrainError> {
         let tensors = trainable(&self.trainer.lora);
+        let flag_at = 4 * (self.squares.len() - 1) as u64;
         ctx.run_cached(&self.norm_cache, |enc| {
             for (i, g) in tensors.iter().enumerate() {
                 gpu::sum_squares::encode(ctx, enc, g, &self.partials, &self.square)?;
                 enc.copy_buffer_to_buffer(&self.square.buffer, 0, &self.squares.buffer, 4 * i as u64, 4);
             }
+            enc.copy_buffer_to_buffer(&self.trainer.status().buffer, 0, &self.squares.buffer, flag_at, 4);
             Ok(())
         })
         .await?;
-        let squares = ctx.read(&self.squares).await?;
-        Ok(squares.iter().map(|&x| x as f64).sum::<f64>().sqrt() as f32)
+        let mut squares = ctx.read(&self.squares).await?;
+        let status = squares.split_off(squares.len() - 1);
+        Ok((squares.iter().map(|&x| x as f64).sum::<f64>().sqrt() as f32, status))
     }
 
     /// `eval`'s loss of `tokens` with the adapter as it is now (chunks of `seq_len`, each on its own).
@@ -424,6 +452,7 @@ impl Session {
     /// the first), the adapter and its training state are copied to the host as [`Session::best`].
     /// A second call at the same step measures nothing again.
     pub async fn validate(&mut self, ctx: &GpuContext, model: &GpuModel) -> Result<Validation, TrainError> {
+        self.settle(ctx).await?;
         let step = self.steps_done();
         if let Some(v) = self.last_validation.filter(|v| v.step == step) {
             return Ok(v);
@@ -486,8 +515,14 @@ impl Session {
     }
 
     /// AdamW's moments, the step count and the frozen sites, to resume from.
+    /// A refused update that `step` or `validate` has not taken back yet wrote nothing, so its step
+    /// does not count here either.
     pub async fn state(&self, ctx: &GpuContext) -> Result<TrainingState, TrainError> {
-        TrainingState::read(ctx, &self.trainer.lora).await
+        let mut state = TrainingState::read(ctx, &self.trainer.lora).await?;
+        if self.trainer.update_refused(ctx).await? {
+            state.step -= 1;
+        }
+        Ok(state)
     }
 }
 

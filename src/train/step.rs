@@ -47,6 +47,9 @@ pub struct Trainer {
     recomputing: Cell<bool>,
     /// Every activation and scratch tensor (`activations::plan`, the table the memory estimate sums).
     acts: Activations<GpuTensor>,
+    /// AdamW's all-or-nothing flag (one u32, `gpu::adamw`): 1 once an update was refused because
+    /// it would have written ±∞ or NaN; then every later update writes nothing until it is cleared.
+    status: GpuTensor,
     /// How many batch losses `loss` holds, and the last value read (returned if none since).
     loss_terms: Cell<u32>,
     last_loss: Cell<f32>,
@@ -151,6 +154,7 @@ impl Trainer {
             tensors.push(ctx.zeros(shape).await?);
         }
         let acts = plan.fill(tensors);
+        let status = ctx.zeros(&[1]).await?;
         // The tensors that do not start as zeros.
         let positions: Vec<u32> = (0..n).map(|i| (i % seq) as u32).collect();
         ctx.queue.write_buffer(&acts.rows.pos_ids.buffer, 0, bytemuck::cast_slice(&positions));
@@ -165,6 +169,7 @@ impl Trainer {
             checkpoint: options.grad_checkpoint,
             recomputing: Cell::new(false),
             acts,
+            status,
             loss_terms: Cell::new(0),
             last_loss: Cell::new(f32::NAN),
             dropout,
@@ -315,12 +320,37 @@ impl Trainer {
     }
 
     /// One AdamW step of every trainable A and B with the gradients in their `grad` buffers ·
-    /// `grad_scale` (clipping and 1/k accumulation averaging folded in).
+    /// `grad_scale` (clipping and 1/k accumulation averaging folded in). All or nothing: an update
+    /// that would write ±∞ or NaN anywhere writes nothing, and [`Trainer::update_refused`] says so
+    /// (the step count has advanced all the same; [`Trainer::take_refusal`] puts it back).
     pub async fn update(&mut self, ctx: &GpuContext, opt: &AdamW, grad_scale: f32) -> Result<(), TrainError> {
         self.lora.step += 1;
         let step = self.lora.step;
         ctx.run_cached(&self.cache("update"), |enc| self.encode_update(ctx, enc, opt, step, grad_scale)).await?;
         Ok(())
+    }
+
+    /// AdamW's flag ([`Trainer::update_refused`]), for a caller that folds it into a read it makes anyway.
+    pub fn status(&self) -> &GpuTensor {
+        &self.status
+    }
+
+    /// Whether an update since the last [`Trainer::take_refusal`] was refused (one tiny read-back).
+    pub async fn update_refused(&self, ctx: &GpuContext) -> Result<bool, GpuError> {
+        Ok(refused(&ctx.read(&self.status).await?))
+    }
+
+    /// After a refused update (`status`, as read, is set): the step count goes back to the last
+    /// applied step and the flag is cleared, so the adapter, its moments and its step are exactly
+    /// those before the refused step. Returns the refused step, or None when nothing was refused.
+    pub fn take_refusal(&mut self, ctx: &GpuContext, status: &[f32]) -> Option<usize> {
+        if !refused(status) {
+            return None;
+        }
+        let step = self.lora.step as usize;
+        self.lora.step -= 1;
+        ctx.queue.write_buffer(&self.status.buffer, 0, &[0; 4]);
+        Some(step)
     }
 
     /// Forward, loss and backward only (the gradients land in the adapter's `grad` buffers; nothing
@@ -333,12 +363,27 @@ impl Trainer {
     /// the batch losses add up on the GPU, so reading them only every N steps costs one read-back
     /// per N steps. With no batch since the last call, the last value again.
     pub async fn read_loss(&self, ctx: &GpuContext) -> Result<f32, GpuError> {
-        let terms = self.loss_terms.get();
-        if terms > 0 {
-            self.last_loss.set(ctx.read(&self.acts.rows.loss).await?[0] / terms as f32);
-            self.loss_terms.set(0);
+        if self.loss_terms.get() > 0 {
+            self.take_loss(ctx.read(&self.acts.rows.loss).await?[0]);
         }
         Ok(self.last_loss.get())
+    }
+
+    /// [`Trainer::read_loss`] and AdamW's flag (for [`Trainer::take_refusal`]) in one read-back.
+    pub async fn read_loss_and_status(&self, ctx: &GpuContext) -> Result<(f32, Vec<f32>), GpuError> {
+        if self.loss_terms.get() == 0 {
+            return Ok((self.last_loss.get(), ctx.read(&self.status).await?));
+        }
+        let mut read = ctx.read_many(&[&self.acts.rows.loss, &self.status]).await?;
+        let status = read.pop().expect("two tensors read");
+        self.take_loss(read[0][0]);
+        Ok((self.last_loss.get(), status))
+    }
+
+    /// The mean of the batch losses summed in `sum`, remembered as the last value read.
+    fn take_loss(&self, sum: f32) {
+        self.last_loss.set(sum / self.loss_terms.get() as f32);
+        self.loss_terms.set(0);
     }
 
     /// The dispatch cache of one kind of recording (see `caches`).
@@ -574,14 +619,20 @@ impl Trainer {
     }
 
     fn encode_update(&self, ctx: &GpuContext, enc: &mut Recorder, opt: &AdamW, step: u32, grad_scale: f32) -> Result<(), GpuError> {
+        let mut slots = Vec::new();
         for m in &self.lora.modules {
             let trainable = m.parts.iter().zip(&m.frozen).filter(|(_, &f)| !f).map(|((_, p), _)| p);
             for p in std::iter::once(&m.a).chain(trainable) {
-                gpu::adamw::encode(ctx, enc, &p.value, &p.grad, &p.m, &p.v, opt, step, grad_scale)?;
+                slots.push(gpu::adamw::Slot { param: &p.value, grad: &p.grad, m: &p.m, v: &p.v });
             }
         }
-        Ok(())
+        gpu::adamw::encode(ctx, enc, &slots, &self.status, opt, step, grad_scale)
     }
+}
+
+/// Whether AdamW's flag, as read back, says an update was refused.
+pub(crate) fn refused(status: &[f32]) -> bool {
+    status.first().is_some_and(|s| s.to_bits() != 0)
 }
 
 /// The trainer's side of the one network (`model::block`): every block keeps its own activations

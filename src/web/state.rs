@@ -502,6 +502,8 @@ impl AppState {
                         self.saved.set(Some(Rc::new(s)));
                     }
                 }
+                // A refused update is taken back: the counter shows the last applied step.
+                self.step.set(run.steps_done());
                 let step = self.saved.get_untracked().map(|s| s.step());
                 let kept = step.map(|s| format!(" The adapter as of step {s} stays downloadable.")).unwrap_or_default();
                 self.train_status.set(TrainStatus::Failed(format!("Training stopped: {e}.{kept}")));
