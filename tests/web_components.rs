@@ -465,6 +465,39 @@ async fn a_non_finite_step_stops_the_page_and_keeps_the_last_good_adapter() {
     assert!(downloaded == oracle.zip().unwrap(), "the kept adapter and its AdamW state are the engine's after step {kept}");
 }
 
+/// A learning rate so large that AdamW's update overflows (the gradients stay finite; the page
+/// clips them): step 1 is refused, the page says to lower the learning rate, the counter stays at
+/// 0, and the adapter kept is the untrained one — the engine's own, byte for byte, every value
+/// finite, its AdamW state included.
+#[wasm_bindgen_test]
+async fn an_update_that_overflows_stops_the_page_and_keeps_the_last_good_adapter() {
+    let (state, root) = mount(train_and_download).await;
+    small_settings(&root, 12);
+    type_into(&root, "#lr", "1e38");
+    type_into(&root, "#train-text", TEXT);
+    until("the settings", 5.0, || root.query_selector("[data-testid=adapter-size]").unwrap().is_some()).await;
+    find(&root, "[data-testid=train]").click();
+    until("the run to end", 300.0, || matches!(attr(&root, "[data-testid=train-status]", "data-state").as_str(), "finished" | "failed")).await;
+    let status = text_of(&root, "[data-testid=train-status]");
+    assert_eq!(attr(&root, "[data-testid=train-status]", "data-state"), "failed", "{status}");
+    for want in ["step 1 was not applied", "infinite or NaN", "lower the learning rate", "The adapter as of step 0 stays downloadable"] {
+        assert!(status.contains(want), "`{want}` missing from: {status}");
+    }
+    assert_eq!(state.step.get_untracked(), 0, "the refused step is not counted");
+
+    let studio = state.studio.get_untracked().unwrap();
+    let (opts, settings) = state.form.parse(studio.config()).unwrap();
+    let run = studio.start(TEXT, &opts, settings).await.unwrap();
+    let oracle = studio.snapshot(&run).await.unwrap();
+    drop(run);
+    let kept = state.saved.get_untracked().unwrap();
+    assert_eq!(kept.step(), 0);
+    let moments = kept.state.as_ref().unwrap().moments.values().map(|t| &t.data);
+    let halves = kept.adapter.modules.values().flat_map(|p| [&p.a.data, &p.b.data]);
+    assert!(halves.chain(moments).flatten().all(|v| v.is_finite()), "a kept value is not finite");
+    assert!(kept.zip().unwrap() == oracle.zip().unwrap(), "the kept adapter and its AdamW state are the engine's untrained ones");
+}
+
 /// The browser storage the page keeps its run in: two handles are two tabs. A tab writes after the
 /// record it last read or wrote; a write after another tab's is refused (unless it takes the record
 /// over), so two tabs never interleave their runs. A page without IndexedDB gets a sentence.
