@@ -13,6 +13,15 @@
 //! GPU would need AdamW to read it from a buffer, which it does not yet. The norm is read even with
 //! `max_grad_norm: None`: a non-finite norm means the step diverged, and it is then not applied.
 //!
+//! An update can overflow with finite gradients (a learning rate like 1e38: lr / (1 − β1^t) is ∞ in
+//! f32). AdamW is all or nothing (`gpu::adamw`): it writes nothing when any new value of any tensor
+//! would be ±∞ or NaN, and sets a flag. The flag is not read on its own (that would be a second
+//! wait per step): it is copied beside the squares and read with the next step's norm, or with the
+//! loss when this step reads it (always on the last step), or by [`Session::validate`]. Found set,
+//! the refused step is taken back (step count and AdamW step; the adapter and moments were never
+//! written) and the run stops with [`TrainError::UpdateOverflow`]. Until then [`Session::state`]
+//! already leaves the refused step out, so what is saved resumes exactly.
+//!
 //! Instruction tuning ([`Session::with_data`] on [`Dataset::from_examples`]): the same loop on
 //! padded examples with labels; each micro-batch's loss is the mean over its learnt positions (the
 //! answers), and the k micro-batches of a step weigh equally (their mean gradient), as

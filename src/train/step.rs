@@ -263,7 +263,8 @@ impl Trainer {
 
     /// One training step on `tokens` (B windows of T tokens, back to back): forward, loss, backward
     /// and an AdamW update of every A and B with gradient · `grad_scale`, in one command encoder.
-    /// The loss (of the adapter before the update) stays on the GPU: see [`Trainer::read_loss`].
+    /// The loss (of the adapter before the update) stays on the GPU: see [`Trainer::read_loss`]; an
+    /// update refused as it would overflow is only reported by [`Trainer::update_refused`].
     pub async fn train_step(
         &mut self,
         ctx: &GpuContext,
