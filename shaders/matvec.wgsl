@@ -25,8 +25,19 @@
 // of A loaded serves 4 FMAs; THREADS (override) is then smaller, to spread N over more workgroups.
 // ROWS (override, = M) fixes the accumulator count so the per-row loops unroll.
 //
-// The weight seam: B is read only through `weight_at(i)` (flat row-major index), from the
-// `weight_<format>.wgsl` the launcher (src/gpu/matvec.rs) appends, as in matmul.wgsl.
+// Entry point `main_vec4`, the CPU path for aligned shapes (K % 4 = 0 for X·Wᵀ, N % 4 = 0 for X·W;
+// the launcher picks it, `main` takes the rest): B is read four consecutive values at a time through
+// `weight_at4` (one vec4 load for f32, one word's decoding for the packed formats), so each load of B
+// serves 4 FMAs, not 1:
+//   X·Wᵀ: THREADS · WIDTH columns a workgroup as in `main` (col, col + THREADS, ...), K walked 4 at
+//         a time: 4 values of B per column and 4 of each row of A make one vec4 × mat4x4 product.
+//   X·W:  one thread per 4 consecutive columns (THREADS · 4 a workgroup), K walked 1 at a time: one
+//         weight_at4 and one value per row of A make 4 FMAs.
+// A stays a scalar array (its rows may start anywhere in a column block); each of its loads serves
+// 4 FMAs either way.
+//
+// The weight seam: B is read only through `weight_at(i)` / `weight_at4(i)` (flat row-major index),
+// from the `weight_<format>.wgsl` the launcher (src/gpu/matmul.rs) appends, as in matmul.wgsl.
 
 // Params and bindings 0 (a), 2 (bias), 3 (c), 4 (p): shaders/matmul_params.wgsl, composed after this file.
 
@@ -129,5 +140,66 @@ fn main(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id) wid: v
             }
             store(base_c, m, gn, s);
         }
+    }
+}
+
+// X·Wᵀ, K % 4 = 0: columns col0 + col + j·THREADS (j < WIDTH), 4 values of K a step.
+fn rows_of_b4(col0: u32, col: u32, base_a: u32, base_b: u32, base_c: u32) {
+    var acc: array<vec4<f32>, MAX_ROWS>;
+    var start: array<u32, 4>;
+    for (var j = 0u; j < 4u; j++) {
+        let n = col0 + col + j * THREADS;
+        start[j] = select(0u, base_b + n * p.k, n < p.n && j < WIDTH);
+    }
+    for (var k = 0u; k < p.k; k += 4u) {
+        // Column j of w is column (col + j·THREADS) of C's four values of B; unused columns stay 0.
+        var w = mat4x4<f32>(weight_at4(start[0] + k), vec4<f32>(), vec4<f32>(), vec4<f32>());
+        if (WIDTH > 1u) { w[1] = weight_at4(start[1] + k); }
+        if (WIDTH > 2u) { w[2] = weight_at4(start[2] + k); }
+        if (WIDTH > 3u) { w[3] = weight_at4(start[3] + k); }
+        for (var m = 0u; m < ROWS; m++) {
+            let r = base_a + m * p.lda + k;
+            acc[m] += vec4<f32>(a[r], a[r + 1u], a[r + 2u], a[r + 3u]) * w;
+        }
+    }
+    for (var j = 0u; j < WIDTH; j++) {
+        let n = col0 + col + j * THREADS;
+        if (n < p.n) {
+            for (var m = 0u; m < ROWS; m++) {
+                store(base_c, m, n, acc[m][j]);
+            }
+        }
+    }
+}
+
+// X·W, N % 4 = 0: columns n .. n + 3 (all inside N), one row of B a step.
+fn columns4(n: u32, base_a: u32, base_b: u32, base_c: u32) {
+    if (n >= p.n) {
+        return;
+    }
+    var acc: array<vec4<f32>, MAX_ROWS>;
+    for (var k = 0u; k < p.k; k++) {
+        let w = weight_at4(base_b + k * p.n + n);
+        for (var m = 0u; m < ROWS; m++) {
+            acc[m] = fma(vec4<f32>(a[base_a + m * p.lda + k]), w, acc[m]);
+        }
+    }
+    for (var m = 0u; m < ROWS; m++) {
+        for (var j = 0u; j < 4u; j++) {
+            store(base_c, m, n + j, acc[m][j]);
+        }
+    }
+}
+
+@compute @workgroup_size(THREADS, 1, 1)
+fn main_vec4(@builtin(local_invocation_index) tid: u32, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let base_a = p.a_offset + wid.z * p.stride_a;
+    let base_b = wid.z * p.stride_b;
+    let base_c = p.c_offset + wid.z * p.stride_c;
+    let g = wid.y * nwg.x + wid.x;
+    if (p.trans_b == 1u) {
+        rows_of_b4(g * THREADS * WIDTH, tid, base_a, base_b, base_c);
+    } else {
+        columns4((g * THREADS + tid) * 4u, base_a, base_b, base_c);
     }
 }

@@ -9,3 +9,9 @@ fn weight_at(i: u32) -> f32 {
     let w = weight[i >> 1u];
     return bitcast<f32>(select(w << 16u, w & 0xffff0000u, (i & 1u) == 1u));
 }
+
+// i a multiple of 4: two words, low half first.
+fn weight_at4(i: u32) -> vec4<f32> {
+    let w = vec4<u32>(weight[i >> 1u], weight[i >> 1u], weight[(i >> 1u) + 1u], weight[(i >> 1u) + 1u]);
+    return bitcast<vec4<f32>>(select(w << vec4<u32>(16u), w & vec4<u32>(0xffff0000u), vec4<bool>(false, true, false, true)));
+}

@@ -8,3 +8,9 @@
 fn weight_at(i: u32) -> f32 {
     return unpack2x16float(weight[i >> 1u])[i & 1u];
 }
+
+// i a multiple of 4: two words.
+fn weight_at4(i: u32) -> vec4<f32> {
+    let w = i >> 1u;
+    return vec4<f32>(unpack2x16float(weight[w]), unpack2x16float(weight[w + 1u]));
+}

@@ -13,3 +13,12 @@ fn weight_at(i: u32) -> f32 {
     let q = (weight[b + 1u + (j >> 3u)] >> (4u * (j & 7u))) & 0xfu;
     return (f32(q) - 8.0) * d;
 }
+
+// i a multiple of 4: four nibbles of one word.
+fn weight_at4(i: u32) -> vec4<f32> {
+    let b = (i >> 5u) * 5u;
+    let d = unpack2x16float(weight[b]).x;
+    let j = i & 31u;
+    let q = (vec4<u32>(weight[b + 1u + (j >> 3u)] >> (4u * (j & 7u))) >> vec4<u32>(0u, 4u, 8u, 12u)) & vec4<u32>(0xfu);
+    return (vec4<f32>(q) - 8.0) * d;
+}

@@ -14,3 +14,12 @@ fn weight_at(i: u32) -> f32 {
     let q = bitcast<i32>(weight[b + 1u + (j >> 2u)] << (24u - 8u * (j & 3u))) >> 24u;
     return f32(q) * d;
 }
+
+// i a multiple of 4: the four bytes of one word, sign-extended as above.
+fn weight_at4(i: u32) -> vec4<f32> {
+    let b = (i >> 5u) * 9u;
+    let d = unpack2x16float(weight[b]).x;
+    let w = weight[b + 1u + ((i & 31u) >> 2u)];
+    let q = bitcast<vec4<i32>>(vec4<u32>(w) << vec4<u32>(24u, 16u, 8u, 0u)) >> vec4<u32>(24u);
+    return vec4<f32>(q) * d;
+}

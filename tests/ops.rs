@@ -451,25 +451,36 @@ gpu_test! {
 gpu_test! {
     /// The small-M kernel (shaders/matvec.wgsl, what a decode step runs) against the CPU reference on
     /// the dequantized weight: every weight format, M = 1..=8, both layouts a frozen weight is read in,
-    /// 1 (4 columns a thread), 4 and 32 threads per column, N and K not multiples of a workgroup's 8, 64 or 256 columns, with bias, scale and accumulation into
+    /// 1 (4 columns a thread), 4 and 32 threads per column, N and K not multiples of a workgroup's 8, 64 or 256 columns,
+    /// rows of B read four values at a time (K or N a multiple of 4) and one at a time (odd K or N), with bias, scale and accumulation into
     /// a column block, from a column block of A, batched with a shared weight, and with the grid
     /// spilling into y (a cap of 5 workgroups per dimension: X·Wᵀ's 17 groups of 8 columns for N = 131).
     async fn matvec_matches_reference_for_every_format() {
+        use loratab::gpu::matmul::{encode_with, Kernel, Operands};
         use loratab::gpu::matvec;
         let ctx = gpu().await;
         ctx.set_max_workgroups_per_dim(5);
         let mut rng = Rng::new(93);
+        let mut vec4_cases = 0;
         for format in WeightFormat::ALL {
             // Every row count for two formats; the others (their weight_at checked above) at two.
             let rows: Vec<usize> = if matches!(format, WeightFormat::F32 | WeightFormat::Q4_0) { (1..=matvec::MAX_ROWS).collect() } else { vec![1, 5] };
             for m in rows {
-                for (l, layout) in [Layout::XW, Layout::XWt].into_iter().enumerate() {
-                    // Quantized blocks run along the stored rows (N for [K, N], K for [N, K]): keep those whole.
-                    let (n, k) = match (layout, format.is_quantized()) {
-                        (Layout::XW, true) => (160, 37),
-                        (_, true) => (37, 96),
+                for (l, (layout, aligned)) in [(Layout::XW, false), (Layout::XWt, false), (Layout::XW, true), (Layout::XWt, true)].into_iter().enumerate() {
+                    // Quantized blocks run along the stored rows (N for [K, N], K for [N, K]): keep those
+                    // whole. `aligned` puts a multiple of 4 along the rows of B (the four-at-a-time
+                    // path, `main_vec4`), else an odd length (K = 45 or 37 along X·Wᵀ's rows, N = 131
+                    // along X·W's), which takes the one-at-a-time path.
+                    let (n, k) = match (layout, format.is_quantized(), aligned) {
+                        (Layout::XW, true, _) => (160, 37),
+                        (_, true, _) => (37, 96),
+                        (Layout::XW, false, true) => (132, 45),
+                        (_, false, true) => (131, 44),
                         _ => (131, 45),
                     };
+                    if format.is_quantized() && !aligned {
+                        continue;
+                    }
                     let (rows, cols) = if layout == Layout::XW { (k, n) } else { (n, k) };
                     let (w, dequantized) = packed(&ctx, &mut rng, rows, cols, format).await;
                     let (lda, ldc) = (k + 3, n + 5);
@@ -481,9 +492,14 @@ gpu_test! {
                     let tbias = ctx.upload(&bias, &[bias.len()]).await.unwrap();
                     let plain = Matmul::new(m, n, k, layout);
                     // The splits in turn: a CPU device runs 1 lane per column, a GPU 4 (X·W) or 32 (X·Wᵀ).
-                    let lanes = [1, 4, 32][(m + l) % 3];
+                    // One row, aligned: 1 lane, the four-at-a-time path in both layouts for every format.
+                    let lanes = if aligned && m == 1 { 1 } else { [1, 4, 32][(m + l) % 3] };
+                    if lanes == 1 && matvec::aligned(&spec) {
+                        vec4_cases += 1;
+                    }
                     let tc = ctx.upload(&c0, &[c0.len()]).await.unwrap();
-                    ctx.run(|enc| matvec::encode_split(&ctx, enc, &spec, [&ta, &w, &tc], Some(&tbias), lanes)).await.unwrap();
+                    let ops = Operands { a: &ta, b: &w, bias: Some(&tbias), c: &tc };
+                    ctx.run(|enc| encode_with(&ctx, enc, &spec, ops, Kernel::Matvec { lanes })).await.unwrap();
                     let mut want = c0.clone();
                     reference::matmul::matmul(&spec, &a, &dequantized, Some(&bias), &mut want);
                     let e = max_error(&ctx.read(&tc).await.unwrap(), &want);
@@ -491,7 +507,8 @@ gpu_test! {
 
                     // Plain: no bias, beta = 0 (C's old values are never read).
                     let tc = ctx.upload(&vec![f32::NAN; plain.c_len()], &[plain.c_len()]).await.unwrap();
-                    ctx.run(|enc| matvec::encode_split(&ctx, enc, &plain, [&ta, &w, &tc], None, lanes)).await.unwrap();
+                    let ops = Operands { a: &ta, b: &w, bias: None, c: &tc };
+                    ctx.run(|enc| encode_with(&ctx, enc, &plain, ops, Kernel::Matvec { lanes })).await.unwrap();
                     let mut want = vec![0.0; plain.c_len()];
                     reference::matmul::matmul(&plain, &a, &dequantized, None, &mut want);
                     let e = max_error(&ctx.read(&tc).await.unwrap(), &want);
@@ -502,9 +519,12 @@ gpu_test! {
         // Transposed A, or more rows than the kernel keeps, is refused (matmul takes those).
         let w = ctx.zeros(&[64]).await.unwrap();
         for spec in [Matmul::new(1, 8, 8, Layout::XtG), Matmul::new(9, 8, 8, Layout::XW)] {
-            let err = ctx.run(|enc| matvec::encode(&ctx, enc, &spec, &w, &w, None, &w)).await.unwrap_err();
+            let ops = Operands { a: &w, b: &w, bias: None, c: &w };
+            let err = ctx.run(|enc| encode_with(&ctx, enc, &spec, ops, Kernel::Matvec { lanes: 1 })).await.unwrap_err();
             assert!(err.to_string().contains("rows of a row-major A"), "{err}");
         }
+        // Every format ran the four-at-a-time path (and f32, f16, bf16 the one-at-a-time one beside it).
+        assert!(vec4_cases >= 2 * WeightFormat::ALL.len(), "{vec4_cases} cases on the four-at-a-time path");
     }
 }
 

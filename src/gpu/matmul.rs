@@ -10,7 +10,7 @@
 //! A product with at most [`matvec::MAX_ROWS`] rows of a row-major A (a decode step) goes to
 //! `shaders/matvec.wgsl` instead (see `gpu::matvec`): same spec, same semantics, no tile padding.
 
-use super::{check_f32, matvec, tune, check_len, for_format, weight_kernels, GpuContext, GpuError, GpuTensor, Kernel1d, Recorder};
+use super::{check_f32, check_len, for_format, matvec, tune, weight_kernels, GpuContext, GpuError, GpuTensor, Kernel1d, Recorder};
 use crate::ops::Matmul;
 
 /// matmul.wgsl composed with each weight format, `matmul_<format>`: picked by B's format.
@@ -38,6 +38,29 @@ struct Params {
     a_offset: u32,
 }
 
+/// The operands of one product: A, B (the weight; the only one that may be packed), C, and an
+/// optional bias.
+#[derive(Clone, Copy)]
+pub struct Operands<'a> {
+    pub a: &'a GpuTensor,
+    pub b: &'a GpuTensor,
+    pub bias: Option<&'a GpuTensor>,
+    pub c: &'a GpuTensor,
+}
+
+/// Which kernel records a product.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kernel {
+    /// matvec for a few rows (unless [`GpuContext::set_matvec`] turned it off), else the tiled
+    /// variant the tuner picked for the shape: what [`encode`] does.
+    Auto,
+    /// The tiled kernel's variant `v` of [`tune::VARIANTS`].
+    Tiled(usize),
+    /// shaders/matvec.wgsl with `lanes` threads per column (a power of two up to 256; see
+    /// [`matvec::lanes`]), whatever the device: tests run every split on any GPU.
+    Matvec { lanes: usize },
+}
+
 /// Record `c = alpha · op(a)·op(b) + beta · c (+ bias)` into `encoder`.
 pub fn encode(
     ctx: &GpuContext,
@@ -48,46 +71,55 @@ pub fn encode(
     bias: Option<&GpuTensor>,
     c: &GpuTensor,
 ) -> Result<(), GpuError> {
-    if ctx.matvec() && matvec::fits(spec) {
-        return matvec::encode(ctx, encoder, spec, a, b, bias, c);
-    }
-    let variant = ctx.tuner.variant(spec, b.format);
-    encode_variant(ctx, encoder, spec, a, b, bias, c, variant)
+    encode_with(ctx, encoder, spec, Operands { a, b, bias, c }, Kernel::Auto)
 }
 
-/// [`encode`] with the tiled kernel's variant `v` of [`tune::VARIANTS`] (never the matvec kernel).
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn encode_variant(
-    ctx: &GpuContext,
-    encoder: &mut Recorder,
-    spec: &Matmul,
-    a: &GpuTensor,
-    b: &GpuTensor,
-    bias: Option<&GpuTensor>,
-    c: &GpuTensor,
-    v: usize,
-) -> Result<(), GpuError> {
-    check(spec, a, b, bias, c)?;
+/// [`encode`] with the kernel chosen by `kernel`: the one launcher of matmul.wgsl and matvec.wgsl.
+pub fn encode_with(ctx: &GpuContext, encoder: &mut Recorder, spec: &Matmul, ops: Operands, kernel: Kernel) -> Result<(), GpuError> {
+    let kernel = match kernel {
+        Kernel::Auto if ctx.matvec() && matvec::fits(spec) => Kernel::Matvec { lanes: matvec::lanes(ctx, spec) },
+        Kernel::Auto => Kernel::Tiled(ctx.tuner.variant(spec, ops.b.format)),
+        chosen => chosen,
+    };
+    if let Kernel::Matvec { lanes } = kernel {
+        matvec::check_split(spec, lanes)?;
+    }
+    check(spec, ops)?;
     if spec.c_len() == 0 {
         return Ok(());
     }
-    let variant = tune::VARIANTS[v];
-    let (tile_m, tile_n) = variant.tile();
-    let max = ctx.max_workgroups_per_dim() as usize;
-    let groups = (spec.n.div_ceil(tile_n), spec.m.div_ceil(tile_m), spec.batch);
-    if groups.0 > max || groups.1 > max || groups.2 > max {
-        return Err(GpuError::Shape {
-            op: "matmul",
-            detail: format!("{spec:?} needs a workgroup grid {groups:?}, over this GPU's {max} per dimension"),
-        });
-    }
-    let groups = (groups.0 as u32, groups.1 as u32, groups.2 as u32);
-    record(ctx, encoder, for_format(&KERNELS, b.format), &variant.constants(), spec, [a, b, c], bias, groups);
+    let max = ctx.max_workgroups_per_dim();
+    let (table, entry, constants, groups) = match kernel {
+        Kernel::Matvec { lanes } => {
+            let (entry, constants, groups) = matvec::plan(ctx, spec, lanes)?;
+            (&matvec::KERNELS, entry, constants, groups)
+        }
+        Kernel::Tiled(v) => {
+            let variant = tune::VARIANTS[v];
+            let (tile_m, tile_n) = variant.tile();
+            let groups = (spec.n.div_ceil(tile_n), spec.m.div_ceil(tile_m), spec.batch);
+            if [groups.0, groups.1, groups.2].iter().any(|&g| g > max as usize) {
+                return Err(GpuError::Shape {
+                    op: "matmul",
+                    detail: format!("{spec:?} needs a workgroup grid {groups:?}, over this GPU's {max} per dimension"),
+                });
+            }
+            (&KERNELS, "main", variant.constants(), (groups.0 as u32, groups.1 as u32, groups.2 as u32))
+        }
+        Kernel::Auto => unreachable!("resolved above"),
+    };
+    let kernel = for_format(table, ops.b.format);
+    let pipeline = ctx.pipeline(kernel.name, kernel.source, entry, &constants);
+    let uniform = ctx.uniform(&Params::of(spec, ops.bias.is_some()));
+    // Without a bias the shader never reads binding 2, but WebGPU wants something bound: reuse A.
+    let bias = ops.bias.unwrap_or(ops.a);
+    let bind = ctx.bind(&pipeline, &[&ops.a.buffer, &ops.b.buffer, &bias.buffer, &ops.c.buffer, &uniform]);
+    encoder.dispatch(&pipeline, &bind, groups);
     Ok(())
 }
 
-/// The operand checks shared with matvec: only B may be packed, every buffer long enough.
-pub(super) fn check(spec: &Matmul, a: &GpuTensor, b: &GpuTensor, bias: Option<&GpuTensor>, c: &GpuTensor) -> Result<(), GpuError> {
+/// The operand checks of both kernels: only B may be packed, every buffer long enough.
+fn check(spec: &Matmul, Operands { a, b, bias, c }: Operands) -> Result<(), GpuError> {
     check_f32("matmul", "A", a)?;
     check_f32("matmul", "C", c)?;
     check_len("matmul", "A", a, spec.a_len())?;
@@ -97,26 +129,6 @@ pub(super) fn check(spec: &Matmul, a: &GpuTensor, b: &GpuTensor, bias: Option<&G
         check_len("matmul", "bias", bias, spec.bias_offset + spec.n)?;
     }
     Ok(())
-}
-
-/// Bind [a, b, bias, c, params] (the layout of matmul.wgsl and matvec.wgsl) and dispatch `groups`.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn record(
-    ctx: &GpuContext,
-    encoder: &mut Recorder,
-    kernel: &Kernel1d,
-    constants: &[(&'static str, u64)],
-    spec: &Matmul,
-    [a, b, c]: [&GpuTensor; 3],
-    bias: Option<&GpuTensor>,
-    groups: (u32, u32, u32),
-) {
-    let pipeline = ctx.pipeline(kernel.name, kernel.source, "main", constants);
-    let uniform = ctx.uniform(&Params::of(spec, bias.is_some()));
-    // Without a bias the shader never reads binding 2, but WebGPU wants something bound: reuse A.
-    let bias = bias.unwrap_or(a);
-    let bind = ctx.bind(&pipeline, &[&a.buffer, &b.buffer, &bias.buffer, &c.buffer, &uniform]);
-    encoder.dispatch(&pipeline, &bind, groups);
 }
 
 impl Params {

@@ -245,7 +245,7 @@ impl GpuContext {
         self.scoped(|| {
             let mut enc = super::Recorder::new(&self.device, None);
             for _ in 0..reps {
-                super::matmul::encode_variant(self, &mut enc, s, a, b, None, c, v)?;
+                super::matmul::encode_with(self, &mut enc, s, super::matmul::Operands { a, b, bias: None, c }, super::matmul::Kernel::Tiled(v))?;
             }
             self.queue.submit([enc.finish().0]);
             Ok(())
