@@ -1,5 +1,5 @@
 // attention: causal multi-head attention with grouped-query heads, fused (scores, softmax, P·V) with
-// an online softmax over tiles of 256 keys, so no [T, S] matrix is ever stored (flash-style).
+// an online softmax over tiles of WG keys, so no [T, S] matrix is ever stored (flash-style).
 //   q [T, Hq·Dh] for T new tokens at positions past..past+T;
 //   k, v [≥ S, Hkv·Dh], S = past + T (the KV cache then the new tokens; rows beyond S are ignored);
 //   query head h reads key/value head h / (Hq / Hkv); query t sees keys s ≤ past + t.
@@ -10,10 +10,11 @@
 // l' = α·l + Σ_tile exp(x − m'), acc' = α·acc + Σ_tile exp(x − m')·v; at the end out = acc / l and
 // lse = m + log l.
 // Layout: f32 row-major; out [T, Hq·Dh]; lse [Hq, T].
-// Dispatch: one workgroup of 256 threads per (t, h), row index t·Hq + h, over a 2-D grid (x ≤ the
-// per-dimension limit, spilling into y). Per tile each thread scores one key (its exponential goes to
+// Dispatch: one workgroup of WG threads per (t, h), row index t·Hq + h, over a 2-D grid (x ≤ the
+// per-dimension limit, spilling into y); WG ≥ Dh is the override of shaders/workgroup_reduce.wgsl
+// (256; fewer on a CPU, see gpu::row_workgroup). Per tile each thread scores one key (its exponential goes to
 // workgroup memory), workgroup max and sum reductions update m and l, then teams of Dh threads
-// (256 / Dh teams; Dh ≤ 256) each accumulate p·v over every team-th key of the tile; the teams'
+// (WG / Dh teams; Dh ≤ WG) each accumulate p·v over every team-th key of the tile; the teams'
 // partial rows are summed at the end.
 
 struct Params {
@@ -34,7 +35,7 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> lse: array<f32>;
 @group(0) @binding(5) var<uniform> p: Params;
 
-const WG: u32 = 256u;
+// WG (threads per workgroup, ≥ Dh): the override declared in shaders/workgroup_reduce.wgsl.
 const NEG_MAX: f32 = -0x1.fffffep+127f;  // -FLT_MAX (Chrome's Tint rejects decimal spellings that round past it)
 
 var<workgroup> q_row: array<f32, 256>;
@@ -42,7 +43,7 @@ var<workgroup> p_tile: array<f32, 256>;
 
 // workgroup_sum / workgroup_max / workgroup_sum2 and `scratch`: shaders/workgroup_reduce.wgsl.
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>,
         @builtin(num_workgroups) groups: vec3<u32>) {
     let row = wid.y * groups.x + wid.x;

@@ -13,18 +13,19 @@
 // Layout (f32, row-major): q, out, dout, dq [T, Hq·Dh]; k, v, dk, dv [T, Hkv·Dh]; lse and the
 // scratch delta (receives D) [Hq, T].
 // Two entry points, dispatched in this order (separate passes, so the second sees all of delta):
-//   dq_main:  one workgroup of 256 threads per (t, h), row index t·Hq + h. D by a workgroup
-//             reduction, then per tile of 256 keys each thread recomputes one key's dS into workgroup
-//             memory and teams of Dh threads (256 / Dh teams; Dh ≤ 256) accumulate dS·k over every
+//   dq_main:  one workgroup of WG threads per (t, h), row index t·Hq + h. D by a workgroup
+//             reduction, then per tile of WG keys each thread recomputes one key's dS into workgroup
+//             memory and teams of Dh threads (WG / Dh teams; Dh ≤ WG) accumulate dS·k over every
 //             team-th key of the tile; the teams' partial rows are summed.
-//   dkv_main: one workgroup of 256 threads per (s, h'), row index s·Hkv + h'. Per tile of 256
+//   dkv_main: one workgroup of WG threads per (s, h'), row index s·Hkv + h'. Per tile of WG
 //             (query head of the group, t ≥ s) pairs each thread recomputes one pair's P and dS
 //             into workgroup memory, then teams of Dh threads accumulate dk and dv over every
 //             team-th pair; the teams' partial rows are summed. Every kv head's row is owned by one
 //             workgroup: the sum over the group needs no atomics.
 // Both grids are 2-D (x ≤ the per-dimension limit, spilling into y); rows are rebuilt from
-// num_workgroups. Each entry point binds only the buffers it uses (8 storage buffers each, WebGPU's
-// default limit per stage; the launcher binds them by number).
+// num_workgroups. WG ≥ Dh is the override of shaders/workgroup_reduce.wgsl (256; fewer on a CPU,
+// see gpu::row_workgroup). Each entry point binds only the buffers it uses (8 storage
+// buffers each, WebGPU's default limit per stage; the launcher binds them by number).
 
 struct Params {
     tokens: u32,
@@ -49,7 +50,7 @@ struct Params {
 @group(0) @binding(9) var<storage, read_write> dv: array<f32>;
 @group(0) @binding(10) var<uniform> p: Params;
 
-const WG: u32 = 256u;
+// WG (threads per workgroup, ≥ Dh): the override declared in shaders/workgroup_reduce.wgsl.
 
 var<workgroup> row_a: array<f32, 256>;   // dq_main: q[t, h];    dkv_main: k[s, h']
 var<workgroup> row_b: array<f32, 256>;   // dq_main: dout[t, h]; dkv_main: v[s, h']
@@ -59,7 +60,7 @@ var<workgroup> scratch_v: array<f32, 256>;
 
 // workgroup_sum / workgroup_max / workgroup_sum2 and `scratch`: shaders/workgroup_reduce.wgsl.
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn dq_main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>,
            @builtin(num_workgroups) groups: vec3<u32>) {
     let row = wid.y * groups.x + wid.x;
@@ -128,7 +129,7 @@ fn dq_main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) 
     }
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn dkv_main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>,
             @builtin(num_workgroups) groups: vec3<u32>) {
     let row = wid.y * groups.x + wid.x;

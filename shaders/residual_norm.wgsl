@@ -6,7 +6,8 @@
 // Each thread reads back only the values of s it wrote itself, so no barrier guards s.
 //
 // Layout: a, b, s, y [rows, dim] f32 row-major; weight, bias [dim].
-// Dispatch: one workgroup of 256 threads per row (any dim: threads stride over the row); the grid is
+// Dispatch: one workgroup of WG threads per row (any dim: threads stride over the row; WG is the
+// override of shaders/workgroup_reduce.wgsl, set by gpu::row_workgroup); the grid is
 // 2-D (x ≤ the per-dimension limit, spilling into y) and the row index is rebuilt from num_workgroups.
 
 struct Params { rows: u32, dim: u32, eps: f32, kind: u32 }
@@ -21,7 +22,7 @@ struct Params { rows: u32, dim: u32, eps: f32, kind: u32 }
 
 // workgroup_sum / workgroup_max / workgroup_sum2 and `scratch`: shaders/workgroup_reduce.wgsl.
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>,
         @builtin(num_workgroups) groups: vec3<u32>) {
     let row = wid.y * groups.x + wid.x;
@@ -34,7 +35,7 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
 
     // Pass 1: the residual add, and the row sum (layernorm) or sum of squares (rmsnorm).
     var acc = 0.0;
-    for (var i = t; i < p.dim; i += 256u) {
+    for (var i = t; i < p.dim; i += WG) {
         let v = a[base + i] + b[base + i];
         s[base + i] = v;
         acc += select(v * v, v, p.kind == 1u);
@@ -45,17 +46,17 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
         // Layernorm: the variance of s − mean in a second pass, like the reference.
         let mean = total / n;
         var q = 0.0;
-        for (var i = t; i < p.dim; i += 256u) {
+        for (var i = t; i < p.dim; i += WG) {
             let d = s[base + i] - mean;
             q = fma(d, d, q);
         }
         let rstd = 1.0 / sqrt(workgroup_sum(t, q) / n + p.eps);
-        for (var i = t; i < p.dim; i += 256u) {
+        for (var i = t; i < p.dim; i += WG) {
             y[base + i] = (s[base + i] - mean) * rstd * weight[i] + bias[i];
         }
     } else {
         let rstd = 1.0 / sqrt(total / n + p.eps);
-        for (var i = t; i < p.dim; i += 256u) {
+        for (var i = t; i < p.dim; i += WG) {
             y[base + i] = s[base + i] * rstd * weight[i];
         }
     }

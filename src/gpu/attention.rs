@@ -80,7 +80,7 @@ pub fn encode(
         // Exactly the reference's scale.
         scale: 1.0 / (dh as f32).sqrt(),
     };
-    let pipeline = ctx.pipeline("attention", SOURCE, "main", &[]);
+    let pipeline = ctx.pipeline("attention", SOURCE, "main", &[("WG", super::row_workgroup(ctx, dh) as u64)]);
     let uniform = ctx.uniform(&params);
     let bind = ctx.bind(
         &pipeline,
@@ -186,7 +186,7 @@ pub fn encode_backward(
     let uniform = ctx.uniform(&params);
     let max = ctx.max_workgroups_per_dim();
 
-    let pipeline = ctx.pipeline("attention_backward", BACKWARD_SOURCE, "dq_main", &[]);
+    let pipeline = ctx.pipeline("attention_backward", BACKWARD_SOURCE, "dq_main", &[("WG", super::row_workgroup(ctx, dh) as u64)]);
     let bind = bind_at(
         ctx,
         &pipeline,
@@ -205,7 +205,7 @@ pub fn encode_backward(
     let (gx, gy) = grid_rows(tokens * hq, max);
     encoder.dispatch(&pipeline, &bind, (gx, gy, 1));
 
-    let pipeline = ctx.pipeline("attention_backward", BACKWARD_SOURCE, "dkv_main", &[]);
+    let pipeline = ctx.pipeline("attention_backward", BACKWARD_SOURCE, "dkv_main", &[("WG", super::row_workgroup(ctx, dh) as u64)]);
     let bind = bind_at(
         ctx,
         &pipeline,

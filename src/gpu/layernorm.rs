@@ -36,7 +36,7 @@ pub fn encode(
         return Ok(());
     }
     let params = Params { rows: rows as u32, dim: dim as u32, eps, _pad: 0 };
-    let pipeline = ctx.pipeline("layernorm", SOURCE, "main", &[]);
+    let pipeline = ctx.pipeline("layernorm", SOURCE, "main", &[("WG", super::row_workgroup(ctx, dim) as u64)]);
     let uniform = ctx.uniform(&params);
     let bind = ctx.bind(&pipeline, &[&x.buffer, &weight.buffer, &bias.buffer, &out.buffer, &uniform]);
     let (gx, gy) = grid_rows(rows, ctx.max_workgroups_per_dim());
@@ -71,7 +71,7 @@ pub fn encode_backward(
         return Ok(());
     }
     let params = Params { rows: rows as u32, dim: dim as u32, eps, _pad: 0 };
-    let pipeline = ctx.pipeline("layernorm_backward", BACKWARD_SOURCE, "main", &[]);
+    let pipeline = ctx.pipeline("layernorm_backward", BACKWARD_SOURCE, "main", &[("WG", super::row_workgroup(ctx, dim) as u64)]);
     let uniform = ctx.uniform(&params);
     let bind = ctx.bind(&pipeline, &[&x.buffer, &weight.buffer, &dy.buffer, &dx.buffer, &uniform]);
     let (gx, gy) = grid_rows(rows, ctx.max_workgroups_per_dim());

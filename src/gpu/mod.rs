@@ -79,13 +79,27 @@ impl From<wgpu::Error> for GpuError {
 
 /// Threads per workgroup of the one-dimensional (element-wise, reduction) kernels. The element-wise
 /// kernels receive it as the `WORKGROUP` override of `shaders/prelude_1d.wgsl` (see [`launch_1d`]).
-/// The row kernels and sum_squares still say 256 in WGSL: WGSL and naga (wgpu 30) do allow
-/// override-sized workgroup arrays, but `shaders/workgroup_reduce.wgsl` halves from a constant 128
-/// over `array<f32, 256>` scratch and attention ties its `MAX_HEAD_DIM` (256) to its thread count, so
-/// converting them means a `WORKGROUP` override declared in workgroup_reduce.wgsl and set by every
-/// row launcher, and attention's limit derived from it — not done yet; they must stay equal to this.
+/// Cross-entropy and sum_squares still say 256 in WGSL (`shaders/workgroup_reduce.wgsl`'s `WG`
+/// override defaults to it; the norms and attention set it, [`row_workgroup`]); they must stay
+/// equal to this.
 pub(crate) const WORKGROUP_1D: u32 = 256;
-const _: () = assert!(WORKGROUP_1D == 256, "the row kernels and workgroup_reduce.wgsl still hard-code 256 threads");
+const _: () = assert!(WORKGROUP_1D == 256, "cross_entropy, sum_squares and workgroup_reduce.wgsl's default still hard-code 256 threads");
+
+/// Threads per workgroup (the `WG` override of `shaders/workgroup_reduce.wgsl`) of a kernel that
+/// runs one workgroup per row of `width` values (the norms; attention, whose rows are heads): 256 on
+/// a GPU. On a CPU implementation (lavapipe, SwiftShader) invocations are SIMD lanes run in turn and
+/// every barrier switches between all of them, so a workgroup costs what its threads cost whether
+/// they have values or not: there the smallest power of two ≥ `width`, at least 32 (at most 256).
+/// In the page on SwiftShader, batch 1 × 8 tokens on the default model, one attention dispatch took
+/// 23 ms at 256 threads (BENCHMARKS.md, "The page's training step"). Fixed per model, not per
+/// sequence length, so a model's sums run in the same order at every call.
+pub(crate) fn row_workgroup(ctx: &GpuContext, width: usize) -> u32 {
+    if ctx.is_cpu() {
+        width.next_power_of_two().clamp(32, 256) as u32
+    } else {
+        256
+    }
+}
 
 /// One kernel's pipeline name and WGSL source. The 1-D (element-wise) kernels: `name` keys its pipeline, `source` is the kernel's WGSL followed by
 /// `shaders/prelude_1d.wgsl` (see [`kernel_1d!`]). Its entry point is `main`, its last binding the

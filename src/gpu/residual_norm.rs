@@ -44,7 +44,7 @@ pub fn encode(
         return Ok(());
     }
     let params = Params { rows: rows as u32, dim: dim as u32, eps, kind: bias.is_some() as u32 };
-    let pipeline = ctx.pipeline(OP, SOURCE, "main", &[]);
+    let pipeline = ctx.pipeline(OP, SOURCE, "main", &[("WG", super::row_workgroup(ctx, dim) as u64)]);
     let uniform = ctx.uniform(&params);
     // rmsnorm reads no bias: the weight stands in for the binding.
     let bias = bias.unwrap_or(weight);

@@ -148,3 +148,16 @@ export async function waitFor(page, testid, attr, wanted, timeout) {
   );
   return page.getByTestId(testid).getAttribute(`data-${attr}`);
 }
+
+/** Drop `paths` (files or folders) on the model panel's drop zone, as a drag from the desktop does
+ *  (Chrome's DevTools protocol drops real paths, so the page sees real file-system entries). */
+export async function dropPaths(page, paths) {
+  const cdp = await page.context().newCDPSession(page);
+  const box = await page.getByTestId('dropzone').boundingBox();
+  const [x, y] = [box.x + box.width / 2, box.y + box.height / 2];
+  const data = { items: [], files: paths, dragOperationsMask: 1 };
+  for (const type of ['dragEnter', 'dragOver', 'drop']) {
+    await cdp.send('Input.dispatchDragEvent', { type, x, y, data });
+  }
+  await cdp.detach();
+}

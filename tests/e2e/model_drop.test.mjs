@@ -6,7 +6,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
-import { serve, launch, watchErrors, ARTIFACTS } from './harness.mjs';
+import { serve, launch, watchErrors, dropPaths, ARTIFACTS } from './harness.mjs';
 
 const FIXTURE = new URL('../fixtures/llama-tiny/', import.meta.url).pathname;
 
@@ -33,18 +33,6 @@ function modelFolder(name, { cut = false } = {}) {
   fs.writeFileSync(path.join(dir, '.git', 'lfs', 'config.json'), 'not json');
   fs.writeFileSync(path.join(dir, 'README.md'), '# a model\n');
   return dir;
-}
-
-/** Drop `paths` (files or folders) on the model panel's drop zone. */
-async function dropPaths(page, paths) {
-  const cdp = await page.context().newCDPSession(page);
-  const box = await page.getByTestId('dropzone').boundingBox();
-  const [x, y] = [box.x + box.width / 2, box.y + box.height / 2];
-  const data = { items: [], files: paths, dragOperationsMask: 1 };
-  for (const type of ['dragEnter', 'dragOver', 'drop']) {
-    await cdp.send('Input.dispatchDragEvent', { type, x, y, data });
-  }
-  await cdp.detach();
 }
 
 const status = async (page) => ({
