@@ -344,6 +344,17 @@ fn check_fits(ctx: &GpuContext, c: &Config) -> Result<(), StudioError> {
     Ok(())
 }
 
+/// Prompt length of the generated token [`Studio::profile`] measures.
+pub const PROFILE_PROMPT: usize = 32;
+
+/// What [`Studio::profile`] measured: the step and the token, and the matmul variant each shape
+/// class uses on this device.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Profiled {
+    pub work: train::profile::WorkProfile,
+    pub matmul: Vec<crate::gpu::tune::Choice>,
+}
+
 /// The GPU, one model on it and everything the page asks of it.
 pub struct Studio {
     pub ctx: GpuContext,
@@ -648,6 +659,27 @@ impl Studio {
         }
         files.push(("model.safetensors", weights.as_slice()));
         Ok(zip::store(&files)?)
+    }
+
+    /// Where the GPU time of one training step at `settings` with an adapter of `opts` (random
+    /// tokens; the adapter is thrown away) and of one greedy generated token after a
+    /// [`PROFILE_PROMPT`]-token prompt goes, by kernel kind (`gpu::profile`). Tuning is turned on
+    /// first: classes not tuned on this device before are tuned in the untimed warm-up step, and
+    /// the choices are stored (`gpu::tune`), so training afterwards uses them too.
+    pub async fn profile(&self, opts: &LoraOptions, settings: TrainSettings) -> Result<Profiled, StudioError> {
+        self.ctx.set_tuning(true);
+        let work = train::profile::profile_work_with(&self.ctx, &self.model, opts, settings, PROFILE_PROMPT).await?;
+        Ok(Profiled { work, matmul: self.ctx.choices() })
+    }
+
+    /// Use the matmul variants tuned on this device in an earlier session, if there are any (tuning
+    /// then stays on, so a new shape class is tuned at its first use).
+    pub fn use_stored_tuning(&self) -> bool {
+        let stored = self.ctx.has_stored_tuning();
+        if stored {
+            self.ctx.set_tuning(true);
+        }
+        stored
     }
 
     /// True for GPT-2-style models, where q, k and v share one fused adapter.

@@ -150,6 +150,14 @@ gpu_test! {
         let ids = loratab::generate::generate(&studio.ctx, &merged_gpu, &tok.encode("the ").unwrap(), 8, &GREEDY, None).await.unwrap();
         assert_eq!(tuned, tok.decode(&ids).unwrap());
         assert_eq!(studio.generate("the ", 8, &GREEDY, None).await.unwrap(), base_text);
+        // Another Compare (base, then adapter, the same prompt) reuses generation's buffers: it
+        // allocates nothing on the GPU and gives the same texts.
+        let memory = studio.ctx.memory();
+        memory.reset_peak();
+        let (tensors, bytes) = (memory.tensors(), memory.live());
+        assert_eq!(studio.generate("the ", 8, &GREEDY, None).await.unwrap(), base_text);
+        assert_eq!(studio.generate("the ", 8, &GREEDY, Some(&run)).await.unwrap(), tuned);
+        assert_eq!((memory.tensors(), memory.peak()), (tensors, bytes), "a second Compare allocated GPU tensors");
 
         // The merged-model download scores the held-out text as the run does.
         let merged_files = model_files(vec![("merged.zip".into(), studio.merged_model_zip(&saved.adapter).unwrap())]).unwrap();

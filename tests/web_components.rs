@@ -17,7 +17,7 @@ use loratab::web::state::ModelStatus;
 use loratab::studio::SavedAdapter;
 use loratab::lora::LoraOptions;
 use loratab::train::TrainSettings;
-use loratab::web::{AdapterPanel, AppState, ComparePanel, GpuAlert, ModelPanel, RankDemo, SettingsPanel, TextPanel, TrainPanel};
+use loratab::web::{AdapterPanel, AppState, ComparePanel, GpuAlert, ModelPanel, ProfileTable, RankDemo, SettingsPanel, TextPanel, TrainPanel};
 use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::JsFuture;
 use wasm_bindgen_test::wasm_bindgen_test;
@@ -539,4 +539,90 @@ async fn storage_keeps_one_tabs_run_and_refuses_a_second_writer() {
     assert!(matches!(refused, StorageError::Unavailable(_)), "{refused:?}");
     assert!(refused.to_string().contains("Training is not affected"), "{refused}");
     assert!(Storage::open().await.is_ok(), "IndexedDB is back");
+}
+
+fn profile_table() -> impl IntoView {
+    view! { <ProfileTable/> }
+}
+
+/// The figure in `data-ms` of the cell at `selector` (a number ≥ 0, or the test fails).
+fn ms_of(root: &web_sys::HtmlElement, selector: &str) -> f64 {
+    let ms: f64 = attr(root, selector, "data-ms").parse().unwrap_or_else(|_| panic!("no data-ms at {selector}"));
+    assert!(ms.is_finite() && ms >= 0.0, "{selector}: {ms} ms");
+    ms
+}
+
+/// "Where the time goes" (the GPU panel): settings the model cannot take get a sentence; at
+/// settings it can, "Measure" fills one row per kernel kind for a training step and a generated
+/// token, whose times are ≥ 0 and add up to the total, within the wall time; the matmul is tuned on
+/// the way, each class's variant shown and kept in localStorage for the next load to reuse.
+#[wasm_bindgen_test]
+async fn the_profile_table_adds_up_and_the_matmul_is_tuned() {
+    const STORE: &str = "loratab-matmul-tuning";
+    storage("removeItem", &[STORE]);
+    let (state, root) = mount(profile_table).await;
+    // The page's default sequence length (128) is beyond llama-tiny's context of 64.
+    find(&root, "[data-testid=profile-measure]").click();
+    until("the settings' sentence", 10.0, || text_of(&root, "[data-testid=profile-error]").contains("context of 64 tokens")).await;
+
+    state.form.batch.set("2".into());
+    state.form.seq_len.set("16".into());
+    state.form.rank.set("4".into());
+    find(&root, "[data-testid=profile-measure]").click();
+    until("the sentence gone", 10.0, || root.query_selector("[data-testid=profile-error]").unwrap().is_none()).await;
+    until("the profile", 600.0, || root.query_selector("[data-testid=profile-table]").unwrap().is_some() || root.query_selector("[data-testid=profile-error]").unwrap().is_some()).await;
+    assert_eq!(text_of(&root, "[data-testid=profile-error]"), "", "no error");
+    let source = attr(&root, "[data-testid=profile-table]", "data-source");
+    assert!(["GpuTimestamps", "WallPerDispatch"].contains(&source.as_str()), "{source}");
+    assert!(text_of(&root, "[data-testid=profile-table] caption").contains("batch 2 × 16 tokens"));
+
+    let rows = root.query_selector_all("[data-testid=profile-table] tbody tr").unwrap();
+    let kinds: Vec<String> = (0..rows.length()).map(|i| rows.item(i).unwrap().unchecked_into::<web_sys::Element>().get_attribute("data-kind").unwrap()).collect();
+    for (column, want) in [(2, &["matmul", "attention", "norms", "cross-entropy", "adamw"][..]), (3, &["matvec", "attention", "sampling"][..])] {
+        let mut sum = 0.0;
+        for kind in &kinds {
+            let ms = ms_of(&root, &format!("[data-kind={kind}] td:nth-of-type({})", column - 1));
+            let dispatches: usize = attr(&root, &format!("[data-kind={kind}] td:nth-of-type({})", column - 1), "data-dispatches").parse().unwrap();
+            assert!(dispatches > 0 || ms == 0.0, "{kind}: {ms} ms in no dispatch");
+            if want.contains(&kind.as_str()) {
+                assert!(dispatches > 0, "{kind} has no dispatch in column {column}");
+            }
+            sum += ms;
+        }
+        let total = ms_of(&root, &format!("[data-testid=profile-total] td:nth-of-type({})", column - 1));
+        let wall: f64 = attr(&root, &format!("[data-testid=profile-total] td:nth-of-type({})", column - 1), "data-wall-ms").parse().unwrap();
+        assert!(total > 0.0 && (sum - total).abs() <= 1e-9 * total, "column {column}: rows add up to {sum} ms, total {total} ms");
+        assert!(total <= wall * 1.02 + 0.5, "column {column}: {total} ms of GPU time in {wall} ms wall");
+    }
+
+    // Tuned on the way: a variant per class, the same choices stored for this device.
+    let names: Vec<&str> = loratab::gpu::tune::VARIANTS.iter().map(|v| v.name).collect();
+    let shown = root.query_selector_all("[data-testid=matmul-variant]").unwrap();
+    assert!(shown.length() > 0, "no tuned class shown");
+    for i in 0..shown.length() {
+        let v = shown.item(i).unwrap().text_content().unwrap();
+        assert!(names.contains(&v.as_str()), "{v}");
+    }
+    let studio = state.studio.get_untracked().unwrap();
+    let choices = studio.ctx.choices();
+    assert_eq!(choices.len(), shown.length() as usize);
+    let stored = storage("getItem", &[STORE]).as_string().expect("the choices are stored");
+    for c in &choices {
+        assert!(c.gflops.is_some_and(|g| g > 0.0), "{c:?} was timed in this session");
+        assert!(stored.contains(&c.class) && stored.contains(c.variant), "{c:?} not in {stored}");
+    }
+    // A new load on this device reuses them without timing anything.
+    let files = ModelFiles { config: CONFIG.into(), weights: vec![("model.safetensors".into(), WEIGHTS.to_vec())], tokenizer: TOKENIZER.to_vec(), ..Default::default() };
+    let again = Studio::load(gpu().await, files, "llama-tiny").await.unwrap();
+    assert!(again.use_stored_tuning());
+    let reused: Vec<_> = again.ctx.choices().into_iter().map(|c| (c.class, c.variant, c.gflops)).collect();
+    assert_eq!(reused, choices.iter().map(|c| (c.class.clone(), c.variant, None)).collect::<Vec<_>>());
+    storage("removeItem", &[STORE]);
+}
+
+/// Call `localStorage.method(args…)`.
+fn storage(method: &str, args: &[&str]) -> wasm_bindgen::JsValue {
+    let storage = js_sys::Reflect::get(&web_sys::window().unwrap(), &"localStorage".into()).unwrap();
+    let f: js_sys::Function = js_sys::Reflect::get(&storage, &method.into()).unwrap().unchecked_into();
+    f.apply(&storage, &args.iter().map(|a| wasm_bindgen::JsValue::from_str(a)).collect()).unwrap()
 }

@@ -72,6 +72,16 @@ pub struct Tuned {
     pub chosen: usize,
 }
 
+/// A shape class's variant as the context uses it now, with the GFLOP/s the tuner measured for
+/// it and for the default when that happened on this context (None: the choice came from the store).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Choice {
+    pub class: String,
+    pub variant: &'static str,
+    pub gflops: Option<f64>,
+    pub default_gflops: Option<f64>,
+}
+
 /// The context's tuning state.
 #[derive(Default)]
 pub(crate) struct Tuner {
@@ -136,6 +146,40 @@ impl GpuContext {
     /// What tuning measured so far on this context.
     pub fn tuned(&self) -> Vec<Tuned> {
         self.tuner.measured.lock().unwrap().clone()
+    }
+
+    /// Whether tuning is on.
+    pub fn tuning(&self) -> bool {
+        self.tuner.enabled.load(Ordering::Relaxed)
+    }
+
+    /// Whether the store holds choices for this device (it was tuned before, here or in an earlier
+    /// session).
+    pub fn has_stored_tuning(&self) -> bool {
+        load_store().get(&self.device_key()).is_some_and(|classes| !classes.is_empty())
+    }
+
+    /// Every class with a chosen variant, by class name.
+    pub fn choices(&self) -> Vec<Choice> {
+        let measured = self.tuned();
+        let mut out: Vec<Choice> = self
+            .tuner
+            .choices
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(class, &v)| {
+                let t = measured.iter().rev().find(|t| t.class == *class);
+                Choice {
+                    class: class.clone(),
+                    variant: VARIANTS[v].name,
+                    gflops: t.and_then(|t| t.gflops[v]),
+                    default_gflops: t.and_then(|t| t.gflops[DEFAULT]),
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.class.cmp(&b.class));
+        out
     }
 
     fn device_key(&self) -> String {

@@ -2,8 +2,11 @@
 //! (the prompt in one batched pass, then one token a step), the LM head on the last row only, and
 //! the token choice on the GPU (`gpu::topk`), all in one submission, and reads back the chosen id
 //! (4 bytes; 8·k for top-k sampling, whose draw stays on the CPU). The step's buffers — activations,
-//! logits, the read-back staging buffer — and its uniforms and bind groups (a [`DispatchCache`]) are
-//! kept between steps of the same row count, so a new token allocates nothing on the GPU.
+//! logits, the read-back staging buffer — and its uniforms and bind groups (a [`DispatchCache`] for
+//! steps without and one for steps with an adapter) are kept for the next step of the same row
+//! count: one set for one-row steps and one for the last prompt's, so a new token allocates nothing
+//! on the GPU, and neither does the next generation from a prompt as long (the page's Compare runs
+//! the base and the adapter from one prompt, then again at the next click).
 
 use std::sync::{Arc, Mutex};
 
@@ -30,7 +33,8 @@ pub enum Picked {
     Logits(Vec<f32>),
 }
 
-/// One step's buffers, kept for the next step with as many rows.
+/// One step's buffers, kept for the next step with as many rows (`GpuModel::decode`: one-row steps
+/// in slot 0, a prompt's in slot 1).
 pub(super) struct DecodeState {
     acts: Acts,
     /// The adapter's scratch [rows, cols], when a step had one.
@@ -41,7 +45,8 @@ pub(super) struct DecodeState {
     /// topk's output: ids, then the values' bits.
     picks: GpuTensor,
     staging: wgpu::Buffer,
-    dispatch: Arc<Mutex<DispatchCache>>,
+    /// Steps without, and with, an adapter record different dispatches: a cache each.
+    dispatch: [Arc<Mutex<DispatchCache>>; 2],
 }
 
 impl DecodeState {
@@ -60,7 +65,7 @@ impl DecodeState {
                 usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
                 mapped_at_creation: false,
             }),
-            dispatch: DispatchCache::new(),
+            dispatch: [DispatchCache::new(), DispatchCache::new()],
         })
     }
 }
@@ -80,7 +85,8 @@ impl GpuModel {
         };
         // Taken out while the step runs (no lock across an await); attention keeps O(rows), so the
         // state does not grow with the context.
-        let kept = self.decode.lock().unwrap().take();
+        let slot = usize::from(t > 1);
+        let kept = self.decode.lock().unwrap()[slot].take();
         let mut state = match kept {
             Some(s) if s.acts.rows == t => s,
             _ => DecodeState::new(ctx, self, t).await?,
@@ -101,7 +107,7 @@ impl GpuModel {
         let read = (2 * k * 4) as u64;
         let s = &state;
         let ran = ctx
-            .run_cached(&s.dispatch, |enc| {
+            .run_cached(&s.dispatch[usize::from(pass.branch.is_some())], |enc| {
                 block::encode_network(ctx, enc, self, &pass)?;
                 enc.copy_buffer_to_buffer(&s.acts.out.buffer, ((t - 1) * d * 4) as u64, &s.last.buffer, 0, (d * 4) as u64);
                 self.encode_logits(ctx, enc, &s.last, 1, &s.logits)?;
@@ -125,7 +131,7 @@ impl GpuModel {
             }),
         };
         drop(pass);
-        *self.decode.lock().unwrap() = Some(state);
+        self.decode.lock().unwrap()[slot] = Some(state);
         Ok(picked?)
     }
 }

@@ -164,8 +164,8 @@ pub struct GpuModel {
     /// Allocated by the first `hidden` call: training never needs it, so it is not part of the
     /// training memory budget.
     kv_cache: std::sync::Mutex<Option<KvCache>>,
-    /// Generation's buffers, kept between steps (see `decode.rs`).
-    pub(super) decode: std::sync::Mutex<Option<super::decode::DecodeState>>,
+    /// Generation's buffers, kept between steps: one-row steps', the last prompt's (see `decode.rs`).
+    pub(super) decode: std::sync::Mutex<[Option<super::decode::DecodeState>; 2]>,
 }
 
 async fn upload_norm(ctx: &GpuContext, n: &Norm) -> Result<GpuNorm, ModelError> {

@@ -28,19 +28,28 @@ pub struct WorkProfile {
     pub prompt: usize,
 }
 
-/// Profile one training step of `batch` × `seq` random tokens and one greedy token after a
-/// `prompt`-token prompt on `model` (its adapter is thrown away; the model is left as it was).
+/// Profile one training step of `batch` × `seq` random tokens (LoRA rank 8 on q and v) and one
+/// greedy token after a `prompt`-token prompt on `model` (its adapter is thrown away; the model is
+/// left as it was).
 pub async fn profile_work(ctx: &GpuContext, model: &GpuModel, batch: usize, seq: usize, prompt: usize) -> Result<WorkProfile, TrainError> {
+    let opts = LoraOptions { rank: 8, alpha: 16.0, targets: vec![Target::Q, Target::V], ..LoraOptions::default() };
+    let settings = TrainSettings { batch, seq_len: seq, ..TrainSettings::default() };
+    profile_work_with(ctx, model, &opts, settings, prompt).await
+}
+
+/// [`profile_work`] with the adapter `opts` and the step's `settings` (batch, sequence length,
+/// checkpointing, dropout, memory limit) of a real run: what the page measures at its settings.
+pub async fn profile_work_with(ctx: &GpuContext, model: &GpuModel, opts: &LoraOptions, settings: TrainSettings, prompt: usize) -> Result<WorkProfile, TrainError> {
     let c = &model.config;
-    let seq = seq.min(c.max_positions).max(2);
+    let (batch, seq) = (settings.batch.max(1), settings.seq_len.min(c.max_positions).max(2));
     let prompt = prompt.min(c.max_positions - 2).max(1);
     let mut rng = Rng::new(7);
     let mut random = |n: usize| (0..n).map(|_| (rng.next_u64() % c.vocab_size as u64) as u32).collect::<Vec<u32>>();
-    let opts = LoraOptions { rank: 8, alpha: 16.0, targets: vec![Target::Q, Target::V], ..LoraOptions::default() };
-    let lora = new_lora(ctx, model, &opts).await?;
-    let settings = TrainSettings { steps: 2, batch, seq_len: seq, warmup: 0, log_every: 2, max_grad_norm: Some(1.0), ..TrainSettings::default() };
+    let lora = new_lora(ctx, model, opts).await?;
+    let settings = TrainSettings { steps: 2, batch, seq_len: seq, warmup: 0, log_every: 2, ..settings };
     // Enough windows for two steps and the held-out tenth.
     let mut session = Session::new(ctx, model, random(seq * batch * 6), lora, settings).await?;
+    // The first step also compiles the pipelines (and, with tuning on, tunes new matmul classes).
     session.step(ctx, model).await?;
     let step = timed(ctx, session.step(ctx, model)).await?;
     drop(session);

@@ -2,7 +2,9 @@
 
 use leptos::prelude::*;
 
+use crate::gpu::profile::{Kind, Profile};
 use crate::gpu::{AdapterSummary, GpuContext};
+use crate::studio::Profiled;
 use crate::selftest::{self, Check};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -92,6 +94,79 @@ pub fn GpuPanel() -> impl IntoView {
             <h2 id="gpu-heading">"Your GPU"</h2>
             {summary}
             {details}
+            <ProfileTable/>
         </section>
+    }
+}
+
+/// One cell of the profile: a kind's time in one piece of work (data-ms holds the figure).
+fn profile_cell(p: &Profile, kind: Kind) -> AnyView {
+    match p.kinds.iter().find(|k| k.kind == kind) {
+        Some(k) => {
+            let share = 100.0 * k.ms / p.total_ms().max(f64::MIN_POSITIVE);
+            view! { <td data-ms=k.ms.to_string() data-dispatches=k.dispatches>{format!("{:.2} ms ({}×, {share:.0}%)", k.ms, k.dispatches)}</td> }.into_any()
+        }
+        None => view! { <td data-ms="0" data-dispatches="0">"–"</td> }.into_any(),
+    }
+}
+
+fn gflops(x: Option<f64>) -> String {
+    x.map_or_else(|| "–".into(), |g| format!("{g:.2}"))
+}
+
+/// "Where the time goes": GPU time per kernel kind of one training step at the current settings
+/// and one generated token on the loaded model, and the matmul variant each shape class got on
+/// this device; measured (and the matmul tuned) when the user asks (`AppState::measure_profile`).
+#[component]
+pub fn ProfileTable() -> impl IntoView {
+    let state = super::AppState::get();
+    let measuring = move || state.busy.get() == Some("profiling");
+    let body = move || match state.profile.get() {
+        None => view! { <p>"Measures one training step at your settings and one generated token on the loaded model, and tunes the matrix multiplication on this GPU (a few seconds to a minute)."</p> }.into_any(),
+        Some(Err(why)) => view! { <p class="error" role="alert" data-testid="profile-error">{why}</p> }.into_any(),
+        Some(Ok(Profiled { work: w, matmul })) => {
+            let (step, token) = (w.step.profile.clone(), w.token.profile.clone());
+            let mut kinds: Vec<Kind> = step.kinds.iter().chain(&token.kinds).map(|k| k.kind).collect();
+            kinds.sort();
+            kinds.dedup();
+            let rows = kinds
+                .into_iter()
+                .map(|kind| view! { <tr data-kind=kind.label()><th scope="row">{kind.label()}</th>{profile_cell(&step, kind)}{profile_cell(&token, kind)}</tr> })
+                .collect_view();
+            let total = |p: &Profile, wall: f64| {
+                view! { <td data-ms=p.total_ms().to_string() data-wall-ms=wall.to_string()>{format!("{:.2} ms ({}×; {:.1} ms wall)", p.total_ms(), p.dispatches(), wall)}</td> }
+            };
+            let caption = format!(
+                "{}. Training step: batch {} × {} tokens at your adapter settings; generated token: after a {}-token prompt, greedy.",
+                step.source.label(), w.batch, w.seq, w.prompt
+            );
+            let variants = matmul
+                .into_iter()
+                .map(|c| view! { <tr><td>{c.class}</td><td data-testid="matmul-variant">{c.variant}</td><td>{gflops(c.gflops)}</td><td>{gflops(c.default_gflops)}</td></tr> })
+                .collect_view();
+            view! {
+                <table data-testid="profile-table" data-source=format!("{:?}", step.source)>
+                    <caption>{caption}</caption>
+                    <thead><tr><th scope="col">"Kernel kind"</th><th scope="col">"Training step"</th><th scope="col">"Generated token"</th></tr></thead>
+                    <tbody>{rows}</tbody>
+                    <tfoot><tr data-testid="profile-total"><th scope="row">"total"</th>{total(&step, w.step.wall_ms)}{total(&token, w.token.wall_ms)}</tr></tfoot>
+                </table>
+                <table data-testid="matmul-variants">
+                    <caption>"Matrix multiplication tuned on this GPU: the variant each shape class uses (tile, threads, block per thread), with GFLOP/s when it was timed in this session (– : chosen in an earlier one)."</caption>
+                    <thead><tr><th scope="col">"Shape class"</th><th scope="col">"Variant"</th><th scope="col">"GFLOP/s"</th><th scope="col">"Default's GFLOP/s"</th></tr></thead>
+                    <tbody>{variants}</tbody>
+                </table>
+            }
+            .into_any()
+        }
+    };
+    view! {
+        <details data-testid="profile">
+            <summary>"Where the time goes"</summary>
+            <button data-testid="profile-measure" prop:disabled=measuring on:click=move |_| leptos::task::spawn_local(state.measure_profile())>
+                {move || if measuring() { "Measuring…" } else { "Measure" }}
+            </button>
+            {body}
+        </details>
     }
 }

@@ -26,7 +26,7 @@ pub use alert::GpuAlert;
 pub use app::{App, Panels};
 pub use chart::{LineChart, Series};
 pub use compare_panel::ComparePanel;
-pub use gpu_panel::{GpuPanel, GpuStatus};
+pub use gpu_panel::{GpuPanel, GpuStatus, ProfileTable};
 pub use model_panel::ModelPanel;
 pub use persist::{SavedNote, SavedRun};
 pub use rank_demo::RankDemo;

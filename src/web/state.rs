@@ -17,7 +17,7 @@ use crate::generate::Sampling;
 use crate::gpu::GpuError;
 use crate::lora::{LoraOptions, Target};
 use crate::model::{Config, ModelFiles, WeightFormat};
-use crate::studio::{ModelSource, Run, SavedAdapter, Studio, StudioError, TextStats};
+use crate::studio::{ModelSource, Profiled, Run, SavedAdapter, Studio, StudioError, TextStats};
 use crate::train::TrainSettings;
 
 mod data;
@@ -194,6 +194,8 @@ pub struct AppState {
     pub persist: Persist,
     /// Text or examples, the examples themselves, and what a run on them gives (see `data`).
     pub data: DataForm,
+    /// The last "Where the time goes" measurement (`Studio::profile`), or why there is none.
+    pub profile: RwSignal<Option<Result<Profiled, String>>>,
 }
 
 impl AppState {
@@ -221,6 +223,7 @@ impl AppState {
             gpu_live: RwSignal::new(None),
             persist: Persist::new(),
             data: DataForm::new(),
+            profile: RwSignal::new(None),
         }
     }
 
@@ -285,7 +288,10 @@ impl AppState {
         browser::yield_now().await;
         match Studio::open(source, &name, frozen).await {
             Ok(studio) => {
+                // Matmul variants tuned on this device before (by "Measure" in "Where the time goes").
+                studio.use_stored_tuning();
                 self.studio.set(Some(Rc::new(studio)));
+                self.profile.set(None);
                 // An adapter on the GPU belongs to the old model; the host snapshot stays downloadable.
                 self.run.set_value(None);
                 self.train_bytes.set(None);
@@ -544,6 +550,31 @@ impl AppState {
             self.gpu_failed(&e);
             e.to_string()
         })
+    }
+
+    /// Measure where the GPU time of a training step at the current settings and of a generated
+    /// token goes on the loaded model (`Studio::profile`, which also tunes the matmul), into
+    /// `profile`; a sentence when it cannot.
+    pub async fn measure_profile(self) {
+        let Some(studio) = self.studio.get_untracked() else {
+            return self.profile.set(Some(Err("Load a model first: the measurement runs on the loaded model.".into())));
+        };
+        let (opts, settings) = match self.form.parse(studio.config()) {
+            Ok(p) => p,
+            Err(e) => return self.profile.set(Some(Err(format!("The measurement uses the training settings: {e}")))),
+        };
+        if !self.claim("profiling") {
+            return self.profile.set(Some(Err("The GPU is busy; measure when it is done.".into())));
+        }
+        self.profile.set(None);
+        // Let "Measuring…" paint before the GPU work.
+        browser::yield_now().await;
+        let result = studio.profile(&opts, settings).await;
+        self.release();
+        self.profile.set(Some(result.map_err(|e| {
+            self.gpu_failed(&e);
+            format!("The measurement failed: {e}.")
+        })));
     }
 
     /// Use an adapter from files: it becomes the current run (to compare, or to train further).
