@@ -74,7 +74,8 @@ impl Record {
         }
     }
 
-    fn kind(&self) -> Kind {
+    /// Which of the three JSON Lines kinds this record is.
+    pub fn kind(&self) -> Kind {
         match self {
             Record::Text(_) => Kind::Text,
             Record::Completion { .. } => Kind::Completion,
