@@ -349,7 +349,7 @@ fn data(args: &TrainArgs, text: &str, config: &Config, tok: &Tokenizer, seq_len:
         ex.dropped,
         if skipped == 1 { "" } else { "s" },
     );
-    Ok((data, DataRecord::examples(kind, &template, mask, seq_len)))
+    Ok((data, DataRecord::examples(Some(kind), &template, mask, seq_len)))
 }
 
 /// The chat template `--template` names.

@@ -106,9 +106,7 @@ impl Studio {
         let data = Dataset::from_examples(examples, seq_len)?;
         let held = data.examples.as_ref().map(|x| x.validation_from.clone()).unwrap_or_default();
         let held_out = held.iter().filter_map(|&i| HeldOut::of(used[i])).collect();
-        // One kind per set: table rows are prompt/completion pairs, a file has one kind per file.
-        let kind = set.records.first().map_or(Kind::Completion, |(_, r)| r.kind());
-        let record = DataRecord::examples(kind, template, set.answers_only, seq_len);
+        let record = DataRecord::examples(Kind::of(set.records.iter().map(|(_, r)| r)), template, set.answers_only, seq_len);
         Ok(Prepared { data, held_out, failed, record })
     }
 

@@ -55,7 +55,7 @@ pub struct DataRecord {
     #[serde(default = "DataRecord::examples_name")]
     pub data: String,
     /// For examples, what they were: "text" (`{"text"}` documents), "prompt_completion" or
-    /// "messages" ([`super::examples::Kind::name`]).
+    /// "messages" ([`super::examples::Kind::name`]); absent when they were of several kinds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<String>,
     /// Windows (text) or examples (cut to it) were this many tokens long.
@@ -87,11 +87,12 @@ impl DataRecord {
         Self { data: "text".into(), format: None, max_length, template: None, chat_template: None, bos_token: None, eos_token: None, completion_only_loss: None }
     }
 
-    /// Examples of `kind` rendered with `template`, cut to `max_length` tokens.
-    pub fn examples(kind: super::examples::Kind, template: &ChatTemplate, completion_only_loss: bool, max_length: usize) -> Self {
+    /// Examples of `kind` (None: of several kinds, as a table's pairs beside a file of
+    /// conversations) rendered with `template`, cut to `max_length` tokens.
+    pub fn examples(kind: Option<super::examples::Kind>, template: &ChatTemplate, completion_only_loss: bool, max_length: usize) -> Self {
         Self {
             data: Self::examples_name(),
-            format: Some(kind.name().into()),
+            format: kind.map(|k| k.name().into()),
             max_length,
             template: Some(if template.is_plain() { "plain" } else { "model" }.into()),
             chat_template: Some(template.source.clone()),
@@ -315,8 +316,12 @@ mod tests {
     #[test]
     fn data_records_read_back_under_old_names() {
         let plain = ChatTemplate::plain(Some("<eos>".into()));
-        let record = DataRecord::examples(crate::train::Kind::Messages, &plain, false, 48);
+        let record = DataRecord::examples(Some(crate::train::Kind::Messages), &plain, false, 48);
         assert_eq!(DataRecord::from_json(DATA_FILE, record.to_json().as_bytes()).unwrap(), record);
+        // A table's pairs beside a file of conversations are of no one kind.
+        let (pair, chat) = (Record::Completion { prompt: "q".into(), completion: "a".into() }, Record::Chat(vec![]));
+        assert_eq!(crate::train::Kind::of([&pair, &pair].into_iter()), Some(crate::train::Kind::Completion));
+        assert_eq!(crate::train::Kind::of([&pair, &chat].into_iter()), None);
         let text = DataRecord::text(32);
         assert_eq!(serde_json::from_str::<Json>(&text.to_json()).unwrap(), serde_json::json!({"data": "text", "max_length": 32}));
 

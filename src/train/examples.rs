@@ -111,6 +111,14 @@ impl Kind {
     }
 }
 
+impl Kind {
+    /// The one kind of all `records` (None when they mix kinds, or there are none).
+    pub fn of<'r>(mut records: impl Iterator<Item = &'r Record>) -> Option<Kind> {
+        let first = records.next()?.kind();
+        records.all(|r| r.kind() == first).then_some(first)
+    }
+}
+
 impl std::fmt::Display for Kind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {

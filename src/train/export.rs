@@ -186,9 +186,7 @@ pub fn trl_export(tok: &Tokenizer, run: &TrlRun) -> Result<Vec<ExportFile>, Expo
     ];
     let settings = format!("# The run's settings, as loratab trains it.\n{}\n", settings.join("\n"));
     let script = SCRIPT_BODY.replacen("# <settings>\n", &settings, 1);
-    // One kind per file (the parser's rule), so the first record's is the run's.
-    let kind = kept.first().map_or(super::Kind::Completion, |r| r.kind());
-    let record = DataRecord::examples(kind, t, run.answers_only, s.seq_len);
+    let record = DataRecord::examples(super::Kind::of(kept.iter().copied()), t, run.answers_only, s.seq_len);
     Ok(vec![
         ExportFile::new("train.jsonl", records(&ex.train_from)),
         ExportFile::new("validation.jsonl", records(&ex.validation_from)),
@@ -271,7 +269,7 @@ mod tests {
         assert_eq!(serde_json::from_str::<String>(literal).unwrap(), template.source);
         // The record an adapter trained on these examples in loratab carries, by the same name.
         let record = DataRecord::from_json(DATA_FILE, file(&files, DATA_FILE).as_bytes()).unwrap();
-        assert_eq!(record, DataRecord::examples(crate::train::Kind::Completion, &template, true, 32));
+        assert_eq!(record, DataRecord::examples(Some(crate::train::Kind::Completion), &template, true, 32));
         assert_eq!(Adapter::from_files(file(&files, "adapter/adapter_config.json"), &files.iter().find(|f| f.name.ends_with(".safetensors")).unwrap().bytes).unwrap().config, adapter.config);
     }
 
