@@ -18,7 +18,8 @@ use crate::train::{self, ChatTemplate, Dataset, GpuLora, Session, StepReport, Te
 use crate::zip::{self, ZipError};
 
 mod examples;
-pub use examples::{DataRecord, ExampleSet, ExampleStats, HeldOut, TrainData};
+pub use examples::{ExampleSet, ExampleStats, HeldOut, TrainData};
+pub use train::DataRecord;
 
 /// GPU memory the page assumes a browser tab can use: WebGPU tells a page no memory size, and
 /// integrated GPUs share the machine's memory with everything else (see [`Studio::memory_hint`]).
@@ -222,7 +223,6 @@ pub struct SavedAdapter {
 }
 
 const ADAPTER_CONFIG: &str = "adapter_config.json";
-const DATA: &str = "training_data.json";
 const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
 const STATE: &str = "training_state.safetensors";
 
@@ -271,13 +271,14 @@ impl SavedAdapter {
             files.push((STATE, state.as_slice()));
         }
         if let Some(data) = &data {
-            files.push((DATA, data.as_bytes()));
+            files.push((train::DATA_FILE, data.as_bytes()));
         }
         Ok(zip::store(&files)?)
     }
 
     /// An adapter from chosen files: adapter_config.json + adapter_model.safetensors (+ optional
-    /// training_state.safetensors), or a zip holding them.
+    /// training_state.safetensors and training_data.json, or an older CLI folder's
+    /// sft_config.json), or a zip holding them.
     pub fn from_files(files: Vec<(String, Vec<u8>)>) -> Result<Self, StudioError> {
         let mut files = unzip_all(files)?;
         let (Some(config), Some(weights)) = (take(&mut files, ADAPTER_CONFIG), take(&mut files, ADAPTER_WEIGHTS)) else {
@@ -288,7 +289,11 @@ impl SavedAdapter {
         let config = String::from_utf8(config).map_err(|_| LoraError::Config("it is not UTF-8 text".into()))?;
         let adapter = Adapter::from_files(&config, &weights)?;
         let state = take(&mut files, STATE).map(|b| TrainingState::from_bytes(&b)).transpose()?;
-        let data = take(&mut files, DATA).map(|b| DataRecord::from_json(&b)).transpose()?;
+        let data = [train::DATA_FILE, train::OLD_DATA_FILE]
+            .into_iter()
+            .find_map(|name| take(&mut files, name).map(|b| DataRecord::from_json(name, &b)))
+            .transpose()
+            .map_err(StudioError::from)?;
         Ok(Self { adapter, state, data })
     }
 }

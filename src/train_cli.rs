@@ -8,7 +8,8 @@
 //! `--data FILE` trains on examples (JSON Lines of `{"text"}`, `{"prompt", "completion"}` or
 //! `{"messages"}`; a plain text file trains as `--text` does) through the model's chat template,
 //! with the loss on the answers only unless `--no-mask-prompt`. Bad lines are reported by number and
-//! skipped. The adapter folder then also holds `sft_config.json` (`train::SftConfig`).
+//! skipped. Every adapter folder also holds `training_data.json` (`train::DataRecord`): text or
+//! examples, and for examples the template, its tokens and the masking.
 //!
 //! `--keep best` (the default) writes the adapter of the lowest validation loss into `--out` and the
 //! last one into `--out`/last; `--keep last` the other way round (`--out`/best). `--early-stop N`
@@ -24,7 +25,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use loratab::gpu::GpuContext;
 use loratab::lora::{Adapter, Init, LoraError, LoraOptions, Target};
 use loratab::model::{Config, GpuModel, ModelError, Tokenizer, WeightFormat};
-use loratab::train::{self, memory, ChatTemplate, Dataset, Decay, Format, GpuLora, Session, SftConfig, TrainError, TrainSettings, TrainingState};
+use loratab::train::{self, memory, ChatTemplate, Dataset, Decay, Format, DataRecord, GpuLora, Session, TrainError, TrainSettings, TrainingState};
 
 const STATE_FILE: &str = "training_state.safetensors";
 
@@ -211,20 +212,16 @@ fn rank_pattern(s: &str) -> Result<std::collections::BTreeMap<Target, usize>, Tr
     Ok(out)
 }
 
-/// Write an adapter, its training state and (for examples) `sft_config.json` into `dir`.
-fn write_adapter(mut adapter: Adapter, state: &TrainingState, base: &str, sft: Option<&SftConfig>, dir: &Path) -> Result<(), TrainCliError> {
+/// Write an adapter, its training state and `training_data.json` into `dir`.
+fn write_adapter(mut adapter: Adapter, state: &TrainingState, base: &str, record: &DataRecord, dir: &Path) -> Result<(), TrainCliError> {
     adapter.config.base_model_name_or_path = Some(base.to_string());
     let write_err = |e: std::io::Error| TrainError::Write { path: dir.display().to_string(), reason: e.to_string() };
     adapter.save_dir(dir).map_err(write_err)?;
     let tmp = dir.join(format!(".{STATE_FILE}.tmp"));
     std::fs::write(&tmp, state.to_bytes()?).and_then(|()| std::fs::rename(&tmp, dir.join(STATE_FILE))).map_err(write_err)?;
-    match sft {
-        Some(sft) => std::fs::write(dir.join(train::SFT_FILE), sft.to_json()).map_err(write_err)?,
-        // A folder reused for plain text must not keep an earlier run's description of examples.
-        None => {
-            let _ = std::fs::remove_file(dir.join(train::SFT_FILE));
-        }
-    }
+    std::fs::write(dir.join(train::DATA_FILE), record.to_json()).map_err(write_err)?;
+    // A folder reused from an older version must not keep its record of another run under the old name.
+    let _ = std::fs::remove_file(dir.join(train::OLD_DATA_FILE));
     Ok(())
 }
 
@@ -236,21 +233,21 @@ struct Saved {
 
 /// Write the last adapter and the best one (the last until a validation has been made): the one
 /// `--keep` names into `--out`, the other into `--out`/last or `--out`/best.
-async fn save(ctx: &GpuContext, session: &Session, args: &TrainArgs, base: &str, sft: Option<&SftConfig>) -> Result<Saved, TrainCliError> {
+async fn save(ctx: &GpuContext, session: &Session, args: &TrainArgs, base: &str, record: &DataRecord) -> Result<Saved, TrainCliError> {
     let (last_dir, best_dir) = match args.keep {
         KeepArg::Best => (args.out.join("last"), args.out.clone()),
         KeepArg::Last => (args.out.clone(), args.out.join("best")),
     };
     let step = session.steps_done();
     let last_val = session.last_validation().filter(|v| v.step == step).map(|v| v.loss);
-    write_adapter(session.adapter(ctx).await?, &session.state(ctx).await?, base, sft, &last_dir)?;
+    write_adapter(session.adapter(ctx).await?, &session.state(ctx).await?, base, record, &last_dir)?;
     let best = match session.best() {
         Some(b) => {
-            write_adapter(b.adapter.clone(), &b.state, base, sft, &best_dir)?;
+            write_adapter(b.adapter.clone(), &b.state, base, record, &best_dir)?;
             (best_dir, b.step, Some(b.loss))
         }
         None => {
-            write_adapter(session.adapter(ctx).await?, &session.state(ctx).await?, base, sft, &best_dir)?;
+            write_adapter(session.adapter(ctx).await?, &session.state(ctx).await?, base, record, &best_dir)?;
             (best_dir, step, last_val)
         }
     };
@@ -279,7 +276,7 @@ async fn train(args: TrainArgs, stop: Arc<AtomicBool>) -> Result<(), TrainCliErr
     if args.early_stop > 0 && args.eval_every == 0 {
         return Err(TrainCliError::Usage("--early-stop counts validations, which --eval-every 0 turns off: give --eval-every N".into()));
     }
-    let (data, sft) = data(&args, &text, &model.config, &tokenizer, settings.seq_len)?;
+    let (data, record) = data(&args, &text, &model.config, &tokenizer, settings.seq_len)?;
     let ctx = GpuContext::new().await.map_err(ModelError::from)?;
     ctx.set_tuning(loratab::gpu::tune::wanted());
     let frozen = Frozen { bytes: memory::weights(&model, ctx.max_binding()), formats: crate::model_arg::formats(&model) };
@@ -306,22 +303,22 @@ async fn train(args: TrainArgs, stop: Arc<AtomicBool>) -> Result<(), TrainCliErr
     };
     let mut session = Session::with_data(&ctx, &gm, data, lora, settings).await?;
     let memory = report_memory(&ctx, &gm.config, &frozen, &session).await?;
-    let run = train_loop(&ctx, &gm, &mut session, &args, &base, sft.as_ref(), &stop).await?;
-    let saved = save(&ctx, &session, &args, &base, sft.as_ref()).await?;
+    let run = train_loop(&ctx, &gm, &mut session, &args, &base, &record, &stop).await?;
+    let saved = save(&ctx, &session, &args, &base, &record).await?;
     report(&ctx, &session, &args.out, &saved, &run, &memory);
     Ok(())
 }
 
-/// The training data from `--text` or `--data`, and for examples how they were made. Bad lines and
+/// The training data from `--text` or `--data`, and the record of it written beside the adapter. Bad lines and
 /// examples that fail to render are reported by line number and skipped; it is an error only when
 /// nothing trainable is left.
-fn data(args: &TrainArgs, text: &str, config: &Config, tok: &Tokenizer, seq_len: usize) -> Result<(Dataset, Option<SftConfig>), TrainCliError> {
+fn data(args: &TrainArgs, text: &str, config: &Config, tok: &Tokenizer, seq_len: usize) -> Result<(Dataset, DataRecord), TrainCliError> {
     let parsed = match &args.data {
         Some(_) => train::parse_examples(text),
-        None => return Ok((Dataset::new(tok.encode(text)?, seq_len)?, None)),
+        None => return Ok((Dataset::new(tok.encode(text)?, seq_len)?, DataRecord::text(seq_len))),
     };
     let Format::JsonLines(kind) = parsed.format else {
-        return Ok((Dataset::new(tok.encode(text)?, seq_len)?, None));
+        return Ok((Dataset::new(tok.encode(text)?, seq_len)?, DataRecord::text(seq_len)));
     };
     let file = args.data.as_ref().expect("--data given").display().to_string();
     for bad in &parsed.bad {
@@ -352,7 +349,7 @@ fn data(args: &TrainArgs, text: &str, config: &Config, tok: &Tokenizer, seq_len:
         ex.dropped,
         if skipped == 1 { "" } else { "s" },
     );
-    Ok((data, Some(SftConfig::new(kind, &template, mask, seq_len))))
+    Ok((data, DataRecord::examples(Some(kind), &template, mask, seq_len)))
 }
 
 /// The chat template `--template` names.
@@ -473,7 +470,7 @@ async fn train_loop(
     session: &mut Session,
     args: &TrainArgs,
     base: &str,
-    sft: Option<&SftConfig>,
+    record: &DataRecord,
     stop: &AtomicBool,
 ) -> Result<LoopEnd, TrainCliError> {
     let s = session.settings.clone();
@@ -498,7 +495,7 @@ async fn train_loop(
     while !session.finished() {
         let r = match session.step(ctx, gm).await {
             Ok(r) => r,
-            Err(e) => return Err(diverged(ctx, session, args, base, sft, &bar, e).await),
+            Err(e) => return Err(diverged(ctx, session, args, base, record, &bar, e).await),
         };
         tokens_run += r.tokens;
         if let Some(l) = r.loss {
@@ -512,7 +509,7 @@ async fn train_loop(
             // Validation settles the last update too, so it can be the one that finds it refused.
             val = match session.validate(ctx, gm).await {
                 Ok(v) => v.loss,
-                Err(e) => return Err(diverged(ctx, session, args, base, sft, &bar, e).await),
+                Err(e) => return Err(diverged(ctx, session, args, base, record, &bar, e).await),
             };
         }
         let rate = tokens_run as f64 / start.elapsed().as_secs_f64().max(1e-9);
@@ -531,7 +528,7 @@ async fn train_loop(
             }
         }
         if args.save_every > 0 && r.step % args.save_every == 0 && !session.finished() {
-            save(ctx, session, args, base, sft).await?;
+            save(ctx, session, args, base, record).await?;
         }
         if interrupted {
             break;
@@ -547,12 +544,12 @@ async fn train_loop(
 
 /// The error that ends the loop. A step that was not applied (non-finite gradients, or an update
 /// that would have overflowed) leaves the last good adapter on the GPU: it is saved first.
-async fn diverged(ctx: &GpuContext, session: &Session, args: &TrainArgs, base: &str, sft: Option<&SftConfig>, bar: &ProgressBar, e: train::TrainError) -> TrainCliError {
+async fn diverged(ctx: &GpuContext, session: &Session, args: &TrainArgs, base: &str, record: &DataRecord, bar: &ProgressBar, e: train::TrainError) -> TrainCliError {
     if !matches!(e, train::TrainError::NonFinite { .. } | train::TrainError::UpdateOverflow { .. }) {
         return e.into();
     }
     bar.abandon();
-    match save(ctx, session, args, base, sft).await {
+    match save(ctx, session, args, base, record).await {
         Ok(saved) => {
             eprintln!("the adapter of step {} was saved to {}", saved.last.1, saved.last.0.display());
             e.into()

@@ -156,6 +156,9 @@ fn train_on_a_gguf_then_eval_and_merge() {
     assert!(err.contains("frozen weights: ") && err.contains("q8_0 ×4"), "{err}");
     let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(adapter.join("adapter_config.json")).unwrap()).unwrap();
     assert_eq!(config["base_model_name_or_path"], "tiny.gguf");
+    // Every adapter says what it was trained on, a text too.
+    let record: serde_json::Value = serde_json::from_slice(&std::fs::read(adapter.join("training_data.json")).unwrap()).unwrap();
+    assert_eq!(record, serde_json::json!({"data": "text", "max_length": 16}));
 
     // The adapter on the GGUF scores as the merged f32 folder does.
     let text = ["--text", "tests/fixtures/eval.txt", "--seq-len", "64"];
@@ -257,7 +260,8 @@ fn bad_gguf_files_and_formats_are_sentences() {
 /// answer, or hold a conversation the model's chat template refuses are each a sentence with their
 /// line number, and the rest trains; the examples cut to --seq-len are counted. `--out` gets the
 /// adapter of the lowest validation loss and `--out`/last the last one (`--keep last`: the other way
-/// round), each with `sft_config.json` saying which template and masking made the data. A file with
+/// round), each with `training_data.json` saying which template and masking made the data (an older
+/// version's `sft_config.json` left in the folder is removed). A file with
 /// nothing trainable left is the only failure.
 #[test]
 fn train_on_examples_reports_bad_lines_and_keeps_the_best() {
@@ -282,6 +286,8 @@ fn train_on_examples_reports_bad_lines_and_keeps_the_best() {
     std::fs::write(&data, lines.join("\n")).unwrap();
     let (model_s, data_s) = (model.to_str().unwrap(), data.to_str().unwrap());
     let out = dir.join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("sft_config.json"), "{}").unwrap();
     let train = ["train", "--model", model_s, "--data", data_s, "--steps", "4", "--eval-every", "2", "--seq-len", "36", "--lr", "1e-2"];
     let (ok, stdout, err) = loratab(&[&train[..], &["--out", out.to_str().unwrap()]].concat());
     assert!(ok, "{err}");
@@ -306,10 +312,14 @@ fn train_on_examples_reports_bad_lines_and_keeps_the_best() {
     for (folder, step) in [(out.clone(), best), (out.join("last"), last)] {
         let state = std::fs::read(folder.join("training_state.safetensors")).unwrap();
         assert_eq!(loratab::train::TrainingState::from_bytes(&state).unwrap().step as u64, step, "{}", folder.display());
-        let sft: serde_json::Value = serde_json::from_slice(&std::fs::read(folder.join("sft_config.json")).unwrap()).unwrap();
-        assert_eq!((sft["format"].as_str(), sft["template"].as_str(), sft["mask_prompt"].as_bool()), (Some("messages"), Some("model"), Some(true)));
-        assert_eq!(sft["chat_template"], template);
+        let record: serde_json::Value = serde_json::from_slice(&std::fs::read(folder.join("training_data.json")).unwrap()).unwrap();
+        assert_eq!(
+            (record["data"].as_str(), record["format"].as_str(), record["template"].as_str(), record["completion_only_loss"].as_bool(), record["max_length"].as_u64()),
+            (Some("examples"), Some("messages"), Some("model"), Some(true), Some(36))
+        );
+        assert_eq!(record["chat_template"], template);
     }
+    assert!(!out.join("sft_config.json").exists(), "the old name's record of another run is left in --out");
 
     // The plain template, every token learnt, the last adapter in --out and the best beside it.
     let out2 = dir.join("out2");
@@ -318,8 +328,8 @@ fn train_on_examples_reports_bad_lines_and_keeps_the_best() {
     assert!(ok && err.contains("with the plain template, loss on every token"), "{err}");
     assert!(!err.contains("line 9"), "the plain template takes system messages: {err}");
     assert_eq!(json(&stdout)["best_out"], out2.join("best").to_str().unwrap());
-    let sft: serde_json::Value = serde_json::from_slice(&std::fs::read(out2.join("best/sft_config.json")).unwrap()).unwrap();
-    assert_eq!((sft["template"].as_str(), sft["mask_prompt"].as_bool(), sft["eos_token"].as_str()), (Some("plain"), Some(false), Some("<|endoftext|>")));
+    let record: serde_json::Value = serde_json::from_slice(&std::fs::read(out2.join("best/training_data.json")).unwrap()).unwrap();
+    assert_eq!((record["template"].as_str(), record["completion_only_loss"].as_bool(), record["eos_token"].as_str()), (Some("plain"), Some(false), Some("<|endoftext|>")));
 
     // Nothing trainable: no good line at all, or one example only (nothing left to validate on).
     std::fs::write(&data, [lines[2].as_str(), lines[4].as_str()].join("\n")).unwrap();

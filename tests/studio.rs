@@ -141,6 +141,13 @@ gpu_test! {
             assert_eq!(back.adapter.modules[name].b.data, pair.b.data, "{name}");
         }
         assert_eq!(back.adapter.config.r, 4);
+        assert_eq!(back.data, Some(loratab::train::DataRecord::text(16)));
+        // A folder an older CLI wrote names its record sft_config.json, with the old field names.
+        let (config, weights) = saved.peft_files().unwrap();
+        let old = r#"{"format": "text", "template": "plain", "chat_template": "x", "bos_token": null, "eos_token": null, "mask_prompt": false, "seq_len": 16}"#;
+        let folder = vec![("a/adapter_config.json".into(), config.into_bytes()), ("a/adapter_model.safetensors".into(), weights), ("a/sft_config.json".into(), old.into())];
+        let data = SavedAdapter::from_files(folder).unwrap().data.unwrap();
+        assert_eq!((data.data.as_str(), data.max_length, data.completion_only_loss), ("examples", 16, Some(false)));
 
         // Generation with the adapter equals generation by the CPU-merged model; the base is restored.
         let tuned = studio.generate("the ", 8, &GREEDY, Some(&run)).await.unwrap();
@@ -238,7 +245,7 @@ gpu_test! {
         let saved = studio.snapshot(&run).await.unwrap();
         let back = SavedAdapter::from_files(vec![("a.zip".into(), saved.zip().unwrap())]).unwrap();
         let data = back.data.expect("training_data.json in the zip");
-        assert_eq!((data.data.as_str(), data.seq_len, data.completion_only_loss), ("examples", 32, Some(true)));
+        assert_eq!((data.data.as_str(), data.format.as_deref(), data.max_length, data.completion_only_loss), ("examples", Some("prompt_completion"), 32, Some(true)));
         assert_eq!((data.template.as_deref(), data.eos_token.as_deref()), (Some("plain"), Some("<|endoftext|>")));
         assert_eq!(data.chat_template.as_deref(), Some(loratab::train::PLAIN_TEMPLATE));
 

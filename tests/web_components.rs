@@ -239,6 +239,49 @@ async fn a_lost_device_keeps_the_text_and_the_adapter() {
     assert!(text_of(&root, "[data-testid=step]").contains("Step 30 of 30"));
 }
 
+/// "Stop early after N validations without improvement". A learning rate of 1e-30 moves B from 0
+/// by about 1e-30, which vanishes when added to the frozen projections in f32: every validation
+/// loss equals step 0's exactly, and none is lower. With a patience of 2 and the page's validation
+/// every 5 steps (a 20-step run) the run ends at step 10, says so, and keeps step 0's adapter: the
+/// download is the engine's untrained adapter and AdamW state, byte for byte. A patience that is
+/// not a whole number is a sentence.
+#[wasm_bindgen_test]
+async fn early_stopping_ends_the_run_and_keeps_the_best_adapter() {
+    let (state, root) = mount(train_and_download).await;
+    small_settings(&root, 20);
+    // The batch does not matter to a run that learns nothing: one window keeps the test short.
+    type_into(&root, "#lr", "1e-30");
+    type_into(&root, "#batch", "1");
+    type_into(&root, "#train-text", TEXT);
+    type_into(&root, "#early-stop", "-1");
+    until("the patience sentence", 5.0, || text_of(&root, "[data-testid=settings-error]").contains("whole number of validations")).await;
+    type_into(&root, "#early-stop", "2");
+    until("the settings", 5.0, || root.query_selector("[data-testid=adapter-size]").unwrap().is_some()).await;
+    find(&root, "[data-testid=train]").click();
+    let ended = || matches!(attr(&root, "[data-testid=train-status]", "data-state").as_str(), "stopped-early" | "finished" | "failed");
+    until("the run to end", 300.0, ended).await;
+    let status = text_of(&root, "[data-testid=train-status]");
+    assert_eq!(attr(&root, "[data-testid=train-status]", "data-state"), "stopped-early", "{status}");
+    let val: Vec<f64> = attr(&root, "[data-testid=loss-chart]", "data-val").split(',').map(|x| x.parse().unwrap()).collect();
+    assert_eq!(val.len(), 3, "validations at steps 0, 5 and 10: {val:?}");
+    assert!(val.iter().all(|v| *v == val[0]), "no validation is lower than step 0's: {val:?}");
+    assert!(
+        status.starts_with(&format!("Stopped early at step 10: 2 validations in a row without a lower loss than step 0's. The adapter of step 0 (the best, validation loss {:.4}) is kept", val[0])),
+        "{status}"
+    );
+    assert_eq!(state.step.get_untracked(), 10);
+
+    find(&root, "[data-testid=download-zip]").click();
+    until("the download", 30.0, || !text_of(&root, "[data-testid=adapter-message]").is_empty()).await;
+    let message = text_of(&root, "[data-testid=adapter-message]");
+    assert!(message.starts_with("Saved loratab-adapter-r4-step0.zip"), "{message}");
+    let studio = state.studio.get_untracked().unwrap();
+    let (opts, settings) = state.form.parse(studio.config()).unwrap();
+    let oracle = studio.snapshot(&studio.start(TEXT, &opts, settings).await.unwrap()).await.unwrap();
+    let kept = state.data.best.get_untracked().unwrap().adapter;
+    assert!(kept.zip().unwrap() == oracle.zip().unwrap(), "the kept adapter is the untrained one with its AdamW state");
+}
+
 /// The oracle for the page's runs: the engine trains `opts` with `settings` on TEXT, outside the
 /// page and never stopped. Returns the validation loss before training (B = 0: the base model),
 /// each step's training loss, the validation loss at the end, and the finished run.

@@ -9,7 +9,7 @@
 
 use super::{ModelSource, Run, SavedAdapter, Studio, StudioError};
 use crate::generate::Sampling;
-use crate::train::{self, Dataset, Example, Message, Record, Role, TrainSettings};
+use crate::train::{self, DataRecord, Dataset, Example, Kind, Message, Record, Role, TrainSettings};
 
 /// What a run trains on.
 #[derive(Debug, Clone, PartialEq)]
@@ -78,38 +78,6 @@ pub(super) struct Prepared {
     pub record: DataRecord,
 }
 
-/// What an adapter was trained on, saved beside it as `training_data.json` (PEFT ignores the
-/// file): for examples, the chat template and the masking, so the run can be repeated or carried
-/// on elsewhere with the same ones (TRL's `completion_only_loss`).
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct DataRecord {
-    /// "text" or "examples".
-    pub data: String,
-    pub seq_len: usize,
-    /// "model" (the model's own chat template) or "plain" (loratab's, for a model without one);
-    /// None for a text.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub template: Option<String>,
-    /// The template's Jinja source.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub chat_template: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub eos_token: Option<String>,
-    /// Loss on the answers only (prompt tokens labelled −100).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub completion_only_loss: Option<bool>,
-}
-
-impl DataRecord {
-    pub fn to_json(&self) -> String {
-        serde_json::to_string_pretty(self).expect("plain fields serialize")
-    }
-
-    pub fn from_json(bytes: &[u8]) -> Result<Self, StudioError> {
-        serde_json::from_slice(bytes).map_err(|e| StudioError::Files(format!("training_data.json is not usable: {e}")))
-    }
-}
-
 /// `e` with every token learnt (answer-only loss off).
 fn learn_all(e: Example) -> Example {
     Example { labels: e.ids.clone(), ids: e.ids }
@@ -138,14 +106,7 @@ impl Studio {
         let data = Dataset::from_examples(examples, seq_len)?;
         let held = data.examples.as_ref().map(|x| x.validation_from.clone()).unwrap_or_default();
         let held_out = held.iter().filter_map(|&i| HeldOut::of(used[i])).collect();
-        let record = DataRecord {
-            data: "examples".into(),
-            seq_len,
-            template: Some(if template.is_plain() { "plain" } else { "model" }.into()),
-            chat_template: Some(template.source.clone()),
-            eos_token: template.eos_token.clone(),
-            completion_only_loss: Some(set.answers_only),
-        };
+        let record = DataRecord::examples(Kind::of(set.records.iter().map(|(_, r)| r)), template, set.answers_only, seq_len);
         Ok(Prepared { data, held_out, failed, record })
     }
 
@@ -154,7 +115,7 @@ impl Studio {
         match data {
             TrainData::Text(text) => {
                 let data = Dataset::new(self.tokenize(text)?, seq_len)?;
-                let record = DataRecord { data: "text".into(), seq_len, template: None, chat_template: None, eos_token: None, completion_only_loss: None };
+                let record = DataRecord::text(seq_len);
                 Ok(Prepared { data, held_out: Vec::new(), failed: Vec::new(), record })
             }
             TrainData::Examples(set) => self.prepare_examples(set, seq_len),

@@ -35,44 +35,80 @@ pub const PLAIN_TEMPLATE: &str = "{%- for message in messages %}\
 {%- endfor %}\
 {%- if add_generation_prompt %}{{ '\\nAnswer:' if messages else 'Answer:' }}{% endif %}";
 
-/// The file beside an adapter trained on examples that says how they became training data
-/// ([`SftConfig`]). PEFT reads only adapter_config.json and adapter_model.safetensors, so the folder
-/// still loads in PEFT unchanged.
-pub const SFT_FILE: &str = "sft_config.json";
+/// The file beside every adapter loratab writes (the CLI's folder, the page's zip, a TRL export)
+/// that says what it was trained on ([`DataRecord`]). PEFT reads only adapter_config.json and
+/// adapter_model.safetensors, so the folder still loads in PEFT unchanged.
+pub const DATA_FILE: &str = "training_data.json";
+/// What the CLI called the record of an examples run before it had one name everywhere: read back
+/// when a folder has no [`DATA_FILE`], never written.
+pub const OLD_DATA_FILE: &str = "sft_config.json";
 
-/// How examples became training data: their kind, the chat template (the model's own or the plain
-/// one, with its source and tokens) and whether the loss was on the answers only. What an export
-/// to TRL needs to tokenize the same way.
+/// What an adapter was trained on: a text cut into windows, or examples rendered with a chat
+/// template (the model's own or the plain one, with its tokens), with or without the loss on the
+/// answers only. What a run elsewhere needs to tokenize the same way. Field names are TRL's
+/// (`SFTConfig.max_length`, `completion_only_loss`) and transformers' (`chat_template`,
+/// `bos_token`, `eos_token`); the names older files used (`seq_len`, `mask_prompt`, no `data` in
+/// the CLI's sft_config.json, which was only written for examples) are read back as these.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct SftConfig {
-    /// "text", "prompt_completion" or "messages" (`examples::Kind::name`).
-    pub format: String,
-    /// "model" (the model's own template) or "plain" ([`PLAIN_TEMPLATE`]).
-    pub template: String,
-    pub chat_template: String,
+pub struct DataRecord {
+    /// "text" (one text cut into windows) or "examples".
+    #[serde(default = "DataRecord::examples_name")]
+    pub data: String,
+    /// For examples, what they were: "text" (`{"text"}` documents), "prompt_completion" or
+    /// "messages" ([`super::examples::Kind::name`]); absent when they were of several kinds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
+    /// Windows (text) or examples (cut to it) were this many tokens long.
+    #[serde(alias = "seq_len")]
+    pub max_length: usize,
+    /// "model" (the model's own chat template) or "plain" ([`PLAIN_TEMPLATE`]); None for a text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
+    /// The template's Jinja source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chat_template: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bos_token: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eos_token: Option<String>,
-    /// Loss on the answers only (TRL's completion/assistant-only loss, MLX-LM's --mask-prompt).
-    pub mask_prompt: bool,
-    /// Examples were cut to this many tokens.
-    pub seq_len: usize,
+    /// Loss on the answers only: prompt, system and user tokens labelled −100 (TRL's
+    /// completion-only loss, MLX-LM's `--mask-prompt`). None for a text, where every token counts.
+    #[serde(default, alias = "mask_prompt", skip_serializing_if = "Option::is_none")]
+    pub completion_only_loss: Option<bool>,
 }
 
-impl SftConfig {
-    pub fn new(format: super::examples::Kind, template: &ChatTemplate, mask_prompt: bool, seq_len: usize) -> Self {
+impl DataRecord {
+    fn examples_name() -> String {
+        "examples".into()
+    }
+
+    /// A text cut into windows of `max_length` tokens.
+    pub fn text(max_length: usize) -> Self {
+        Self { data: "text".into(), format: None, max_length, template: None, chat_template: None, bos_token: None, eos_token: None, completion_only_loss: None }
+    }
+
+    /// Examples of `kind` (None: of several kinds, as a table's pairs beside a file of
+    /// conversations) rendered with `template`, cut to `max_length` tokens.
+    pub fn examples(kind: Option<super::examples::Kind>, template: &ChatTemplate, completion_only_loss: bool, max_length: usize) -> Self {
         Self {
-            format: format.name().into(),
-            template: if template.is_plain() { "plain" } else { "model" }.into(),
-            chat_template: template.source.clone(),
+            data: Self::examples_name(),
+            format: kind.map(|k| k.name().into()),
+            max_length,
+            template: Some(if template.is_plain() { "plain" } else { "model" }.into()),
+            chat_template: Some(template.source.clone()),
             bos_token: template.bos_token.clone(),
             eos_token: template.eos_token.clone(),
-            mask_prompt,
-            seq_len,
+            completion_only_loss: Some(completion_only_loss),
         }
     }
 
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).expect("plain fields serialize")
+    }
+
+    /// The record in `bytes` (`file` names it in the sentence when it is not usable).
+    pub fn from_json(file: &str, bytes: &[u8]) -> Result<Self, super::TrainError> {
+        serde_json::from_slice(bytes).map_err(|e| super::TrainError::Record { file: file.to_string(), reason: e.to_string() })
     }
 }
 
@@ -274,6 +310,28 @@ impl ChatTemplate {
 mod tests {
     use super::*;
     use crate::train::examples::Role;
+
+    /// A record reads back as written, and the files older versions wrote (the page's zip with
+    /// `seq_len`, the CLI's sft_config.json with `mask_prompt` and no `data`) read as the same facts.
+    #[test]
+    fn data_records_read_back_under_old_names() {
+        let plain = ChatTemplate::plain(Some("<eos>".into()));
+        let record = DataRecord::examples(Some(crate::train::Kind::Messages), &plain, false, 48);
+        assert_eq!(DataRecord::from_json(DATA_FILE, record.to_json().as_bytes()).unwrap(), record);
+        // A table's pairs beside a file of conversations are of no one kind.
+        let (pair, chat) = (Record::Completion { prompt: "q".into(), completion: "a".into() }, Record::Chat(vec![]));
+        assert_eq!(crate::train::Kind::of([&pair, &pair].into_iter()), Some(crate::train::Kind::Completion));
+        assert_eq!(crate::train::Kind::of([&pair, &chat].into_iter()), None);
+        let text = DataRecord::text(32);
+        assert_eq!(serde_json::from_str::<Json>(&text.to_json()).unwrap(), serde_json::json!({"data": "text", "max_length": 32}));
+
+        let old_page = serde_json::json!({"data": "examples", "seq_len": 48, "template": "plain", "chat_template": PLAIN_TEMPLATE, "eos_token": "<eos>", "completion_only_loss": false});
+        let old_cli = serde_json::json!({"format": "messages", "template": "plain", "chat_template": PLAIN_TEMPLATE, "bos_token": null, "eos_token": "<eos>", "mask_prompt": false, "seq_len": 48});
+        assert_eq!(DataRecord::from_json(DATA_FILE, old_page.to_string().as_bytes()).unwrap(), DataRecord { format: None, ..record.clone() });
+        assert_eq!(DataRecord::from_json(OLD_DATA_FILE, old_cli.to_string().as_bytes()).unwrap(), record);
+        let bad = DataRecord::from_json(DATA_FILE, b"{\"data\": \"text\"}").unwrap_err().to_string();
+        assert!(bad.starts_with("training_data.json (what the adapter was trained on) is not usable: missing field `max_length`"), "{bad}");
+    }
 
     fn tokenizer() -> Tokenizer {
         Tokenizer::from_bytes(include_bytes!("../../tests/fixtures/chat/tokenizer.json")).unwrap()

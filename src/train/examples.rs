@@ -74,7 +74,8 @@ impl Record {
         }
     }
 
-    fn kind(&self) -> Kind {
+    /// Which of the three JSON Lines kinds this record is.
+    pub fn kind(&self) -> Kind {
         match self {
             Record::Text(_) => Kind::Text,
             Record::Completion { .. } => Kind::Completion,
@@ -107,6 +108,14 @@ impl Kind {
             Kind::Completion => "prompt_completion",
             Kind::Messages => "messages",
         }
+    }
+}
+
+impl Kind {
+    /// The one kind of all `records` (None when they mix kinds, or there are none).
+    pub fn of<'r>(mut records: impl Iterator<Item = &'r Record>) -> Option<Kind> {
+        let first = records.next()?.kind();
+        records.all(|r| r.kind() == first).then_some(first)
     }
 }
 

@@ -10,6 +10,8 @@
 //!   sampler draws over the whole run, batch after batch (steps × grad_accum × batch of them);
 //! - `adapter/`: the adapter the run starts from (PEFT's two files: a fresh one with loratab's
 //!   seeded init, or the one given);
+//! - `training_data.json`: the [`DataRecord`] an adapter trained in loratab on these examples
+//!   carries (kind, template and its tokens, masking, max_length), the same file by the same name;
 //! - `train_trl.py`: settings (base model, chat template and its tokens, masking, r, α, targets,
 //!   dropout, schedule, batch, seq_len, seed) then `trl_export.py`'s body.
 //!
@@ -35,7 +37,7 @@
 
 use serde_json::{json, Value};
 
-use super::chat::ChatTemplate;
+use super::chat::{ChatTemplate, DataRecord, DATA_FILE};
 use super::data::Dataset;
 use super::examples::Record;
 use super::{Decay, TrainError, TrainSettings};
@@ -184,12 +186,14 @@ pub fn trl_export(tok: &Tokenizer, run: &TrlRun) -> Result<Vec<ExportFile>, Expo
     ];
     let settings = format!("# The run's settings, as loratab trains it.\n{}\n", settings.join("\n"));
     let script = SCRIPT_BODY.replacen("# <settings>\n", &settings, 1);
+    let record = DataRecord::examples(super::Kind::of(kept.iter().copied()), t, run.answers_only, s.seq_len);
     Ok(vec![
         ExportFile::new("train.jsonl", records(&ex.train_from)),
         ExportFile::new("validation.jsonl", records(&ex.validation_from)),
         ExportFile::new("order.json", serde_json::to_string(&order).expect("numbers serialize")),
         ExportFile::new("adapter/adapter_config.json", config),
         ExportFile::new("adapter/adapter_model.safetensors", weights),
+        ExportFile::new(DATA_FILE, record.to_json()),
         ExportFile::new(TRL_SCRIPT, script),
     ])
 }
@@ -263,6 +267,9 @@ mod tests {
         // The template as a Python string literal, read back.
         let literal = script.lines().find_map(|l| l.strip_prefix("CHAT_TEMPLATE = ")).unwrap();
         assert_eq!(serde_json::from_str::<String>(literal).unwrap(), template.source);
+        // The record an adapter trained on these examples in loratab carries, by the same name.
+        let record = DataRecord::from_json(DATA_FILE, file(&files, DATA_FILE).as_bytes()).unwrap();
+        assert_eq!(record, DataRecord::examples(Some(crate::train::Kind::Completion), &template, true, 32));
         assert_eq!(Adapter::from_files(file(&files, "adapter/adapter_config.json"), &files.iter().find(|f| f.name.ends_with(".safetensors")).unwrap().bytes).unwrap().config, adapter.config);
     }
 

@@ -23,7 +23,7 @@ pub mod profile;
 mod run;
 mod step;
 
-pub use chat::{ChatTemplate, SftConfig, TemplateError, PLAIN_TEMPLATE, SFT_FILE};
+pub use chat::{ChatTemplate, DataRecord, TemplateError, DATA_FILE, OLD_DATA_FILE, PLAIN_TEMPLATE};
 pub use data::{Dataset, Example, Examples};
 pub use export::{frozen_rows, trl_export, ExportError, ExportFile, FrozenRows, TrlRun, TRL_SCRIPT};
 pub use examples::{parse as parse_examples, Format, Kind, LineError, Message, Parsed, Record, Role};
@@ -77,6 +77,8 @@ pub enum TrainError {
     State(String),
     #[error("could not write {path}: {reason}")]
     Write { path: String, reason: String },
+    #[error("{file} (what the adapter was trained on) is not usable: {reason}; leave it out to use the adapter without it")]
+    Record { file: String, reason: String },
 }
 
 /// A trainable tensor: value, gradient, and AdamW's first and second moments (all the same shape).

@@ -1,5 +1,6 @@
 //! The run kept across reloads: at every validation point and on Stop the page writes the text
-//! panel, the settings, the loss history, the model it was trained on and the adapter with its
+//! panel (Text or Examples, the text, the examples table, a pasted file, the answer-only switch),
+//! the settings, the loss history, the model it was trained on and the adapter with its
 //! AdamW state and step to the browser's storage ([`super::storage`]); a page that finds one offers
 //! "Resume where you left off", which loads the same model (the default or the served SmolLM2
 //! again; a model from disk is asked for), puts the adapter back and trains on exactly as an
@@ -11,19 +12,44 @@ use leptos::prelude::*;
 use leptos::task::spawn_local;
 use serde::{Deserialize, Serialize};
 
-use super::state::{AppState, LossPoint, ModelStatus, SettingsForm, DEFAULT_MODEL, SMOLLM2_FILE};
+use super::state::{AppState, DataMode, LossPoint, ModelStatus, SettingsForm, DEFAULT_MODEL, SMOLLM2_FILE};
 use super::storage::{Storage, StorageError};
 use crate::lora::Target;
 use crate::model::WeightFormat;
 use crate::studio::SavedAdapter;
 use crate::train::TrainSettings;
 
-/// The text panel's content. A new kind of data (examples) is one more `#[serde(default)]` field,
-/// so runs saved before it still load.
+/// The text panel's content: the Text / Examples switch, the text, and the examples. Every field
+/// has a serde default, so runs saved before examples were kept still load (as text runs, leaving
+/// the examples table as it is).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct DataPanel {
     #[serde(default)]
+    pub mode: DataMode,
+    #[serde(default)]
     pub text: String,
+    #[serde(default)]
+    pub examples: Option<ExamplesPanel>,
+}
+
+/// The Examples side as the user left it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExamplesPanel {
+    /// The table's (prompt, answer) rows, blank ones included.
+    #[serde(default)]
+    pub rows: Vec<(String, String)>,
+    /// The pasted or dropped JSON Lines, and the file's name ("" when pasted).
+    #[serde(default)]
+    pub jsonl: String,
+    #[serde(default)]
+    pub file_name: String,
+    /// Loss on the answers only.
+    #[serde(default = "answers_only_default")]
+    pub answers_only: bool,
+}
+
+fn answers_only_default() -> bool {
+    true
 }
 
 /// The settings as typed.
@@ -39,6 +65,9 @@ pub struct FormValues {
     pub seed: String,
     #[serde(default)]
     pub grad_checkpoint: bool,
+    /// "Stop early after N validations" ("" off).
+    #[serde(default)]
+    pub early_stop: String,
 }
 
 impl FormValues {
@@ -53,6 +82,7 @@ impl FormValues {
             seq_len: f.seq_len.get_untracked(),
             seed: f.seed.get_untracked(),
             grad_checkpoint: f.grad_checkpoint.get_untracked(),
+            early_stop: f.early_stop.get_untracked(),
         }
     }
 
@@ -66,6 +96,7 @@ impl FormValues {
         f.seq_len.set(self.seq_len.clone());
         f.seed.set(self.seed.clone());
         f.grad_checkpoint.set(self.grad_checkpoint);
+        f.early_stop.set(self.early_stop.clone());
     }
 }
 
@@ -167,11 +198,26 @@ fn ago(ms: f64) -> String {
 impl AppState {
     /// The text panel as it is now.
     fn data_panel(&self) -> DataPanel {
-        DataPanel { text: self.text.get_untracked() }
+        let d = &self.data;
+        let examples = ExamplesPanel {
+            rows: d.row_values(),
+            jsonl: d.jsonl.get_untracked(),
+            file_name: d.file_name.get_untracked(),
+            answers_only: d.answers_only.get_untracked(),
+        };
+        DataPanel { mode: d.mode.get_untracked(), text: self.text.get_untracked(), examples: Some(examples) }
     }
 
-    fn set_data_panel(&self, data: &DataPanel) {
-        self.text.set(data.text.clone());
+    fn set_data_panel(&self, panel: &DataPanel) {
+        self.text.set(panel.text.clone());
+        let d = &self.data;
+        if let Some(e) = &panel.examples {
+            d.set_rows(&e.rows);
+            d.jsonl.set(e.jsonl.clone());
+            d.file_name.set(e.file_name.clone());
+            d.answers_only.set(e.answers_only);
+        }
+        d.mode.set(panel.mode);
     }
 
     /// Open the browser's storage and offer the run found there (the page calls this once at load).
@@ -304,8 +350,9 @@ impl AppState {
             return;
         }
         let steps = offer.meta.total.max(saved.step());
-        let text = self.text.get_untracked();
-        let run = studio.load_adapter(&text, &saved, TrainSettings { steps, ..settings }).await;
+        // The data as the run had it (set back by `resume_saved`): the same split and batches.
+        let data = self.train_data();
+        let run = studio.load_adapter_on(&data, &saved, TrainSettings { steps, ..settings }).await;
         self.release();
         match run {
             Ok(run) => {

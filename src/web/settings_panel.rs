@@ -77,6 +77,8 @@ pub fn SettingsPanel() -> impl IntoView {
                 <Field id="batch" label="Batch" help="Windows of text per step." value=f.batch/>
                 <Field id="seq-len" label="Sequence length" help="Tokens per window (at most the model's context)." value=f.seq_len/>
                 <Field id="seed" label="Seed" help="Fixes the adapter's initialisation and the batch order." value=f.seed/>
+                <Field id="early-stop" label="Stop early after N validations without improvement"
+                    help="Validation runs about five times a run (every steps/5 steps, at least 5); the run ends after this many in a row without a lower loss, keeping the best adapter. Empty or 0: never." value=f.early_stop/>
                 <Field id="max-memory" label="GPU memory limit (GiB)" help="A run that needs more is refused before it starts; 4 GiB is what a browser tab can count on." value=f.max_memory step="any"/>
             </div>
             <fieldset>

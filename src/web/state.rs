@@ -54,6 +54,8 @@ pub enum TrainStatus {
     Preparing,
     Running,
     Stopped,
+    /// Ended by "Stop early": `patience` validations in a row found no lower loss than the best's.
+    StoppedEarly { step: usize, patience: usize, best_step: usize, best_loss: f64 },
     Finished,
     Failed(String),
 }
@@ -65,6 +67,7 @@ impl TrainStatus {
             TrainStatus::Preparing => "preparing",
             TrainStatus::Running => "running",
             TrainStatus::Stopped => "stopped",
+            TrainStatus::StoppedEarly { .. } => "stopped-early",
             TrainStatus::Finished => "finished",
             TrainStatus::Failed(_) => "failed",
         }
@@ -94,6 +97,9 @@ pub struct SettingsForm {
     pub grad_checkpoint: RwSignal<bool>,
     /// GPU memory a run may use, in GiB (`TrainSettings::max_memory`; default what a tab can count on).
     pub max_memory: RwSignal<String>,
+    /// Stop after this many validations in a row without a lower loss (the CLI's --early-stop);
+    /// empty or 0: never.
+    pub early_stop: RwSignal<String>,
 }
 
 fn number<T: std::str::FromStr>(what: &str, s: &str) -> Result<T, String> {
@@ -113,6 +119,16 @@ impl SettingsForm {
             seed: RwSignal::new("0".into()),
             grad_checkpoint: RwSignal::new(false),
             max_memory: RwSignal::new((crate::studio::TAB_GPU_MEMORY >> 30).to_string()),
+            early_stop: RwSignal::new(String::new()),
+        }
+    }
+
+    /// Early stopping's patience as typed: 0 (off) when empty.
+    pub fn patience(&self) -> Result<usize, String> {
+        let typed = self.early_stop.get();
+        match typed.trim() {
+            "" => Ok(0),
+            t => t.parse().map_err(|_| format!("“Stop early after” must be a whole number of validations (empty or 0 never stops early), got “{t}”")),
         }
     }
 
@@ -125,6 +141,7 @@ impl SettingsForm {
     pub fn parse(&self, config: &Config) -> Result<(LoraOptions, TrainSettings), String> {
         let steps: usize = number("Steps", &self.steps.get())?;
         let seed: u64 = number("The seed", &self.seed.get())?;
+        self.patience()?;
         let gib: f64 = number("The GPU memory limit", &self.max_memory.get())?;
         if !(gib.is_finite() && gib > 0.0) {
             return Err(format!("The GPU memory limit must be a positive number of GiB, got {gib}"));
@@ -458,7 +475,10 @@ impl AppState {
         self.step.set(run.steps_done());
         self.train_status.set(TrainStatus::Running);
         // Validation and the host snapshot wait for the GPU: about five times a run, never every step.
-        let eval_every = (total / 5).max(5);
+        let eval_every = eval_every(total);
+        // Checked when the run started (`SettingsForm::parse`).
+        let patience = untrack(|| self.form.patience()).unwrap_or(0);
+        let mut stopped_early = None;
         let result: Result<(), StudioError> = async {
             if self.points.with_untracked(Vec::is_empty) {
                 let val = self.validate(&studio, &mut run).await?;
@@ -484,10 +504,14 @@ impl AppState {
                 }
                 if at_eval {
                     self.keep(&studio, &run).await?;
+                    stopped_early = self.stop_early(patience, r.step);
+                    if stopped_early.is_some() {
+                        break;
+                    }
                 }
                 browser::yield_now().await;
             }
-            if !run.finished() {
+            if !run.finished() && stopped_early.is_none() {
                 // Stopped between evaluations: keep what was trained.
                 self.keep(&studio, &run).await?;
             }
@@ -497,7 +521,11 @@ impl AppState {
         self.eta_s.set(None);
         match result {
             Ok(()) => {
-                self.train_status.set(if run.finished() { TrainStatus::Finished } else { TrainStatus::Stopped });
+                self.train_status.set(match stopped_early {
+                    Some(early) => early,
+                    None if run.finished() => TrainStatus::Finished,
+                    None => TrainStatus::Stopped,
+                });
                 self.run.set_value(Some(run));
             }
             Err(e) => {
@@ -627,6 +655,12 @@ impl AppState {
         }
         self.saved.get_untracked()
     }
+}
+
+/// Steps between the page's validations in a run of `total` steps: about five a run, at least 5
+/// steps apart (each waits for the GPU and copies the adapter to the host).
+pub fn eval_every(total: usize) -> usize {
+    (total / 5).max(5)
 }
 
 impl Default for AppState {

@@ -20,7 +20,7 @@ pub fn TrainPanel() -> impl IntoView {
         can_train()
             && has_run
             && match status.get() {
-                TrainStatus::Stopped => true,
+                TrainStatus::Stopped | TrainStatus::StoppedEarly { .. } => true,
                 TrainStatus::Finished => wanted.is_some_and(|w| w > state.step.get()),
                 _ => false,
             }
@@ -53,6 +53,11 @@ pub fn TrainPanel() -> impl IntoView {
         TrainStatus::Preparing => "Preparing the run on the GPU…".into(),
         TrainStatus::Running => "Training…".into(),
         TrainStatus::Stopped => "Stopped. Resume continues exactly where it left off.".into(),
+        TrainStatus::StoppedEarly { step, patience, best_step, best_loss } => format!(
+            "Stopped early at step {step}: {patience} validation{} in a row without a lower loss than step {best_step}'s. \
+             The adapter of step {best_step} (the best, validation loss {best_loss:.4}) is kept: it is the one the download gives.",
+            if patience == 1 { "" } else { "s" }
+        ),
         TrainStatus::Finished => "Finished.".into(),
         TrainStatus::Failed(e) => e,
     };

@@ -150,7 +150,7 @@ test('paste → train → compare → download on the default model', async (t) 
     assert.match(adapter.name, new RegExp(`^loratab-adapter-r${RANK}-step${STEPS}\\.zip$`));
     const files = unzip(adapter.bytes);
     assert.deepEqual(Object.keys(files).sort(), ['adapter_config.json', 'adapter_model.safetensors', 'training_data.json', 'training_state.safetensors']);
-    assert.deepEqual(JSON.parse(files['training_data.json']), { data: 'text', seq_len: 32 });
+    assert.deepEqual(JSON.parse(files['training_data.json']), { data: 'text', max_length: 32 });
     const peft = JSON.parse(files['adapter_config.json']);
     assert.equal(peft.peft_type, 'LORA');
     assert.equal(peft.r, RANK);
@@ -386,8 +386,8 @@ test('examples: type rows, paste jsonl → train → compare with the expected a
     // Which template and masking trained it, beside PEFT's files (PEFT ignores the file).
     const data = JSON.parse(files['training_data.json']);
     assert.deepEqual(
-      [data.data, data.template, data.eos_token, data.completion_only_loss, data.seq_len],
-      ['examples', 'plain', '<|endoftext|>', true, 32],
+      [data.data, data.format, data.template, data.eos_token, data.completion_only_loss, data.max_length],
+      ['examples', 'prompt_completion', 'plain', '<|endoftext|>', true, 32],
     );
     assert.match(data.chat_template, /Question: /);
 
@@ -401,6 +401,7 @@ test('examples: type rows, paste jsonl → train → compare with the expected a
     assert.deepEqual([lines('train.jsonl'), lines('validation.jsonl')], [9, 1]);
     assert.ok(out['base/model.safetensors'] && out['adapter/adapter_model.safetensors'] && out['train_trl.py'], Object.keys(out).join(', '));
     assert.match(out['train_trl.py'].toString(), /ANSWERS_ONLY = True/);
+    assert.deepEqual(JSON.parse(out['training_data.json']), data, 'the export carries the adapter’s own record of its data');
     assert.ok(val.length >= 2 && val.every(Number.isFinite), `validation losses ${val}`);
     assert.deepEqual(errors.filter((e) => !e.includes('favicon')), [], 'no errors in the console');
   } finally {

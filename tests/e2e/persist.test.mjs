@@ -1,17 +1,19 @@
 // The run survives a reload: the page keeps it in the browser's storage (IndexedDB) at every
 // validation point, a reloaded page offers "Resume where you left off", and the resumed run ends
 // with the very adapter an unbroken run of the same seed and settings ends with (byte for byte,
-// AdamW state included). "Start over" forgets it; a storage that refuses writes is a sentence and
+// AdamW state included), for a text and for examples (whose table and switches come back with it).
+// "Start over" forgets it; a storage that refuses writes is a sentence and
 // training finishes anyway.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import { serve, launch, watchErrors, unzip, fillSettings, waitFor } from './harness.mjs';
+import { serve, launch, watchErrors, unzip, fillSettings, setField, waitFor } from './harness.mjs';
 
 const TEXT = fs.readFileSync(new URL('../../web/examples/ships_log.txt', import.meta.url), 'utf8').slice(0, 1200);
 // 6 steps: the page validates (and saves) at steps 5 and 6.
 const SETTINGS = { text: TEXT, rank: 2, lr: 0.01, steps: 6, batch: 1, seqLen: 16 };
 const SEED = 7;
+const EDITED = 'Varnholm lies where the whales turn back.';
 
 let site;
 before(async () => (site = await serve()));
@@ -70,7 +72,7 @@ test('reload mid-run, resume, and end with the unbroken run’s adapter', async 
     await page.getByTestId('train').click();
     await page.waitForFunction(() => document.querySelector('[data-testid="saved-note"]')?.dataset.step === '5', null, { timeout: 300_000 });
     mark('kept at step 5');
-    await page.reload();
+    await page.reload({ timeout: 120_000 });
     await ready(page, errors);
     mark('reloaded');
     const offer = page.getByTestId('restore');
@@ -90,7 +92,7 @@ test('reload mid-run, resume, and end with the unbroken run’s adapter', async 
 
     // The finished run is offered after another reload; Start over forgets it.
     assert.equal((await stored(page)).step, 6);
-    await page.reload();
+    await page.reload({ timeout: 120_000 });
     await ready(page, errors);
     await offer.waitFor({ timeout: 30_000 });
     assert.match(await offer.textContent(), /step 6 of 6/);
@@ -98,6 +100,41 @@ test('reload mid-run, resume, and end with the unbroken run’s adapter', async 
     await offer.waitFor({ state: 'detached', timeout: 10_000 });
     assert.equal(await stored(page), null, 'Start over clears the stored run');
     mark('start over');
+
+    // An examples run (the built-in pairs, row 1 edited, loss on every token) reloaded after its
+    // first validation point: the switch, the table and the answer-only switch come back, and the
+    // run ends with the unbroken run's latest adapter.
+    await page.getByTestId('mode-examples').check();
+    await page.getByLabel('Answer 1', { exact: true }).fill(EDITED);
+    await page.getByTestId('answers-only').uncheck();
+    await setField(page, 'Sequence length', 32);
+    const latestZip = async () => {
+      await page.getByTestId('download-latest').check();
+      return downloadZip(page);
+    };
+    await page.getByTestId('train').click();
+    await finish(page, errors);
+    const unbrokenExamples = await latestZip();
+    const examplesLosses = await chart();
+    mark('unbroken examples run');
+    await page.getByTestId('train').click();
+    await page.waitForFunction(() => document.querySelector('[data-testid="saved-note"]')?.dataset.step === '5', null, { timeout: 300_000 });
+    await page.reload({ timeout: 120_000 });
+    await ready(page, errors);
+    await offer.waitFor({ timeout: 30_000 });
+    assert.equal(await page.getByTestId('mode-text').isChecked(), true, 'a reloaded page starts on Text');
+    await page.getByTestId('restore-resume').click();
+    await finish(page, errors);
+    assert.equal(await page.getByTestId('mode-examples').isChecked(), true);
+    assert.equal(await page.getByLabel('Answer 1', { exact: true }).inputValue(), EDITED);
+    assert.equal(await page.getByTestId('example-row').count(), 12);
+    assert.equal(await page.getByTestId('answers-only').isChecked(), false);
+    assert.deepEqual(await chart(), examplesLosses, 'the same training losses, one per step, none twice');
+    const resumedExamples = await latestZip();
+    const record = JSON.parse(unzip(resumedExamples)['training_data.json']);
+    assert.deepEqual([record.data, record.completion_only_loss, record.max_length], ['examples', false, 32]);
+    assert.ok(resumedExamples.equals(unbrokenExamples), 'the resumed examples run’s adapter and state are the unbroken run’s, byte for byte');
+    mark('examples run resumed');
     assert.deepEqual(errors.filter((e) => !e.includes('favicon')), [], 'no errors in the console');
   } finally {
     await browser.close();

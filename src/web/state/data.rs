@@ -8,7 +8,7 @@ use std::rc::Rc;
 use leptos::prelude::*;
 
 use super::super::format;
-use super::AppState;
+use super::{AppState, TrainStatus};
 use crate::generate::Sampling;
 use crate::studio::{ExampleSet, ExampleStats, HeldOut, Run, SavedAdapter, Studio, StudioError, TrainData};
 use crate::train::examples::Format;
@@ -33,8 +33,10 @@ impl Ask {
 }
 
 /// What the text panel trains on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum DataMode {
+    #[default]
     Text,
     Examples,
 }
@@ -81,6 +83,9 @@ pub struct DataForm {
     pub held_out: RwSignal<Vec<HeldOut>>,
     /// The run's best adapter so far (the one downloaded by default).
     pub best: RwSignal<Option<Best>, LocalStorage>,
+    /// Validations since the best one (0 at it): what "Stop early" counts. Kept by the page, as
+    /// its best outlives a resumed run's session.
+    pub since_best: StoredValue<usize>,
     next_id: StoredValue<usize>,
 }
 
@@ -95,6 +100,7 @@ impl DataForm {
             stats: RwSignal::new(None),
             held_out: RwSignal::new(Vec::new()),
             best: RwSignal::new_local(None),
+            since_best: StoredValue::new(0),
             next_id: StoredValue::new(0),
         };
         form.use_pairs(super::super::examples::EXAMPLE_PAIRS.text);
@@ -126,6 +132,17 @@ impl DataForm {
                 _ => None,
             })
             .collect();
+        self.rows.set(rows);
+    }
+
+    /// The table's rows as (prompt, answer), read untracked.
+    pub fn row_values(&self) -> Vec<(String, String)> {
+        self.rows.with_untracked(|rows| rows.iter().map(|r| (r.prompt.get_untracked(), r.answer.get_untracked())).collect())
+    }
+
+    /// Replace the table by `rows` of (prompt, answer).
+    pub fn set_rows(&self, rows: &[(String, String)]) {
+        let rows = rows.iter().map(|(p, a)| self.row(p.clone(), a.clone())).collect();
         self.rows.set(rows);
     }
 
@@ -188,6 +205,7 @@ impl AppState {
         self.data.held_out.set(run.held_out().to_vec());
         if fresh {
             self.data.best.set(None);
+            self.data.since_best.set_value(0);
         }
     }
 
@@ -197,11 +215,22 @@ impl AppState {
     pub(super) async fn validate(&self, studio: &Studio, run: &mut Run) -> Result<f64, StudioError> {
         let v = studio.validate(run).await?;
         let lower = self.data.best.with_untracked(|b| b.as_ref().is_none_or(|b| v.loss < b.loss));
-        if v.improved && lower {
-            if let Some(best) = studio.best(run) {
+        let best = if v.improved && lower { studio.best(run) } else { None };
+        match best {
+            Some(best) => {
                 self.data.best.set(Some(Best { step: v.step, loss: v.loss, adapter: Rc::new(best) }));
+                self.data.since_best.set_value(0);
             }
+            None => self.data.since_best.update_value(|n| *n += 1),
         }
         Ok(v.loss)
+    }
+
+    /// After a validation at `step`: the early stop, when `patience` (> 0) validations in a row
+    /// have not improved on the best.
+    pub(super) fn stop_early(&self, patience: usize, step: usize) -> Option<TrainStatus> {
+        let since = self.data.since_best.get_value();
+        let best = self.data.best.get_untracked()?;
+        (patience > 0 && since >= patience).then_some(TrainStatus::StoppedEarly { step, patience, best_step: best.step, best_loss: best.loss })
     }
 }
