@@ -591,8 +591,13 @@ gpu_test! {
                 runs.push((vec![first, second], scored, nonzero_grads(&ctx, &t.lora, f.name).await));
             }
             let ((l0, s0, g0), (l1, s1, g1)) = (&runs[0], &runs[1]);
-            assert_eq!(l0, l1, "{}: training losses in chunks", f.name);
-            assert_eq!(s0, s1, "{}: scored loss in chunks", f.name);
+            // Not bit-equal: a chunk of ≤ 8 rows takes the matrix–vector kernel, which sums K four
+            // at a time (another order than the tiled matmul's), so the first update differs in the last bits.
+            let close = |a: f32, b: f32| (a - b).abs() <= 1e-6 * a.abs().max(b.abs());
+            assert_eq!(l0.len(), l1.len());
+            assert!(l0.iter().zip(l1).all(|(a, b)| close(*a, *b)), "{}: training losses in chunks {l0:?} vs {l1:?}", f.name);
+            assert_eq!(s0.1, s1.1, "{}: scored tokens in chunks", f.name);
+            assert!((s0.0 - s1.0).abs() <= 1e-6 * s0.0.abs(), "{}: scored loss in chunks {s0:?} vs {s1:?}", f.name);
             assert_same_grads(g0, g1, &format!("{} in chunks of 5 rows", f.name));
         }
     }
