@@ -342,7 +342,8 @@ test('examples: type rows, paste jsonl → train → compare with the expected a
     await setField(page, 'Alpha α', 8);
     await setField(page, 'Learning rate', 0.03);
     await setField(page, 'Steps', 8);
-    await setField(page, 'Batch', 4);
+    // Batch 2 × 32 tokens: one 64-row matmul tile (batch 4 was two, twice the SwiftShader time).
+    await setField(page, 'Batch', 2);
     await setField(page, 'Sequence length', 32);
     // 10 examples: 9 to train on, 1 held out; the template shown is the plain one.
     await page.waitForFunction(() => document.querySelector('[data-testid="example-stats"]')?.dataset.examples === '10', null, { timeout: 30_000 });

@@ -16,9 +16,10 @@ import { serve, launch, watchErrors, ARTIFACTS, DIST, unzip, safetensorsHeader, 
 const GGUF_NAME = 'smollm2-135m-instruct-q4_1.gguf';
 const GGUF = path.join(DIST, 'models', GGUF_NAME);
 const DEFAULT = path.join(DIST, 'models/austen-5m');
-// About 100 SmolLM2 tokens: five training windows of 16 and one held out (see fitText).
-const TEXT = fs.readFileSync(new URL('../../web/examples/ships_log.txt', import.meta.url), 'utf8').slice(0, 480);
-const [RANK, STEPS, SEQ] = [2, 2, 16];
+// About 100 SmolLM2 tokens: training windows of 8 and one held out (see fitText). 8 rows take the
+// matrix–vector kernels (no 64-row tile padding): ~20 s a step on SwiftShader instead of ~200 s at 16.
+const TEXT = fs.readFileSync(new URL('../../web/examples/ships_log.txt', import.meta.url), 'utf8').slice(0, 240);
+const [RANK, STEPS, SEQ] = [2, 2, 8];
 
 /** GGUF's metadata and tensor table (types and shapes; the data section is not read). */
 function readGguf(buf) {
@@ -206,7 +207,7 @@ test('frozen weights: the format select; SmolLM2 Q4_1 GGUF loads, trains, and it
 
     // Two steps at small settings.
     await fillSettings(page, { text: TEXT, rank: RANK, lr: 0.01, steps: STEPS, batch: 1, seqLen: SEQ });
-    await page.waitForFunction(() => document.querySelector('[data-testid="text-stats"]')?.textContent.includes('windows of 16 tokens'), null, { timeout: 60_000 });
+    await page.waitForFunction(() => document.querySelector('[data-testid="text-stats"]')?.textContent.includes('windows of 8 tokens'), null, { timeout: 60_000 });
     const fitted = await fitText(page, TEXT, SEQ);
     t.diagnostic(`training text: ${fitted.length} characters, ${await page.getByTestId('text-stats').getAttribute('data-tokens')} tokens`);
     const estimate = Number(await page.getByTestId('memory').getAttribute('data-bytes'));
