@@ -231,13 +231,15 @@ impl GpuContext {
 
     async fn tune_class(&self, class: &str, spec: &Matmul, format: WeightFormat) -> Result<Tuned, GpuError> {
         // A plain product of the class's shape, cut to tens of MFLOP along N, then M, but never
-        // below 256 columns and 128 rows (multiples of every variant's tile): a cut to one column
-        // tile and an odd row count (64 × 85 for K = 3072) timed padding and too few workgroups,
-        // and picked 32-row tiles that were 0.8× the default on the whole product.
+        // below the largest tile's rows and four of its column widths, in whole tiles of every
+        // variant: a cut to one column tile and an odd row count (64 × 85 for K = 3072) timed
+        // padding and too few workgroups, and picked 32-row tiles that were 0.8× the default on the
+        // whole product.
         const FLOPS: usize = 1 << 25;
+        let (rows, cols) = VARIANTS.iter().map(Variant::tile).fold((1, 1), |(r, c), (m, n)| (r.max(m), c.max(n)));
         let per_row = 2 * spec.k * spec.batch.max(1);
-        let n = spec.n.min((FLOPS / (per_row * spec.m).max(1)).max(256).next_multiple_of(64));
-        let m = spec.m.min((FLOPS / (per_row * n).max(1)).max(128).next_multiple_of(128));
+        let n = spec.n.min((FLOPS / (per_row * spec.m).max(1)).max(4 * cols).next_multiple_of(cols));
+        let m = spec.m.min((FLOPS / (per_row * n).max(1)).max(rows).next_multiple_of(rows));
         let mut s = Matmul::new(m, n, spec.k, spec.layout);
         if spec.batch > 1 {
             s = s.batched(spec.batch, spec.shared_b);
