@@ -16,7 +16,7 @@ import { serve, launch, watchErrors, ARTIFACTS, DIST, unzip, safetensorsHeader, 
 const GGUF_NAME = 'smollm2-135m-instruct-q4_1.gguf';
 const GGUF = path.join(DIST, 'models', GGUF_NAME);
 const DEFAULT = path.join(DIST, 'models/austen-5m');
-// About 100 SmolLM2 tokens: training windows of 8 and one held out (see fitText). 8 rows take the
+// About 80 SmolLM2 tokens: training windows of 8 and one held out (see fitText). 8 rows take the
 // matrix–vector kernels (no 64-row tile padding): ~20 s a step on SwiftShader instead of ~200 s at 16.
 const TEXT = fs.readFileSync(new URL('../../web/examples/ships_log.txt', import.meta.url), 'utf8').slice(0, 240);
 const [RANK, STEPS, SEQ] = [2, 2, 8];
