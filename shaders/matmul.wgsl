@@ -23,8 +23,11 @@
 // and one vec4 of B (its 4 columns; TX neighbouring threads read 4·TX consecutive floats), then
 // does BM vec4 FMAs. Every variant adds each C value's products in the same order (k ascending,
 // one fma each), so all variants give bit-identical results.
-// Global loads stay scalar and coalesced (consecutive threads take consecutive addresses) because
-// A and C may be column blocks at any offset; each becomes one component of a vec4 in workgroup memory.
+// In `main` global loads stay scalar and coalesced (consecutive threads take consecutive addresses)
+// because A and C may be column blocks at any offset; each becomes one component of a vec4 in
+// workgroup memory. `main_vec4` (the variants with vec4 in their name, on aligned shapes; see its
+// comment) stages the same slices four consecutive values a load; the products are `main`'s
+// (multiply_slice, store_block), so every entry and variant gives bit-identical results.
 //
 // The weight seam: B (a frozen weight in the forward and dX = dY·W, or an f32 gradient in Xᵀ·G) is
 // read only through `weight_at(i) -> f32` (flat row-major index i), at one place: the staging of B's
@@ -50,19 +53,24 @@ override QB: u32 = TILE_N / 4u;  // = TX
 var<workgroup> tile_a: array<vec4<f32>, SLICE * QA>;  // [SLICE][QA]: rows 4q..4q+3 of k at tile_a[k * QA + q]
 var<workgroup> tile_b: array<vec4<f32>, SLICE * QB>;  // [SLICE][QB]: columns 4q..4q+3 of k at tile_b[k * QB + q]
 
+// Where workgroup `wid`'s tile starts: its first row and column of C, and its batch's A, B and C.
+struct Origin {
+    row0: u32,
+    col0: u32,
+    base_a: u32,
+    base_b: u32,
+    base_c: u32,
+}
+
+fn origin(wid: vec3<u32>) -> Origin {
+    return Origin(wid.y * TILE_M, wid.x * TILE_N, p.a_offset + wid.z * p.stride_a, wid.z * p.stride_b, p.c_offset + wid.z * p.stride_c);
+}
+
 @compute @workgroup_size(TX, TY, 1)
 fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
-    let row0 = wid.y * TILE_M;
-    let col0 = wid.x * TILE_N;
-    let base_a = p.a_offset + wid.z * p.stride_a;
-    let base_b = wid.z * p.stride_b;
-    let base_c = p.c_offset + wid.z * p.stride_c;
+    let o = origin(wid);
     let tid = lid.y * TX + lid.x;
-
-    var acc: array<vec4<f32>, MAX_BM>;
-    for (var i = 0u; i < MAX_BM; i++) {
-        acc[i] = vec4<f32>(0.0);
-    }
+    var acc: array<vec4<f32>, MAX_BM>;  // zero-initialized
 
     for (var k0 = 0u; k0 < p.k; k0 += SLICE) {
         // Stage A's TILE_M × 16 slice. Consecutive threads take consecutive addresses of A in memory:
@@ -71,12 +79,12 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
             var m: u32;
             var kk: u32;
             if (p.trans_a == 0u) { m = e / SLICE; kk = e % SLICE; } else { kk = e / TILE_M; m = e % TILE_M; }
-            let gm = row0 + m;
+            let gm = o.row0 + m;
             let gk = k0 + kk;
             var v = 0.0;
             if (gm < p.m && gk < p.k) {
                 let idx = select(gm * p.lda + gk, gk * p.m + gm, p.trans_a == 1u);
-                v = a[base_a + idx];
+                v = a[o.base_a + idx];
             }
             tile_a[kk * QA + m / 4u][m % 4u] = v;
         }
@@ -85,37 +93,47 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
             var n: u32;
             var kk: u32;
             if (p.trans_b == 0u) { kk = e / TILE_N; n = e % TILE_N; } else { n = e / SLICE; kk = e % SLICE; }
-            let gn = col0 + n;
+            let gn = o.col0 + n;
             let gk = k0 + kk;
             var v = 0.0;
             if (gn < p.n && gk < p.k) {
                 let idx = select(gk * p.n + gn, gn * p.k + gk, p.trans_b == 1u);
-                v = weight_at(base_b + idx);
+                v = weight_at(o.base_b + idx);
             }
             tile_b[kk * QB + n / 4u][n % 4u] = v;
         }
         workgroupBarrier();
 
-        for (var kk = 0u; kk < SLICE; kk++) {
-            let bv = tile_b[kk * QB + lid.x];
-            for (var g = 0u; g < BM / 4u; g++) {
-                let av = tile_a[kk * QA + lid.y * (BM / 4u) + g];
-                acc[4u * g] = fma(vec4<f32>(av.x), bv, acc[4u * g]);
-                acc[4u * g + 1u] = fma(vec4<f32>(av.y), bv, acc[4u * g + 1u]);
-                acc[4u * g + 2u] = fma(vec4<f32>(av.z), bv, acc[4u * g + 2u]);
-                acc[4u * g + 3u] = fma(vec4<f32>(av.w), bv, acc[4u * g + 3u]);
-            }
-        }
+        multiply_slice(lid, &acc);
         workgroupBarrier();
     }
 
+    store_block(lid, o, &acc);
+}
+
+// The BM × 4 block of thread (lx, ly) += the staged slice's products (k ascending, one fma each).
+fn multiply_slice(lid: vec3<u32>, acc: ptr<function, array<vec4<f32>, MAX_BM>>) {
+    for (var kk = 0u; kk < SLICE; kk++) {
+        let bv = tile_b[kk * QB + lid.x];
+        for (var g = 0u; g < BM / 4u; g++) {
+            let av = tile_a[kk * QA + lid.y * (BM / 4u) + g];
+            (*acc)[4u * g] = fma(vec4<f32>(av.x), bv, (*acc)[4u * g]);
+            (*acc)[4u * g + 1u] = fma(vec4<f32>(av.y), bv, (*acc)[4u * g + 1u]);
+            (*acc)[4u * g + 2u] = fma(vec4<f32>(av.z), bv, (*acc)[4u * g + 2u]);
+            (*acc)[4u * g + 3u] = fma(vec4<f32>(av.w), bv, (*acc)[4u * g + 3u]);
+        }
+    }
+}
+
+// C's BM × 4 block of thread (lx, ly) = alpha · acc (+ beta · C) (+ bias), inside M × N.
+fn store_block(lid: vec3<u32>, o: Origin, acc: ptr<function, array<vec4<f32>, MAX_BM>>) {
     for (var i = 0u; i < BM; i++) {
-        let gm = row0 + BM * lid.y + i;
+        let gm = o.row0 + BM * lid.y + i;
         for (var j = 0u; j < 4u; j++) {
-            let gn = col0 + 4u * lid.x + j;
+            let gn = o.col0 + 4u * lid.x + j;
             if (gm < p.m && gn < p.n) {
-                let idx = base_c + gm * p.ldc + gn;
-                var v = p.alpha * acc[i][j];
+                let idx = o.base_c + gm * p.ldc + gn;
+                var v = p.alpha * (*acc)[i][j];
                 if (p.beta != 0.0) {
                     v += p.beta * c[idx];
                 }
@@ -126,4 +144,84 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
             }
         }
     }
+}
+
+// A seen as vec4s: one (bounds-checked) load for four values, for `main_vec4` only (no entry point
+// binds both views of binding 0).
+@group(0) @binding(0) var<storage, read> a4: array<vec4<f32>>;
+
+// `main` with A and B staged four consecutive values a load (A through a4, B through weight_at4),
+// for aligned shapes only (the launcher checks: along K for A [M, K] with lda, a_offset and K
+// multiples of 4, along M for A [K, M] with M and a_offset multiples of 4; along N for B [K, N]
+// with N a multiple of 4, along K for B [N, K] with K a multiple of 4), so that a group of four is
+// wholly inside the operand or wholly outside. On a CPU implementation every load is a
+// bounds-checked per-invocation load: one for four values costs about what one for one value does.
+// The slice and its products are `main`'s, so both give bit-identical results.
+@compute @workgroup_size(TX, TY, 1)
+fn main_vec4(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>) {
+    let o = origin(wid);
+    let tid = lid.y * TX + lid.x;
+    var acc: array<vec4<f32>, MAX_BM>;  // zero-initialized
+
+    for (var k0 = 0u; k0 < p.k; k0 += SLICE) {
+        // A's slice as TILE_M · SLICE / 4 groups of four, consecutive threads on consecutive groups.
+        for (var e = tid; e < TILE_M * SLICE / 4u; e += THREADS) {
+            if (p.trans_a == 0u) {
+                // Four values of k at one row m: one component of four vec4s of tile_a.
+                let m = e / (SLICE / 4u);
+                let kk = 4u * (e % (SLICE / 4u));
+                let gm = o.row0 + m;
+                let gk = k0 + kk;
+                var v = vec4<f32>(0.0);
+                if (gm < p.m && gk < p.k) {
+                    v = a4[(o.base_a + gm * p.lda + gk) >> 2u];
+                }
+                for (var j = 0u; j < 4u; j++) {
+                    tile_a[(kk + j) * QA + m / 4u][m % 4u] = v[j];
+                }
+            } else {
+                // Four values of m at one k: one vec4 of tile_a.
+                let kk = e / QA;
+                let q = e % QA;
+                let gm = o.row0 + 4u * q;
+                let gk = k0 + kk;
+                var v = vec4<f32>(0.0);
+                if (gm < p.m && gk < p.k) {
+                    v = a4[(o.base_a + gk * p.m + gm) >> 2u];
+                }
+                tile_a[kk * QA + q] = v;
+            }
+        }
+        for (var e = tid; e < TILE_N * SLICE / 4u; e += THREADS) {
+            if (p.trans_b == 0u) {
+                // Four values of n at one k: one vec4 of tile_b.
+                let kk = e / QB;
+                let q = e % QB;
+                let gn = o.col0 + 4u * q;
+                let gk = k0 + kk;
+                var v = vec4<f32>(0.0);
+                if (gn < p.n && gk < p.k) {
+                    v = weight_at4(o.base_b + gk * p.n + gn);
+                }
+                tile_b[kk * QB + q] = v;
+            } else {
+                // Four values of k at one column n: one component of four vec4s of tile_b.
+                let n = e / (SLICE / 4u);
+                let kk = 4u * (e % (SLICE / 4u));
+                let gn = o.col0 + n;
+                let gk = k0 + kk;
+                var v = vec4<f32>(0.0);
+                if (gn < p.n && gk < p.k) {
+                    v = weight_at4(o.base_b + gn * p.k + gk);
+                }
+                for (var j = 0u; j < 4u; j++) {
+                    tile_b[(kk + j) * QB + n / 4u][n % 4u] = v[j];
+                }
+            }
+        }
+        workgroupBarrier();
+        multiply_slice(lid, &acc);
+        workgroupBarrier();
+    }
+    store_block(lid, o, &acc);
 }

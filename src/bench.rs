@@ -763,6 +763,12 @@ pub async fn run(ctx: &GpuContext, cases: &Cases, log: &dyn Fn(&str)) -> Result<
     for case in &cases.matmul {
         let rows = bench_matmul(ctx, case).await?;
         log(&format!("{}: {:.2} {} default, {:.2} tuned ({})", case.key, rows[0].value, rows[0].unit, rows[1].value, rows[1].key));
+        // What tuning timed for this class (its cut product), every variant side by side.
+        let class = gpu::tune::class(&Matmul::new(case.m, case.n, case.k, layout(&case.layout)), format(&case.format)?);
+        if let Some(t) = ctx.tuned().into_iter().rev().find(|t| t.class == class) {
+            let each: Vec<String> = t.gflops.iter().enumerate().map(|(i, g)| format!("{} {}", gpu::tune::VARIANTS[i].name, g.map_or("failed".into(), |g| format!("{g:.2}")))).collect();
+            log(&format!("  tuning {class} on {:?}: {}", t.timed, each.join(", ")));
+        }
         out.rows.extend(rows);
     }
     for case in &cases.forward {

@@ -12,9 +12,16 @@ use loratab::selftest::{check_matmul, gpu_add, gpu_scale, gpu_sum_squares, max_e
 const SIZES: [usize; 4] = [1, 7, 33, 130];
 
 /// Every matmul variant the tuner may pick (`gpu::tune::VARIANTS`), set on `ctx` in turn: the
-/// tests below run each case once per variant (the first is the default).
+/// tests below run each case once per variant (the first is the default). The variants that stage
+/// four values a load run `main` with their tile's constants on shapes that are not multiples of 4
+/// (all of these tests' but `matmul_vec4_variants_on_aligned_shapes`), the very pipeline of their
+/// plain twin, so those tests take the plain variants only and that one the vec4 ones.
 fn variants(ctx: &loratab::gpu::GpuContext) -> impl Iterator<Item = (usize, &'static str)> + '_ {
-    let all = loratab::gpu::tune::VARIANTS.iter().enumerate().map(|(i, v)| (i, v.name));
+    variants_where(ctx, |v| !v.vec4)
+}
+
+fn variants_where(ctx: &loratab::gpu::GpuContext, keep: fn(&loratab::gpu::tune::Variant) -> bool) -> impl Iterator<Item = (usize, &'static str)> + '_ {
+    let all = loratab::gpu::tune::VARIANTS.iter().enumerate().filter(move |(_, v)| keep(v)).map(|(i, v)| (i, v.name));
     all.chain(std::iter::once((usize::MAX, ""))).filter_map(move |(i, name)| {
         // The last item only puts the context back to its tuned choice.
         ctx.set_matmul_variant((i != usize::MAX).then_some(i));
@@ -42,7 +49,8 @@ async fn all_shapes(layout: Layout) {
         }
     }
     let tiled = if layout.trans_a() { 4 } else { 2 };
-    assert_eq!(ran, 64 + (loratab::gpu::tune::VARIANTS.len() - 1) * tiled * 16, "{layout:?}: cases run");
+    let plain = loratab::gpu::tune::VARIANTS.iter().filter(|v| !v.vec4).count();
+    assert_eq!(ran, 64 + (plain - 1) * tiled * 16, "{layout:?}: cases run");
 }
 
 gpu_test! {
@@ -59,6 +67,38 @@ gpu_test! {
 
 gpu_test! {
     async fn matmul_xtwt_all_odd_shapes() { all_shapes(Layout::XtWt).await }
+}
+
+gpu_test! {
+    /// The variants that stage four values a load (`main_vec4`) on shapes where they do (every
+    /// dimension a multiple of 4, two tiles past 64 and a partial one), in every layout, also
+    /// reading A as an aligned column block and batched; and the same shapes through `main` for
+    /// one unaligned dimension. Odd shapes above never take `main_vec4`.
+    async fn matmul_vec4_variants_on_aligned_shapes() {
+        let ctx = gpu().await;
+        let mut staged4 = 0;
+        for (v, variant) in variants_where(&ctx, |v| v.vec4) {
+            let var = loratab::gpu::tune::VARIANTS[v];
+            for layout in [Layout::XW, Layout::XWt, Layout::XtG, Layout::XtWt] {
+                for (m, n, k) in [(132, 68, 36), (12, 136, 20), (68, 4, 132), (68, 36, 19)] {
+                    let mut specs = vec![Matmul::new(m, n, k, layout).scaled(0.5, 1.0), Matmul::new(m, n, k, layout).batched(2, false)];
+                    if !layout.trans_a() {
+                        specs.push(Matmul::new(m, n, k, layout).from_block(k + 8, 4).into_block(n + 4, 4, 0));
+                    }
+                    for spec in specs {
+                        staged4 += usize::from(var.entry(&spec) == "main_vec4");
+                        let e = check_matmul(&ctx, &spec, true, (m + n + k) as u64).await.unwrap();
+                        assert!(e <= MATMUL_TOLERANCE, "{variant}: {spec:?}: max error {e}");
+                    }
+                }
+            }
+        }
+        // Per vec4 variant: the three all-aligned shapes in every spec (3 × 3 for X·W and X·Wᵀ, 3 × 2
+        // for Xᵀ·G and Xᵀ·Wᵀ); K = 19 stages four at a time only in Xᵀ·G (A along M, B along N): 2 more.
+        let vec4_variants = loratab::gpu::tune::VARIANTS.iter().filter(|v| v.vec4).count();
+        assert!(vec4_variants >= 1);
+        assert_eq!(staged4, vec4_variants * (2 * 3 * 3 + 2 * 3 * 2 + 2), "aligned products that ran main_vec4");
+    }
 }
 
 gpu_test! {
@@ -381,7 +421,9 @@ gpu_test! {
     async fn compact_weight_matmul_matches_f32_on_dequantized() {
         let ctx = gpu().await;
         let mut rng = Rng::new(91);
-        for (v, variant) in variants(&ctx) {
+        // Every variant: the 130-row case is aligned, so the vec4 ones read the packed words through
+        // each format's weight_at4 there.
+        for (v, variant) in variants_where(&ctx, |_| true) {
             // The variants differ in the tiled kernel only: the few-row cases (matvec) run once.
             let tiled_only = v != loratab::gpu::tune::DEFAULT;
             for format in WeightFormat::ALL {
@@ -401,6 +443,8 @@ gpu_test! {
                         let (w, dequantized) = packed(&ctx, &mut rng, rows, cols, format).await;
                         let wide = n + 5;
                         let spec = Matmul::new(m, n, k, layout).scaled(0.5, 1.0).into_block(wide, 0, 3);
+                        let var = loratab::gpu::tune::VARIANTS[v];
+                        assert!(!var.vec4 || m <= 8 || var.entry(&spec) == "main_vec4", "{variant}: {spec:?} is aligned");
                         let (a, bias, c0) = (rng.vec(spec.a_len()), rng.vec(spec.bias_offset + n), rng.vec(spec.c_len()));
                         let ta = ctx.upload(&a, &[a.len()]).await.unwrap();
                         let tbias = ctx.upload(&bias, &[bias.len()]).await.unwrap();

@@ -104,7 +104,7 @@ pub fn encode_with(ctx: &GpuContext, encoder: &mut Recorder, spec: &Matmul, ops:
                     detail: format!("{spec:?} needs a workgroup grid {groups:?}, over this GPU's {max} per dimension"),
                 });
             }
-            (&KERNELS, "main", variant.constants(), (groups.0 as u32, groups.1 as u32, groups.2 as u32))
+            (&KERNELS, variant.entry(spec), variant.constants(), (groups.0 as u32, groups.1 as u32, groups.2 as u32))
         }
         Kernel::Auto => unreachable!("resolved above"),
     };

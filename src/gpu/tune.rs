@@ -22,13 +22,15 @@ use super::{GpuContext, GpuError, GpuTensor};
 use crate::model::{HostTensor, Weight, WeightFormat};
 use crate::ops::Matmul;
 
-/// One matmul variant: TX × TY threads, each a BM × 4 block of C.
+/// One matmul variant: TX × TY threads, each a BM × 4 block of C; with `vec4`, the operands are
+/// staged four values a load where the shape allows (the shader's `main_vec4`, see [`Variant::entry`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Variant {
     pub name: &'static str,
     pub tx: u32,
     pub ty: u32,
     pub bm: u32,
+    pub vec4: bool,
 }
 
 impl Variant {
@@ -44,15 +46,27 @@ impl Variant {
         }
         vec![("TX", self.tx as u64), ("TY", self.ty as u64), ("BM", self.bm as u64)]
     }
+
+    /// matmul.wgsl's entry point for `spec`: `main_vec4` when this variant reads four values a load
+    /// and every group of four consecutive values it would read lies wholly inside its operand
+    /// (A along K for [M, K] or along M for [K, M]; B along N for [K, N] or along K for [N, K]),
+    /// else `main`. Both add the same products in the same order: the results are bit-identical.
+    pub fn entry(&self, spec: &Matmul) -> &'static str {
+        let a = if spec.layout.trans_a() { spec.m % 4 == 0 } else { spec.k % 4 == 0 && spec.lda % 4 == 0 };
+        let b = if spec.layout.trans_b() { spec.k % 4 == 0 } else { spec.n % 4 == 0 };
+        if self.vec4 && a && b && spec.a_offset % 4 == 0 { "main_vec4" } else { "main" }
+    }
 }
 
 /// The variants tried; [`DEFAULT`] is the one used untuned.
-pub const VARIANTS: [Variant; 5] = [
-    Variant { name: "64x64 t16x16 b4x4", tx: 16, ty: 16, bm: 4 },
-    Variant { name: "32x32 t8x8 b4x4", tx: 8, ty: 8, bm: 4 },
-    Variant { name: "32x64 t16x8 b4x4", tx: 16, ty: 8, bm: 4 },
-    Variant { name: "64x64 t16x8 b8x4", tx: 16, ty: 8, bm: 8 },
-    Variant { name: "128x64 t16x16 b8x4", tx: 16, ty: 16, bm: 8 },
+pub const VARIANTS: [Variant; 7] = [
+    Variant { name: "64x64 t16x16 b4x4", tx: 16, ty: 16, bm: 4, vec4: false },
+    Variant { name: "32x32 t8x8 b4x4", tx: 8, ty: 8, bm: 4, vec4: false },
+    Variant { name: "32x64 t16x8 b4x4", tx: 16, ty: 8, bm: 4, vec4: false },
+    Variant { name: "64x64 t16x8 b8x4", tx: 16, ty: 8, bm: 8, vec4: false },
+    Variant { name: "128x64 t16x16 b8x4", tx: 16, ty: 16, bm: 8, vec4: false },
+    Variant { name: "64x64 t16x16 b4x4 vec4", tx: 16, ty: 16, bm: 4, vec4: true },
+    Variant { name: "128x64 t16x16 b8x4 vec4", tx: 16, ty: 16, bm: 8, vec4: true },
 ];
 pub const DEFAULT: usize = 0;
 
