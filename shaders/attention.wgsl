@@ -113,3 +113,118 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
         lse[h * p.tokens + t] = m + log(l);
     }
 }
+
+// ---- `decode`: the same outputs for a few new tokens on a CPU implementation ----
+// On lavapipe and SwiftShader every invocation's load is a bounds-checked load of its own and every
+// barrier switches all of a workgroup's invocations, so `main` (a workgroup per query head, ~17
+// barriers per tile of keys) costs ~0.3 ms a layer for one token. Here one workgroup of WG threads
+// (32, set by the launcher) serves a token t and a key/value head h' with all GROUP query heads that
+// read it, so each key and value is loaded once for the group, four values a load, and the softmax
+// takes 4 barriers in all:
+//   1. the group's query rows → qs; 2. thread j scores keys s ≡ j (mod WG) for every head into
+//   sc[g·S + s] (S = past + t + 1 visible keys), keeping its maxima; 3. m[g] = max over the threads'
+//   maxima; sc ← exp(sc − m), l[g] = Σ of the threads' sums; 4. thread o = g·Dh/4 + i sums
+//   P·V for four values of head g: out = Σ_s p[g, s]·v[s] / l[g]; lse = m + log l.
+// Limits (the launcher checks them, else `main` runs): GROUP ≤ 8, GROUP·Dh ≤ 1024, Dh % 4 = 0,
+// GROUP·S ≤ 2048 (sc holds every visible key's score: no online softmax needed).
+// Dispatch: one workgroup per (t, h'), row index t·Hkv + h', over a 2-D grid as in `main`.
+
+@group(0) @binding(0) var<storage, read> q4: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read> k4: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> v4: array<vec4<f32>>;
+
+override GROUP: u32 = 1u;         // query heads per key/value head (= p.group)
+const DECODE_GROUP_MAX: u32 = 8u;
+
+var<workgroup> qs: array<vec4<f32>, 256>;   // qs[g·Dh/4 + i]: query head h'·GROUP + g, values 4i..4i+3
+var<workgroup> sc: array<f32, 2048>;        // sc[g·S + s]: scores, then exp(score − m[g])
+var<workgroup> part: array<f32, 256>;       // part[g·WG + j]: thread j's maximum, then its sum
+
+@compute @workgroup_size(WG)
+fn decode(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>,
+          @builtin(num_workgroups) groups: vec3<u32>) {
+    let row = wid.y * groups.x + wid.x;
+    if (row >= p.tokens * p.kv_heads) {
+        return; // uniform per workgroup
+    }
+    let t = row / p.kv_heads;
+    let hk = row - t * p.kv_heads;
+    let tid = lid.x;
+    let d4 = p.head_dim / 4u;
+    let visible = p.past + t + 1u;
+    let kv_stride = p.kv_heads * d4;
+    let kv_off = hk * d4;
+    let head0 = hk * GROUP;                      // the group's first query head
+
+    for (var i = tid; i < GROUP * d4; i += WG) {
+        qs[i] = q4[(t * p.q_heads + head0) * d4 + i];
+    }
+    workgroupBarrier();
+
+    var m: array<f32, DECODE_GROUP_MAX>;
+    for (var g = 0u; g < GROUP; g++) {
+        m[g] = NEG_MAX;
+    }
+    for (var s = tid; s < visible; s += WG) {
+        var x: array<f32, DECODE_GROUP_MAX>;
+        let kb = s * kv_stride + kv_off;
+        for (var i = 0u; i < d4; i++) {
+            let kv = k4[kb + i];
+            for (var g = 0u; g < GROUP; g++) {
+                x[g] += dot(qs[g * d4 + i], kv);
+            }
+        }
+        for (var g = 0u; g < GROUP; g++) {
+            let score = x[g] * p.scale;
+            sc[g * visible + s] = score;
+            m[g] = max(m[g], score);
+        }
+    }
+    for (var g = 0u; g < GROUP; g++) {
+        part[g * WG + tid] = m[g];
+    }
+    workgroupBarrier();
+    for (var g = 0u; g < GROUP; g++) {
+        for (var j = 0u; j < WG; j++) {
+            m[g] = max(m[g], part[g * WG + j]);
+        }
+    }
+    workgroupBarrier(); // every thread has its maxima before part is overwritten
+
+    var l: array<f32, DECODE_GROUP_MAX>;
+    for (var s = tid; s < visible; s += WG) {
+        for (var g = 0u; g < GROUP; g++) {
+            let e = exp(sc[g * visible + s] - m[g]);
+            sc[g * visible + s] = e;
+            l[g] += e;
+        }
+    }
+    for (var g = 0u; g < GROUP; g++) {
+        part[g * WG + tid] = l[g];
+    }
+    workgroupBarrier(); // publishes sc and the sums
+    for (var g = 0u; g < GROUP; g++) {
+        l[g] = 0.0;
+        for (var j = 0u; j < WG; j++) {
+            l[g] += part[g * WG + j];
+        }
+    }
+
+    for (var o = tid; o < GROUP * d4; o += WG) {
+        let g = o / d4;
+        let i = o - g * d4;
+        var acc = vec4<f32>(0.0);
+        for (var s = 0u; s < visible; s++) {
+            acc = fma(vec4<f32>(sc[g * visible + s]), v4[s * kv_stride + kv_off + i], acc);
+        }
+        let r = acc / l[g];
+        let ob = (t * p.q_heads + head0 + g) * p.head_dim + 4u * i;
+        out[ob] = r.x;
+        out[ob + 1u] = r.y;
+        out[ob + 2u] = r.z;
+        out[ob + 3u] = r.w;
+    }
+    if (tid < GROUP) {
+        lse[(head0 + tid) * p.tokens + t] = m[tid] + log(l[tid]);
+    }
+}

@@ -1,7 +1,9 @@
 //! Launcher for `shaders/attention.wgsl`: fused causal multi-head attention with grouped-query heads
 //! (scores, online softmax, P·V over tiles of keys), keeping only each row's logsumexp for the
 //! backward pass, which recomputes the probabilities (`shaders/attention_backward.wgsl`): O(T)
-//! memory, not O(T²). CPU reference: `reference::attention`.
+//! memory, not O(T²). A few new tokens on a CPU adapter (a decode step) run the shader's `decode`
+//! entry instead ([`Kernel`]): a workgroup per key/value head for its whole group of query heads,
+//! four values a load, 4 barriers. CPU reference: `reference::attention`.
 
 use super::{check_len, check_u32, grid_rows, GpuContext, GpuError, GpuTensor, Recorder};
 use crate::reference::attention::Heads;
@@ -51,6 +53,45 @@ pub fn encode(
     past: usize,
     heads: &Heads,
 ) -> Result<(), GpuError> {
+    encode_with(ctx, encoder, [q, k, v, out, lse], tokens, past, heads, Kernel::Auto)
+}
+
+/// Which entry point of attention.wgsl records attention.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kernel {
+    /// `decode` for at most [`DECODE_MAX_TOKENS`] new tokens on a CPU adapter where it fits
+    /// ([`decode_fits`]), else `main`: what [`encode`] does.
+    Auto,
+    /// `main`: a workgroup per (token, query head), keys in tiles with an online softmax.
+    Tiled,
+    /// `decode`: a workgroup per (token, key/value head) for its whole group of query heads (tests
+    /// run it on any device; `GpuError::Shape` where it does not fit).
+    Decode,
+}
+
+/// New tokens up to which a CPU adapter runs `decode` (a generated token, a short prompt).
+pub const DECODE_MAX_TOKENS: usize = 8;
+
+/// Whether the `decode` entry point holds this case: at most 8 query heads per key/value head,
+/// group · head_dim ≤ 1024 and head_dim a multiple of 4 (its query rows and vec4 loads), and
+/// group · (past + tokens) ≤ 2048 (every visible key's score in workgroup memory).
+pub fn decode_fits(tokens: usize, past: usize, heads: &Heads) -> bool {
+    let group = heads.q_heads / heads.kv_heads.max(1);
+    group <= 8 && group * heads.head_dim <= 1024 && heads.head_dim % 4 == 0 && group * (past + tokens) <= 2048
+}
+
+/// [`encode`] with the entry point chosen by `kernel`; `bufs` are q, k, v, out, lse.
+#[allow(clippy::too_many_arguments)]
+pub fn encode_with(
+    ctx: &GpuContext,
+    encoder: &mut Recorder,
+    bufs: [&GpuTensor; 5],
+    tokens: usize,
+    past: usize,
+    heads: &Heads,
+    kernel: Kernel,
+) -> Result<(), GpuError> {
+    let [q, k, v, out, lse] = bufs;
     let Heads { q_heads: hq, kv_heads: hkv, head_dim: dh } = *heads;
     if hq == 0 || hkv == 0 || hq % hkv != 0 {
         return Err(shape(format!("{hq} query heads are not a whole multiple of {hkv} key/value heads")));
@@ -80,13 +121,24 @@ pub fn encode(
         // Exactly the reference's scale.
         scale: 1.0 / (dh as f32).sqrt(),
     };
-    let pipeline = ctx.pipeline("attention", SOURCE, "main", &[("WG", super::row_workgroup(ctx, dh) as u64)]);
+    let decode = match kernel {
+        Kernel::Auto => ctx.is_cpu() && tokens <= DECODE_MAX_TOKENS && decode_fits(tokens, past, heads),
+        Kernel::Tiled => false,
+        Kernel::Decode if decode_fits(tokens, past, heads) => true,
+        Kernel::Decode => return Err(shape(format!("{tokens} tokens after {past} with {hq} query heads, {hkv} key/value heads of {dh} do not fit the decode kernel"))),
+    };
+    // decode: 32 threads (a CPU's workgroup; see the shader), GROUP unrolls its per-head loops.
+    let (pipeline, rows) = if decode {
+        (ctx.pipeline("attention", SOURCE, "decode", &[("WG", 32), ("GROUP", (hq / hkv) as u64)]), tokens * hkv)
+    } else {
+        (ctx.pipeline("attention", SOURCE, "main", &[("WG", super::row_workgroup(ctx, dh) as u64)]), tokens * hq)
+    };
     let uniform = ctx.uniform(&params);
     let bind = ctx.bind(
         &pipeline,
         &[&q.buffer, &k.buffer, &v.buffer, &out.buffer, &lse.buffer, &uniform],
     );
-    let (gx, gy) = grid_rows(tokens * hq, ctx.max_workgroups_per_dim());
+    let (gx, gy) = grid_rows(rows, ctx.max_workgroups_per_dim());
     encoder.dispatch(&pipeline, &bind, (gx, gy, 1));
     Ok(())
 }
