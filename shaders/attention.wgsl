@@ -166,7 +166,12 @@ fn decode(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) w
         m[g] = NEG_MAX;
     }
     for (var s = tid; s < visible; s += WG) {
+        // Zeroed explicitly for each key: in Chrome on SwiftShader this `var`, declared without an
+        // initializer inside the loop, kept the previous key's sums (wrong scores past 32 keys).
         var x: array<f32, DECODE_GROUP_MAX>;
+        for (var g = 0u; g < GROUP; g++) {
+            x[g] = 0.0;
+        }
         let kb = s * kv_stride + kv_off;
         for (var i = 0u; i < d4; i++) {
             let kv = k4[kb + i];
