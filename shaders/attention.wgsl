@@ -114,7 +114,7 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
     }
 }
 
-// ---- `decode`: the same outputs for a few new tokens on a CPU implementation ----
+// ---- `decode`: the same outputs, for a CPU implementation (generation, prompts, training windows) ----
 // On lavapipe and SwiftShader every invocation's load is a bounds-checked load of its own and every
 // barrier switches all of a workgroup's invocations, so `main` (a workgroup per query head, ~17
 // barriers per tile of keys) costs ~0.3 ms a layer for one token. Here one workgroup of WG threads

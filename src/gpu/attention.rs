@@ -1,9 +1,9 @@
 //! Launcher for `shaders/attention.wgsl`: fused causal multi-head attention with grouped-query heads
 //! (scores, online softmax, P·V over tiles of keys), keeping only each row's logsumexp for the
 //! backward pass, which recomputes the probabilities (`shaders/attention_backward.wgsl`): O(T)
-//! memory, not O(T²). A few new tokens on a CPU adapter (a decode step) run the shader's `decode`
-//! entry instead ([`Kernel`]): a workgroup per key/value head for its whole group of query heads,
-//! four values a load, 4 barriers. CPU reference: `reference::attention`.
+//! memory, not O(T²). On a CPU adapter the shader's `decode` entry runs instead where it fits
+//! ([`Kernel`]): a workgroup per (token, key/value head) for its whole group of query heads, four
+//! values a load, 4 barriers. CPU reference: `reference::attention`.
 
 use super::{check_len, check_u32, grid_rows, GpuContext, GpuError, GpuTensor, Recorder};
 use crate::reference::attention::Heads;
@@ -59,8 +59,10 @@ pub fn encode(
 /// Which entry point of attention.wgsl records attention.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kernel {
-    /// `decode` for at most [`DECODE_MAX_TOKENS`] new tokens on a CPU adapter where it fits
-    /// ([`decode_fits`]), else `main`: what [`encode`] does.
+    /// `decode` on a CPU adapter where it fits ([`decode_fits`]), else `main`: what [`encode`]
+    /// does. On lavapipe `decode` is the faster of the two for a generated token (attention 1.3 →
+    /// 0.7 ms a token on the default model) and for 128-token prompts and training windows too
+    /// (prefill 15–20% faster a token; BENCHMARKS.md, session 13).
     Auto,
     /// `main`: a workgroup per (token, query head), keys in tiles with an online softmax.
     Tiled,
@@ -68,9 +70,6 @@ pub enum Kernel {
     /// run it on any device; `GpuError::Shape` where it does not fit).
     Decode,
 }
-
-/// New tokens up to which a CPU adapter runs `decode` (a generated token, a short prompt).
-pub const DECODE_MAX_TOKENS: usize = 8;
 
 /// Whether the `decode` entry point holds this case: at most 8 query heads per key/value head,
 /// group · head_dim ≤ 1024 and head_dim a multiple of 4 (its query rows and vec4 loads), and
@@ -122,7 +121,7 @@ pub fn encode_with(
         scale: 1.0 / (dh as f32).sqrt(),
     };
     let decode = match kernel {
-        Kernel::Auto => ctx.is_cpu() && tokens <= DECODE_MAX_TOKENS && decode_fits(tokens, past, heads),
+        Kernel::Auto => ctx.is_cpu() && decode_fits(tokens, past, heads),
         Kernel::Tiled => false,
         Kernel::Decode if decode_fits(tokens, past, heads) => true,
         Kernel::Decode => return Err(shape(format!("{tokens} tokens after {past} with {hq} query heads, {hkv} key/value heads of {dh} do not fit the decode kernel"))),
