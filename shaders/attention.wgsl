@@ -125,7 +125,8 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid
 //   sc[g·S + s] (S = past + t + 1 visible keys), keeping its maxima; 3. m[g] = max over the threads'
 //   maxima; sc ← exp(sc − m), l[g] = Σ of the threads' sums; 4. thread o = g·Dh/4 + i sums
 //   P·V for four values of head g: out = Σ_s p[g, s]·v[s] / l[g]; lse = m + log l.
-// Limits (the launcher checks them, else `main` runs): GROUP ≤ 8, GROUP·Dh ≤ 1024, Dh % 4 = 0,
+// Limits (the launcher checks them with the same sizes, src/gpu/attention.rs DECODE_*, else `main`
+// runs): GROUP ≤ 8, GROUP·Dh ≤ 1024, Dh % 4 = 0,
 // GROUP·S ≤ 2048 (sc holds every visible key's score: no online softmax needed).
 // Dispatch: one workgroup per (t, h'), row index t·Hkv + h', over a 2-D grid as in `main`.
 

@@ -71,12 +71,19 @@ pub enum Kernel {
     Decode,
 }
 
+/// The sizes of the `decode` entry's arrays in attention.wgsl: query heads per key/value head
+/// (`DECODE_GROUP_MAX`), the group's query rows (`qs`, in floats) and every visible key's score for
+/// the group (`sc`).
+const DECODE_GROUP_MAX: usize = 8;
+const DECODE_QUERY_FLOATS: usize = 1024;
+const DECODE_SCORES: usize = 2048;
+
 /// Whether the `decode` entry point holds this case: at most 8 query heads per key/value head,
 /// group · head_dim ≤ 1024 and head_dim a multiple of 4 (its query rows and vec4 loads), and
 /// group · (past + tokens) ≤ 2048 (every visible key's score in workgroup memory).
 pub fn decode_fits(tokens: usize, past: usize, heads: &Heads) -> bool {
     let group = heads.q_heads / heads.kv_heads.max(1);
-    group <= 8 && group * heads.head_dim <= 1024 && heads.head_dim % 4 == 0 && group * (past + tokens) <= 2048
+    group <= DECODE_GROUP_MAX && group * heads.head_dim <= DECODE_QUERY_FLOATS && heads.head_dim % 4 == 0 && group * (past + tokens) <= DECODE_SCORES
 }
 
 /// [`encode`] with the entry point chosen by `kernel`; `bufs` are q, k, v, out, lse.

@@ -29,8 +29,8 @@ pub fn lanes(ctx: &GpuContext, spec: &Matmul) -> usize {
     }
 }
 
-/// Whether B's rows can be read four values at a time (the shader's `main_vec4`): four consecutive
-/// values of B along K (X·Wᵀ) or along N (X·W) never straddle a row, a batch or the end of B.
+/// Whether B's rows can be read four values at a time (`main_vec4` here and in matmul.wgsl): four
+/// consecutive values of B along K (X·Wᵀ) or along N (X·W) never straddle a row, a batch or the end of B.
 pub fn aligned(spec: &Matmul) -> bool {
     if spec.layout.trans_b() { spec.k % 4 == 0 } else { spec.n % 4 == 0 }
 }

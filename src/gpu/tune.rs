@@ -53,8 +53,7 @@ impl Variant {
     /// else `main`. Both add the same products in the same order: the results are bit-identical.
     pub fn entry(&self, spec: &Matmul) -> &'static str {
         let a = if spec.layout.trans_a() { spec.m % 4 == 0 } else { spec.k % 4 == 0 && spec.lda % 4 == 0 };
-        let b = if spec.layout.trans_b() { spec.k % 4 == 0 } else { spec.n % 4 == 0 };
-        if self.vec4 && a && b && spec.a_offset % 4 == 0 { "main_vec4" } else { "main" }
+        if self.vec4 && a && super::matvec::aligned(spec) && spec.a_offset % 4 == 0 { "main_vec4" } else { "main" }
     }
 }
 
