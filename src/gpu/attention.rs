@@ -83,7 +83,7 @@ const DECODE_SCORES: usize = 2048;
 /// group · (past + tokens) ≤ 2048 (every visible key's score in workgroup memory).
 pub fn decode_fits(tokens: usize, past: usize, heads: &Heads) -> bool {
     let group = heads.q_heads / heads.kv_heads.max(1);
-    group <= DECODE_GROUP_MAX && group * heads.head_dim <= DECODE_QUERY_FLOATS && heads.head_dim % 4 == 0 && group * (past + tokens) <= DECODE_SCORES
+    group <= DECODE_GROUP_MAX && group * heads.head_dim <= DECODE_QUERY_FLOATS && heads.head_dim.is_multiple_of(4) && group * (past + tokens) <= DECODE_SCORES
 }
 
 /// [`encode`] with the entry point chosen by `kernel`; `bufs` are q, k, v, out, lse.

@@ -52,8 +52,8 @@ impl Variant {
     /// (A along K for [M, K] or along M for [K, M]; B along N for [K, N] or along K for [N, K]),
     /// else `main`. Both add the same products in the same order: the results are bit-identical.
     pub fn entry(&self, spec: &Matmul) -> &'static str {
-        let a = if spec.layout.trans_a() { spec.m % 4 == 0 } else { spec.k % 4 == 0 && spec.lda % 4 == 0 };
-        if self.vec4 && a && super::matvec::aligned(spec) && spec.a_offset % 4 == 0 { "main_vec4" } else { "main" }
+        let a = if spec.layout.trans_a() { spec.m.is_multiple_of(4) } else { spec.k.is_multiple_of(4) && spec.lda.is_multiple_of(4) };
+        if self.vec4 && a && super::matvec::aligned(spec) && spec.a_offset.is_multiple_of(4) { "main_vec4" } else { "main" }
     }
 }
 
