@@ -365,15 +365,15 @@ gpu_test! {
                             let mut want = dy.clone();
                             reference::rope::rope_backward(&mut want, heads, head_dim, pos0, theta);
                             let g = ctx.upload(&dy, &[tokens, heads, head_dim]).await.unwrap();
-                            run(&ctx, |enc| ops::rope::encode_backward(&ctx, enc, &g, tokens, heads, head_dim, pos0, theta)).await;
+                            run(&ctx, |enc| ops::rope::encode_backward(&ctx, enc, &[(&g, heads)], tokens, head_dim, pos0, theta)).await;
                             let e = max_error(&ctx.read(&g).await.unwrap(), &want);
                             assert!(e <= TOL, "{what}: max error {e}");
                             worst = worst.max(e);
 
                             // forward then backward: the identity.
                             run(&ctx, |enc| {
-                                ops::rope::encode(&ctx, enc, &g, tokens, heads, head_dim, pos0, theta)?;
-                                ops::rope::encode_backward(&ctx, enc, &g, tokens, heads, head_dim, pos0, theta)
+                                ops::rope::encode(&ctx, enc, &[(&g, heads)], tokens, head_dim, pos0, theta)?;
+                                ops::rope::encode_backward(&ctx, enc, &[(&g, heads)], tokens, head_dim, pos0, theta)
                             })
                             .await;
                             let back = ctx.read(&g).await.unwrap();
@@ -755,7 +755,7 @@ gpu_test! {
         assert!(e.contains("gelu_backward"), "{e}");
         let e = err(ctx.run(|enc| ops::silu_mul::encode_backward(ctx, enc, &x, &dy, &dx, &dx, &short)).await);
         assert!(e.contains("silu_mul_backward"), "{e}");
-        let e = err(ctx.run(|enc| ops::rope::encode_backward(ctx, enc, &x, 2, 2, 4, 0, 10_000.0)).await);
+        let e = err(ctx.run(|enc| ops::rope::encode_backward(ctx, enc, &[(&x, 2)], 2, 4, 0, 10_000.0)).await);
         assert!(e.contains("rope_backward") && e.contains("2 · 2 · 4"), "{e}");
 
         let ids = ctx.upload_u32(&[0, 1], &[2]).await.unwrap();

@@ -399,21 +399,28 @@ gpu_test! {
                 for head_dim in [2, 7, 8, 12, 64] {
                     for pos0 in [0, 5, 1000, 2025] {
                         for theta in [10_000.0f32, 500_000.0] {
+                            // Three heads rotate with a second tensor of two (q and k of a
+                            // grouped-query layer: entry main_pair), one head alone (main).
+                            let heads_y = if heads == 3 { 2 } else { 0 };
                             let x = rng.vec(tokens * heads * head_dim);
+                            let y = rng.vec(tokens * heads_y * head_dim + 1);
                             let mut want = x.clone();
                             reference::rope::rope(&mut want, heads, head_dim, pos0, theta);
+                            // y's last value lies past its heads: left as it is.
+                            let mut want_y = y.clone();
+                            reference::rope::rope(&mut want_y[..tokens * heads_y * head_dim], heads_y.max(1), head_dim, pos0, theta);
                             let xg = ctx.upload(&x, &[tokens, heads, head_dim]).await.unwrap();
-                            run(&ctx, |enc| {
-                                ops::rope::encode(&ctx, enc, &xg, tokens, heads, head_dim, pos0, theta)
-                            })
-                            .await;
+                            let yg = ctx.upload(&y, &[y.len()]).await.unwrap();
+                            let targets: &[(&GpuTensor, usize)] = if heads_y > 0 { &[(&xg, heads), (&yg, heads_y)] } else { &[(&xg, heads)] };
+                            run(&ctx, |enc| ops::rope::encode(&ctx, enc, targets, tokens, head_dim, pos0, theta)).await;
                             let e = max_error(&ctx.read(&xg).await.unwrap(), &want);
+                            let e_y = max_error(&ctx.read(&yg).await.unwrap(), &want_y);
                             assert!(
-                                e <= TOL,
-                                "tokens={tokens} heads={heads} head_dim={head_dim} pos0={pos0} \
-                                 theta={theta}: max error {e}"
+                                e <= TOL && e_y <= TOL,
+                                "tokens={tokens} heads={heads} (+{heads_y}) head_dim={head_dim} pos0={pos0} \
+                                 theta={theta}: max error {e}, second tensor {e_y}"
                             );
-                            worst = worst.max(e);
+                            worst = worst.max(e).max(e_y);
                         }
                     }
                 }
@@ -435,7 +442,7 @@ gpu_test! {
         for theta in [500_000.0f32, 10_000.0] {
             let x = rng.vec(tokens * heads * head_dim);
             let xg = ctx.upload(&x, &[tokens, heads, head_dim]).await.unwrap();
-            run(&ctx, |enc| ops::rope::encode(&ctx, enc, &xg, tokens, heads, head_dim, pos0, theta)).await;
+            run(&ctx, |enc| ops::rope::encode(&ctx, enc, &[(&xg, heads)], tokens, head_dim, pos0, theta)).await;
             let got = ctx.read(&xg).await.unwrap();
             let half = head_dim / 2;
             let mut worst = 0.0f64;
@@ -626,8 +633,12 @@ gpu_test! {
         let e = err(ctx.run(|enc| ops::embedding::encode(ctx, enc, &w5, 2, 0, &ids, &out, false)).await);
         assert!(e.contains("embedding") && e.contains("dim 2"), "{e}");
 
-        let e = err(ctx.run(|enc| ops::rope::encode(ctx, enc, &x, 2, 2, 4, 0, 10_000.0)).await);
+        let e = err(ctx.run(|enc| ops::rope::encode(ctx, enc, &[(&x, 2)], 2, 4, 0, 10_000.0)).await);
         assert!(e.contains("rope") && e.contains("2 · 2 · 4"), "{e}");
+        let e = err(ctx.run(|enc| ops::rope::encode(ctx, enc, &[(&x, 1), (&w6, 1)], 2, 4, 0, 10_000.0)).await);
+        assert!(e.contains("rope") && e.contains("2 · 1 · 4") && e.contains("[6]"), "the second tensor is checked too: {e}");
+        let e = err(ctx.run(|enc| ops::rope::encode(ctx, enc, &[(&w6, 1), (&w6, 1)], 1, 4, 0, 10_000.0)).await);
+        assert!(e.contains("rope") && e.contains("different buffers"), "{e}");
 
         let e = err(ctx.run(|enc| ops::gelu::encode(ctx, enc, &x, &w6)).await);
         assert!(e.contains("gelu"), "{e}");

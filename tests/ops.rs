@@ -289,12 +289,12 @@ gpu_test! {
         let (tokens, heads, head_dim, pos0, theta) = (50, 4, 50, 2025, 5e5f32);
         let xr = [a.as_slice(), b.as_slice()].concat();
         let rg = ctx.upload(&xr, &[tokens, heads, head_dim]).await.unwrap();
-        ctx.run(|enc| ops::rope::encode(&ctx, enc, &rg, tokens, heads, head_dim, pos0, theta)).await.unwrap();
+        ctx.run(|enc| ops::rope::encode(&ctx, enc, &[(&rg, heads)], tokens, head_dim, pos0, theta)).await.unwrap();
         let mut want = xr.clone();
         reference::rope::rope(&mut want, heads, head_dim, pos0, theta);
         close("rope", &ctx.read(&rg).await.unwrap(), &want, 1e-5);
         let rg = ctx.upload(&xr, &[tokens, heads, head_dim]).await.unwrap();
-        ctx.run(|enc| ops::rope::encode_backward(&ctx, enc, &rg, tokens, heads, head_dim, pos0, theta)).await.unwrap();
+        ctx.run(|enc| ops::rope::encode_backward(&ctx, enc, &[(&rg, heads)], tokens, head_dim, pos0, theta)).await.unwrap();
         let mut want = xr.clone();
         reference::rope::rope_backward(&mut want, heads, head_dim, pos0, theta);
         close("rope_backward", &ctx.read(&rg).await.unwrap(), &want, 1e-5);

@@ -177,14 +177,32 @@ pub(crate) fn launch_1d<P: bytemuck::Pod>(
     buffers: &[&wgpu::Buffer],
     params: impl FnOnce(u32) -> P,
 ) -> Result<(), GpuError> {
+    launch_1d_entry(ctx, encoder, op, kernel, "main", n, buffers, &[], params)
+}
+
+/// [`launch_1d`] of another entry point of the kernel, with `after` bound after the uniform (the
+/// bindings that entry point adds to `main`'s).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn launch_1d_entry<P: bytemuck::Pod>(
+    ctx: &GpuContext,
+    encoder: &mut Recorder,
+    op: &'static str,
+    kernel: &Kernel1d,
+    entry: &'static str,
+    n: usize,
+    buffers: &[&wgpu::Buffer],
+    after: &[&wgpu::Buffer],
+    params: impl FnOnce(u32) -> P,
+) -> Result<(), GpuError> {
     let count = check_u32(op, "the element count", n)?;
     if count == 0 {
         return Ok(());
     }
-    let pipeline = ctx.pipeline(kernel.name, kernel.source, "main", &[("WORKGROUP", WORKGROUP_1D as u64)]);
+    let pipeline = ctx.pipeline(kernel.name, kernel.source, entry, &[("WORKGROUP", WORKGROUP_1D as u64)]);
     let uniform = ctx.uniform(&params(count));
     let mut bound = buffers.to_vec();
     bound.push(&uniform);
+    bound.extend_from_slice(after);
     let bind = ctx.bind(&pipeline, &bound);
     let (x, y) = grid_1d(n, ctx.max_workgroups_per_dim());
     encoder.dispatch(&pipeline, &bind, (x, y, 1));

@@ -1,8 +1,9 @@
 //! Launcher for `shaders/rope.wgsl`: rotary position embedding applied in place ("rotate half"),
 //! forward and backward in one kernel (the backward rotates by −angle: `sign` = −1 in its uniform).
-//! CPU reference: `reference::rope`.
+//! Each call rotates one or two tensors ([`Targets`]: q and k of a layer in one dispatch, entry
+//! `main_pair`) with the same angles. CPU reference: `reference::rope`.
 
-use super::{check_u32, kernel_1d, launch_1d, GpuContext, GpuError, GpuTensor, Kernel1d, Recorder};
+use super::{check_u32, kernel_1d, launch_1d_entry, GpuContext, GpuError, GpuTensor, Kernel1d, Recorder};
 
 const KERNEL: Kernel1d = kernel_1d!("rope");
 /// Largest head_dim accepted, a sanity bound (real models use ≤ 256). The kernel itself has no limit:
@@ -19,8 +20,13 @@ struct Params {
     heads: u32,
     pos0: u32,
     sign: f32,
-    _pad: [u32; 2],
+    n_x: u32,
+    heads_y: u32,
 }
+
+/// What one call rotates: (tensor, heads) pairs, one or two (a layer's q and k), all over the same
+/// tokens and head_dim; each tensor may be longer than tokens · heads · head_dim values.
+pub type Targets<'a> = &'a [(&'a GpuTensor, usize)];
 
 /// The rotation frequencies 1 / theta^(2i / head_dim), i < head_dim / 2, in f32 exactly as
 /// `reference::rope::inv_freq` computes them.
@@ -52,38 +58,18 @@ impl Direction {
     }
 }
 
-/// Record the rotation of `x` [tokens, heads, head_dim] in place, token t at position `pos0 + t`
-/// (`x` may be longer; only its first tokens · heads · head_dim values are touched).
-#[allow(clippy::too_many_arguments)]
-pub fn encode(
-    ctx: &GpuContext,
-    encoder: &mut Recorder,
-    x: &GpuTensor,
-    tokens: usize,
-    heads: usize,
-    head_dim: usize,
-    pos0: usize,
-    theta: f32,
-) -> Result<(), GpuError> {
-    let shape = Shape { tokens, heads, head_dim, pos0, theta };
+/// Record the rotation of each target x [tokens, heads, head_dim] in place, token t at position
+/// `pos0 + t` (only the first tokens · heads · head_dim values of x are touched).
+pub fn encode(ctx: &GpuContext, encoder: &mut Recorder, x: Targets, tokens: usize, head_dim: usize, pos0: usize, theta: f32) -> Result<(), GpuError> {
+    let shape = Shape { tokens, head_dim, pos0, theta };
     rotate(ctx, encoder, Direction::Forward, x, shape, || cos_sin(tokens, head_dim, pos0, theta))
 }
 
-/// Record the backward of [`encode`]: rotate the gradient `dy` [tokens, heads, head_dim] back in place
-/// (by −angle, the same angles as the forward: the same CPU-computed table), leaving dx in `dy`.
+/// Record the backward of [`encode`]: rotate each gradient dy [tokens, heads, head_dim] back in place
+/// (by −angle, the same angles as the forward: the same CPU-computed table), leaving dx in dy.
 /// Reference `reference::rope::rope_backward`.
-#[allow(clippy::too_many_arguments)]
-pub fn encode_backward(
-    ctx: &GpuContext,
-    encoder: &mut Recorder,
-    dy: &GpuTensor,
-    tokens: usize,
-    heads: usize,
-    head_dim: usize,
-    pos0: usize,
-    theta: f32,
-) -> Result<(), GpuError> {
-    let shape = Shape { tokens, heads, head_dim, pos0, theta };
+pub fn encode_backward(ctx: &GpuContext, encoder: &mut Recorder, dy: Targets, tokens: usize, head_dim: usize, pos0: usize, theta: f32) -> Result<(), GpuError> {
+    let shape = Shape { tokens, head_dim, pos0, theta };
     rotate(ctx, encoder, Direction::Backward, dy, shape, || cos_sin(tokens, head_dim, pos0, theta))
 }
 
@@ -102,36 +88,48 @@ pub fn cos_sin(tokens: usize, head_dim: usize, pos0: usize, theta: f32) -> Vec<f
     table
 }
 
-/// The rotation's shape: `tokens` rows of `heads` heads of `head_dim`, the first at position `pos0`.
+/// The rotation's shape: `tokens` rows of heads of `head_dim`, the first at position `pos0`.
 struct Shape {
     tokens: usize,
-    heads: usize,
     head_dim: usize,
     pos0: usize,
     theta: f32,
 }
 
-/// Validate a rotation of `x`, then record it with the (cos, sin) table `table()` (only built when
-/// there is something to rotate).
+/// Validate a rotation of `targets`, then record it with the (cos, sin) table `table()` (only built
+/// when there is something to rotate).
 fn rotate(
     ctx: &GpuContext,
     encoder: &mut Recorder,
     direction: Direction,
-    x: &GpuTensor,
+    targets: Targets,
     s: Shape,
     table: impl FnOnce() -> Vec<f32>,
 ) -> Result<(), GpuError> {
     let op = direction.op();
-    let Shape { tokens, heads, head_dim, pos0, theta } = s;
-    let need = tokens * heads * head_dim;
-    if x.len() < need {
-        return Err(GpuError::Shape {
-            op,
-            detail: format!(
-                "x {:?} holds fewer than tokens · heads · head_dim = {tokens} · {heads} · {head_dim} values",
-                x.shape
-            ),
-        });
+    let Shape { tokens, head_dim, pos0, theta } = s;
+    let (x, heads, y) = match targets {
+        [(x, heads)] => (*x, *heads, None),
+        [(x, heads), (y, heads_y)] => (*x, *heads, Some((*y, *heads_y))),
+        _ => return Err(GpuError::Shape { op, detail: format!("rotates one or two tensors in a call, got {}", targets.len()) }),
+    };
+    for (x, heads) in targets {
+        let need = tokens * heads * head_dim;
+        if x.len() < need {
+            return Err(GpuError::Shape {
+                op,
+                detail: format!(
+                    "x {:?} holds fewer than tokens · heads · head_dim = {tokens} · {heads} · {head_dim} values",
+                    x.shape
+                ),
+            });
+        }
+        check_u32(op, "x's length", need)?;
+    }
+    if let Some((y, _)) = y {
+        if y.buffer == x.buffer {
+            return Err(GpuError::Shape { op, detail: "the two tensors it rotates must be different buffers".into() });
+        }
     }
     if theta.is_nan() || theta <= 0.0 {
         return Err(GpuError::Shape { op, detail: format!("theta must be positive, got {theta}") });
@@ -142,14 +140,16 @@ fn rotate(
             detail: format!("head_dim {head_dim} is beyond the supported {MAX_HEAD_DIM}"),
         });
     }
-    check_u32(op, "x's length", need)?;
     check_u32(op, "the last position", pos0 + tokens)?;
     let half = head_dim / 2;
-    let n = tokens * heads * half;
+    let n_x = tokens * heads * half;
+    let heads_y = y.map_or(0, |(_, h)| h);
+    let n = n_x + tokens * heads_y * half;
+    check_u32(op, "the pair count", n)?;
     if n == 0 {
         return Ok(());
     }
-    // The table first, then the uniform (inside launch_1d): the same order every step, so a
+    // The table first, then the uniform (inside launch_1d_entry): the same order every step, so a
     // `DispatchCache` reuses both buffers.
     let table = ctx.storage_constant(&table());
     let params = |n| Params {
@@ -159,9 +159,13 @@ fn rotate(
         heads: heads as u32,
         pos0: pos0 as u32,
         sign: direction.sign(),
-        _pad: [0; 2],
+        n_x: n_x as u32,
+        heads_y: heads_y as u32,
     };
-    launch_1d(ctx, encoder, op, &KERNEL, n, &[&x.buffer, &table], params)
+    match y {
+        None => launch_1d_entry(ctx, encoder, op, &KERNEL, "main", n, &[&x.buffer, &table], &[], params),
+        Some((y, _)) => launch_1d_entry(ctx, encoder, op, &KERNEL, "main_pair", n, &[&x.buffer, &table], &[&y.buffer], params),
+    }
 }
 
 /// The (cos, sin) table of `batch` sequences of `seq` tokens laid end to end, each at positions
@@ -170,37 +174,19 @@ fn batched_table(batch: usize, seq: usize, head_dim: usize, theta: f32) -> Vec<f
     cos_sin(seq, head_dim, 0, theta).repeat(batch)
 }
 
-/// [`encode`] over `batch` sequences of `seq` tokens stored back to back in `x`
+/// [`encode`] over `batch` sequences of `seq` tokens stored back to back in each target x
 /// [batch · seq, heads, head_dim], every sequence at positions 0..seq (training without a KV cache).
 #[allow(clippy::too_many_arguments)]
-pub fn encode_batched(
-    ctx: &GpuContext,
-    encoder: &mut Recorder,
-    x: &GpuTensor,
-    batch: usize,
-    seq: usize,
-    heads: usize,
-    head_dim: usize,
-    theta: f32,
-) -> Result<(), GpuError> {
-    let shape = Shape { tokens: batch * seq, heads, head_dim, pos0: 0, theta };
+pub fn encode_batched(ctx: &GpuContext, encoder: &mut Recorder, x: Targets, batch: usize, seq: usize, head_dim: usize, theta: f32) -> Result<(), GpuError> {
+    let shape = Shape { tokens: batch * seq, head_dim, pos0: 0, theta };
     rotate(ctx, encoder, Direction::Forward, x, shape, || batched_table(batch, seq, head_dim, theta))
 }
 
 /// [`encode_backward`] over `batch` sequences of `seq` tokens stored back to back (see
-/// [`encode_batched`]): rotates the gradient `dy` back in place.
+/// [`encode_batched`]): rotates each gradient dy back in place.
 #[allow(clippy::too_many_arguments)]
-pub fn encode_backward_batched(
-    ctx: &GpuContext,
-    encoder: &mut Recorder,
-    dy: &GpuTensor,
-    batch: usize,
-    seq: usize,
-    heads: usize,
-    head_dim: usize,
-    theta: f32,
-) -> Result<(), GpuError> {
-    let shape = Shape { tokens: batch * seq, heads, head_dim, pos0: 0, theta };
+pub fn encode_backward_batched(ctx: &GpuContext, encoder: &mut Recorder, dy: Targets, batch: usize, seq: usize, head_dim: usize, theta: f32) -> Result<(), GpuError> {
+    let shape = Shape { tokens: batch * seq, head_dim, pos0: 0, theta };
     rotate(ctx, encoder, Direction::Backward, dy, shape, || batched_table(batch, seq, head_dim, theta))
 }
 

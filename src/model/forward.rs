@@ -492,8 +492,7 @@ impl Pass for CachedPass<'_> {
     fn attend(&self, ctx: &GpuContext, enc: &mut Recorder, c: &Config, l: usize, a: &BlockActs) -> Result<(), GpuError> {
         let (t, past, kvd) = (self.acts.rows, self.past, c.kv_dim());
         if c.arch == Arch::Llama {
-            gpu::rope::encode(ctx, enc, a.q, t, c.num_heads, c.head_dim, past, c.rope_theta)?;
-            gpu::rope::encode(ctx, enc, a.k, t, c.num_kv_heads, c.head_dim, past, c.rope_theta)?;
+            gpu::rope::encode(ctx, enc, &[(a.q, c.num_heads), (a.k, c.num_kv_heads)], t, c.head_dim, past, c.rope_theta)?;
         }
         let (k_cache, v_cache) = &self.cache[l];
         let row_bytes = (kvd * 4) as u64;

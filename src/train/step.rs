@@ -581,8 +581,8 @@ impl Trainer {
                 copy_rows(enc, &self.acts.window.dvs, 0, &self.acts.scratch.dv, s * t, t, kvd);
             }
             if c.arch == Arch::Llama {
-                gpu::rope::encode_backward_batched(ctx, enc, &self.acts.scratch.dq, self.batch, t, c.num_heads, c.head_dim, c.rope_theta)?;
-                gpu::rope::encode_backward_batched(ctx, enc, &self.acts.scratch.dk, self.batch, t, c.num_kv_heads, c.head_dim, c.rope_theta)?;
+                let (dq, dk) = (&self.acts.scratch.dq, &self.acts.scratch.dk);
+                gpu::rope::encode_backward_batched(ctx, enc, &[(dq, c.num_heads), (dk, c.num_kv_heads)], self.batch, t, c.head_dim, c.rope_theta)?;
             }
             // The first block's input gradient would only reach the (frozen) embeddings.
             let first = l == 0;
@@ -705,8 +705,7 @@ impl Pass for Trainer {
     fn attend(&self, ctx: &GpuContext, enc: &mut Recorder, c: &Config, l: usize, a: &BlockActs) -> Result<(), GpuError> {
         let (t, qd, kvd) = (self.seq, c.q_dim(), c.kv_dim());
         if c.arch == Arch::Llama {
-            gpu::rope::encode_batched(ctx, enc, a.q, self.batch, t, c.num_heads, c.head_dim, c.rope_theta)?;
-            gpu::rope::encode_batched(ctx, enc, a.k, self.batch, t, c.num_kv_heads, c.head_dim, c.rope_theta)?;
+            gpu::rope::encode_batched(ctx, enc, &[(a.q, c.num_heads), (a.k, c.num_kv_heads)], self.batch, t, c.head_dim, c.rope_theta)?;
         }
         let (w, heads) = (&self.acts.window, heads(c));
         for s in 0..self.batch {
