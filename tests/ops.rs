@@ -573,6 +573,57 @@ gpu_test! {
 }
 
 gpu_test! {
+    /// SwiGLU's gate, up and silu in one dispatch (shaders/matvec_glu.wgsl, a decode step's MLP on a
+    /// CPU device) against the reference's two products and silu_mul on the dequantized weights:
+    /// every weight format, 1..=8 rows, N neither a multiple of a workgroup's 128 columns nor of 4
+    /// (the last thread's columns run past N) and spilling the grid into y (a cap of 2 workgroups
+    /// per dimension), large gate values of both signs (silu's two forms). Shapes it does not take
+    /// are refused with a sentence.
+    async fn matvec_glu_matches_reference_for_every_format() {
+        use loratab::gpu::matvec_glu;
+        let ctx = gpu().await;
+        ctx.set_max_workgroups_per_dim(2);
+        let mut rng = Rng::new(94);
+        for format in WeightFormat::ALL {
+            let rows: Vec<usize> = if format == WeightFormat::F32 { (1..=matvec_glu::MAX_ROWS).collect() } else { vec![1, 3] };
+            for m in rows {
+                let (n, k) = (if m % 2 == 0 { 301 } else { 258 }, if m == 1 { 96 } else { 64 });
+                let (g, gate) = packed(&ctx, &mut rng, n, k, format).await;
+                let (u, up) = packed(&ctx, &mut rng, n, k, format).await;
+                // x scaled up so that some gate sums pass ±20.
+                let x: Vec<f32> = rng.vec(m * k).iter().map(|v| v * 8.0).collect();
+                let tx = ctx.upload(&x, &[m, k]).await.unwrap();
+                let out = ctx.upload(&vec![f32::NAN; m * n + 1], &[m * n + 1]).await.unwrap();
+                ctx.run(|enc| matvec_glu::encode(&ctx, enc, &tx, m, &g, &u, &out)).await.unwrap();
+                let got = ctx.read(&out).await.unwrap();
+                let want = reference::matvec_glu::matvec_glu(&x, &gate, &up, m, n, k);
+                assert_eq!(got.len(), want.len() + 1);
+                let e = max_error(&got[..m * n], &want);
+                assert!(e <= MATMUL_TOLERANCE, "{format} m={m} n={n} k={k}: max error {e}");
+                assert!(got[m * n].is_nan(), "{format} m={m}: nothing written past the output");
+                let mut reference_gate = vec![0.0; m * n];
+                reference::matmul::matmul(&Matmul::new(m, n, k, Layout::XWt), &x, &gate, None, &mut reference_gate);
+                assert!(reference_gate.iter().any(|&v| v > 20.0) && reference_gate.iter().any(|&v| v < -20.0), "{format} m={m}: gate sums of both signs past 20");
+            }
+        }
+        ctx.set_max_workgroups_per_dim(u32::MAX);
+        // Refused: K not a multiple of 4, 9 rows, a gate and an up in different formats.
+        let mut rng = Rng::new(95);
+        let (g, _) = packed(&ctx, &mut rng, 8, 6, WeightFormat::F32).await;
+        let x = ctx.zeros(&[9 * 64]).await.unwrap();
+        let out = ctx.zeros(&[9 * 64]).await.unwrap();
+        let err = ctx.run(|enc| matvec_glu::encode(&ctx, enc, &x, 1, &g, &g, &out)).await.unwrap_err();
+        assert!(err.to_string().contains("multiple of 4"), "{err}");
+        let (g, _) = packed(&ctx, &mut rng, 8, 64, WeightFormat::F32).await;
+        let err = ctx.run(|enc| matvec_glu::encode(&ctx, enc, &x, 9, &g, &g, &out)).await.unwrap_err();
+        assert!(err.to_string().contains("1..=8 rows"), "{err}");
+        let (u, _) = packed(&ctx, &mut rng, 8, 64, WeightFormat::F16).await;
+        let err = ctx.run(|enc| matvec_glu::encode(&ctx, enc, &x, 1, &g, &u, &out)).await.unwrap_err();
+        assert!(err.to_string().contains("must match the gate"), "{err}");
+    }
+}
+
+gpu_test! {
     /// topk (generation's token choice) ranks as the CPU sampler does: greedy's first maximum under
     /// `>`, and top-k's stable sort under `total_cmp`, on values with repeats (ties broken by id),
     /// -0.0 beside 0.0, over lengths not a multiple of the 256 threads.

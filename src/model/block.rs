@@ -49,6 +49,9 @@ pub trait Branch {
     /// at the first may be reused by the next.
     #[allow(clippy::too_many_arguments)]
     fn encode(&self, ctx: &GpuContext, enc: &mut Recorder, l: usize, site: Site, x: &GpuTensor, rows: usize, u: &GpuTensor, y: &GpuTensor) -> Result<(), GpuError>;
+    /// Whether it adapts `site` of block `l` (a fused kernel that skips the projections' seam runs
+    /// only where it does not).
+    fn adapts(&self, l: usize, site: Site) -> bool;
 }
 
 /// What one encoding of the network needs from its caller.
@@ -68,6 +71,11 @@ pub trait Pass {
     #[allow(clippy::too_many_arguments)]
     fn project(&self, ctx: &GpuContext, enc: &mut Recorder, _l: usize, block: &GpuBlock, site: Site, x: &GpuTensor, y: &GpuTensor) -> Result<(), GpuError> {
         site.linear(block).expect("the block has this site").encode(ctx, enc, x, self.rows(), y)
+    }
+    /// SwiGLU: ff3 = silu(proj_gate(h2)) · proj_up(h2). By default [`swiglu_parts`]: the two
+    /// projections (into ff1 and ff2, which the trainer keeps) and silu_mul.
+    fn swiglu(&self, ctx: &GpuContext, enc: &mut Recorder, l: usize, block: &GpuBlock, a: &BlockActs) -> Result<(), GpuError> {
+        swiglu_parts(self, ctx, enc, l, block, a)
     }
     /// Positions and attention: rotate q and k (Llama's RoPE) and write att from q, k, v.
     fn attend(&self, ctx: &GpuContext, enc: &mut Recorder, config: &Config, l: usize, a: &BlockActs) -> Result<(), GpuError>;
@@ -117,11 +125,16 @@ pub(crate) fn encode_block(ctx: &GpuContext, enc: &mut Recorder, c: &Config, l: 
             pass.project(ctx, enc, l, b, Site::Proj, a.ff2, a.proj)?;
         }
         GpuMlp::SwiGlu { .. } => {
-            pass.project(ctx, enc, l, b, Site::Gate, a.h2, a.ff1)?;
-            pass.project(ctx, enc, l, b, Site::Up, a.h2, a.ff2)?;
-            gpu::silu_mul::encode(ctx, enc, a.ff1, a.ff2, a.ff3)?;
+            pass.swiglu(ctx, enc, l, b, &a)?;
             pass.project(ctx, enc, l, b, Site::Down, a.ff3, a.proj)?;
         }
     }
     next_norm.encode_residual(ctx, enc, c, a.x_mid, a.proj, a.x_out, rows, a.h_out)
+}
+
+/// SwiGLU through the projections' seam: gate(h2) → ff1, up(h2) → ff2, silu(ff1) · ff2 → ff3.
+pub(crate) fn swiglu_parts(pass: &(impl Pass + ?Sized), ctx: &GpuContext, enc: &mut Recorder, l: usize, b: &GpuBlock, a: &BlockActs) -> Result<(), GpuError> {
+    pass.project(ctx, enc, l, b, Site::Gate, a.h2, a.ff1)?;
+    pass.project(ctx, enc, l, b, Site::Up, a.h2, a.ff2)?;
+    gpu::silu_mul::encode(ctx, enc, a.ff1, a.ff2, a.ff3)
 }

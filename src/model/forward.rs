@@ -458,6 +458,23 @@ impl Pass for CachedPass<'_> {
         }
     }
 
+    /// One dispatch (`gpu::matvec_glu`) for a decode step on a CPU device, where a dispatch costs
+    /// about what the step's gate, up and silu_mul compute: unless an adapter sits on gate or up, or
+    /// the weights are split, biased or laid out [in, out].
+    fn swiglu(&self, ctx: &GpuContext, enc: &mut Recorder, l: usize, block: &GpuBlock, a: &BlockActs) -> Result<(), GpuError> {
+        let rows = self.acts.rows;
+        let adapted = self.branch.as_ref().is_some_and(|(b, _)| b.adapts(l, Site::Gate) || b.adapts(l, Site::Up));
+        if let GpuMlp::SwiGlu { gate, up, .. } = &block.mlp {
+            let plain = |w: &GpuLinear| w.bias.is_none() && w.layout == WeightLayout::OutIn;
+            if let ([(_, g)], [(_, u)]) = (&gate.weight.parts[..], &up.weight.parts[..]) {
+                if !adapted && plain(gate) && plain(up) && ctx.matvec() && gpu::matvec_glu::fits(ctx, rows, g, u) {
+                    return gpu::matvec_glu::encode(ctx, enc, a.h2, rows, g, u, a.ff3);
+                }
+            }
+        }
+        block::swiglu_parts(self, ctx, enc, l, block, a)
+    }
+
     fn ids(&self) -> (&GpuTensor, &GpuTensor) {
         (&self.acts.ids, &self.acts.pos_ids)
     }

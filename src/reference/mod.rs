@@ -10,6 +10,7 @@ pub mod embedding;
 pub mod gelu;
 pub mod layernorm;
 pub mod matmul;
+pub mod matvec_glu;
 pub mod model;
 pub mod rmsnorm;
 pub mod residual_norm;

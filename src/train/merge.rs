@@ -24,6 +24,10 @@ impl Branch for GpuLora {
             None => Ok(()),
         }
     }
+
+    fn adapts(&self, l: usize, site: Site) -> bool {
+        self.index.contains_key(&(l, site))
+    }
 }
 
 impl GpuLora {
