@@ -573,19 +573,20 @@ gpu_test! {
 }
 
 gpu_test! {
-    /// SwiGLU's gate, up and silu in one dispatch (shaders/matvec_glu.wgsl, a decode step's MLP on a
-    /// CPU device) against the reference's two products and silu_mul on the dequantized weights:
+    /// Two products by two weights of one shape in one dispatch (shaders/matvec_pair.wgsl, a decode
+    /// step's k and v on a CPU device) and its SwiGLU finish (entry glu: gate, up and silu_mul, the
+    /// step's MLP) against the reference's two products (and silu_mul) on the dequantized weights:
     /// every weight format, 1..=8 rows, N neither a multiple of a workgroup's 128 columns nor of 4
     /// (the last thread's columns run past N) and spilling the grid into y (a cap of 2 workgroups
     /// per dimension), large gate values of both signs (silu's two forms). Shapes it does not take
     /// are refused with a sentence.
-    async fn matvec_glu_matches_reference_for_every_format() {
-        use loratab::gpu::matvec_glu;
+    async fn matvec_pair_matches_reference_for_every_format() {
+        use loratab::gpu::matvec_pair;
         let ctx = gpu().await;
         ctx.set_max_workgroups_per_dim(2);
         let mut rng = Rng::new(94);
         for format in WeightFormat::ALL {
-            let rows: Vec<usize> = if format == WeightFormat::F32 { (1..=matvec_glu::MAX_ROWS).collect() } else { vec![1, 3] };
+            let rows: Vec<usize> = if format == WeightFormat::F32 { (1..=matvec_pair::MAX_ROWS).collect() } else { vec![1, 3] };
             for m in rows {
                 let (n, k) = (if m % 2 == 0 { 301 } else { 258 }, if m == 1 { 96 } else { 64 });
                 let (g, gate) = packed(&ctx, &mut rng, n, k, format).await;
@@ -594,9 +595,9 @@ gpu_test! {
                 let x: Vec<f32> = rng.vec(m * k).iter().map(|v| v * 8.0).collect();
                 let tx = ctx.upload(&x, &[m, k]).await.unwrap();
                 let out = ctx.upload(&vec![f32::NAN; m * n + 1], &[m * n + 1]).await.unwrap();
-                ctx.run(|enc| matvec_glu::encode(&ctx, enc, &tx, m, &g, &u, &out)).await.unwrap();
+                ctx.run(|enc| matvec_pair::encode_glu(&ctx, enc, &tx, m, &g, &u, &out)).await.unwrap();
                 let got = ctx.read(&out).await.unwrap();
-                let want = reference::matvec_glu::matvec_glu(&x, &gate, &up, m, n, k);
+                let want = reference::matvec_pair::matvec_glu(&x, &gate, &up, m, n, k);
                 assert_eq!(got.len(), want.len() + 1);
                 assert!(got[m * n].is_nan(), "{format} m={m}: nothing written past the output");
                 // The error allowed per value follows its conditioning: with g, u the two sums and
@@ -618,6 +619,17 @@ gpu_test! {
                     assert!(e <= allowed, "{format} m={m} n={n} k={k}: value {i} is {}, the reference {} (error {e} > {allowed})", got[i], want[i]);
                 }
                 assert!(g_sum.iter().any(|&v| v > 20.0) && g_sum.iter().any(|&v| v < -20.0), "{format} m={m}: gate sums of both signs past 20");
+
+                // Both products stored (entry main).
+                let y_g = ctx.upload(&vec![f32::NAN; m * n + 1], &[m * n + 1]).await.unwrap();
+                let y_u = ctx.upload(&vec![f32::NAN; m * n + 1], &[m * n + 1]).await.unwrap();
+                ctx.run(|enc| matvec_pair::encode(&ctx, enc, &tx, m, &g, &u, &y_g, &y_u)).await.unwrap();
+                let (want_g, want_u) = reference::matvec_pair::matvec_pair(&x, &gate, &up, m, n, k);
+                for (what, got, want) in [("x·Gᵀ", ctx.read(&y_g).await.unwrap(), want_g), ("x·Uᵀ", ctx.read(&y_u).await.unwrap(), want_u)] {
+                    assert!(got[m * n].is_nan(), "{format} m={m} {what}: nothing written past the output");
+                    let e = max_error(&got[..m * n], &want);
+                    assert!(e <= MATMUL_TOLERANCE, "{format} m={m} n={n} k={k} {what}: max error {e}");
+                }
             }
         }
         ctx.set_max_workgroups_per_dim(u32::MAX);
@@ -626,14 +638,16 @@ gpu_test! {
         let (g, _) = packed(&ctx, &mut rng, 8, 6, WeightFormat::F32).await;
         let x = ctx.zeros(&[9 * 64]).await.unwrap();
         let out = ctx.zeros(&[9 * 64]).await.unwrap();
-        let err = ctx.run(|enc| matvec_glu::encode(&ctx, enc, &x, 1, &g, &g, &out)).await.unwrap_err();
+        let err = ctx.run(|enc| matvec_pair::encode_glu(&ctx, enc, &x, 1, &g, &g, &out)).await.unwrap_err();
         assert!(err.to_string().contains("multiple of 4"), "{err}");
         let (g, _) = packed(&ctx, &mut rng, 8, 64, WeightFormat::F32).await;
-        let err = ctx.run(|enc| matvec_glu::encode(&ctx, enc, &x, 9, &g, &g, &out)).await.unwrap_err();
+        let err = ctx.run(|enc| matvec_pair::encode_glu(&ctx, enc, &x, 9, &g, &g, &out)).await.unwrap_err();
         assert!(err.to_string().contains("1..=8 rows"), "{err}");
         let (u, _) = packed(&ctx, &mut rng, 8, 64, WeightFormat::F16).await;
-        let err = ctx.run(|enc| matvec_glu::encode(&ctx, enc, &x, 1, &g, &u, &out)).await.unwrap_err();
-        assert!(err.to_string().contains("must match the gate"), "{err}");
+        let err = ctx.run(|enc| matvec_pair::encode_glu(&ctx, enc, &x, 1, &g, &u, &out)).await.unwrap_err();
+        assert!(err.to_string().contains("must match the first"), "{err}");
+        let err = ctx.run(|enc| matvec_pair::encode(&ctx, enc, &x, 1, &g, &g, &out, &out)).await.unwrap_err();
+        assert!(err.to_string().contains("different buffers"), "{err}");
     }
 }
 

@@ -16,7 +16,7 @@ pub mod gelu;
 pub mod layernorm;
 pub mod matmul;
 pub mod matvec;
-pub mod matvec_glu;
+pub mod matvec_pair;
 pub mod profile;
 pub mod rmsnorm;
 pub mod residual_norm;

@@ -72,6 +72,12 @@ pub trait Pass {
     fn project(&self, ctx: &GpuContext, enc: &mut Recorder, _l: usize, block: &GpuBlock, site: Site, x: &GpuTensor, y: &GpuTensor) -> Result<(), GpuError> {
         site.linear(block).expect("the block has this site").encode(ctx, enc, x, self.rows(), y)
     }
+    /// k = proj_k(x) and v = proj_v(x), in that order (a fused module's parts share the adapter's u).
+    #[allow(clippy::too_many_arguments)]
+    fn project_kv(&self, ctx: &GpuContext, enc: &mut Recorder, l: usize, block: &GpuBlock, x: &GpuTensor, k: &GpuTensor, v: &GpuTensor) -> Result<(), GpuError> {
+        self.project(ctx, enc, l, block, Site::K, x, k)?;
+        self.project(ctx, enc, l, block, Site::V, x, v)
+    }
     /// SwiGLU: ff3 = silu(proj_gate(h2)) · proj_up(h2). By default [`swiglu_parts`]: the two
     /// projections (into ff1 and ff2, which the trainer keeps) and silu_mul.
     fn swiglu(&self, ctx: &GpuContext, enc: &mut Recorder, l: usize, block: &GpuBlock, a: &BlockActs) -> Result<(), GpuError> {
@@ -113,8 +119,7 @@ pub(crate) fn encode_block(ctx: &GpuContext, enc: &mut Recorder, c: &Config, l: 
     let a = pass.acts(l);
     let rows = pass.rows();
     pass.project(ctx, enc, l, b, Site::Q, a.h1, a.q)?;
-    pass.project(ctx, enc, l, b, Site::K, a.h1, a.k)?;
-    pass.project(ctx, enc, l, b, Site::V, a.h1, a.v)?;
+    pass.project_kv(ctx, enc, l, b, a.h1, a.k, a.v)?;
     pass.attend(ctx, enc, c, l, &a)?;
     pass.project(ctx, enc, l, b, Site::O, a.att, a.proj)?;
     b.mlp_norm.encode_residual(ctx, enc, c, a.x_in, a.proj, a.x_mid, rows, a.h2)?;

@@ -445,6 +445,21 @@ pub(super) struct CachedPass<'a> {
     pub acts: Acts,
 }
 
+impl CachedPass<'_> {
+    /// The two weights, when `gpu::matvec_pair` can run both projections in one dispatch: a CPU
+    /// device, where a dispatch costs about what a decode step's small products compute, and neither
+    /// site adapted (the adapter enters through the projections' seam), nor either weight split,
+    /// biased or laid out [in, out].
+    fn pair<'w>(&self, ctx: &GpuContext, l: usize, sites: [(&'w GpuLinear, Site); 2]) -> Option<(&'w GpuTensor, &'w GpuTensor)> {
+        let plain = |(w, site): (&'w GpuLinear, Site)| match &w.weight.parts[..] {
+            [(_, t)] if w.bias.is_none() && w.layout == WeightLayout::OutIn && !self.branch.as_ref().is_some_and(|(b, _)| b.adapts(l, site)) => Some(t),
+            _ => None,
+        };
+        let (g, u) = (plain(sites[0])?, plain(sites[1])?);
+        (ctx.matvec() && gpu::matvec_pair::fits(ctx, self.acts.rows, g, u)).then_some((g, u))
+    }
+}
+
 impl Pass for CachedPass<'_> {
     fn rows(&self) -> usize {
         self.acts.rows
@@ -458,18 +473,24 @@ impl Pass for CachedPass<'_> {
         }
     }
 
-    /// One dispatch (`gpu::matvec_glu`) for a decode step on a CPU device, where a dispatch costs
-    /// about what the step's gate, up and silu_mul compute: unless an adapter sits on gate or up, or
-    /// the weights are split, biased or laid out [in, out].
+    /// One dispatch (`gpu::matvec_pair`) for a decode step's k and v on a CPU device (see
+    /// [`CachedPass::pair`]), else the two projections.
+    fn project_kv(&self, ctx: &GpuContext, enc: &mut Recorder, l: usize, block: &GpuBlock, x: &GpuTensor, k: &GpuTensor, v: &GpuTensor) -> Result<(), GpuError> {
+        match self.pair(ctx, l, [(&block.k, Site::K), (&block.v, Site::V)]) {
+            Some((wk, wv)) => gpu::matvec_pair::encode(ctx, enc, x, self.acts.rows, wk, wv, k, v),
+            None => {
+                self.project(ctx, enc, l, block, Site::K, x, k)?;
+                self.project(ctx, enc, l, block, Site::V, x, v)
+            }
+        }
+    }
+
+    /// SwiGLU's gate, up and silu_mul in one dispatch (`gpu::matvec_pair`, entry `glu`) for a decode
+    /// step on a CPU device (see [`CachedPass::pair`]), else the three.
     fn swiglu(&self, ctx: &GpuContext, enc: &mut Recorder, l: usize, block: &GpuBlock, a: &BlockActs) -> Result<(), GpuError> {
-        let rows = self.acts.rows;
-        let adapted = self.branch.as_ref().is_some_and(|(b, _)| b.adapts(l, Site::Gate) || b.adapts(l, Site::Up));
         if let GpuMlp::SwiGlu { gate, up, .. } = &block.mlp {
-            let plain = |w: &GpuLinear| w.bias.is_none() && w.layout == WeightLayout::OutIn;
-            if let ([(_, g)], [(_, u)]) = (&gate.weight.parts[..], &up.weight.parts[..]) {
-                if !adapted && plain(gate) && plain(up) && ctx.matvec() && gpu::matvec_glu::fits(ctx, rows, g, u) {
-                    return gpu::matvec_glu::encode(ctx, enc, a.h2, rows, g, u, a.ff3);
-                }
+            if let Some((g, u)) = self.pair(ctx, l, [(gate, Site::Gate), (up, Site::Up)]) {
+                return gpu::matvec_pair::encode_glu(ctx, enc, a.h2, self.acts.rows, g, u, a.ff3);
             }
         }
         block::swiglu_parts(self, ctx, enc, l, block, a)

@@ -10,7 +10,7 @@ pub mod embedding;
 pub mod gelu;
 pub mod layernorm;
 pub mod matmul;
-pub mod matvec_glu;
+pub mod matvec_pair;
 pub mod model;
 pub mod rmsnorm;
 pub mod residual_norm;
