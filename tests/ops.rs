@@ -604,14 +604,9 @@ gpu_test! {
                 // S_g, S_u the sums of |x|·|w| (what their rounding scales with), silu(g)·u moves by
                 // at most ~ε·(|silu(g)|·S_u + |u|·S_g) (silu' < 1.1); 1e-5 is ~170 ε. A wrong column,
                 // weight or row, or a missing silu, is off by O(|value|).
-                let product = |x: &[f32], w: &[f32]| {
-                    let mut out = vec![0.0; m * n];
-                    reference::matmul::matmul(&Matmul::new(m, n, k, Layout::XWt), x, w, None, &mut out);
-                    out
-                };
                 let abs = |v: &[f32]| v.iter().map(|x| x.abs()).collect::<Vec<f32>>();
-                let (g_sum, u_sum) = (product(&x, &gate), product(&x, &up));
-                let (g_abs, u_abs) = (product(&abs(&x), &abs(&gate)), product(&abs(&x), &abs(&up)));
+                let (g_sum, u_sum) = reference::matvec_pair::matvec_pair(&x, &gate, &up, m, n, k);
+                let (g_abs, u_abs) = reference::matvec_pair::matvec_pair(&abs(&x), &abs(&gate), &abs(&up), m, n, k);
                 for i in 0..m * n {
                     let silu = reference::silu_mul::silu_one(g_sum[i]);
                     let allowed = 1e-5 * (silu.abs() * u_abs[i] + u_sum[i].abs() * g_abs[i]) + 1e-6;
@@ -624,8 +619,7 @@ gpu_test! {
                 let y_g = ctx.upload(&vec![f32::NAN; m * n + 1], &[m * n + 1]).await.unwrap();
                 let y_u = ctx.upload(&vec![f32::NAN; m * n + 1], &[m * n + 1]).await.unwrap();
                 ctx.run(|enc| matvec_pair::encode(&ctx, enc, &tx, m, &g, &u, &y_g, &y_u)).await.unwrap();
-                let (want_g, want_u) = reference::matvec_pair::matvec_pair(&x, &gate, &up, m, n, k);
-                for (what, got, want) in [("x·Gᵀ", ctx.read(&y_g).await.unwrap(), want_g), ("x·Uᵀ", ctx.read(&y_u).await.unwrap(), want_u)] {
+                for (what, got, want) in [("x·Gᵀ", ctx.read(&y_g).await.unwrap(), g_sum), ("x·Uᵀ", ctx.read(&y_u).await.unwrap(), u_sum)] {
                     assert!(got[m * n].is_nan(), "{format} m={m} {what}: nothing written past the output");
                     let e = max_error(&got[..m * n], &want);
                     assert!(e <= MATMUL_TOLERANCE, "{format} m={m} n={n} k={k} {what}: max error {e}");

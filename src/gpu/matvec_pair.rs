@@ -33,7 +33,6 @@ const WEIGHTS: [&str; 6] = [
     include_str!("../../shaders/weight_q4_0.wgsl"),
     include_str!("../../shaders/weight_q4_1.wgsl"),
 ];
-const NAMES: [&str; 6] = ["matvec_pair_f32", "matvec_pair_f16", "matvec_pair_bf16", "matvec_pair_q8_0", "matvec_pair_q4_0", "matvec_pair_q4_1"];
 const _: () = assert!(WeightFormat::ALL.len() == WEIGHTS.len());
 
 /// matvec_pair.wgsl + the format's seam (G at binding 1) + the same seam renamed (U at binding 4),
@@ -44,7 +43,8 @@ fn kernels() -> &'static [Kernel1d; 6] {
         std::array::from_fn(|i| {
             let up = WEIGHTS[i].replace("@binding(1)", "@binding(4)").replace("weight", "up");
             let source = format!("{}{}{}", include_str!("../../shaders/matvec_pair.wgsl"), WEIGHTS[i], up);
-            Kernel1d { name: NAMES[i], source: Box::leak(source.into_boxed_str()) }
+            let name = format!("matvec_pair_{}", WeightFormat::ALL[i].name());
+            Kernel1d { name: Box::leak(name.into_boxed_str()), source: Box::leak(source.into_boxed_str()) }
         })
     })
 }

@@ -75,8 +75,7 @@ pub trait Pass {
     /// k = proj_k(x) and v = proj_v(x), in that order (a fused module's parts share the adapter's u).
     #[allow(clippy::too_many_arguments)]
     fn project_kv(&self, ctx: &GpuContext, enc: &mut Recorder, l: usize, block: &GpuBlock, x: &GpuTensor, k: &GpuTensor, v: &GpuTensor) -> Result<(), GpuError> {
-        self.project(ctx, enc, l, block, Site::K, x, k)?;
-        self.project(ctx, enc, l, block, Site::V, x, v)
+        kv_parts(self, ctx, enc, l, block, x, k, v)
     }
     /// SwiGLU: ff3 = silu(proj_gate(h2)) · proj_up(h2). By default [`swiglu_parts`]: the two
     /// projections (into ff1 and ff2, which the trainer keeps) and silu_mul.
@@ -135,6 +134,13 @@ pub(crate) fn encode_block(ctx: &GpuContext, enc: &mut Recorder, c: &Config, l: 
         }
     }
     next_norm.encode_residual(ctx, enc, c, a.x_mid, a.proj, a.x_out, rows, a.h_out)
+}
+
+/// k and v through the projections' seam, k first.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn kv_parts(pass: &(impl Pass + ?Sized), ctx: &GpuContext, enc: &mut Recorder, l: usize, b: &GpuBlock, x: &GpuTensor, k: &GpuTensor, v: &GpuTensor) -> Result<(), GpuError> {
+    pass.project(ctx, enc, l, b, Site::K, x, k)?;
+    pass.project(ctx, enc, l, b, Site::V, x, v)
 }
 
 /// SwiGLU through the projections' seam: gate(h2) → ff1, up(h2) → ff2, silu(ff1) · ff2 → ff3.

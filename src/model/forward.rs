@@ -478,10 +478,7 @@ impl Pass for CachedPass<'_> {
     fn project_kv(&self, ctx: &GpuContext, enc: &mut Recorder, l: usize, block: &GpuBlock, x: &GpuTensor, k: &GpuTensor, v: &GpuTensor) -> Result<(), GpuError> {
         match self.pair(ctx, l, [(&block.k, Site::K), (&block.v, Site::V)]) {
             Some((wk, wv)) => gpu::matvec_pair::encode(ctx, enc, x, self.acts.rows, wk, wv, k, v),
-            None => {
-                self.project(ctx, enc, l, block, Site::K, x, k)?;
-                self.project(ctx, enc, l, block, Site::V, x, v)
-            }
+            None => block::kv_parts(self, ctx, enc, l, block, x, k, v),
         }
     }
 
