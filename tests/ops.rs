@@ -646,6 +646,82 @@ gpu_test! {
 }
 
 gpu_test! {
+    /// matvec_qkv (a decode step's q, k, v, RoPE and cache writes in one dispatch) against the
+    /// reference products and rotation, for every weight format: q rotated at positions pos0..,
+    /// k and v landing in cache rows pos0.. and no other row or value touched (NaN sentinels), heads
+    /// whose pairs straddle workgroups (head_dim 10), GQA, a grid spilling into y; and refusals.
+    async fn matvec_qkv_matches_reference_for_every_format() {
+        use loratab::gpu::matvec_qkv::{self, Outputs, Weights};
+        use loratab::reference::matvec_qkv::{matvec_qkv, Qkv};
+        let ctx = gpu().await;
+        ctx.set_max_workgroups_per_dim(2);
+        let mut rng = Rng::new(96);
+        let theta = 10000.0;
+        for format in WeightFormat::ALL {
+            let cases: Vec<(usize, usize, usize, usize)> = match format {
+                // (rows, heads of q, heads of k/v, head_dim)
+                WeightFormat::F32 => vec![(1, 14, 3, 10), (3, 14, 3, 10), (8, 4, 2, 64)],
+                _ => vec![(1, 14, 3, 10), (2, 4, 2, 64)],
+            };
+            for (rows, hq, hkv, head_dim) in cases {
+                let (nq, nkv, k, pos0) = (hq * head_dim, hkv * head_dim, 64, 5);
+                let (wq, q_vals) = packed(&ctx, &mut rng, nq, k, format).await;
+                let (wk, k_vals) = packed(&ctx, &mut rng, nkv, k, format).await;
+                let (wv, v_vals) = packed(&ctx, &mut rng, nkv, k, format).await;
+                let x = rng.vec(rows * k);
+                let tx = ctx.upload(&x, &[rows, k]).await.unwrap();
+                let positions = pos0 + rows + 2;
+                let nan = |n: usize| vec![f32::NAN; n];
+                let q = ctx.upload(&nan(rows * nq + 1), &[rows * nq + 1]).await.unwrap();
+                let k_cache = ctx.upload(&nan(positions * nkv), &[positions, nkv]).await.unwrap();
+                let v_cache = ctx.upload(&nan(positions * nkv), &[positions, nkv]).await.unwrap();
+                let w = Weights { q: &wq, k: &wk, v: &wv };
+                let out = Outputs { q: &q, k_cache: &k_cache, v_cache: &v_cache };
+                ctx.run(|enc| matvec_qkv::encode(&ctx, enc, &tx, rows, &w, head_dim, pos0, theta, &out)).await.unwrap();
+                let shape = Qkv { rows, nq, nkv, k, head_dim };
+                let (want_q, want_k, want_v) = matvec_qkv(shape, &x, &q_vals, &k_vals, &v_vals, pos0, theta);
+                let what = format!("{format} {shape:?}");
+                let got_q = ctx.read(&q).await.unwrap();
+                assert_eq!(got_q.len(), want_q.len() + 1);
+                assert!(got_q[rows * nq].is_nan(), "{what}: nothing written past q");
+                let e = max_error(&got_q[..rows * nq], &want_q);
+                assert!(e <= MATMUL_TOLERANCE, "{what}: q max error {e}");
+                for (name, cache, want) in [("k", &k_cache, want_k), ("v", &v_cache, want_v)] {
+                    let got = ctx.read(cache).await.unwrap();
+                    assert_eq!(got.len(), positions * nkv);
+                    let (lo, hi) = (pos0 * nkv, (pos0 + rows) * nkv);
+                    assert!(got[..lo].iter().chain(&got[hi..]).all(|v| v.is_nan()), "{what}: {name} cache rows outside pos0..pos0 + rows written");
+                    let e = max_error(&got[lo..hi], &want);
+                    assert!(e <= MATMUL_TOLERANCE, "{what}: {name} max error {e}");
+                }
+            }
+        }
+        ctx.set_max_workgroups_per_dim(u32::MAX);
+        // Refused with a sentence: an odd head_dim, 9 rows, Wk in another format, one buffer for both
+        // caches, a cache too short for the positions.
+        let mut rng = Rng::new(97);
+        let (wq, _) = packed(&ctx, &mut rng, 8, 64, WeightFormat::F32).await;
+        let (wk, _) = packed(&ctx, &mut rng, 4, 64, WeightFormat::F32).await;
+        let (wk16, _) = packed(&ctx, &mut rng, 4, 64, WeightFormat::F16).await;
+        let x = ctx.zeros(&[9 * 64]).await.unwrap();
+        let q = ctx.zeros(&[9 * 8]).await.unwrap();
+        let (kc, vc) = (ctx.zeros(&[16, 4]).await.unwrap(), ctx.zeros(&[16, 4]).await.unwrap());
+        for (rows, wk_, head_dim, pos0, same, needle) in [
+            (1, &wk, 3, 0, false, "even head_dim"),
+            (9, &wk, 4, 0, false, "1..=8"),
+            (1, &wk16, 4, 0, false, "format"),
+            (1, &wk, 4, 0, true, "different buffers"),
+            (1, &wk, 4, 16, false, "the key cache"),
+        ] {
+            let w = Weights { q: &wq, k: wk_, v: wk_ };
+            let out = Outputs { q: &q, k_cache: &kc, v_cache: if same { &kc } else { &vc } };
+            let err = ctx.run(|enc| matvec_qkv::encode(&ctx, enc, &x, rows, &w, head_dim, pos0, 1e4, &out)).await.unwrap_err();
+            assert!(err.to_string().contains(needle), "{needle}: {err}");
+        }
+    }
+}
+
+gpu_test! {
     /// topk (generation's token choice) ranks as the CPU sampler does: greedy's first maximum under
     /// `>`, and top-k's stable sort under `total_cmp`, on values with repeats (ties broken by id),
     /// -0.0 beside 0.0, over lengths not a multiple of the 256 threads.

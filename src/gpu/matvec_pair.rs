@@ -7,8 +7,7 @@
 
 use std::sync::OnceLock;
 
-use super::{check_f32, check_len, for_format, grid_rows, GpuContext, GpuError, GpuTensor, Kernel1d, Recorder};
-use crate::model::WeightFormat;
+use super::{check_f32, check_len, for_format, grid_rows, multi_weight_kernels, GpuContext, GpuError, GpuTensor, Kernel1d, Recorder};
 
 /// Rows of x the kernel takes (its accumulators per thread).
 pub const MAX_ROWS: usize = 8;
@@ -24,29 +23,11 @@ struct Params {
     _pad: u32,
 }
 
-/// Each weight format's seam, in [`WeightFormat::ALL`]'s order.
-const WEIGHTS: [&str; 6] = [
-    include_str!("../../shaders/weight_f32.wgsl"),
-    include_str!("../../shaders/weight_f16.wgsl"),
-    include_str!("../../shaders/weight_bf16.wgsl"),
-    include_str!("../../shaders/weight_q8_0.wgsl"),
-    include_str!("../../shaders/weight_q4_0.wgsl"),
-    include_str!("../../shaders/weight_q4_1.wgsl"),
-];
-const _: () = assert!(WeightFormat::ALL.len() == WEIGHTS.len());
-
 /// matvec_pair.wgsl + the format's seam (G at binding 1) + the same seam renamed (U at binding 4),
-/// per format: composed once (the renaming is text, so it cannot be a `concat!`).
+/// per format.
 fn kernels() -> &'static [Kernel1d; 6] {
     static KERNELS: OnceLock<[Kernel1d; 6]> = OnceLock::new();
-    KERNELS.get_or_init(|| {
-        std::array::from_fn(|i| {
-            let up = WEIGHTS[i].replace("@binding(1)", "@binding(4)").replace("weight", "up");
-            let source = format!("{}{}{}", include_str!("../../shaders/matvec_pair.wgsl"), WEIGHTS[i], up);
-            let name = format!("matvec_pair_{}", WeightFormat::ALL[i].name());
-            Kernel1d { name: Box::leak(name.into_boxed_str()), source: Box::leak(source.into_boxed_str()) }
-        })
-    })
+    KERNELS.get_or_init(|| multi_weight_kernels("matvec_pair", include_str!("../../shaders/matvec_pair.wgsl"), "", &[("up", 4)]))
 }
 
 /// Whether the kernel runs `rows` rows of x [rows, k] by G and U [n, k] (Linear [out, in] layout; the

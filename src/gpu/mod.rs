@@ -17,6 +17,7 @@ pub mod layernorm;
 pub mod matmul;
 pub mod matvec;
 pub mod matvec_pair;
+pub mod matvec_qkv;
 pub mod profile;
 pub mod rmsnorm;
 pub mod residual_norm;
@@ -152,6 +153,34 @@ macro_rules! weight_kernels {
 pub(crate) use weight_kernels;
 
 /// The variant of a [`weight_kernels!`] table for `format`.
+/// Each weight format's seam (`weight_<format>.wgsl`), in [`WeightFormat::ALL`](crate::model::WeightFormat::ALL)'s order.
+const WEIGHT_SEAMS: [&str; 6] = [
+    include_str!("../../shaders/weight_f32.wgsl"),
+    include_str!("../../shaders/weight_f16.wgsl"),
+    include_str!("../../shaders/weight_bf16.wgsl"),
+    include_str!("../../shaders/weight_q8_0.wgsl"),
+    include_str!("../../shaders/weight_q4_0.wgsl"),
+    include_str!("../../shaders/weight_q4_1.wgsl"),
+];
+const _: () = assert!(crate::model::WeightFormat::ALL.len() == WEIGHT_SEAMS.len());
+
+/// Kernels that read several weights of one format, per format (`<name>_<format>`): `source`, then
+/// for the first weight `per_weight` and the format's seam as they are (`weight`, binding 1), then
+/// for each further (name, binding) of `more` the same two renamed (`weight` → name, binding 1 →
+/// binding). The renaming is text, so it cannot be a `concat!`: composed once per kernel (cached by
+/// the caller) and leaked, 'static like the `concat!`-built kernels.
+pub(crate) fn multi_weight_kernels(name: &str, source: &str, per_weight: &str, more: &[(&str, u32)]) -> [Kernel1d; 6] {
+    std::array::from_fn(|i| {
+        let first = format!("{per_weight}{}", WEIGHT_SEAMS[i]);
+        let mut text = format!("{source}{first}");
+        for (weight, binding) in more {
+            text += &first.replace("@binding(1)", &format!("@binding({binding})")).replace("weight", weight);
+        }
+        let name = format!("{name}_{}", crate::model::WeightFormat::ALL[i].name());
+        Kernel1d { name: Box::leak(name.into_boxed_str()), source: Box::leak(text.into_boxed_str()) }
+    })
+}
+
 pub(crate) fn for_format(table: &[Kernel1d; 6], format: crate::model::WeightFormat) -> &Kernel1d {
     let i = crate::model::WeightFormat::ALL.iter().position(|&f| f == format).expect("ALL lists every format");
     &table[i]

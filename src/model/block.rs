@@ -84,6 +84,11 @@ pub trait Pass {
     }
     /// Positions and attention: rotate q and k (Llama's RoPE) and write att from q, k, v.
     fn attend(&self, ctx: &GpuContext, enc: &mut Recorder, config: &Config, l: usize, a: &BlockActs) -> Result<(), GpuError>;
+    /// The attention half up to att: q, k, v from h1, then [`Pass::attend`]. By default
+    /// [`attention_parts`]; a pass may fuse the projections with what `attend` does.
+    fn self_attention(&self, ctx: &GpuContext, enc: &mut Recorder, config: &Config, l: usize, block: &GpuBlock, a: &BlockActs) -> Result<(), GpuError> {
+        attention_parts(self, ctx, enc, config, l, block, a)
+    }
 }
 
 /// Record the whole network up to the final norm: the one forward of loratab.
@@ -117,9 +122,7 @@ pub fn encode_network(ctx: &GpuContext, enc: &mut Recorder, model: &GpuModel, pa
 pub(crate) fn encode_block(ctx: &GpuContext, enc: &mut Recorder, c: &Config, l: usize, b: &GpuBlock, next_norm: &GpuNorm, pass: &impl Pass) -> Result<(), GpuError> {
     let a = pass.acts(l);
     let rows = pass.rows();
-    pass.project(ctx, enc, l, b, Site::Q, a.h1, a.q)?;
-    pass.project_kv(ctx, enc, l, b, a.h1, a.k, a.v)?;
-    pass.attend(ctx, enc, c, l, &a)?;
+    pass.self_attention(ctx, enc, c, l, b, &a)?;
     pass.project(ctx, enc, l, b, Site::O, a.att, a.proj)?;
     b.mlp_norm.encode_residual(ctx, enc, c, a.x_in, a.proj, a.x_mid, rows, a.h2)?;
     match &b.mlp {
@@ -134,6 +137,13 @@ pub(crate) fn encode_block(ctx: &GpuContext, enc: &mut Recorder, c: &Config, l: 
         }
     }
     next_norm.encode_residual(ctx, enc, c, a.x_mid, a.proj, a.x_out, rows, a.h_out)
+}
+
+/// q, k and v through the projections' seam (k and v by [`Pass::project_kv`]), then [`Pass::attend`].
+pub(crate) fn attention_parts(pass: &(impl Pass + ?Sized), ctx: &GpuContext, enc: &mut Recorder, c: &Config, l: usize, b: &GpuBlock, a: &BlockActs) -> Result<(), GpuError> {
+    pass.project(ctx, enc, l, b, Site::Q, a.h1, a.q)?;
+    pass.project_kv(ctx, enc, l, b, a.h1, a.k, a.v)?;
+    pass.attend(ctx, enc, c, l, a)
 }
 
 /// k and v through the projections' seam, k first.

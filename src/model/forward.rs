@@ -446,17 +446,32 @@ pub(super) struct CachedPass<'a> {
 }
 
 impl CachedPass<'_> {
-    /// The two weights, when `gpu::matvec_pair` can run both projections in one dispatch: a CPU
-    /// device, where a dispatch costs about what a decode step's small products compute, and neither
-    /// site adapted (the adapter enters through the projections' seam), nor either weight split,
-    /// biased or laid out [in, out].
-    fn pair<'w>(&self, ctx: &GpuContext, l: usize, sites: [(&'w GpuLinear, Site); 2]) -> Option<(&'w GpuTensor, &'w GpuTensor)> {
-        let plain = |(w, site): (&'w GpuLinear, Site)| match &w.weight.parts[..] {
+    /// The weight of `w` (at `site` of block `l`) when a fused decode kernel can read it in place of
+    /// the projections' seam: no adapter on the site (it enters through the seam), and the weight
+    /// one part, without a bias, laid out [out, in].
+    fn plain<'w>(&self, l: usize, w: &'w GpuLinear, site: Site) -> Option<&'w GpuTensor> {
+        match &w.weight.parts[..] {
             [(_, t)] if w.bias.is_none() && w.layout == WeightLayout::OutIn && !self.branch.as_ref().is_some_and(|(b, _)| b.adapts(l, site)) => Some(t),
             _ => None,
-        };
-        let (g, u) = (plain(sites[0])?, plain(sites[1])?);
+        }
+    }
+
+    /// The two weights, when `gpu::matvec_pair` can run both projections in one dispatch: a CPU
+    /// device, where a dispatch costs about what a decode step's small products compute, and both
+    /// [`CachedPass::plain`].
+    fn pair<'w>(&self, ctx: &GpuContext, l: usize, sites: [(&'w GpuLinear, Site); 2]) -> Option<(&'w GpuTensor, &'w GpuTensor)> {
+        let (g, u) = (self.plain(l, sites[0].0, sites[0].1)?, self.plain(l, sites[1].0, sites[1].1)?);
         (ctx.matvec() && gpu::matvec_pair::fits(ctx, self.acts.rows, g, u)).then_some((g, u))
+    }
+
+    /// q, k and v's weights, when `gpu::matvec_qkv` can run the three projections, RoPE and the
+    /// cache writes in one dispatch: a Llama block on a CPU device, all three [`CachedPass::plain`].
+    fn qkv<'w>(&self, ctx: &GpuContext, c: &Config, l: usize, b: &'w GpuBlock) -> Option<gpu::matvec_qkv::Weights<'w>> {
+        if c.arch != Arch::Llama || !ctx.matvec() {
+            return None;
+        }
+        let w = gpu::matvec_qkv::Weights { q: self.plain(l, &b.q, Site::Q)?, k: self.plain(l, &b.k, Site::K)?, v: self.plain(l, &b.v, Site::V)? };
+        gpu::matvec_qkv::fits(ctx, self.acts.rows, &w, c.head_dim).then_some(w)
     }
 }
 
@@ -522,6 +537,18 @@ impl Pass for CachedPass<'_> {
             x_out: &self.acts.x,
             h_out: if l + 1 == self.layers { &self.acts.out } else { &self.acts.h },
         }
+    }
+
+    /// One dispatch (`gpu::matvec_qkv`) for a decode step's q, k, v, RoPE and cache writes on a CPU
+    /// device (see [`CachedPass::qkv`]), then attention; else the parts.
+    fn self_attention(&self, ctx: &GpuContext, enc: &mut Recorder, c: &Config, l: usize, b: &GpuBlock, a: &BlockActs) -> Result<(), GpuError> {
+        let Some(w) = self.qkv(ctx, c, l, b) else {
+            return block::attention_parts(self, ctx, enc, c, l, b, a);
+        };
+        let (k_cache, v_cache) = &self.cache[l];
+        let out = gpu::matvec_qkv::Outputs { q: a.q, k_cache, v_cache };
+        gpu::matvec_qkv::encode(ctx, enc, a.h1, self.acts.rows, &w, c.head_dim, self.past, c.rope_theta, &out)?;
+        gpu::attention::encode(ctx, enc, a.q, k_cache, v_cache, a.att, &self.acts.lse, self.acts.rows, self.past, &heads(c))
     }
 
     fn attend(&self, ctx: &GpuContext, enc: &mut Recorder, c: &Config, l: usize, a: &BlockActs) -> Result<(), GpuError> {

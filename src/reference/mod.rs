@@ -11,6 +11,7 @@ pub mod gelu;
 pub mod layernorm;
 pub mod matmul;
 pub mod matvec_pair;
+pub mod matvec_qkv;
 pub mod model;
 pub mod rmsnorm;
 pub mod residual_norm;

@@ -1,0 +1,132 @@
+//! Launcher for `shaders/matvec_qkv.wgsl`: a Llama layer's q, k and v for a few new tokens (a decode
+//! step) in one dispatch, RoPE applied to q and k, k and v written into the KV cache at their
+//! positions. It replaces the q and k/v products, the RoPE dispatch and the two cache copies where a
+//! dispatch costs more than the work it saves: on CPU devices ([`fits`]). The three weights are in one
+//! format, read through that format's `weight_<format>.wgsl`, as itself (Wq) and renamed (Wk, Wv).
+//! CPU reference: `reference::matvec_qkv`.
+
+use std::sync::OnceLock;
+
+use super::{check_f32, check_len, check_u32, for_format, grid_rows, multi_weight_kernels, rope, GpuContext, GpuError, GpuTensor, Kernel1d, Recorder};
+
+/// Rows of x the kernel takes (its accumulators per thread).
+pub const MAX_ROWS: usize = 8;
+/// Threads per workgroup, two rotation pairs (four columns) each (matvec's CPU split).
+const THREADS: usize = 32;
+const OP: &str = "matvec_qkv";
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    rows: u32,
+    nq: u32,
+    nkv: u32,
+    k: u32,
+    half: u32,
+    row0: u32,
+    gq: u32,
+    gkv: u32,
+}
+
+/// matvec_qkv.wgsl's shared part, then its per-weight part with the format's seam for Wq (binding 1),
+/// Wk (`wk`, binding 4) and Wv (`wv`, binding 5), per format.
+fn kernels() -> &'static [Kernel1d; 6] {
+    static KERNELS: OnceLock<[Kernel1d; 6]> = OnceLock::new();
+    KERNELS.get_or_init(|| {
+        let source = include_str!("../../shaders/matvec_qkv.wgsl");
+        let at = source.find("// ---- per weight").expect("matvec_qkv.wgsl marks its per-weight part");
+        multi_weight_kernels(OP, &source[..at], &source[at..], &[("wk", 4), ("wv", 5)])
+    })
+}
+
+/// The three projections' weights, Linear [out, in] each.
+pub struct Weights<'a> {
+    pub q: &'a GpuTensor,
+    pub k: &'a GpuTensor,
+    pub v: &'a GpuTensor,
+}
+
+/// Where the results go: q [rows, Nq], and the caches [positions, Nkv] whose rows pos0.. receive k
+/// and v.
+pub struct Outputs<'a> {
+    pub q: &'a GpuTensor,
+    pub k_cache: &'a GpuTensor,
+    pub v_cache: &'a GpuTensor,
+}
+
+/// Whether the kernel runs `rows` rows by these weights on this device: a CPU device (on a GPU a
+/// dispatch is cheap and the separate kernels split K across lanes), at most [`MAX_ROWS`] rows, and
+/// the shapes [`encode`] takes.
+pub fn fits(ctx: &GpuContext, rows: usize, w: &Weights, head_dim: usize) -> bool {
+    ctx.is_cpu() && (1..=MAX_ROWS).contains(&rows) && shapes(w, head_dim).is_ok()
+}
+
+/// (Nq, Nkv, K) of the weights, or why the kernel does not take them.
+fn shapes(w: &Weights, head_dim: usize) -> Result<(usize, usize, usize), String> {
+    let (&[nq, k], &[nkv, kk]) = (&w.q.shape[..], &w.k.shape[..]) else {
+        return Err(format!("the weights {:?} and {:?} must be matrices [out, in]", w.q.shape, w.k.shape));
+    };
+    if w.v.shape != w.k.shape || kk != k || w.k.format != w.q.format || w.v.format != w.q.format {
+        return Err(format!(
+            "Wq ({:?}, {}), Wk ({:?}, {}) and Wv ({:?}, {}) must share their input size and format, and Wk and Wv their shape",
+            w.q.shape, w.q.format, w.k.shape, w.k.format, w.v.shape, w.v.format
+        ));
+    }
+    if k % 4 != 0 || head_dim == 0 || head_dim % 2 != 0 || nq % head_dim != 0 || nkv % head_dim != 0 || head_dim > rope::MAX_HEAD_DIM {
+        return Err(format!("inputs of {k} values and outputs of {nq} and {nkv} in heads of {head_dim}: takes a multiple of 4 inputs and whole heads of an even head_dim"));
+    }
+    Ok((nq, nkv, k))
+}
+
+/// Record q = rope(x·Wqᵀ), k_cache[pos0 + m] = rope(x[m]·Wkᵀ), v_cache[pos0 + m] = x[m]·Wvᵀ for x
+/// [rows, K], row m at position pos0 + m (RoPE with `theta`, the CPU-computed angle table of
+/// `gpu::rope`). `GpuError::Shape` for shapes the kernel does not take (see [`fits`], less the device).
+#[allow(clippy::too_many_arguments)]
+pub fn encode(ctx: &GpuContext, encoder: &mut Recorder, x: &GpuTensor, rows: usize, w: &Weights, head_dim: usize, pos0: usize, theta: f32, out: &Outputs) -> Result<(), GpuError> {
+    let shape = |detail: String| GpuError::Shape { op: OP, detail };
+    let (nq, nkv, k) = shapes(w, head_dim).map_err(shape)?;
+    if !(1..=MAX_ROWS).contains(&rows) {
+        return Err(shape(format!("{rows} rows: takes 1..={MAX_ROWS}")));
+    }
+    if theta.is_nan() || theta <= 0.0 {
+        return Err(shape(format!("theta must be positive, got {theta}")));
+    }
+    check_f32(OP, "x", x)?;
+    check_len(OP, "x", x, rows * k)?;
+    check_f32(OP, "q", out.q)?;
+    check_len(OP, "q", out.q, rows * nq)?;
+    for (what, cache) in [("the key cache", out.k_cache), ("the value cache", out.v_cache)] {
+        check_f32(OP, what, cache)?;
+        check_len(OP, what, cache, (pos0 + rows) * nkv)?;
+    }
+    check_u32(OP, "the caches' length", (pos0 + rows) * nkv)?;
+    let buffers = [&out.q.buffer, &out.k_cache.buffer, &out.v_cache.buffer];
+    if buffers.iter().enumerate().any(|(i, b)| buffers[..i].contains(b)) {
+        return Err(shape("q and the two caches must be different buffers".into()));
+    }
+    let half = head_dim / 2;
+    let cols = THREADS * 4;
+    let (gq, gkv) = (nq.div_ceil(cols), nkv.div_ceil(cols));
+    let max = ctx.max_workgroups_per_dim();
+    let (gx, gy) = grid_rows(gq + 2 * gkv, max);
+    if gy > max {
+        return Err(shape(format!("{} workgroups need a grid ({gx}, {gy}), over this GPU's {max} per dimension", gq + 2 * gkv)));
+    }
+    // The table first, then the uniform: the same order every step, so a `DispatchCache` reuses both.
+    let table = ctx.storage_constant(&rope::cos_sin(rows, head_dim, pos0, theta));
+    let kernel = for_format(kernels(), w.q.format);
+    let pipeline = ctx.pipeline(kernel.name, kernel.source, "main", &[("ROWS", rows as u64), ("THREADS", THREADS as u64)]);
+    let uniform = ctx.uniform(&Params {
+        rows: rows as u32,
+        nq: nq as u32,
+        nkv: nkv as u32,
+        k: k as u32,
+        half: half as u32,
+        row0: pos0 as u32,
+        gq: gq as u32,
+        gkv: gkv as u32,
+    });
+    let bind = ctx.bind(&pipeline, &[&x.buffer, &w.q.buffer, &out.q.buffer, &uniform, &w.k.buffer, &w.v.buffer, &out.k_cache.buffer, &out.v_cache.buffer, &table]);
+    encoder.dispatch(&pipeline, &bind, (gx, gy, 1));
+    Ok(())
+}
