@@ -2,6 +2,12 @@
 // M ≤ 8 rows), finished two ways:
 //   entry `glu`:   C[m, n] = silu(A[m] · G[n]) · (A[m] · U[n])   SwiGLU's gate, up and silu_mul
 //   entry `main`:  C[m, n] = A[m] · G[n],  C2[m, n] = A[m] · U[n]  a layer's k and v
+//   entry `mlp`:   a Llama MLP from the residual stream: S = A + Σ_j ADD[j] (the attention's
+//                  output), H = rmsnorm(S) · NORM_W, F = silu(H · Gᵀ) · (H · Uᵀ), and per
+//                  workgroup g its share of the down product, C[g, m, o] = Σ_{n of g} F[m, n] · D[o, n]
+//                  for every o < K: the MLP's output as G partial products (summed by the next
+//                  residual_norm, `parts` = G), S written by workgroup 0 into C2. Three dispatches (norm,
+//                  glu, down) become one; D [K, N] is Linear [out, in] in the same format, N % 4 = 0.
 // For a decode step on a CPU device: there each dispatch costs ~35 µs of thread-pool hand-off
 // (lavapipe), about what the work of a default-model token's small products costs, so three
 // dispatches become one (glu) and two become one (main). The weights are Linear [out, in] (X·Wᵀ):
@@ -24,7 +30,11 @@ struct Params {
     m: u32,
     n: u32,
     k: u32,
-    _pad: u32,
+    parts: u32, // `mlp`: ADD's partial products
+    eps: f32,   // `mlp`: the norm's epsilon
+    _p0: u32,
+    _p1: u32,
+    _p2: u32,
 }
 
 @group(0) @binding(0) var<storage, read> a: array<f32>;
@@ -32,10 +42,21 @@ struct Params {
 @group(0) @binding(2) var<storage, read_write> c: array<f32>;
 @group(0) @binding(3) var<uniform> p: Params;
 @group(0) @binding(5) var<storage, read_write> c2: array<f32>;
+// `mlp` only (binding 8: D, `down`, the seam renamed once more; c2 receives S):
+@group(0) @binding(6) var<storage, read> add: array<f32>;
+@group(0) @binding(7) var<storage, read> norm_w: array<f32>;
 
 override ROWS: u32 = 1u;
 override THREADS: u32 = 32u;
+// `mlp`: A is H, staged in workgroup memory (the entries that keep NORM false read A from binding 0).
+override NORM: bool = false;
 const MAX_ROWS: u32 = 8u;
+// Workgroup memory (16 KiB): H [ROWS, K] (ROWS · K ≤ STAGED, the launcher's check), F of the
+// workgroup's columns [ROWS, 4 · THREADS ≤ 128], the norm's partial sums.
+const STAGED: u32 = 2944u;
+var<workgroup> xs: array<f32, STAGED>;
+var<workgroup> fs: array<f32, 1024>;
+var<workgroup> red: array<f32, 128>;
 
 // Both products of the thread's four columns: component j of g[m] (u[m]) is row m's sum for column
 // col0 + col + j·THREADS.
@@ -61,7 +82,12 @@ fn sums(col0: u32, col: u32) -> Sums {
         let wu = mat4x4<f32>(up_at4(start[0] + k), up_at4(start[1] + k), up_at4(start[2] + k), up_at4(start[3] + k));
         for (var m = 0u; m < ROWS; m++) {
             let r = m * p.k + k;
-            let x = vec4<f32>(a[r], a[r + 1u], a[r + 2u], a[r + 3u]);
+            var x: vec4<f32>;
+            if (NORM) {
+                x = vec4<f32>(xs[r], xs[r + 1u], xs[r + 2u], xs[r + 3u]);
+            } else {
+                x = vec4<f32>(a[r], a[r + 1u], a[r + 2u], a[r + 3u]);
+            }
             s.g[m] += x * wg;
             s.u[m] += x * wu;
         }
@@ -102,6 +128,86 @@ fn main(@builtin(local_invocation_index) col: u32, @builtin(workgroup_id) wid: v
             for (var m = 0u; m < ROWS; m++) {
                 c[m * p.n + n] = s.g[m][j];
                 c2[m * p.n + n] = s.u[m][j];
+            }
+        }
+    }
+}
+
+// H = rmsnorm(A + Σ_j ADD[j]) · NORM_W into xs, residual_norm.wgsl's formula (s · 1/sqrt(Σ s² / K +
+// eps) · w, the parts added in order); workgroup `g` = 0 also stores S. Every workgroup computes the
+// same H (the same sums in the same order).
+fn stage_norm(t: u32, g: u32) {
+    for (var m = 0u; m < ROWS; m++) {
+        var ss = 0.0;
+        for (var i = t; i < p.k; i += THREADS) {
+            let r = m * p.k + i;
+            var v = a[r];
+            for (var j = 0u; j < p.parts; j++) {
+                v += add[j * p.m * p.k + r];
+            }
+            xs[r] = v;
+            ss += v * v;
+        }
+        red[t] = ss;
+        workgroupBarrier();
+        var total = 0.0;
+        for (var j = 0u; j < THREADS; j++) {
+            total += red[j];
+        }
+        let rstd = 1.0 / sqrt(total / f32(p.k) + p.eps);
+        workgroupBarrier(); // red is rewritten for the next row
+        for (var i = t; i < p.k; i += THREADS) {
+            let r = m * p.k + i;
+            if (g == 0u) {
+                c2[r] = xs[r];
+            }
+            xs[r] = xs[r] * rstd * norm_w[i];
+        }
+    }
+    workgroupBarrier();
+}
+
+@compute @workgroup_size(THREADS, 1, 1)
+fn mlp(@builtin(local_invocation_index) col: u32, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let g = wid.y * nwg.x + wid.x;
+    let col0 = g * THREADS * 4u;
+    if (col0 >= p.n) {
+        return; // the grid's padding (uniform over the workgroup, before any barrier)
+    }
+    stage_norm(col, g);
+    let s = sums(col0, col);
+    // F of this workgroup's columns: fs[m · 128 + j · THREADS + col] (0 past N).
+    for (var j = 0u; j < 4u; j++) {
+        let n = col0 + col + j * THREADS;
+        for (var m = 0u; m < ROWS; m++) {
+            fs[m * 128u + j * THREADS + col] = select(0.0, silu(s.g[m][j]) * s.u[m][j], n < p.n);
+        }
+    }
+    workgroupBarrier();
+    // Its share of the down product: rows o of D over this workgroup's columns, four rows a thread
+    // (o0 + j · THREADS) so that each value of F loaded serves 4 FMAs, four columns a step (N % 4 =
+    // 0, so the last workgroup's columns end on a multiple of 4). A row past K reads row 0.
+    let len = min(THREADS * 4u, p.n - col0);
+    for (var o0 = col; o0 < p.k; o0 += THREADS * 4u) {
+        var start: array<u32, 4>;
+        for (var j = 0u; j < 4u; j++) {
+            let o = o0 + j * THREADS;
+            start[j] = select(0u, o * p.n, o < p.k) + col0;
+        }
+        var acc: array<vec4<f32>, MAX_ROWS>;
+        for (var i = 0u; i < len; i += 4u) {
+            let w = mat4x4<f32>(down_at4(start[0] + i), down_at4(start[1] + i), down_at4(start[2] + i), down_at4(start[3] + i));
+            for (var m = 0u; m < ROWS; m++) {
+                let f = m * 128u + i;
+                acc[m] += vec4<f32>(fs[f], fs[f + 1u], fs[f + 2u], fs[f + 3u]) * w;
+            }
+        }
+        for (var j = 0u; j < 4u; j++) {
+            let o = o0 + j * THREADS;
+            if (o < p.k) {
+                for (var m = 0u; m < ROWS; m++) {
+                    c[(g * p.m + m) * p.k + o] = acc[m][j];
+                }
             }
         }
     }

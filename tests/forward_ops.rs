@@ -271,6 +271,20 @@ gpu_test! {
             }
         }
         eprintln!("residual_norm: max error {worst:e}");
+        // b as three partial products (a decode step's MLP output from matvec_pair's `mlp`).
+        for (rows, dim) in [(1, 256), (3, 70)] {
+            let x = rng.vec(rows * dim);
+            let parts = rng.vec(3 * rows * dim);
+            let weight = rng.vec(dim);
+            let (want_s, want_y) = reference::residual_norm::residual_norm_parts(&x, &parts, 3, &weight, None, dim, 1e-5);
+            let (xg, pg, wg) = (upload(&ctx, &x).await, upload(&ctx, &parts).await, upload(&ctx, &weight).await);
+            let s = ctx.zeros(&[rows, dim]).await.unwrap();
+            let y = ctx.zeros(&[rows, dim]).await.unwrap();
+            run(&ctx, |enc| ops::residual_norm::encode_parts(&ctx, enc, &xg, &pg, 3, &wg, None, &s, &y, rows, dim, 1e-5)).await;
+            assert_eq!(ctx.read(&s).await.unwrap(), want_s, "rows={rows} dim={dim}: s = a + b_0 + b_1 + b_2 exactly, in order");
+            let e = max_error(&ctx.read(&y).await.unwrap(), &want_y);
+            assert!(e <= TOL, "rows={rows} dim={dim} three parts: max error {e}");
+        }
     }
 }
 

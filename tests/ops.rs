@@ -646,6 +646,105 @@ gpu_test! {
 }
 
 gpu_test! {
+    /// matvec_pair's entry `mlp` (a decode step's Llama MLP from its residual stream in one
+    /// dispatch) against the reference chain residual_norm → matvec_glu → matmul X·Dᵀ, for every
+    /// weight format: S = x + Σ add stored exactly, the partial products summed in order equal to the
+    /// MLP's output, nothing written past either output (NaN sentinels), 1..=8 rows, K past one
+    /// pass of the down loop (128 rows), a last workgroup of 32 columns and a grid padded in y
+    /// (a cap of 2 workgroups per dimension); shapes it does not take refused with a sentence.
+    async fn matvec_pair_mlp_matches_reference_for_every_format() {
+        use loratab::gpu::matvec_pair::{self, Mlp, Norm};
+        let ctx = gpu().await;
+        ctx.set_max_workgroups_per_dim(2);
+        let mut rng = Rng::new(97);
+        let eps = 1e-5;
+        for format in WeightFormat::ALL {
+            let rows: Vec<usize> = if format == WeightFormat::F32 { (1..=matvec_pair::MAX_ROWS).collect() } else { vec![1, 3] };
+            for m in rows {
+                // (hidden N, model width K): N = 288 is 2¼ workgroups of 128 columns.
+                let (n, k) = (288, if m == 1 { 160 } else { 64 });
+                let (tg, gate) = packed(&ctx, &mut rng, n, k, format).await;
+                let (tu, up) = packed(&ctx, &mut rng, n, k, format).await;
+                let (td, down) = packed(&ctx, &mut rng, k, n, format).await;
+                let w = Mlp { gate: &tg, up: &tu, down: &td };
+                assert!(matvec_pair::fits_mlp(&ctx, m, &w), "{format} m={m}: fits");
+                let (x, add, norm_w) = (rng.vec(m * k), rng.vec(2 * m * k), rng.vec(k));
+                let tx = ctx.upload(&x, &[m, k]).await.unwrap();
+                let tadd = ctx.upload(&add, &[2 * m, k]).await.unwrap();
+                let tnw = ctx.upload(&norm_w, &[k]).await.unwrap();
+                let parts = matvec_pair::mlp_parts(n);
+                assert_eq!(parts, 3);
+                let out = ctx.upload(&vec![f32::NAN; parts * m * k + 1], &[parts * m * k + 1]).await.unwrap();
+                let s = ctx.upload(&vec![f32::NAN; m * k + 1], &[m * k + 1]).await.unwrap();
+                let norm = Norm { x: &tx, add: &tadd, parts: 2, weight: &tnw, eps, s: &s };
+                let mut got_parts = 0;
+                ctx.run(|enc| {
+                    got_parts = matvec_pair::encode_mlp(&ctx, enc, m, &norm, &w, &out)?;
+                    Ok(())
+                })
+                .await
+                .unwrap();
+                assert_eq!(got_parts, parts);
+
+                let (want_s, h) = reference::residual_norm::residual_norm_parts(&x, &add, 2, &norm_w, None, k, eps);
+                let got_s = ctx.read(&s).await.unwrap();
+                assert_eq!(got_s.len(), m * k + 1);
+                assert_eq!(got_s[..m * k], want_s[..], "{format} m={m}: S = x + add_0 + add_1 exactly");
+                assert!(got_s[m * k].is_nan(), "{format} m={m}: nothing written past S");
+
+                let f = reference::matvec_pair::matvec_glu(&h, &gate, &up, m, n, k);
+                let mut want = vec![0.0; m * k];
+                reference::matmul::matmul(&Matmul::new(m, k, n, Layout::XWt), &f, &down, None, &mut want);
+                let abs = |v: &[f32]| v.iter().map(|x| x.abs()).collect::<Vec<f32>>();
+                let mut scale = vec![0.0; m * k];
+                reference::matmul::matmul(&Matmul::new(m, k, n, Layout::XWt), &abs(&f), &abs(&down), None, &mut scale);
+                let got = ctx.read(&out).await.unwrap();
+                assert_eq!(got.len(), parts * m * k + 1);
+                assert!(got[parts * m * k].is_nan(), "{format} m={m}: nothing written past the parts");
+                // Per value, the error allowed follows the sum's conditioning (Σ|f|·|d|): h and F
+                // carry the norm's few-ε rounding into every term. A missed column group, a wrong
+                // row of D or of F is off by O(|value|).
+                for i in 0..m * k {
+                    let sum = (0..parts).fold(0.0f32, |acc, g| acc + got[g * m * k + i]);
+                    let allowed = 3e-5 * scale[i] + 1e-6;
+                    let e = (sum - want[i]).abs();
+                    assert!(e <= allowed, "{format} m={m} n={n} k={k}: output {i} is {sum}, the reference {} (error {e} > {allowed})", want[i]);
+                }
+            }
+        }
+        ctx.set_max_workgroups_per_dim(u32::MAX);
+        // Refused: down not [K, N], N not a multiple of 4, more rows · K than staged, no parts to
+        // add, an output too short for its parts.
+        let mut rng = Rng::new(98);
+        let (n, k) = (64, 64);
+        let (g, _) = packed(&ctx, &mut rng, n, k, WeightFormat::F32).await;
+        let (d, _) = packed(&ctx, &mut rng, k, n, WeightFormat::F32).await;
+        let (d_wrong, _) = packed(&ctx, &mut rng, k, 2 * n, WeightFormat::F32).await;
+        let (g_odd, _) = packed(&ctx, &mut rng, 62, k, WeightFormat::F32).await;
+        let (d_odd, _) = packed(&ctx, &mut rng, k, 62, WeightFormat::F32).await;
+        let (g_wide, _) = packed(&ctx, &mut rng, n, 384, WeightFormat::F32).await;
+        let (d_wide, _) = packed(&ctx, &mut rng, 384, n, WeightFormat::F32).await;
+        let buf = ctx.zeros(&[8 * 384 * 4]).await.unwrap();
+        let norm = |parts| Norm { x: &buf, add: &buf, parts, weight: &buf, eps, s: &buf };
+        let cases: [(Mlp, usize, usize, &str); 5] = [
+            (Mlp { gate: &g, up: &g, down: &d_wrong }, 1, 1, "must be [64, 64]"),
+            (Mlp { gate: &g_odd, up: &g_odd, down: &d_odd }, 1, 1, "a multiple of 4"),
+            (Mlp { gate: &g_wide, up: &g_wide, down: &d_wide }, 8, 1, "at most 2944 values"),
+            (Mlp { gate: &g, up: &g, down: &d }, 1, 0, "at least one part"),
+            (Mlp { gate: &g, up: &g, down: &d }, 1, 1, "the output parts"),
+        ];
+        for (w, m, parts, want) in cases {
+            if want != "at least one part" && want != "the output parts" {
+                assert!(!matvec_pair::fits_mlp(&ctx, m, &w), "{want}: fits_mlp refuses it too");
+            }
+            let out = ctx.zeros(&[if want == "the output parts" { m * k - 1 } else { 8 * 384 }]).await.unwrap();
+            let err = ctx.run(|enc| matvec_pair::encode_mlp(&ctx, enc, m, &norm(parts), &w, &out).map(|_| ())).await.unwrap_err();
+            assert!(err.to_string().contains(want), "{want}: {err}");
+        }
+    }
+}
+
+gpu_test! {
     /// matvec_qkv (a decode step's q, k, v, RoPE and cache writes in one dispatch) against the
     /// reference products and rotation, for every weight format: q rotated at positions pos0..,
     /// k and v landing in cache rows pos0.. and no other row or value touched (NaN sentinels), heads

@@ -84,6 +84,13 @@ pub trait Pass {
     }
     /// Positions and attention: rotate q and k (Llama's RoPE) and write att from q, k, v.
     fn attend(&self, ctx: &GpuContext, enc: &mut Recorder, config: &Config, l: usize, a: &BlockActs) -> Result<(), GpuError>;
+    /// The MLP half after the attention's output projection (in proj): the residual x_mid = x_in +
+    /// proj, its norm and the MLP. Returns the tensor holding the MLP's output and in how many
+    /// partial products ([parts, rows, hidden], summed by the next residual). By default
+    /// [`mlp_parts`]: (proj, 1).
+    fn mlp<'s>(&'s self, ctx: &GpuContext, enc: &mut Recorder, config: &Config, l: usize, block: &GpuBlock, a: &BlockActs<'s>) -> Result<(&'s GpuTensor, usize), GpuError> {
+        mlp_parts(self, ctx, enc, config, l, block, a)
+    }
     /// The attention half up to att: q, k, v from h1, then [`Pass::attend`]. By default
     /// [`attention_parts`]; a pass may fuse the projections with what `attend` does.
     fn self_attention(&self, ctx: &GpuContext, enc: &mut Recorder, config: &Config, l: usize, block: &GpuBlock, a: &BlockActs) -> Result<(), GpuError> {
@@ -124,7 +131,14 @@ pub(crate) fn encode_block(ctx: &GpuContext, enc: &mut Recorder, c: &Config, l: 
     let rows = pass.rows();
     pass.self_attention(ctx, enc, c, l, b, &a)?;
     pass.project(ctx, enc, l, b, Site::O, a.att, a.proj)?;
-    b.mlp_norm.encode_residual(ctx, enc, c, a.x_in, a.proj, a.x_mid, rows, a.h2)?;
+    let (mlp_out, parts) = pass.mlp(ctx, enc, c, l, b, &a)?;
+    next_norm.encode_residual_parts(ctx, enc, c, a.x_mid, mlp_out, parts, a.x_out, rows, a.h_out)
+}
+
+/// The MLP half: x_mid = x_in + proj, h2 = mlp_norm(x_mid), then the MLP's projections from h2 into
+/// proj. Returns (proj, 1): where the output is, in how many partial products.
+pub(crate) fn mlp_parts<'s>(pass: &(impl Pass + ?Sized), ctx: &GpuContext, enc: &mut Recorder, c: &Config, l: usize, b: &GpuBlock, a: &BlockActs<'s>) -> Result<(&'s GpuTensor, usize), GpuError> {
+    b.mlp_norm.encode_residual(ctx, enc, c, a.x_in, a.proj, a.x_mid, pass.rows(), a.h2)?;
     match &b.mlp {
         GpuMlp::Gelu { .. } => {
             pass.project(ctx, enc, l, b, Site::Fc, a.h2, a.ff1)?;
@@ -132,11 +146,11 @@ pub(crate) fn encode_block(ctx: &GpuContext, enc: &mut Recorder, c: &Config, l: 
             pass.project(ctx, enc, l, b, Site::Proj, a.ff2, a.proj)?;
         }
         GpuMlp::SwiGlu { .. } => {
-            pass.swiglu(ctx, enc, l, b, &a)?;
+            pass.swiglu(ctx, enc, l, b, a)?;
             pass.project(ctx, enc, l, b, Site::Down, a.ff3, a.proj)?;
         }
     }
-    next_norm.encode_residual(ctx, enc, c, a.x_mid, a.proj, a.x_out, rows, a.h_out)
+    Ok((a.proj, 1))
 }
 
 /// q, k and v through the projections' seam (k and v by [`Pass::project_kv`]), then [`Pass::attend`].

@@ -124,6 +124,12 @@ impl GpuNorm {
         gpu::residual_norm::encode(ctx, enc, a, b, &self.weight, self.bias.as_ref(), s, out, rows, c.hidden_size, c.norm_eps)
     }
 
+    /// [`GpuNorm::encode_residual`] with b the sum of `parts` partial products [parts, rows, hidden].
+    #[allow(clippy::too_many_arguments)]
+    pub fn encode_residual_parts(&self, ctx: &GpuContext, enc: &mut Recorder, c: &Config, a: &GpuTensor, b: &GpuTensor, parts: usize, s: &GpuTensor, rows: usize, out: &GpuTensor) -> Result<(), GpuError> {
+        gpu::residual_norm::encode_parts(ctx, enc, a, b, parts, &self.weight, self.bias.as_ref(), s, out, rows, c.hidden_size, c.norm_eps)
+    }
+
     /// Record `dx = dy · ∂norm(x)/∂x` (weight and bias are frozen: no gradient for them).
     #[allow(clippy::too_many_arguments)]
     pub fn encode_backward(&self, ctx: &GpuContext, enc: &mut Recorder, c: &Config, x: &GpuTensor, dy: &GpuTensor, rows: usize, dx: &GpuTensor) -> Result<(), GpuError> {
@@ -404,6 +410,9 @@ pub(super) struct Acts {
     /// training's backward).
     pub lse: GpuTensor,
     pub proj: GpuTensor,
+    /// A decode step's MLP output as `gpu::matvec_pair::encode_mlp` leaves it: [parts, rows, hidden]
+    /// (a placeholder where rows are too many for it).
+    pub parts: GpuTensor,
     pub ff1: GpuTensor,
     pub ff2: GpuTensor,
     pub ff3: GpuTensor,
@@ -426,6 +435,10 @@ impl Acts {
             att: ctx.zeros(&[t, qd]).await?,
             lse: ctx.zeros(&[gpu::attention::lse_len(t, &heads(c))]).await?,
             proj: ctx.zeros(&[t, d]).await?,
+            parts: match t <= gpu::matvec_pair::MAX_ROWS {
+                true => ctx.zeros(&[gpu::matvec_pair::mlp_parts(f) * t, d]).await?,
+                false => ctx.zeros(&[1]).await?,
+            },
             ff1: ctx.zeros(&[t, f]).await?,
             ff2: ctx.zeros(&[t, f]).await?,
             ff3: ctx.zeros(&[t, f]).await?,
@@ -506,6 +519,21 @@ impl Pass for CachedPass<'_> {
             }
         }
         block::swiglu_parts(self, ctx, enc, l, block, a)
+    }
+
+    /// A decode step's MLP in one dispatch (`gpu::matvec_pair::encode_mlp`: the residual and norm,
+    /// SwiGLU and the down product as partial products) on a CPU device, where gate, up and down are
+    /// all [`CachedPass::plain`] and the norm is RMS; else the parts.
+    fn mlp<'s>(&'s self, ctx: &GpuContext, enc: &mut Recorder, c: &Config, l: usize, b: &GpuBlock, a: &BlockActs<'s>) -> Result<(&'s GpuTensor, usize), GpuError> {
+        if let (GpuMlp::SwiGlu { gate, up, down }, None) = (&b.mlp, &b.mlp_norm.bias) {
+            let w = (|| Some(gpu::matvec_pair::Mlp { gate: self.plain(l, gate, Site::Gate)?, up: self.plain(l, up, Site::Up)?, down: self.plain(l, down, Site::Down)? }))();
+            if let Some(w) = w.filter(|w| ctx.matvec() && gpu::matvec_pair::fits_mlp(ctx, self.acts.rows, w)) {
+                let norm = gpu::matvec_pair::Norm { x: a.x_in, add: a.proj, parts: 1, weight: &b.mlp_norm.weight, eps: c.norm_eps, s: a.x_mid };
+                let parts = gpu::matvec_pair::encode_mlp(ctx, enc, self.acts.rows, &norm, &w, &self.acts.parts)?;
+                return Ok((&self.acts.parts, parts));
+            }
+        }
+        block::mlp_parts(self, ctx, enc, c, l, b, a)
     }
 
     fn ids(&self) -> (&GpuTensor, &GpuTensor) {
