@@ -194,7 +194,12 @@ fn mlp(@builtin(local_invocation_index) col: u32, @builtin(workgroup_id) wid: ve
             let o = o0 + j * THREADS;
             start[j] = select(0u, o * p.n, o < p.k) + col0;
         }
+        // Zeroed explicitly for each o0: on SwiftShader (Chrome) a `var` declared without an
+        // initializer inside a loop kept the previous iteration's sums (as in attention.wgsl).
         var acc: array<vec4<f32>, MAX_ROWS>;
+        for (var m = 0u; m < ROWS; m++) {
+            acc[m] = vec4<f32>(0.0);
+        }
         for (var i = 0u; i < len; i += 4u) {
             let w = mat4x4<f32>(down_at4(start[0] + i), down_at4(start[1] + i), down_at4(start[2] + i), down_at4(start[3] + i));
             for (var m = 0u; m < ROWS; m++) {
