@@ -55,6 +55,35 @@ gpu_test! {
     }
 }
 
+gpu_test! {
+    /// Decode steps, one token at a time after a prompt, give the full pass's logits. On a CPU
+    /// device they run the fused decode kernels (matvec_qkv; matvec_pair's `mlp`, which the tiny
+    /// fixtures' 74 hidden units do not fit, so only this model takes it), and the full pass the
+    /// tiled ones: every step is also counted, 5 dispatches a layer there (q/k/v, attention, o,
+    /// MLP, the next residual norm) + embedding, first norm and LM head.
+    async fn default_model_decode_steps_match_the_full_pass() {
+        let ctx = gpu().await;
+        let (model, tok) = Model::from_files(&files()).unwrap();
+        let gm = GpuModel::upload(&ctx, &model).await.unwrap();
+        let tokens = tok.encode(HELDOUT).unwrap()[..16].to_vec();
+        let (v, layers) = (model.config.vocab_size, model.config.num_layers);
+        let full = ctx.read(&gm.forward(&ctx, &tokens, 0).await.unwrap()).await.unwrap();
+        assert_eq!(full.len(), tokens.len() * v);
+        gm.forward(&ctx, &tokens[..12], 0).await.unwrap();
+        for (i, &t) in tokens.iter().enumerate().skip(12) {
+            let before = ctx.dispatches_submitted();
+            let step = gm.forward(&ctx, &[t], i).await.unwrap();
+            let dispatches = ctx.dispatches_submitted() - before;
+            let step = ctx.read(&step).await.unwrap();
+            let e = common::max_rel_error(&step, &full[i * v..(i + 1) * v], &format!("position {i}"));
+            assert!(e < 1e-4, "position {i}: decode step vs full pass, max error {e}");
+            if ctx.is_cpu() {
+                assert_eq!(dispatches, 3 + 5 * layers, "position {i}: a step's dispatches on a CPU device");
+            }
+        }
+    }
+}
+
 /// `loratab train` with no --model trains the embedded default; the adapter names it as its base.
 #[cfg(not(target_arch = "wasm32"))]
 #[test]
