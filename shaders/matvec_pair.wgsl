@@ -176,11 +176,11 @@ fn mlp(@builtin(local_invocation_index) col: u32, @builtin(workgroup_id) wid: ve
     }
     stage_norm(col, g);
     let s = sums(col0, col);
-    // F of this workgroup's columns: fs[m · 128 + j · THREADS + col] (0 past N).
+    // F of this workgroup's columns: fs[m · 4 · THREADS + j · THREADS + col] (0 past N).
     for (var j = 0u; j < 4u; j++) {
         let n = col0 + col + j * THREADS;
         for (var m = 0u; m < ROWS; m++) {
-            fs[m * 128u + j * THREADS + col] = select(0.0, silu(s.g[m][j]) * s.u[m][j], n < p.n);
+            fs[m * 4u * THREADS + j * THREADS + col] = select(0.0, silu(s.g[m][j]) * s.u[m][j], n < p.n);
         }
     }
     workgroupBarrier();
@@ -203,7 +203,7 @@ fn mlp(@builtin(local_invocation_index) col: u32, @builtin(workgroup_id) wid: ve
         for (var i = 0u; i < len; i += 4u) {
             let w = mat4x4<f32>(down_at4(start[0] + i), down_at4(start[1] + i), down_at4(start[2] + i), down_at4(start[3] + i));
             for (var m = 0u; m < ROWS; m++) {
-                let f = m * 128u + i;
+                let f = m * 4u * THREADS + i;
                 acc[m] += vec4<f32>(fs[f], fs[f + 1u], fs[f + 2u], fs[f + 3u]) * w;
             }
         }

@@ -121,7 +121,7 @@ impl GpuNorm {
     /// Record `s = a + b; out = norm(s)`: a residual add fused with the norm after it.
     #[allow(clippy::too_many_arguments)]
     pub fn encode_residual(&self, ctx: &GpuContext, enc: &mut Recorder, c: &Config, a: &GpuTensor, b: &GpuTensor, s: &GpuTensor, rows: usize, out: &GpuTensor) -> Result<(), GpuError> {
-        gpu::residual_norm::encode(ctx, enc, a, b, &self.weight, self.bias.as_ref(), s, out, rows, c.hidden_size, c.norm_eps)
+        self.encode_residual_parts(ctx, enc, c, a, b, 1, s, rows, out)
     }
 
     /// [`GpuNorm::encode_residual`] with b the sum of `parts` partial products [parts, rows, hidden].
@@ -411,7 +411,7 @@ pub(super) struct Acts {
     pub lse: GpuTensor,
     pub proj: GpuTensor,
     /// A decode step's MLP output as `gpu::matvec_pair::encode_mlp` leaves it: [parts, rows, hidden]
-    /// (a placeholder where rows are too many for it).
+    /// (a placeholder where the model is not Llama or rows are too many for it).
     pub parts: GpuTensor,
     pub ff1: GpuTensor,
     pub ff2: GpuTensor,
@@ -435,7 +435,8 @@ impl Acts {
             att: ctx.zeros(&[t, qd]).await?,
             lse: ctx.zeros(&[gpu::attention::lse_len(t, &heads(c))]).await?,
             proj: ctx.zeros(&[t, d]).await?,
-            parts: match t <= gpu::matvec_pair::MAX_ROWS {
+            // Only a Llama decode step can take the fused MLP.
+            parts: match c.arch == Arch::Llama && t <= gpu::matvec_pair::MAX_ROWS {
                 true => ctx.zeros(&[gpu::matvec_pair::mlp_parts(f) * t, d]).await?,
                 false => ctx.zeros(&[1]).await?,
             },
