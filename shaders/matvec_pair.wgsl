@@ -37,14 +37,16 @@ struct Params {
     _p2: u32,
 }
 
-@group(0) @binding(0) var<storage, read> a: array<f32>;
+// A and ADD are read four values a load (K % 4 = 0, rows contiguous): on lavapipe each load costs
+// a loop over the SIMD lanes, so one vec4 load is much cheaper than four scalar ones.
+@group(0) @binding(0) var<storage, read> a: array<vec4<f32>>;
 // binding 1: G (`weight`), binding 4: U (`up`)
 @group(0) @binding(2) var<storage, read_write> c: array<f32>;
 @group(0) @binding(3) var<uniform> p: Params;
 @group(0) @binding(5) var<storage, read_write> c2: array<f32>;
 // `mlp` only (binding 8: D, `down`, the seam renamed once more; c2 receives S):
-@group(0) @binding(6) var<storage, read> add: array<f32>;
-@group(0) @binding(7) var<storage, read> norm_w: array<f32>;
+@group(0) @binding(6) var<storage, read> add: array<vec4<f32>>;
+@group(0) @binding(7) var<storage, read> norm_w: array<vec4<f32>>;
 
 override ROWS: u32 = 1u;
 override THREADS: u32 = 32u;
@@ -54,7 +56,7 @@ const MAX_ROWS: u32 = 8u;
 // Workgroup memory (16 KiB): H [ROWS, K] (ROWS · K ≤ STAGED, the launcher's check), F of the
 // workgroup's columns [ROWS, 4 · THREADS ≤ 128], the norm's partial sums.
 const STAGED: u32 = 2944u;
-var<workgroup> xs: array<f32, STAGED>;
+var<workgroup> xs: array<vec4<f32>, STAGED / 4u>;
 var<workgroup> fs: array<f32, 1024>;
 var<workgroup> red: array<f32, 128>;
 
@@ -81,12 +83,12 @@ fn sums(col0: u32, col: u32) -> Sums {
         let wg = mat4x4<f32>(weight_at4(start[0] + k), weight_at4(start[1] + k), weight_at4(start[2] + k), weight_at4(start[3] + k));
         let wu = mat4x4<f32>(up_at4(start[0] + k), up_at4(start[1] + k), up_at4(start[2] + k), up_at4(start[3] + k));
         for (var m = 0u; m < ROWS; m++) {
-            let r = m * p.k + k;
+            let r = (m * p.k + k) >> 2u;
             var x: vec4<f32>;
             if (NORM) {
-                x = vec4<f32>(xs[r], xs[r + 1u], xs[r + 2u], xs[r + 3u]);
+                x = xs[r];
             } else {
-                x = vec4<f32>(a[r], a[r + 1u], a[r + 2u], a[r + 3u]);
+                x = a[r];
             }
             s.g[m] += x * wg;
             s.u[m] += x * wu;
@@ -139,14 +141,15 @@ fn main(@builtin(local_invocation_index) col: u32, @builtin(workgroup_id) wid: v
 fn stage_norm(t: u32, g: u32) {
     for (var m = 0u; m < ROWS; m++) {
         var ss = 0.0;
-        for (var i = t; i < p.k; i += THREADS) {
-            let r = m * p.k + i;
+        let k4 = p.k / 4u;
+        for (var i = t; i < k4; i += THREADS) {
+            let r = m * k4 + i;
             var v = a[r];
             for (var j = 0u; j < p.parts; j++) {
-                v += add[j * p.m * p.k + r];
+                v += add[j * p.m * k4 + r];
             }
             xs[r] = v;
-            ss += v * v;
+            ss += dot(v, v);
         }
         red[t] = ss;
         workgroupBarrier();
@@ -156,10 +159,12 @@ fn stage_norm(t: u32, g: u32) {
         }
         let rstd = 1.0 / sqrt(total / f32(p.k) + p.eps);
         workgroupBarrier(); // red is rewritten for the next row
-        for (var i = t; i < p.k; i += THREADS) {
-            let r = m * p.k + i;
+        for (var i = t; i < k4; i += THREADS) {
+            let r = m * k4 + i;
             if (g == 0u) {
-                c2[r] = xs[r];
+                for (var j = 0u; j < 4u; j++) {
+                    c2[4u * r + j] = xs[r][j];
+                }
             }
             xs[r] = xs[r] * rstd * norm_w[i];
         }

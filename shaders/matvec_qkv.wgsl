@@ -34,7 +34,8 @@ struct Params {
     gkv: u32,
 }
 
-@group(0) @binding(0) var<storage, read> a: array<f32>;
+// x four values a load (K % 4 = 0, rows contiguous): one lavapipe load loop instead of four.
+@group(0) @binding(0) var<storage, read> a: array<vec4<f32>>;
 // binding 1: Wq (`weight`), 4: Wk (`wk`), 5: Wv (`wv`)
 @group(0) @binding(2) var<storage, read_write> q: array<f32>;
 @group(0) @binding(3) var<uniform> p: Params;
@@ -119,8 +120,7 @@ fn sums_weight(start: vec4<u32>) -> array<vec4<f32>, MAX_ROWS> {
     for (var k = 0u; k < p.k; k += 4u) {
         let w = mat4x4<f32>(weight_at4(start.x + k), weight_at4(start.y + k), weight_at4(start.z + k), weight_at4(start.w + k));
         for (var m = 0u; m < ROWS; m++) {
-            let r = m * p.k + k;
-            s[m] += vec4<f32>(a[r], a[r + 1u], a[r + 2u], a[r + 3u]) * w;
+            s[m] += a[(m * p.k + k) >> 2u] * w;
         }
     }
     return s;
