@@ -693,22 +693,49 @@ async fn generation_steps(ctx: &GpuContext, model: &GpuModel, prompt: &[u32], n:
     let greedy = Sampling { temperature: 0.0, top_k: 0, seed: 0 };
     let mut rng = Rng::new(0);
     let (mut input, mut past, mut wall, mut cpu) = (prompt.to_vec(), 0, Vec::new(), vec![cpu_seconds()]);
-    for _ in 0..n {
-        let t = Instant::now();
-        let token = if old {
-            sample(&model.last_logits(ctx, &input, past, None).await?, &greedy, &mut rng)
-        } else {
-            match model.decode_step(ctx, &input, past, None, crate::model::Pick::Argmax).await? {
-                crate::model::Picked::Token(id) => id,
-                other => unreachable!("Argmax picks a token, not {other:?}"),
+    if old {
+        for _ in 0..n {
+            let t = Instant::now();
+            let token = sample(&model.last_logits(ctx, &input, past, None).await?, &greedy, &mut rng);
+            wall.push(t.elapsed().as_secs_f64());
+            if cpu.len() == 1 {
+                cpu.push(cpu_seconds());
             }
-        };
-        wall.push(t.elapsed().as_secs_f64());
-        if cpu.len() == 1 {
-            cpu.push(cpu_seconds());
+            past += input.len();
+            input = vec![token];
         }
-        past += input.len();
-        input = vec![token];
+    } else {
+        // As `generate` runs greedy steps: each new token's step is submitted before the previous
+        // one is read back and takes its token on the GPU. A step's time runs from the previous
+        // step's read-back to its own (the prefill's from the start, submitted alone).
+        use crate::model::{Pick, Picked, StepInput};
+        let mut t = Instant::now();
+        let mut step = model.submit_step(ctx, StepInput::Tokens(&input), past, None, Pick::Argmax).await?;
+        for i in 0..n {
+            let after = past + input.len();
+            let ahead = match i >= 1 && i + 1 < n {
+                true => Some(model.submit_step(ctx, StepInput::Previous(&step), after, None, Pick::Argmax).await?),
+                false => None,
+            };
+            let token = match model.finish_step(ctx, step).await? {
+                Picked::Token(id) => id,
+                other => unreachable!("Argmax picks a token, not {other:?}"),
+            };
+            wall.push(t.elapsed().as_secs_f64());
+            t = Instant::now();
+            if cpu.len() == 1 {
+                cpu.push(cpu_seconds());
+            }
+            past = after;
+            input = vec![token];
+            if i + 1 == n {
+                break;
+            }
+            step = match ahead {
+                Some(next) => next,
+                None => model.submit_step(ctx, StepInput::Tokens(&input), past, None, Pick::Argmax).await?,
+            };
+        }
     }
     cpu.push(cpu_seconds());
     let cpu = match cpu[..] {

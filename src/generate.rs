@@ -5,7 +5,7 @@
 //! `Config::stop_ids`), which is not returned, as transformers' `generate` ends at `eos_token_id`.
 
 use crate::gpu::{topk, GpuContext};
-use crate::model::{Branch, GpuModel, ModelError, Pick, Picked};
+use crate::model::{Branch, GpuModel, ModelError, Pick, Picked, StepInput};
 use crate::rng::Rng;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -91,8 +91,20 @@ pub async fn generate_until(
         k if k > 0 && (k <= topk::MAX_K || vocab <= topk::MAX_K) => Pick::TopK(k),
         _ => Pick::Logits,
     };
-    while out.len() < max_tokens && past + next_input.len() <= model.config.max_positions {
-        let token = match model.decode_step(ctx, &next_input, past, adapter, pick).await? {
+    let room = |out: &[u32], past: usize, len: usize| out.len() < max_tokens && past + len <= model.config.max_positions;
+    if !room(&out, past, next_input.len()) {
+        return Ok(out);
+    }
+    let mut step = model.submit_step(ctx, StepInput::Tokens(&next_input), past, adapter, pick).await?;
+    loop {
+        let after = past + next_input.len();
+        // Greedy: submit the next step, which takes this one's pick on the GPU, before reading this
+        // one, so the device never waits for the host. Wasted only when this token is a stop.
+        let ahead = match pick == Pick::Argmax && out.len() + 1 < max_tokens && after < model.config.max_positions {
+            true => Some(model.submit_step(ctx, StepInput::Previous(&step), after, adapter, pick).await?),
+            false => None,
+        };
+        let token = match model.finish_step(ctx, step).await? {
             Picked::Token(id) => id,
             Picked::Ranked(ranked) => sample_ranked(&ranked, sampling.temperature, &mut rng),
             Picked::Logits(logits) => sample(&logits, sampling, &mut rng),
@@ -101,8 +113,15 @@ pub async fn generate_until(
             break;
         }
         out.push(token);
-        past += next_input.len();
+        past = after;
         next_input = vec![token];
+        if !room(&out, past, 1) {
+            break;
+        }
+        step = match ahead {
+            Some(next) => next,
+            None => model.submit_step(ctx, StepInput::Tokens(&next_input), past, adapter, pick).await?,
+        };
     }
     Ok(out)
 }

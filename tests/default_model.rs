@@ -84,6 +84,42 @@ gpu_test! {
     }
 }
 
+gpu_test! {
+    /// Greedy generation submits each step before reading the previous one, which hands over its
+    /// token on the GPU: the tokens must be the argmax of full passes over the growing text (lowest id
+    /// on ties, as the GPU's pick), and a stop id must end the output where it first appears, the
+    /// step already submitted past it discarded.
+    async fn default_model_greedy_generation_chains_its_steps_on_the_gpu() {
+        use loratab::generate::{generate, generate_until, sample, Sampling};
+        use loratab::model::{Pick, StepInput};
+        let ctx = gpu().await;
+        let (model, tok) = Model::from_files(&files()).unwrap();
+        let gm = GpuModel::upload(&ctx, &model).await.unwrap();
+        let v = model.config.vocab_size;
+        let prompt = tok.encode(HELDOUT).unwrap()[..12].to_vec();
+        let greedy = Sampling { temperature: 0.0, top_k: 0, seed: 0 };
+        let mut text = prompt.clone();
+        let mut want = Vec::new();
+        for _ in 0..8 {
+            let logits = ctx.read(&gm.forward(&ctx, &text, 0).await.unwrap()).await.unwrap();
+            let id = sample(&logits[(text.len() - 1) * v..], &greedy, &mut loratab::rng::Rng::new(0));
+            want.push(id);
+            text.push(id);
+        }
+        let got = generate(&ctx, &gm, &prompt, want.len(), &greedy, None).await.unwrap();
+        assert_eq!(got, want, "chained greedy steps vs full passes");
+        // The first token from the third on that did not come before it, as the stop.
+        let j = (2..want.len()).find(|&j| !want[..j].contains(&want[j])).expect("eight tokens, not all repeats");
+        let stopped = generate_until(&ctx, &gm, &prompt, want.len(), &greedy, None, &[want[j]]).await.unwrap();
+        assert_eq!(stopped, want[..j], "stopped at {}", want[j]);
+        // Only a greedy step's pick can be the next step's token on the GPU.
+        let sampled = gm.submit_step(&ctx, StepInput::Tokens(&prompt), 0, None, Pick::TopK(4)).await.unwrap();
+        let refused = gm.submit_step(&ctx, StepInput::Previous(&sampled), prompt.len(), None, Pick::Argmax).await;
+        assert!(refused.is_err_and(|e| e.to_string().contains("greedy step")));
+        gm.finish_step(&ctx, sampled).await.unwrap();
+    }
+}
+
 /// `loratab train` with no --model trains the embedded default; the adapter names it as its base.
 #[cfg(not(target_arch = "wasm32"))]
 #[test]

@@ -243,6 +243,8 @@ pub struct GpuContext {
     cache_off: bool,
     /// Whether matmul sends a few-row product to the matvec kernel (off: the bench's "before").
     matvec: std::sync::atomic::AtomicBool,
+    /// The index of the last submission by `run` / `run_cached` (what [`Self::map_read_after`] waits for).
+    last_submission: Mutex<Option<wgpu::SubmissionIndex>>,
 }
 
 impl GpuContext {
@@ -316,6 +318,7 @@ impl GpuContext {
             uncaptured,
             memory: Arc::default(),
             active: Mutex::new(None),
+            last_submission: Mutex::new(None),
             cache_off: cfg!(not(target_arch = "wasm32")) && std::env::var_os("LORATAB_NO_DISPATCH_CACHE").is_some(),
             matvec: std::sync::atomic::AtomicBool::new(true),
         })
@@ -597,7 +600,8 @@ impl GpuContext {
         self.dispatched.fetch_add(encoder.dispatches(), std::sync::atomic::Ordering::Relaxed);
         let (commands, finished) = encoder.finish();
         if !matches!(finished, Some(Finished::Wall { .. })) {
-            self.queue.submit([commands]);
+            let index = self.queue.submit([commands]);
+            *self.last_submission.lock().unwrap() = Some(index);
         }
         Ok(finished)
     }
@@ -731,14 +735,28 @@ impl GpuContext {
     /// The first `bytes` of `staging` (a MAP_READ buffer a submitted copy writes), once the GPU has
     /// written them. A caller that reads back every step keeps its own staging buffer (generation).
     pub(crate) async fn map_read(&self, staging: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>, GpuError> {
+        self.map_read_after(staging, bytes, None).await
+    }
+
+    /// The index of the last submission by [`Self::run`] / [`Self::run_cached`].
+    pub(crate) fn last_submission(&self) -> Option<wgpu::SubmissionIndex> {
+        self.last_submission.lock().unwrap().clone()
+    }
+
+    /// [`Self::map_read`] that natively waits only for submission `after` (None: for everything
+    /// submitted), so that work submitted later keeps the device busy meanwhile (a decode step
+    /// submitted ahead of the previous one's read-back).
+    pub(crate) async fn map_read_after(&self, staging: &wgpu::Buffer, bytes: u64, after: Option<wgpu::SubmissionIndex>) -> Result<Vec<u8>, GpuError> {
         let (tx, rx) = futures_channel::oneshot::channel();
         staging.map_async(wgpu::MapMode::Read, .., move |r| {
             let _ = tx.send(r);
         });
         #[cfg(not(target_arch = "wasm32"))]
         self.device
-            .poll(wgpu::PollType::wait_indefinitely())
+            .poll(wgpu::PollType::Wait { submission_index: after, timeout: None })
             .map_err(|e| GpuError::Readback(e.to_string()))?;
+        #[cfg(target_arch = "wasm32")]
+        let _ = after;
         let mapped = rx.await;
         if !matches!(mapped, Ok(Ok(()))) {
             // A lost device also fails the map: report the loss, the cause, first.

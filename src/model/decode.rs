@@ -33,6 +33,25 @@ pub enum Picked {
     Logits(Vec<f32>),
 }
 
+/// The tokens a step runs: given by the host, or the one token a previous greedy step picked,
+/// copied on the GPU from its picks (the previous step need not have been read back).
+pub enum StepInput<'a> {
+    Tokens(&'a [u32]),
+    Previous(&'a PendingStep),
+}
+
+/// A step submitted and not yet read back ([`GpuModel::finish_step`] reads it).
+pub struct PendingStep {
+    pick: Pick,
+    k: usize,
+    /// Where its pick is on the GPU (a `Previous` input copies the id from here) and its copy to read.
+    picks: GpuTensor,
+    staging: wgpu::Buffer,
+    /// Its logits, for `Pick::Logits`.
+    logits: GpuTensor,
+    submission: Option<wgpu::SubmissionIndex>,
+}
+
 /// One step's buffers, kept for the next step with as many rows (`GpuModel::decode`: one-row steps
 /// in slot 0, a prompt's in slot 1).
 pub(super) struct DecodeState {
@@ -44,7 +63,10 @@ pub(super) struct DecodeState {
     logits: GpuTensor,
     /// topk's output: ids, then the values' bits.
     picks: GpuTensor,
-    staging: wgpu::Buffer,
+    /// Read-back buffers, used in turn: a step may be submitted while the previous one's is still
+    /// to be read (at most two steps of a slot in flight, as `generate` runs them).
+    staging: [wgpu::Buffer; 2],
+    next_staging: usize,
     /// Steps without, and with, an adapter record different dispatches: a cache each.
     dispatch: [Arc<Mutex<DispatchCache>>; 2],
 }
@@ -59,12 +81,15 @@ impl DecodeState {
             last: ctx.zeros(&[1, c.hidden_size]).await?,
             logits: ctx.zeros(&[1, c.vocab_size]).await?,
             picks: ctx.zeros(&[2 * topk::MAX_K]).await?,
-            staging: ctx.device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("picks readback"),
-                size: bytes,
-                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-                mapped_at_creation: false,
+            staging: [0, 1].map(|_| {
+                ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("picks readback"),
+                    size: bytes,
+                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                })
             }),
+            next_staging: 0,
             dispatch: [DispatchCache::new(), DispatchCache::new()],
         })
     }
@@ -73,17 +98,36 @@ impl DecodeState {
 impl GpuModel {
     /// Run `tokens` at positions past..past + len (attending to the `past` cached ones, 0 starts
     /// anew), with `branch` beside the frozen projections when given, and pick from the last
-    /// token's logits as `pick` says.
+    /// token's logits as `pick` says: [`Self::submit_step`] then [`Self::finish_step`].
     pub async fn decode_step(&self, ctx: &GpuContext, tokens: &[u32], past: usize, branch: Option<&dyn Branch>, pick: Pick) -> Result<Picked, ModelError> {
-        self.check_tokens(tokens, past)?;
+        let pending = self.submit_step(ctx, StepInput::Tokens(tokens), past, branch, pick).await?;
+        self.finish_step(ctx, pending).await
+    }
+
+    /// Record and submit a step (see [`Self::decode_step`]) without waiting for it. A
+    /// [`StepInput::Previous`] input must come from a step that picked with `Pick::Argmax`.
+    pub async fn submit_step(&self, ctx: &GpuContext, input: StepInput<'_>, past: usize, branch: Option<&dyn Branch>, pick: Pick) -> Result<PendingStep, ModelError> {
+        let (t, previous) = match input {
+            StepInput::Tokens(tokens) => {
+                self.check_tokens(tokens, past)?;
+                (tokens.len(), None)
+            }
+            StepInput::Previous(p) => {
+                if p.pick != Pick::Argmax {
+                    return Err(ModelError::Gpu(GpuError::Shape { op: "decode_step", detail: format!("a step can take its token from a greedy step only, not from one that picked {:?}", p.pick) }));
+                }
+                self.check_tokens(&[0], past)?;
+                (1, Some(p.picks.clone()))
+            }
+        };
         let c = &self.config;
-        let (t, d, vocab) = (tokens.len(), c.hidden_size, c.vocab_size);
+        let (d, vocab) = (c.hidden_size, c.vocab_size);
         let k = match pick {
             Pick::Argmax => 1,
             Pick::TopK(k) => k.clamp(1, topk::MAX_K.min(vocab)),
             Pick::Logits => 0,
         };
-        // Taken out while the step runs (no lock across an await); attention keeps O(rows), so the
+        // Taken out while the step is recorded (no lock across an await); attention keeps O(rows), so the
         // state does not grow with the context.
         let slot = usize::from(t > 1);
         let kept = self.decode.lock().unwrap()[slot].take();
@@ -101,13 +145,20 @@ impl GpuModel {
             }
             None => None,
         };
-        ctx.queue.write_buffer(&state.acts.ids.buffer, 0, bytemuck::cast_slice(tokens));
+        if let StepInput::Tokens(tokens) = input {
+            ctx.queue.write_buffer(&state.acts.ids.buffer, 0, bytemuck::cast_slice(tokens));
+        }
         ctx.queue.write_buffer(&state.acts.pos_ids.buffer, 0, bytemuck::cast_slice(&positions(past, t)));
         let pass = CachedPass { branch, past, layers: self.blocks.len(), cache: self.kv_cache(ctx).await?, acts: state.acts.clone() };
-        let read = (2 * k * 4) as u64;
+        let staging = state.staging[state.next_staging].clone();
+        state.next_staging = 1 - state.next_staging;
         let s = &state;
         let ran = ctx
             .run_cached(&s.dispatch[usize::from(pass.branch.is_some())], |enc| {
+                if let Some(picks) = &previous {
+                    // The previous step's argmax (picks[0], an id's bits) is this step's token.
+                    enc.copy_buffer_to_buffer(&picks.buffer, 0, &s.acts.ids.buffer, 0, 4);
+                }
                 block::encode_network(ctx, enc, self, &pass)?;
                 enc.copy_buffer_to_buffer(&s.acts.out.buffer, ((t - 1) * d * 4) as u64, &s.last.buffer, 0, (d * 4) as u64);
                 self.encode_logits(ctx, enc, &s.last, 1, &s.logits)?;
@@ -115,23 +166,30 @@ impl GpuModel {
                     let order = if pick == Pick::Argmax { topk::Order::Greedy } else { topk::Order::Total };
                     topk::encode(ctx, enc, &s.logits, vocab, k, order, &s.picks)?;
                     // Greedy needs the id alone.
-                    let bytes = if pick == Pick::Argmax { 4 } else { read };
-                    enc.copy_buffer_to_buffer(&s.picks.buffer, 0, &s.staging, 0, bytes);
+                    let bytes = if pick == Pick::Argmax { 4 } else { (2 * k * 4) as u64 };
+                    enc.copy_buffer_to_buffer(&s.picks.buffer, 0, &staging, 0, bytes);
                 }
                 Ok(())
             })
             .await;
-        let picked = match ran {
-            Err(e) => Err(e),
-            Ok(()) if k == 0 => ctx.read(&state.logits).await.map(Picked::Logits),
-            Ok(()) if pick == Pick::Argmax => ctx.map_read(&state.staging, 4).await.map(|b| Picked::Token(bytemuck::pod_read_unaligned(&b[..4]))),
-            Ok(()) => ctx.map_read(&state.staging, read).await.map(|b| {
-                let words: Vec<u32> = bytemuck::pod_collect_to_vec(&b);
-                Picked::Ranked((0..k).map(|i| (words[i], f32::from_bits(words[k + i]))).collect())
-            }),
-        };
+        let pending = PendingStep { pick, k, picks: state.picks.clone(), staging, logits: state.logits.clone(), submission: ctx.last_submission() };
         drop(pass);
         self.decode.lock().unwrap()[slot] = Some(state);
-        Ok(picked?)
+        ran?;
+        Ok(pending)
+    }
+
+    /// Wait for a submitted step and read its pick back.
+    pub async fn finish_step(&self, ctx: &GpuContext, step: PendingStep) -> Result<Picked, ModelError> {
+        let PendingStep { pick, k, staging, logits, submission, .. } = step;
+        let picked = match pick {
+            Pick::Logits => Picked::Logits(ctx.read(&logits).await?),
+            Pick::Argmax => Picked::Token(bytemuck::pod_read_unaligned(&ctx.map_read_after(&staging, 4, submission).await?[..4])),
+            Pick::TopK(_) => {
+                let words: Vec<u32> = bytemuck::pod_collect_to_vec(&ctx.map_read_after(&staging, (2 * k * 4) as u64, submission).await?);
+                Picked::Ranked((0..k).map(|i| (words[i], f32::from_bits(words[k + i]))).collect())
+            }
+        };
+        Ok(picked)
     }
 }

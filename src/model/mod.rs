@@ -15,7 +15,7 @@ pub mod default;
 
 pub use config::{config_json_f32, Arch, Config};
 pub(crate) use forward::heads;
-pub use decode::{Pick, Picked};
+pub use decode::{PendingStep, Pick, Picked, StepInput};
 pub use forward::{GpuBlock, GpuLinear, GpuMlp, GpuModel, GpuNorm, RowParts};
 pub use load::{load_safetensors, load_weights, save_safetensors, save_safetensors_f16, ModelFiles};
 pub(crate) use load::serialize_views;
