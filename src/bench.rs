@@ -705,37 +705,17 @@ async fn generation_steps(ctx: &GpuContext, model: &GpuModel, prompt: &[u32], n:
             input = vec![token];
         }
     } else {
-        // As `generate` runs greedy steps: each new token's step is submitted before the previous
-        // one is read back and takes its token on the GPU. A step's time runs from the previous
-        // step's read-back to its own (the prefill's from the start, submitted alone).
-        use crate::model::{Pick, Picked, StepInput};
+        // `generate`'s own loop (greedy steps chained on the GPU): a step's time runs from the
+        // previous read-back to its own, the prefill's from the start.
         let mut t = Instant::now();
-        let mut step = model.submit_step(ctx, StepInput::Tokens(&input), past, None, Pick::Argmax).await?;
-        for i in 0..n {
-            let after = past + input.len();
-            let ahead = match i >= 1 && i + 1 < n {
-                true => Some(model.submit_step(ctx, StepInput::Previous(&step), after, None, Pick::Argmax).await?),
-                false => None,
-            };
-            let token = match model.finish_step(ctx, step).await? {
-                Picked::Token(id) => id,
-                other => unreachable!("Argmax picks a token, not {other:?}"),
-            };
+        crate::generate::generate_watched(ctx, model, prompt, n, &greedy, None, &[], |_| {
             wall.push(t.elapsed().as_secs_f64());
             t = Instant::now();
             if cpu.len() == 1 {
                 cpu.push(cpu_seconds());
             }
-            past = after;
-            input = vec![token];
-            if i + 1 == n {
-                break;
-            }
-            step = match ahead {
-                Some(next) => next,
-                None => model.submit_step(ctx, StepInput::Tokens(&input), past, None, Pick::Argmax).await?,
-            };
-        }
+        })
+        .await?;
     }
     cpu.push(cpu_seconds());
     let cpu = match cpu[..] {

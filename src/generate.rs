@@ -77,6 +77,22 @@ pub async fn generate_until(
     adapter: Option<&dyn Branch>,
     stop: &[u32],
 ) -> Result<Vec<u32>, ModelError> {
+    generate_watched(ctx, model, prompt, max_tokens, sampling, adapter, stop, |_| {}).await
+}
+
+/// [`generate_until`] calling `on_token` as each token is read back, stop ids included (the
+/// bench times the steps with it).
+#[allow(clippy::too_many_arguments)]
+pub async fn generate_watched(
+    ctx: &GpuContext,
+    model: &GpuModel,
+    prompt: &[u32],
+    max_tokens: usize,
+    sampling: &Sampling,
+    adapter: Option<&dyn Branch>,
+    stop: &[u32],
+    mut on_token: impl FnMut(u32),
+) -> Result<Vec<u32>, ModelError> {
     if prompt.is_empty() {
         return Err(ModelError::EmptyText);
     }
@@ -109,6 +125,7 @@ pub async fn generate_until(
             Picked::Ranked(ranked) => sample_ranked(&ranked, sampling.temperature, &mut rng),
             Picked::Logits(logits) => sample(&logits, sampling, &mut rng),
         };
+        on_token(token);
         if stop.contains(&token) {
             break;
         }
