@@ -22,6 +22,8 @@
 // g · THREADS · 4 + col + j · THREADS, j < 4, over the whole of K. ROWS (override, = M) fixes the
 // accumulator count so the per-row loops unroll.
 //
+// The `mlp` entry's norm is stage_norm.wgsl's `stage_norm` (shared with matvec_qkv's `normed`),
+// composed after this file.
 // The weight seam: G is read through `weight_at4` (binding 1) of the `weight_<format>.wgsl` composed
 // after this file, U through `up_at4` (binding 4) of the same file with its names renamed by the
 // launcher (weight → up, binding 1 → 4): one format source serves both operands.
@@ -135,43 +137,6 @@ fn main(@builtin(local_invocation_index) col: u32, @builtin(workgroup_id) wid: v
     }
 }
 
-// H = rmsnorm(A + Σ_j ADD[j]) · NORM_W into xs, residual_norm.wgsl's formula (s · 1/sqrt(Σ s² / K +
-// eps) · w, the parts added in order); workgroup `g` = 0 also stores S. Every workgroup computes the
-// same H (the same sums in the same order).
-fn stage_norm(t: u32, g: u32) {
-    for (var m = 0u; m < ROWS; m++) {
-        var ss = 0.0;
-        let k4 = p.k / 4u;
-        for (var i = t; i < k4; i += THREADS) {
-            let r = m * k4 + i;
-            var v = a[r];
-            for (var j = 0u; j < p.parts; j++) {
-                v += add[j * p.m * k4 + r];
-            }
-            xs[r] = v;
-            ss += dot(v, v);
-        }
-        red[t] = ss;
-        workgroupBarrier();
-        var total = 0.0;
-        for (var j = 0u; j < THREADS; j++) {
-            total += red[j];
-        }
-        let rstd = 1.0 / sqrt(total / f32(p.k) + p.eps);
-        workgroupBarrier(); // red is rewritten for the next row
-        for (var i = t; i < k4; i += THREADS) {
-            let r = m * k4 + i;
-            if (g == 0u) {
-                for (var j = 0u; j < 4u; j++) {
-                    c2[4u * r + j] = xs[r][j];
-                }
-            }
-            xs[r] = xs[r] * rstd * norm_w[i];
-        }
-    }
-    workgroupBarrier();
-}
-
 @compute @workgroup_size(THREADS, 1, 1)
 fn mlp(@builtin(local_invocation_index) col: u32, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let g = wid.y * nwg.x + wid.x;
@@ -179,7 +144,7 @@ fn mlp(@builtin(local_invocation_index) col: u32, @builtin(workgroup_id) wid: ve
     if (col0 >= p.n) {
         return; // the grid's padding (uniform over the workgroup, before any barrier)
     }
-    stage_norm(col, g);
+    stage_norm(col, g == 0u, p.k, p.parts, p.eps); // shaders/stage_norm.wgsl
     let s = sums(col0, col);
     // F of this workgroup's columns: fs[m · 4 · THREADS + j · THREADS + col] (0 past N).
     for (var j = 0u; j < 4u; j++) {

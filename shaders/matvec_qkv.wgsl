@@ -5,6 +5,10 @@
 //   v_cache[row0 + m]     = x[m] · Wvᵀ
 // For a decode step on a CPU device, where a dispatch costs ~50 µs of thread-pool hand-off
 // (lavapipe): q, k/v, RoPE and the two cache copies (four dispatches and two copies) become one.
+// Entry `main` takes x as given; entry `normed` takes the block's input norm too, from the residual
+// stream (stage_norm.wgsl, composed after this file): x = rmsnorm(A + Σ_{j < parts} ADD[j]) · NORM_W
+// with A at binding 0, ADD [parts, M, K] at 9, NORM_W at 10, and S = A + Σ ADD stored into binding 11
+// by workgroup 0 — the residual_norm dispatch between two blocks becomes part of this one.
 // RoPE is rope.wgsl's "rotate half" with the same CPU-computed (cos a, sin a) table, cos_sin[m · half
 // + i] for row m; the sums are matvec.wgsl's `main_vec4` for X·Wᵀ (four values of K a step, one
 // vec4 × mat4x4 per row). Weights are Linear [out, in], all three in one format, K % 4 = 0,
@@ -32,6 +36,10 @@ struct Params {
     row0: u32,
     gq: u32,
     gkv: u32,
+    parts: u32, // `normed`: ADD's partial products
+    eps: f32,   // `normed`: the norm's epsilon
+    _p0: u32,
+    _p1: u32,
 }
 
 // x four values a load (K % 4 = 0, rows contiguous): one lavapipe load loop instead of four.
@@ -42,10 +50,29 @@ struct Params {
 @group(0) @binding(6) var<storage, read_write> k_cache: array<f32>;
 @group(0) @binding(7) var<storage, read_write> v_cache: array<f32>;
 @group(0) @binding(8) var<storage, read> cos_sin: array<vec2<f32>>;
+// `normed` only (stage_norm.wgsl's names; c2 receives S):
+@group(0) @binding(9) var<storage, read> add: array<vec4<f32>>;
+@group(0) @binding(10) var<storage, read> norm_w: array<vec4<f32>>;
+@group(0) @binding(11) var<storage, read_write> c2: array<f32>;
 
 override ROWS: u32 = 1u;
 override THREADS: u32 = 32u;
+// `normed`: x is the staged norm (xs), not binding 0.
+override NORM: bool = false;
 const MAX_ROWS: u32 = 8u;
+// `normed`'s workgroup memory: x [ROWS, K] (ROWS · K ≤ STAGED, the launcher's check), the norm's
+// partial sums.
+const STAGED: u32 = 2048u;
+var<workgroup> xs: array<vec4<f32>, STAGED / 4u>;
+var<workgroup> red: array<f32, 32>;
+
+// Four values of row-major x [ROWS, K] at r · 4.
+fn x4(r: u32) -> vec4<f32> {
+    if (NORM) {
+        return xs[r];
+    }
+    return a[r];
+}
 
 // Column i (hi = 0) or i + half (hi = 1) of rotation pair `pr` (head pr / half, i = pr % half).
 fn column(pr: u32, hi: u32) -> u32 {
@@ -77,7 +104,21 @@ fn store(part: u32, m: u32, pr: u32, v0: f32, v1: f32) {
 
 @compute @workgroup_size(THREADS, 1, 1)
 fn main(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    project(t, wid.y * nwg.x + wid.x);
+}
+
+@compute @workgroup_size(THREADS, 1, 1)
+fn normed(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let g = wid.y * nwg.x + wid.x;
+    if (g >= p.gq + 2u * p.gkv) {
+        return; // the grid's padding (uniform over the workgroup, before any barrier)
+    }
+    stage_norm(t, g == 0u, p.k, p.parts, p.eps);
+    project(t, g);
+}
+
+// Workgroup g's share of q, k or v (see Dispatch above), from x4.
+fn project(t: u32, g: u32) {
     var part = 0u;
     var gp = g;
     var n = p.nq;
@@ -120,7 +161,7 @@ fn sums_weight(start: vec4<u32>) -> array<vec4<f32>, MAX_ROWS> {
     for (var k = 0u; k < p.k; k += 4u) {
         let w = mat4x4<f32>(weight_at4(start.x + k), weight_at4(start.y + k), weight_at4(start.z + k), weight_at4(start.w + k));
         for (var m = 0u; m < ROWS; m++) {
-            s[m] += a[(m * p.k + k) >> 2u] * w;
+            s[m] += x4((m * p.k + k) >> 2u) * w;
         }
     }
     return s;

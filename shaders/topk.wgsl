@@ -8,9 +8,11 @@
 //              the bits as an i32 with the magnitude bits flipped for negatives.
 // NaN logits (a broken model) may pick differently from the CPU.
 //
-// Dispatch: one workgroup of 256 threads (the vocabulary is read k times: k ≤ 64 and n ~ 10⁴–10⁵).
-// Round r: each thread takes the first, among values i ≡ thread (mod 256) that come after the pick
-// of round r − 1, then a tree reduction in workgroup memory leaves the round's pick in slot 0.
+// Dispatch: one workgroup of THREADS threads (the vocabulary is read k times: k ≤ 64 and n ~ 10⁴–10⁵).
+// Round r: each thread takes the first, among values i ≡ thread (mod THREADS) that come after the
+// pick of round r − 1, then a tree reduction in workgroup memory leaves the round's pick in slot 0.
+// THREADS (override, a power of two ≤ 256): 256, or 32 on a CPU device, where each barrier switches
+// every invocation of the workgroup and the tree's 8 levels of 256 cost more than the scan.
 
 struct Params {
     n: u32,
@@ -23,7 +25,7 @@ struct Params {
 @group(0) @binding(1) var<storage, read_write> out: array<u32>;
 @group(0) @binding(2) var<uniform> p: Params;
 
-const THREADS: u32 = 256u;
+override THREADS: u32 = 256u;
 const NONE: u32 = 0xffffffffu;
 
 var<workgroup> best_v: array<f32, 256>;
@@ -50,7 +52,7 @@ fn before(va: f32, ia: u32, vb: f32, ib: u32) -> bool {
     return va > vb || (va == vb && ia < ib);
 }
 
-@compute @workgroup_size(256, 1, 1)
+@compute @workgroup_size(THREADS, 1, 1)
 fn main(@builtin(local_invocation_index) tid: u32) {
     var prev_v = 0.0;
     var prev_i = NONE;

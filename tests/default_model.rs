@@ -59,8 +59,9 @@ gpu_test! {
     /// Decode steps, one token at a time after a prompt, give the full pass's logits. On a CPU
     /// device they run the fused decode kernels (matvec_qkv; matvec_pair's `mlp`, which the tiny
     /// fixtures' 74 hidden units do not fit, so only this model takes it), and the full pass the
-    /// tiled ones: every step is also counted, 5 dispatches a layer there (q/k/v, attention, o,
-    /// MLP, the next residual norm) + embedding, first norm and LM head.
+    /// tiled ones: every step is also counted, 4 dispatches a layer there (q/k/v with the norm
+    /// before them, attention, o, MLP) + embedding, final norm and LM head; 5 a layer (the residual
+    /// norm apart) where the device binds fewer than the 11 storage buffers of q/k/v's `normed`.
     async fn default_model_decode_steps_match_the_full_pass() {
         let ctx = gpu().await;
         let (model, tok) = Model::from_files(&files()).unwrap();
@@ -78,7 +79,12 @@ gpu_test! {
             let e = common::max_rel_error(&step, &full[i * v..(i + 1) * v], &format!("position {i}"));
             assert!(e < 1e-4, "position {i}: decode step vs full pass, max error {e}");
             if ctx.is_cpu() {
-                assert_eq!(dispatches, 3 + 5 * layers, "position {i}: a step's dispatches on a CPU device");
+                let storage = ctx.device.limits().max_storage_buffers_per_shader_stage;
+                let per_layer = if storage >= 11 { 4 } else { 5 };
+                if i == 12 {
+                    eprintln!("{storage} storage buffers a stage: {per_layer} dispatches a layer");
+                }
+                assert_eq!(dispatches, 3 + per_layer * layers, "position {i}: a step's dispatches on a CPU device ({storage} storage buffers a stage)");
             }
         }
     }

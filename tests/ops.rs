@@ -744,6 +744,26 @@ gpu_test! {
     }
 }
 
+/// matvec_qkv's outputs (NaN-filled before the call) against the reference's q, k, v for rows at
+/// cache positions pos0..: q and the two caches' rows pos0.. within MATMUL_TOLERANCE, and nothing
+/// else written (past q's rows, the caches' other rows).
+async fn check_qkv(ctx: &loratab::gpu::GpuContext, what: &str, out: &loratab::gpu::matvec_qkv::Outputs<'_>, [want_q, want_k, want_v]: [Vec<f32>; 3], pos0: usize) {
+    let got_q = ctx.read(out.q).await.unwrap();
+    assert_eq!(got_q.len(), want_q.len() + 1, "{what}: q has one sentinel past its rows");
+    assert!(got_q[want_q.len()].is_nan(), "{what}: nothing written past q");
+    let e = max_error(&got_q[..want_q.len()], &want_q);
+    assert!(e <= MATMUL_TOLERANCE, "{what}: q max error {e}");
+    for (name, cache, want) in [("k", out.k_cache, want_k), ("v", out.v_cache, want_v)] {
+        let nkv = cache.shape[1];
+        let got = ctx.read(cache).await.unwrap();
+        let (lo, hi) = (pos0 * nkv, pos0 * nkv + want.len());
+        assert!(hi < got.len(), "{what}: the {name} cache has rows past the new ones");
+        assert!(got[..lo].iter().chain(&got[hi..]).all(|v| v.is_nan()), "{what}: {name} cache rows outside the new ones written");
+        let e = max_error(&got[lo..hi], &want);
+        assert!(e <= MATMUL_TOLERANCE, "{what}: {name} max error {e}");
+    }
+}
+
 gpu_test! {
     /// matvec_qkv (a decode step's q, k, v, RoPE and cache writes in one dispatch) against the
     /// reference products and rotation, for every weight format: q rotated at positions pos0..,
@@ -779,20 +799,7 @@ gpu_test! {
                 ctx.run(|enc| matvec_qkv::encode(&ctx, enc, &tx, rows, &w, head_dim, pos0, theta, &out)).await.unwrap();
                 let shape = Qkv { rows, nq, nkv, k, head_dim };
                 let (want_q, want_k, want_v) = matvec_qkv(shape, &x, &q_vals, &k_vals, &v_vals, pos0, theta);
-                let what = format!("{format} {shape:?}");
-                let got_q = ctx.read(&q).await.unwrap();
-                assert_eq!(got_q.len(), want_q.len() + 1);
-                assert!(got_q[rows * nq].is_nan(), "{what}: nothing written past q");
-                let e = max_error(&got_q[..rows * nq], &want_q);
-                assert!(e <= MATMUL_TOLERANCE, "{what}: q max error {e}");
-                for (name, cache, want) in [("k", &k_cache, want_k), ("v", &v_cache, want_v)] {
-                    let got = ctx.read(cache).await.unwrap();
-                    assert_eq!(got.len(), positions * nkv);
-                    let (lo, hi) = (pos0 * nkv, (pos0 + rows) * nkv);
-                    assert!(got[..lo].iter().chain(&got[hi..]).all(|v| v.is_nan()), "{what}: {name} cache rows outside pos0..pos0 + rows written");
-                    let e = max_error(&got[lo..hi], &want);
-                    assert!(e <= MATMUL_TOLERANCE, "{what}: {name} max error {e}");
-                }
+                check_qkv(&ctx, &format!("{format} {shape:?}"), &out, [want_q, want_k, want_v], pos0).await;
             }
         }
         ctx.set_max_workgroups_per_dim(u32::MAX);
@@ -815,6 +822,85 @@ gpu_test! {
             let w = Weights { q: &wq, k: wk_, v: wk_ };
             let out = Outputs { q: &q, k_cache: &kc, v_cache: if same { &kc } else { &vc } };
             let err = ctx.run(|enc| matvec_qkv::encode(&ctx, enc, &x, rows, &w, head_dim, pos0, 1e4, &out)).await.unwrap_err();
+            assert!(err.to_string().contains(needle), "{needle}: {err}");
+        }
+    }
+}
+
+gpu_test! {
+    /// matvec_qkv's `normed` entry (the block's input norm taken from the residual stream in the
+    /// same dispatch) against the reference chain residual_norm → products → RoPE, for every
+    /// weight format: S = x + Σ add stored exactly (x itself with no parts, as block 0 takes the
+    /// embedding), q, k and v as from the norm's output, nothing written past S or q (NaN
+    /// sentinels), 1..=8 rows, heads straddling workgroups, a grid padded in y; and refusals.
+    async fn matvec_qkv_normed_matches_reference_for_every_format() {
+        use loratab::gpu::matvec_pair::Norm;
+        use loratab::gpu::matvec_qkv::{self, Outputs, Weights};
+        use loratab::reference::matvec_qkv::{matvec_qkv, Qkv};
+        let ctx = gpu().await;
+        if ctx.device.limits().max_storage_buffers_per_shader_stage < 11 {
+            // Such a device runs the norm apart (fits_normed says no); the kernel cannot be bound.
+            let (w, _) = packed(&ctx, &mut Rng::new(1), 8, 64, WeightFormat::F32).await;
+            assert!(!matvec_qkv::fits_normed(&ctx, 1, &Weights { q: &w, k: &w, v: &w }, 4), "fits_normed must refuse a device below 11 storage buffers");
+            eprintln!("matvec_qkv normed: {} storage buffers a stage, the norm runs apart here", ctx.device.limits().max_storage_buffers_per_shader_stage);
+            return;
+        }
+        ctx.set_max_workgroups_per_dim(2);
+        let mut rng = Rng::new(99);
+        let (theta, eps) = (10000.0, 1e-5);
+        for format in WeightFormat::ALL {
+            let cases: Vec<(usize, usize, usize, usize, usize)> = match format {
+                // (rows, heads of q, heads of k/v, head_dim, parts)
+                WeightFormat::F32 => vec![(1, 14, 3, 10, 0), (3, 14, 3, 10, 2), (8, 4, 2, 64, 1)],
+                _ => vec![(1, 14, 3, 10, 2), (2, 4, 2, 64, 0)],
+            };
+            for (rows, hq, hkv, head_dim, parts) in cases {
+                let (nq, nkv, k, pos0) = (hq * head_dim, hkv * head_dim, 64, 5);
+                let (wq, q_vals) = packed(&ctx, &mut rng, nq, k, format).await;
+                let (wk, k_vals) = packed(&ctx, &mut rng, nkv, k, format).await;
+                let (wv, v_vals) = packed(&ctx, &mut rng, nkv, k, format).await;
+                let w = Weights { q: &wq, k: &wk, v: &wv };
+                let what = format!("{format} rows={rows} heads {hq}/{hkv}×{head_dim} parts={parts}");
+                assert!(matvec_qkv::fits_normed(&ctx, rows, &w, head_dim), "{what}: fits");
+                let (x, add, norm_w) = (rng.vec(rows * k), rng.vec(parts.max(1) * rows * k), rng.vec(k));
+                let tx = ctx.upload(&x, &[rows, k]).await.unwrap();
+                let tadd = ctx.upload(&add, &[parts.max(1) * rows, k]).await.unwrap();
+                let tnw = ctx.upload(&norm_w, &[k]).await.unwrap();
+                let nan = |n: usize| vec![f32::NAN; n];
+                let s = ctx.upload(&nan(rows * k + 1), &[rows * k + 1]).await.unwrap();
+                let positions = pos0 + rows + 2;
+                let q = ctx.upload(&nan(rows * nq + 1), &[rows * nq + 1]).await.unwrap();
+                let k_cache = ctx.upload(&nan(positions * nkv), &[positions, nkv]).await.unwrap();
+                let v_cache = ctx.upload(&nan(positions * nkv), &[positions, nkv]).await.unwrap();
+                let norm = Norm { x: &tx, add: &tadd, parts, weight: &tnw, eps, s: &s };
+                let out = Outputs { q: &q, k_cache: &k_cache, v_cache: &v_cache };
+                ctx.run(|enc| matvec_qkv::encode_normed(&ctx, enc, &norm, rows, &w, head_dim, pos0, theta, &out)).await.unwrap();
+
+                let (want_s, h) = reference::residual_norm::residual_norm_parts(&x, &add[..parts * rows * k], parts, &norm_w, None, k, eps);
+                let got_s = ctx.read(&s).await.unwrap();
+                assert_eq!(got_s.len(), rows * k + 1);
+                assert_eq!(got_s[..rows * k], want_s[..], "{what}: S = x + Σ add exactly");
+                assert!(got_s[rows * k].is_nan(), "{what}: nothing written past S");
+                let (want_q, want_k, want_v) = matvec_qkv(Qkv { rows, nq, nkv, k, head_dim }, &h, &q_vals, &k_vals, &v_vals, pos0, theta);
+                check_qkv(&ctx, &what, &out, [want_q, want_k, want_v], pos0).await;
+            }
+        }
+        ctx.set_max_workgroups_per_dim(u32::MAX);
+        // Refused with a sentence: more rows · K than staged, too few parts, S one of the inputs.
+        let mut rng = Rng::new(100);
+        let (wq, _) = packed(&ctx, &mut rng, 8, 512, WeightFormat::F32).await;
+        let (wk, _) = packed(&ctx, &mut rng, 4, 512, WeightFormat::F32).await;
+        let mut bufs = Vec::new();
+        for n in [8 * 512, 512, 512, 8 * 512, 8 * 8, 16 * 4, 16 * 4] {
+            bufs.push(ctx.zeros(&[n]).await.unwrap());
+        }
+        let [x, add, nw, s, q, kc, vc] = &bufs[..] else { unreachable!("seven buffers") };
+        let w = Weights { q: &wq, k: &wk, v: &wk };
+        assert!(!matvec_qkv::fits_normed(&ctx, 8, &w, 4), "8 rows of 512: fits_normed refuses them");
+        let out = Outputs { q, k_cache: kc, v_cache: vc };
+        for (rows, parts, same, needle) in [(8, 0, false, "at most 2048 values"), (1, 2, false, "the residual's parts"), (1, 0, true, "must not be one of the norm's inputs")] {
+            let norm = Norm { x, add, parts, weight: nw, eps: 1e-5, s: if same { x } else { s } };
+            let err = ctx.run(|enc| matvec_qkv::encode_normed(&ctx, enc, &norm, rows, &w, 4, 0, 1e4, &out)).await.unwrap_err();
             assert!(err.to_string().contains(needle), "{needle}: {err}");
         }
     }

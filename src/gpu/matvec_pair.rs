@@ -28,11 +28,14 @@ struct Params {
 /// Values of H [rows, K] the `mlp` entry stages in workgroup memory (the shader's STAGED).
 const STAGED: usize = 2944;
 
-/// matvec_pair.wgsl + the format's seam (G at binding 1) + the same seam renamed (U at binding 4,
-/// D at binding 8), per format.
+/// matvec_pair.wgsl + stage_norm.wgsl (the `mlp` entry's norm) + the format's seam (G at binding
+/// 1) + the same seam renamed (U at binding 4, D at binding 8), per format.
 fn kernels() -> &'static [Kernel1d; 6] {
     static KERNELS: OnceLock<[Kernel1d; 6]> = OnceLock::new();
-    KERNELS.get_or_init(|| multi_weight_kernels("matvec_pair", include_str!("../../shaders/matvec_pair.wgsl"), "", &[("up", 4), ("down", 8)]))
+    KERNELS.get_or_init(|| {
+        let source = concat!(include_str!("../../shaders/matvec_pair.wgsl"), include_str!("../../shaders/stage_norm.wgsl"));
+        multi_weight_kernels("matvec_pair", source, "", &[("up", 4), ("down", 8)])
+    })
 }
 
 /// Whether the kernel runs `rows` rows of x [rows, k] by G and U [n, k] (Linear [out, in] layout; the

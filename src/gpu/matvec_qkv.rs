@@ -3,10 +3,13 @@
 //! positions. It replaces the q and k/v products, the RoPE dispatch and the two cache copies where a
 //! dispatch costs more than the work it saves: on CPU devices ([`fits`]). The three weights are in one
 //! format, read through that format's `weight_<format>.wgsl`, as itself (Wq) and renamed (Wk, Wv).
-//! CPU reference: `reference::matvec_qkv`.
+//! [`encode_normed`] also takes the block's input norm from the residual stream (the shader's entry
+//! `normed`), so the residual + norm dispatch before it is not needed.
+//! CPU reference: `reference::matvec_qkv` (after `reference::residual_norm` for `normed`).
 
 use std::sync::OnceLock;
 
+use super::matvec_pair::Norm;
 use super::{check_f32, check_len, check_u32, for_format, grid_rows, multi_weight_kernels, rope, GpuContext, GpuError, GpuTensor, Kernel1d, Recorder};
 
 /// Rows of x the kernel takes (its accumulators per thread).
@@ -26,16 +29,26 @@ struct Params {
     row0: u32,
     gq: u32,
     gkv: u32,
+    parts: u32,
+    eps: f32,
+    _pad: [u32; 2],
 }
 
-/// matvec_qkv.wgsl's shared part, then its per-weight part with the format's seam for Wq (binding 1),
-/// Wk (`wk`, binding 4) and Wv (`wv`, binding 5), per format.
+/// Values of x [rows, K] the `normed` entry stages in workgroup memory (the shader's STAGED).
+const STAGED: usize = 2048;
+/// Storage buffers the `normed` entry binds (a device offering fewer runs the norm apart).
+const NORMED_STORAGE_BUFFERS: u32 = 11;
+
+/// matvec_qkv.wgsl's shared part and stage_norm.wgsl (`normed`'s norm), then matvec_qkv.wgsl's
+/// per-weight part with the format's seam for Wq (binding 1), Wk (`wk`, binding 4) and Wv (`wv`,
+/// binding 5), per format.
 fn kernels() -> &'static [Kernel1d; 6] {
     static KERNELS: OnceLock<[Kernel1d; 6]> = OnceLock::new();
     KERNELS.get_or_init(|| {
         let source = include_str!("../../shaders/matvec_qkv.wgsl");
         let at = source.find("// ---- per weight").expect("matvec_qkv.wgsl marks its per-weight part");
-        multi_weight_kernels(OP, &source[..at], &source[at..], &[("wk", 4), ("wv", 5)])
+        let shared = format!("{}{}", &source[..at], include_str!("../../shaders/stage_norm.wgsl"));
+        multi_weight_kernels(OP, &shared, &source[at..], &[("wk", 4), ("wv", 5)])
     })
 }
 
@@ -61,6 +74,12 @@ pub fn fits(ctx: &GpuContext, rows: usize, w: &Weights, head_dim: usize) -> bool
     ctx.is_cpu() && (1..=MAX_ROWS).contains(&rows) && shapes(w, head_dim).is_ok()
 }
 
+/// Whether [`encode_normed`] runs `rows` rows by these weights on this device: [`fits`], rows · K
+/// within the staged memory, and the 11 storage buffers it binds within the device's limit.
+pub fn fits_normed(ctx: &GpuContext, rows: usize, w: &Weights, head_dim: usize) -> bool {
+    fits(ctx, rows, w, head_dim) && rows * w.q.shape[1] <= STAGED && ctx.device.limits().max_storage_buffers_per_shader_stage >= NORMED_STORAGE_BUFFERS
+}
+
 /// (Nq, Nkv, K) of the weights, or why the kernel does not take them.
 fn shapes(w: &Weights, head_dim: usize) -> Result<(usize, usize, usize), String> {
     let (&[nq, k], &[nkv, kk]) = (&w.q.shape[..], &w.k.shape[..]) else {
@@ -83,6 +102,19 @@ fn shapes(w: &Weights, head_dim: usize) -> Result<(usize, usize, usize), String>
 /// `gpu::rope`). `GpuError::Shape` for shapes the kernel does not take (see [`fits`], less the device).
 #[allow(clippy::too_many_arguments)]
 pub fn encode(ctx: &GpuContext, encoder: &mut Recorder, x: &GpuTensor, rows: usize, w: &Weights, head_dim: usize, pos0: usize, theta: f32, out: &Outputs) -> Result<(), GpuError> {
+    launch(ctx, encoder, x, None, rows, w, head_dim, pos0, theta, out)
+}
+
+/// [`encode`] from the residual stream: x = rmsnorm(norm.x + Σ_{j < norm.parts} norm.add[j]) ·
+/// norm.weight (parts may be 0), and norm.s = norm.x + Σ add stored. `GpuError::Shape` for shapes
+/// [`fits_normed`] refuses (less the device).
+#[allow(clippy::too_many_arguments)]
+pub fn encode_normed(ctx: &GpuContext, encoder: &mut Recorder, norm: &Norm, rows: usize, w: &Weights, head_dim: usize, pos0: usize, theta: f32, out: &Outputs) -> Result<(), GpuError> {
+    launch(ctx, encoder, norm.x, Some(norm), rows, w, head_dim, pos0, theta, out)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn launch(ctx: &GpuContext, encoder: &mut Recorder, x: &GpuTensor, norm: Option<&Norm>, rows: usize, w: &Weights, head_dim: usize, pos0: usize, theta: f32, out: &Outputs) -> Result<(), GpuError> {
     let shape = |detail: String| GpuError::Shape { op: OP, detail };
     let (nq, nkv, k) = shapes(w, head_dim).map_err(shape)?;
     if !(1..=MAX_ROWS).contains(&rows) {
@@ -100,9 +132,24 @@ pub fn encode(ctx: &GpuContext, encoder: &mut Recorder, x: &GpuTensor, rows: usi
         check_len(OP, what, cache, (pos0 + rows) * nkv)?;
     }
     check_u32(OP, "the caches' length", (pos0 + rows) * nkv)?;
-    let buffers = [&out.q.buffer, &out.k_cache.buffer, &out.v_cache.buffer];
-    if buffers.iter().enumerate().any(|(i, b)| buffers[..i].contains(b)) {
-        return Err(shape("q and the two caches must be different buffers".into()));
+    let mut written = vec![&out.q.buffer, &out.k_cache.buffer, &out.v_cache.buffer];
+    if let Some(n) = norm {
+        if rows * k > STAGED {
+            return Err(shape(format!("{rows} rows of {k} values: the norm stages at most {STAGED} values")));
+        }
+        check_f32(OP, "the residual's parts", n.add)?;
+        check_len(OP, "the residual's parts", n.add, n.parts * rows * k)?;
+        check_f32(OP, "the norm's weight", n.weight)?;
+        check_len(OP, "the norm's weight", n.weight, k)?;
+        check_f32(OP, "S", n.s)?;
+        check_len(OP, "S", n.s, rows * k)?;
+        written.push(&n.s.buffer);
+    }
+    if written.iter().enumerate().any(|(i, b)| written[..i].contains(b)) {
+        return Err(shape("q, the two caches and S must be different buffers".into()));
+    }
+    if let Some(n) = norm.filter(|n| [&n.x.buffer, &n.add.buffer, &n.weight.buffer].iter().any(|b| written.contains(b))) {
+        return Err(shape(format!("S ({:?}) must not be one of the norm's inputs, nor an output", n.s.shape)));
     }
     let half = head_dim / 2;
     let cols = THREADS * 4;
@@ -115,7 +162,8 @@ pub fn encode(ctx: &GpuContext, encoder: &mut Recorder, x: &GpuTensor, rows: usi
     // The table first, then the uniform: the same order every step, so a `DispatchCache` reuses both.
     let table = ctx.storage_constant(&rope::cos_sin(rows, head_dim, pos0, theta));
     let kernel = for_format(kernels(), w.q.format);
-    let pipeline = ctx.pipeline(kernel.name, kernel.source, "main", &[("ROWS", rows as u64), ("THREADS", THREADS as u64)]);
+    let entry = if norm.is_some() { "normed" } else { "main" };
+    let pipeline = ctx.pipeline(kernel.name, kernel.source, entry, &[("ROWS", rows as u64), ("THREADS", THREADS as u64), ("NORM", norm.is_some() as u64)]);
     let uniform = ctx.uniform(&Params {
         rows: rows as u32,
         nq: nq as u32,
@@ -125,8 +173,15 @@ pub fn encode(ctx: &GpuContext, encoder: &mut Recorder, x: &GpuTensor, rows: usi
         row0: pos0 as u32,
         gq: gq as u32,
         gkv: gkv as u32,
+        parts: norm.map_or(0, |n| n.parts as u32),
+        eps: norm.map_or(0.0, |n| n.eps),
+        _pad: [0; 2],
     });
-    let bind = ctx.bind(&pipeline, &[&x.buffer, &w.q.buffer, &out.q.buffer, &uniform, &w.k.buffer, &w.v.buffer, &out.k_cache.buffer, &out.v_cache.buffer, &table]);
+    let mut buffers = vec![&x.buffer, &w.q.buffer, &out.q.buffer, &uniform, &w.k.buffer, &w.v.buffer, &out.k_cache.buffer, &out.v_cache.buffer, &table];
+    if let Some(n) = norm {
+        buffers.extend([&n.add.buffer, &n.weight.buffer, &n.s.buffer]);
+    }
+    let bind = ctx.bind(&pipeline, &buffers);
     encoder.dispatch(&pipeline, &bind, (gx, gy, 1));
     Ok(())
 }

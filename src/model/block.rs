@@ -91,6 +91,13 @@ pub trait Pass {
     fn mlp<'s>(&'s self, ctx: &GpuContext, enc: &mut Recorder, config: &Config, l: usize, block: &GpuBlock, a: &BlockActs<'s>) -> Result<(&'s GpuTensor, usize), GpuError> {
         mlp_parts(self, ctx, enc, config, l, block, a)
     }
+    /// Whether block `l`'s [`Pass::self_attention`] takes its input norm itself, from the residual
+    /// stream (the embedding for l = 0, else block l − 1's x_mid and the MLP output still to add):
+    /// then the norm before it is not recorded, and the attention writes x_in and its own h1. No by
+    /// default.
+    fn norms_at_attention(&self, _ctx: &GpuContext, _config: &Config, _l: usize, _block: &GpuBlock) -> bool {
+        false
+    }
     /// The attention half up to att: q, k, v from h1, then [`Pass::attend`]. By default
     /// [`attention_parts`]; a pass may fuse the projections with what `attend` does.
     fn self_attention(&self, ctx: &GpuContext, enc: &mut Recorder, config: &Config, l: usize, block: &GpuBlock, a: &BlockActs) -> Result<(), GpuError> {
@@ -112,27 +119,34 @@ pub fn encode_network(ctx: &GpuContext, enc: &mut Recorder, model: &GpuModel, pa
     if let Some(pos) = &model.position_embedding {
         gpu::embedding::encode(ctx, enc, pos, d, 0, positions, x0, true)?;
     }
-    // Later norms are fused into the residual add before them (residual_norm).
+    // Later norms are fused into the residual add before them (residual_norm), or into the
+    // attention that reads them (Pass::norms_at_attention).
+    let normed_at = |l: usize| model.blocks.get(l).is_some_and(|b| pass.norms_at_attention(ctx, c, l, b));
     match model.blocks.first() {
+        Some(_) if normed_at(0) => {}
         Some(b) => b.attn_norm.encode(ctx, enc, c, x0, rows, pass.acts(0).h1)?,
         None => model.final_norm.encode(ctx, enc, c, x0, rows, pass.hidden())?,
     }
     for (l, block) in model.blocks.iter().enumerate() {
         let next_norm = model.blocks.get(l + 1).map_or(&model.final_norm, |nb| &nb.attn_norm);
-        encode_block(ctx, enc, c, l, block, next_norm, pass)?;
+        encode_block(ctx, enc, c, l, block, (!normed_at(l + 1)).then_some(next_norm), pass)?;
     }
     Ok(())
 }
 
-/// One block (see the module comment), ending with the norm that reads its output. Also run alone by
-/// the trainer's gradient checkpointing, to recompute a block's activations from its input.
-pub(crate) fn encode_block(ctx: &GpuContext, enc: &mut Recorder, c: &Config, l: usize, b: &GpuBlock, next_norm: &GpuNorm, pass: &impl Pass) -> Result<(), GpuError> {
+/// One block (see the module comment), ending with the norm that reads its output (`next_norm`;
+/// None when the next block's attention takes it). Also run alone by the trainer's gradient
+/// checkpointing, to recompute a block's activations from its input.
+pub(crate) fn encode_block(ctx: &GpuContext, enc: &mut Recorder, c: &Config, l: usize, b: &GpuBlock, next_norm: Option<&GpuNorm>, pass: &impl Pass) -> Result<(), GpuError> {
     let a = pass.acts(l);
     let rows = pass.rows();
     pass.self_attention(ctx, enc, c, l, b, &a)?;
     pass.project(ctx, enc, l, b, Site::O, a.att, a.proj)?;
     let (mlp_out, parts) = pass.mlp(ctx, enc, c, l, b, &a)?;
-    next_norm.encode_residual_parts(ctx, enc, c, a.x_mid, mlp_out, parts, a.x_out, rows, a.h_out)
+    match next_norm {
+        Some(norm) => norm.encode_residual_parts(ctx, enc, c, a.x_mid, mlp_out, parts, a.x_out, rows, a.h_out),
+        None => Ok(()),
+    }
 }
 
 /// The MLP half: x_mid = x_in + proj, h2 = mlp_norm(x_mid), then the MLP's projections from h2 into

@@ -149,7 +149,7 @@ impl GpuModel {
             ctx.queue.write_buffer(&state.acts.ids.buffer, 0, bytemuck::cast_slice(tokens));
         }
         ctx.queue.write_buffer(&state.acts.pos_ids.buffer, 0, bytemuck::cast_slice(&positions(past, t)));
-        let pass = CachedPass { branch, past, layers: self.blocks.len(), cache: self.kv_cache(ctx).await?, acts: state.acts.clone() };
+        let pass = CachedPass { branch, past, blocks: &self.blocks, cache: self.kv_cache(ctx).await?, acts: state.acts.clone() };
         let staging = state.staging[state.next_staging].clone();
         state.next_staging = 1 - state.next_staging;
         let s = &state;

@@ -294,7 +294,7 @@ impl GpuModel {
         let acts = Acts::new(ctx, &self.config, t).await?;
         ctx.queue.write_buffer(&acts.ids.buffer, 0, bytemuck::cast_slice(tokens));
         ctx.queue.write_buffer(&acts.pos_ids.buffer, 0, bytemuck::cast_slice(&positions(past, t)));
-        let pass = CachedPass { branch, past, layers: self.blocks.len(), cache: self.kv_cache(ctx).await?, acts };
+        let pass = CachedPass { branch, past, blocks: &self.blocks, cache: self.kv_cache(ctx).await?, acts };
         ctx.run(|enc| block::encode_network(ctx, enc, self, &pass)).await?;
         Ok(pass.acts.out)
     }
@@ -454,7 +454,8 @@ pub(super) struct CachedPass<'a> {
     /// An adapter beside the frozen projections, and its scratch [rows, rank].
     pub branch: Option<(&'a dyn Branch, GpuTensor)>,
     pub past: usize,
-    pub layers: usize,
+    /// The model's blocks (a fused decode kernel of one block depends on how the one before ran).
+    pub blocks: &'a [GpuBlock],
     pub cache: KvCache,
     pub acts: Acts,
 }
@@ -476,6 +477,23 @@ impl CachedPass<'_> {
     fn pair<'w>(&self, ctx: &GpuContext, l: usize, sites: [(&'w GpuLinear, Site); 2]) -> Option<(&'w GpuTensor, &'w GpuTensor)> {
         let (g, u) = (self.plain(l, sites[0].0, sites[0].1)?, self.plain(l, sites[1].0, sites[1].1)?);
         (ctx.matvec() && gpu::matvec_pair::fits(ctx, self.acts.rows, g, u)).then_some((g, u))
+    }
+
+    /// gate, up and down, when `gpu::matvec_pair::encode_mlp` can run block l's MLP in one dispatch
+    /// (its residual and RMS norm, SwiGLU and the down product): a CPU device, all three
+    /// [`CachedPass::plain`].
+    fn mlp_weights<'w>(&self, ctx: &GpuContext, l: usize, b: &'w GpuBlock) -> Option<gpu::matvec_pair::Mlp<'w>> {
+        let (GpuMlp::SwiGlu { gate, up, down }, None) = (&b.mlp, &b.mlp_norm.bias) else { return None };
+        let w = gpu::matvec_pair::Mlp { gate: self.plain(l, gate, Site::Gate)?, up: self.plain(l, up, Site::Up)?, down: self.plain(l, down, Site::Down)? };
+        (ctx.matvec() && gpu::matvec_pair::fits_mlp(ctx, self.acts.rows, &w)).then_some(w)
+    }
+
+    /// Where block l's MLP leaves its output and in how many partial products (see `Pass::mlp`).
+    fn mlp_output(&self, ctx: &GpuContext, l: usize) -> (&GpuTensor, usize) {
+        match self.mlp_weights(ctx, l, &self.blocks[l]) {
+            Some(w) => (&self.acts.parts, gpu::matvec_pair::mlp_parts(w.gate.shape[0])),
+            None => (&self.acts.proj, 1),
+        }
     }
 
     /// q, k and v's weights, when `gpu::matvec_qkv` can run the three projections, RoPE and the
@@ -526,15 +544,18 @@ impl Pass for CachedPass<'_> {
     /// SwiGLU and the down product as partial products) on a CPU device, where gate, up and down are
     /// all [`CachedPass::plain`] and the norm is RMS; else the parts.
     fn mlp<'s>(&'s self, ctx: &GpuContext, enc: &mut Recorder, c: &Config, l: usize, b: &GpuBlock, a: &BlockActs<'s>) -> Result<(&'s GpuTensor, usize), GpuError> {
-        if let (GpuMlp::SwiGlu { gate, up, down }, None) = (&b.mlp, &b.mlp_norm.bias) {
-            let w = (|| Some(gpu::matvec_pair::Mlp { gate: self.plain(l, gate, Site::Gate)?, up: self.plain(l, up, Site::Up)?, down: self.plain(l, down, Site::Down)? }))();
-            if let Some(w) = w.filter(|w| ctx.matvec() && gpu::matvec_pair::fits_mlp(ctx, self.acts.rows, w)) {
-                let norm = gpu::matvec_pair::Norm { x: a.x_in, add: a.proj, parts: 1, weight: &b.mlp_norm.weight, eps: c.norm_eps, s: a.x_mid };
-                let parts = gpu::matvec_pair::encode_mlp(ctx, enc, self.acts.rows, &norm, &w, &self.acts.parts)?;
-                return Ok((&self.acts.parts, parts));
-            }
+        if let Some(w) = self.mlp_weights(ctx, l, b) {
+            let norm = gpu::matvec_pair::Norm { x: a.x_in, add: a.proj, parts: 1, weight: &b.mlp_norm.weight, eps: c.norm_eps, s: a.x_mid };
+            let parts = gpu::matvec_pair::encode_mlp(ctx, enc, self.acts.rows, &norm, &w, &self.acts.parts)?;
+            return Ok((&self.acts.parts, parts));
         }
         block::mlp_parts(self, ctx, enc, c, l, b, a)
+    }
+
+    /// On a CPU device, block l's q, k, v dispatch (`matvec_qkv`'s `normed`) also takes the norm
+    /// before it, where the three weights are plain, the norm is RMS and the rows fit.
+    fn norms_at_attention(&self, ctx: &GpuContext, c: &Config, l: usize, b: &GpuBlock) -> bool {
+        b.attn_norm.bias.is_none() && self.qkv(ctx, c, l, b).is_some_and(|w| gpu::matvec_qkv::fits_normed(ctx, self.acts.rows, &w, c.head_dim))
     }
 
     fn ids(&self) -> (&GpuTensor, &GpuTensor) {
@@ -564,7 +585,7 @@ impl Pass for CachedPass<'_> {
             ff2: &self.acts.ff2,
             ff3: &self.acts.ff3,
             x_out: &self.acts.x,
-            h_out: if l + 1 == self.layers { &self.acts.out } else { &self.acts.h },
+            h_out: if l + 1 == self.blocks.len() { &self.acts.out } else { &self.acts.h },
         }
     }
 
@@ -576,7 +597,20 @@ impl Pass for CachedPass<'_> {
         };
         let (k_cache, v_cache) = &self.cache[l];
         let out = gpu::matvec_qkv::Outputs { q: a.q, k_cache, v_cache };
-        gpu::matvec_qkv::encode(ctx, enc, a.h1, self.acts.rows, &w, c.head_dim, self.past, c.rope_theta, &out)?;
+        let rows = self.acts.rows;
+        if self.norms_at_attention(ctx, c, l, b) {
+            // The residual stream: block 0's embedding as it is (S = x_in, stored into the free
+            // x_mid), else block l − 1's x_mid plus its MLP output, summed into x_in.
+            let x = &self.acts;
+            let (input, (add, parts), s) = match l.checked_sub(1) {
+                None => (&x.x, (&x.parts, 0), &x.x2),
+                Some(prev) => (&x.x2, self.mlp_output(ctx, prev), &x.x),
+            };
+            let norm = gpu::matvec_pair::Norm { x: input, add, parts, weight: &b.attn_norm.weight, eps: c.norm_eps, s };
+            gpu::matvec_qkv::encode_normed(ctx, enc, &norm, rows, &w, c.head_dim, self.past, c.rope_theta, &out)?;
+        } else {
+            gpu::matvec_qkv::encode(ctx, enc, a.h1, rows, &w, c.head_dim, self.past, c.rope_theta, &out)?;
+        }
         gpu::attention::encode(ctx, enc, a.q, k_cache, v_cache, a.att, &self.acts.lse, self.acts.rows, self.past, &heads(c))
     }
 

@@ -614,7 +614,7 @@ impl Trainer {
         }
         let next_norm = model.blocks.get(l + 1).map_or(&model.final_norm, |nb| &nb.attn_norm);
         self.recomputing.set(true);
-        let result = block::encode_block(ctx, enc, c, l, b, next_norm, self);
+        let result = block::encode_block(ctx, enc, c, l, b, Some(next_norm), self);
         self.recomputing.set(false);
         result
     }
