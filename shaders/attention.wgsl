@@ -24,7 +24,7 @@ struct Params {
     kv_heads: u32,
     head_dim: u32,
     group: u32,   // q_heads / kv_heads
-    _pad: u32,
+    d_model: u32, // `decode_o`: o's outputs D
     scale: f32,
 }
 
@@ -140,6 +140,7 @@ const DECODE_GROUP_MAX: u32 = 8u;
 var<workgroup> qs: array<vec4<f32>, 256>;   // qs[g·Dh/4 + i]: query head h'·GROUP + g, values 4i..4i+3
 var<workgroup> sc: array<f32, 2048>;        // sc[g·S + s]: scores, then exp(score − m[g])
 var<workgroup> part: array<f32, 256>;       // part[g·WG + j]: thread j's maximum, then its sum
+var<workgroup> os: array<vec4<f32>, 256>;   // os[g·Dh/4 + i]: the group's out rows, values 4i..4i+3
 
 @compute @workgroup_size(WG)
 fn decode(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>,
@@ -148,9 +149,14 @@ fn decode(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) w
     if (row >= p.tokens * p.kv_heads) {
         return; // uniform per workgroup
     }
+    decode_row(lid.x, row);
+}
+
+// `decode`'s work for row t·Hkv + h': out and lse of the group's query heads, and the group's
+// out rows into `os` (what `decode_o` projects).
+fn decode_row(tid: u32, row: u32) {
     let t = row / p.kv_heads;
     let hk = row - t * p.kv_heads;
-    let tid = lid.x;
     let d4 = p.head_dim / 4u;
     let visible = p.past + t + 1u;
     let kv_stride = p.kv_heads * d4;
@@ -224,6 +230,7 @@ fn decode(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) w
             acc = fma(vec4<f32>(sc[g * visible + s]), v4[s * kv_stride + kv_off + i], acc);
         }
         let r = acc / l[g];
+        os[o] = r;
         let ob = (t * p.q_heads + head0 + g) * p.head_dim + 4u * i;
         out[ob] = r.x;
         out[ob + 1u] = r.y;
@@ -232,5 +239,54 @@ fn decode(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) w
     }
     if (tid < GROUP) {
         lse[(head0 + tid) * p.tokens + t] = m[tid] + log(l[tid]);
+    }
+}
+
+// ---- `decode_o`: `decode`, then the group's share of the output projection o ----
+// For a decode step on a CPU device, where a dispatch costs more than o's work: attention and o
+// become one dispatch. Workgroup (t, h') also multiplies its group's out rows (GROUP·Dh values, in
+// `os`) by their columns of Wo [D, Hq·Dh] (Linear [out, in]):
+//   proj[h', t, n] = Σ_{j < GROUP·Dh} out[t, h'·GROUP·Dh + j] · Wo[n, h'·GROUP·Dh + j]   (n < D)
+// so o's output is Hkv partial products [Hkv, tokens, D], summed by the MLP's residual in order.
+// Thread `tid` owns rows n = n0 + j·WG (j < 4) for n0 = tid, tid + 4·WG, ...: each value of `os`
+// loaded serves 4 rows, four columns a step (Dh % 4 = 0). Wo is read through `wo_at4` (binding 6),
+// the `weight_<format>.wgsl` seam renamed by the launcher (src/gpu/attention.rs), which composes it
+// after this file for this entry only; D is p.d_model.
+
+@group(0) @binding(7) var<storage, read_write> proj: array<f32>;
+
+@compute @workgroup_size(WG)
+fn decode_o(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wid: vec3<u32>,
+            @builtin(num_workgroups) groups: vec3<u32>) {
+    let row = wid.y * groups.x + wid.x;
+    if (row >= p.tokens * p.kv_heads) {
+        return; // uniform per workgroup
+    }
+    let tid = lid.x;
+    decode_row(tid, row);
+    workgroupBarrier(); // os holds every head of the group
+    let t = row / p.kv_heads;
+    let hk = row - t * p.kv_heads;
+    let qd = p.q_heads * p.head_dim;              // Wo's row length
+    let col0 = hk * GROUP * p.head_dim;           // the group's first column of Wo
+    let len = GROUP * p.head_dim / 4u;
+    for (var n0 = tid; n0 < p.d_model; n0 += 4u * WG) {
+        // A row past D reads row 0 and is not stored.
+        var start: array<u32, 4>;
+        for (var j = 0u; j < 4u; j++) {
+            let n = n0 + j * WG;
+            start[j] = select(0u, n * qd, n < p.d_model) + col0;
+        }
+        var acc = vec4<f32>(0.0);
+        for (var i = 0u; i < len; i++) {
+            let w = mat4x4<f32>(wo_at4(start[0] + 4u * i), wo_at4(start[1] + 4u * i), wo_at4(start[2] + 4u * i), wo_at4(start[3] + 4u * i));
+            acc += os[i] * w;
+        }
+        for (var j = 0u; j < 4u; j++) {
+            let n = n0 + j * WG;
+            if (n < p.d_model) {
+                proj[(hk * p.tokens + t) * p.d_model + n] = acc[j];
+            }
+        }
     }
 }

@@ -907,6 +907,82 @@ gpu_test! {
 }
 
 gpu_test! {
+    /// attention's `decode_o` (a decode step's attention and output projection o in one dispatch)
+    /// against reference attention then, per key/value head h', its group's columns of Wo: the Hkv
+    /// partial products, for every weight format; out and lse as `decode` writes them; grouped and
+    /// plain heads, D past one pass of the rows loop (4 · 32 rows) and not a multiple of it, 1 and
+    /// 3 tokens after a cache; nothing written past the parts (NaN sentinel); and refusals.
+    async fn attention_decode_o_matches_reference_for_every_format() {
+        use loratab::gpu::attention::{self, OutProj};
+        use loratab::reference::attention::Heads;
+        let ctx = gpu().await;
+        let mut rng = Rng::new(101);
+        for format in WeightFormat::ALL {
+            // (query heads, key/value heads, head_dim, D, tokens, past)
+            let cases: Vec<(usize, usize, usize, usize, usize, usize)> = match format {
+                WeightFormat::F32 => vec![(4, 2, 16, 136, 1, 6), (3, 3, 8, 40, 3, 2), (4, 1, 32, 264, 1, 0)],
+                _ => vec![(4, 2, 16, 136, 2, 3)],
+            };
+            for (hq, hkv, dh, d, tokens, past) in cases {
+                let heads = Heads { q_heads: hq, kv_heads: hkv, head_dim: dh };
+                let what = format!("{format} Hq={hq} Hkv={hkv} Dh={dh} D={d} tokens={tokens} past={past}");
+                assert!(attention::decode_fits(tokens, past, &heads), "{what}: decode fits");
+                let (qd, kvd, seq) = (hq * dh, hkv * dh, past + tokens);
+                let q: Vec<f32> = rng.vec(tokens * qd).iter().map(|v| v * 4.0).collect();
+                let (k, v) = (rng.vec(seq * kvd), rng.vec(seq * kvd));
+                let (two, wo_vals) = packed(&ctx, &mut rng, d, qd, format).await;
+                let (tq, tk, tv) = (ctx.upload(&q, &[tokens, qd]).await.unwrap(), ctx.upload(&k, &[seq, kvd]).await.unwrap(), ctx.upload(&v, &[seq, kvd]).await.unwrap());
+                let out = ctx.zeros(&[tokens, qd]).await.unwrap();
+                let lse = ctx.zeros(&[attention::lse_len(tokens, &heads)]).await.unwrap();
+                let n = hkv * tokens * d;
+                let proj = ctx.upload(&vec![f32::NAN; n + 1], &[n + 1]).await.unwrap();
+                let mut parts = 0;
+                ctx.run(|enc| {
+                    parts = attention::encode_o(&ctx, enc, [&tq, &tk, &tv, &out, &lse], &OutProj { wo: &two, proj: &proj }, tokens, past, &heads)?;
+                    Ok(())
+                })
+                .await
+                .unwrap();
+                assert_eq!(parts, hkv, "{what}: one partial product per key/value head");
+
+                let att = reference::attention::attention(&q, &k, &v, past, &heads);
+                let e = max_error(&ctx.read(&out).await.unwrap(), &att);
+                assert!(e <= 1e-5, "{what}: out max error {e}");
+                let e = max_error(&ctx.read(&lse).await.unwrap(), &reference::attention::attention_lse(&q, &k, past, &heads));
+                assert!(e <= 1e-5, "{what}: lse max error {e}");
+                let got = ctx.read(&proj).await.unwrap();
+                assert_eq!(got.len(), n + 1);
+                assert!(got[n].is_nan(), "{what}: nothing written past the parts");
+                // Part h' = att's group-h' columns · Wo's group-h' columns, by the reference matmul.
+                let cols = qd / hkv;
+                for h in 0..hkv {
+                    let a: Vec<f32> = (0..tokens).flat_map(|t| att[t * qd + h * cols..t * qd + (h + 1) * cols].to_vec()).collect();
+                    let w: Vec<f32> = (0..d).flat_map(|r| wo_vals[r * qd + h * cols..r * qd + (h + 1) * cols].to_vec()).collect();
+                    let mut want = vec![0.0; tokens * d];
+                    reference::matmul::matmul(&Matmul::new(tokens, d, cols, Layout::XWt), &a, &w, None, &mut want);
+                    let e = max_error(&got[h * tokens * d..(h + 1) * tokens * d], &want);
+                    assert!(e <= MATMUL_TOLERANCE, "{what}: part {h} max error {e}");
+                }
+            }
+        }
+        // Refused with a sentence: Wo not [D, Hq·Dh], parts too short, a case decode does not fit.
+        let heads = Heads { q_heads: 2, kv_heads: 1, head_dim: 8 };
+        let mut rng = Rng::new(102);
+        let (wo, _) = packed(&ctx, &mut rng, 8, 16, WeightFormat::F32).await;
+        let (wo_wide, _) = packed(&ctx, &mut rng, 8, 32, WeightFormat::F32).await;
+        let mut bufs = Vec::new();
+        for n in [16 * 3000, 8 * 3000, 8 * 3000, 16 * 3000, 2 * 3000, 8 * 3000, 7] {
+            bufs.push(ctx.zeros(&[n]).await.unwrap());
+        }
+        let [q, k, v, out, lse, proj, short] = &bufs[..] else { unreachable!("seven buffers") };
+        for (w, p, tokens, past, needle) in [(&wo_wide, proj, 1, 0, "must be [D, 16]"), (&wo, short, 1, 0, "o's partial products"), (&wo, proj, 1, 2999, "do not fit the decode kernel")] {
+            let err = ctx.run(|enc| attention::encode_o(&ctx, enc, [q, k, v, out, lse], &OutProj { wo: w, proj: p }, tokens, past, &heads).map(|_| ())).await.unwrap_err();
+            assert!(err.to_string().contains(needle), "{needle}: {err}");
+        }
+    }
+}
+
+gpu_test! {
     /// topk (generation's token choice) ranks as the CPU sampler does: greedy's first maximum under
     /// `>`, and top-k's stable sort under `total_cmp`, on values with repeats (ties broken by id),
     /// -0.0 beside 0.0, over lengths not a multiple of the 256 threads.

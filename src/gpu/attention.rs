@@ -5,10 +5,28 @@
 //! ([`Kernel`]): a workgroup per (token, key/value head) for its whole group of query heads, four
 //! values a load, 4 barriers. CPU reference: `reference::attention`.
 
-use super::{check_len, check_u32, grid_rows, GpuContext, GpuError, GpuTensor, Recorder};
+use std::sync::OnceLock;
+
+use super::{check_f32, check_len, check_u32, for_format, grid_rows, renamed_weight_kernels, GpuContext, GpuError, GpuTensor, Kernel1d, Recorder};
 use crate::reference::attention::Heads;
 
-const SOURCE: &str = concat!(include_str!("../../shaders/attention.wgsl"), include_str!("../../shaders/workgroup_reduce.wgsl"));
+const WGSL: &str = include_str!("../../shaders/attention.wgsl");
+const REDUCE: &str = include_str!("../../shaders/workgroup_reduce.wgsl");
+/// Where attention.wgsl's `decode_o` part (which reads a weight) begins.
+const O_PART: &str = "// ---- `decode_o`";
+
+/// attention.wgsl without its `decode_o` part, + workgroup_reduce.wgsl: `main` and `decode`.
+fn source() -> &'static str {
+    static SOURCE: OnceLock<String> = OnceLock::new();
+    SOURCE.get_or_init(|| format!("{}{REDUCE}", &WGSL[..WGSL.find(O_PART).expect("attention.wgsl marks its decode_o part")]))
+}
+
+/// The whole of attention.wgsl + workgroup_reduce.wgsl + the format's seam for Wo (`wo`, binding
+/// 6), per format: `decode_o`.
+fn o_kernels() -> &'static [Kernel1d; 6] {
+    static KERNELS: OnceLock<[Kernel1d; 6]> = OnceLock::new();
+    KERNELS.get_or_init(|| renamed_weight_kernels("attention_o", &format!("{WGSL}{REDUCE}"), "wo", 6))
+}
 /// Largest head_dim the kernel handles (one workgroup of 256 threads holds a query row).
 pub const MAX_HEAD_DIM: usize = 256;
 
@@ -21,7 +39,7 @@ struct Params {
     kv_heads: u32,
     head_dim: u32,
     group: u32,
-    _pad: u32,
+    d_model: u32,
     scale: f32,
 }
 
@@ -54,6 +72,29 @@ pub fn encode(
     heads: &Heads,
 ) -> Result<(), GpuError> {
     encode_with(ctx, encoder, [q, k, v, out, lse], tokens, past, heads, Kernel::Auto)
+}
+
+/// The output projection o taken by the `decode_o` entry: Wo [D, Hq·Dh] (Linear [out, in], any
+/// format) and where its Hkv partial products go, proj [Hkv, tokens, D].
+pub struct OutProj<'a> {
+    pub wo: &'a GpuTensor,
+    pub proj: &'a GpuTensor,
+}
+
+/// [`encode`] with the `decode` entry (it must fit: [`decode_fits`]) followed in the same dispatch
+/// by o: proj[h'] = out[:, group h'] · Wo[:, group h']ᵀ for each key/value head h', the Hkv
+/// partial products of out · Woᵀ (sum them in order). Returns Hkv. For a decode step on a CPU
+/// device, where a dispatch costs more than o's work.
+#[allow(clippy::too_many_arguments)]
+pub fn encode_o(ctx: &GpuContext, encoder: &mut Recorder, bufs: [&GpuTensor; 5], o: &OutProj, tokens: usize, past: usize, heads: &Heads) -> Result<usize, GpuError> {
+    let qd = heads.q_heads * heads.head_dim;
+    if o.wo.shape.len() != 2 || o.wo.shape[1] != qd {
+        return Err(shape(format!("Wo {:?} must be [D, {qd}] (Linear [out, in] over the query heads)", o.wo.shape)));
+    }
+    check_f32("attention", "o's partial products", o.proj)?;
+    check_len("attention", "o's partial products", o.proj, heads.kv_heads * tokens * o.wo.shape[0])?;
+    launch(ctx, encoder, bufs, tokens, past, heads, Kernel::Decode, Some(o))?;
+    Ok(heads.kv_heads)
 }
 
 /// Which entry point of attention.wgsl records attention.
@@ -97,6 +138,11 @@ pub fn encode_with(
     heads: &Heads,
     kernel: Kernel,
 ) -> Result<(), GpuError> {
+    launch(ctx, encoder, bufs, tokens, past, heads, kernel, None)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn launch(ctx: &GpuContext, encoder: &mut Recorder, bufs: [&GpuTensor; 5], tokens: usize, past: usize, heads: &Heads, kernel: Kernel, o: Option<&OutProj>) -> Result<(), GpuError> {
     let [q, k, v, out, lse] = bufs;
     let Heads { q_heads: hq, kv_heads: hkv, head_dim: dh } = *heads;
     if hq == 0 || hkv == 0 || hq % hkv != 0 {
@@ -123,7 +169,7 @@ pub fn encode_with(
         kv_heads: hkv as u32,
         head_dim: dh as u32,
         group: (hq / hkv) as u32,
-        _pad: 0,
+        d_model: o.map_or(0, |o| o.wo.shape[0] as u32),
         // Exactly the reference's scale.
         scale: 1.0 / (dh as f32).sqrt(),
     };
@@ -134,16 +180,21 @@ pub fn encode_with(
         Kernel::Decode => return Err(shape(format!("{tokens} tokens after {past} with {hq} query heads, {hkv} key/value heads of {dh} do not fit the decode kernel"))),
     };
     // decode: 32 threads (a CPU's workgroup; see the shader), GROUP unrolls its per-head loops.
-    let (pipeline, rows) = if decode {
-        (ctx.pipeline("attention", SOURCE, "decode", &[("WG", 32), ("GROUP", (hq / hkv) as u64)]), tokens * hkv)
-    } else {
-        (ctx.pipeline("attention", SOURCE, "main", &[("WG", super::row_workgroup(ctx, dh) as u64)]), tokens * hq)
+    let constants = [("WG", 32), ("GROUP", (hq / hkv) as u64)];
+    let (pipeline, rows) = match (decode, o) {
+        (true, Some(o)) => {
+            let kernel = for_format(o_kernels(), o.wo.format);
+            (ctx.pipeline(kernel.name, kernel.source, "decode_o", &constants), tokens * hkv)
+        }
+        (true, None) => (ctx.pipeline("attention", source(), "decode", &constants), tokens * hkv),
+        (false, _) => (ctx.pipeline("attention", source(), "main", &[("WG", super::row_workgroup(ctx, dh) as u64)]), tokens * hq),
     };
     let uniform = ctx.uniform(&params);
-    let bind = ctx.bind(
-        &pipeline,
-        &[&q.buffer, &k.buffer, &v.buffer, &out.buffer, &lse.buffer, &uniform],
-    );
+    let mut buffers = vec![&q.buffer, &k.buffer, &v.buffer, &out.buffer, &lse.buffer, &uniform];
+    if let Some(o) = o {
+        buffers.extend([&o.wo.buffer, &o.proj.buffer]);
+    }
+    let bind = ctx.bind(&pipeline, &buffers);
     let (gx, gy) = grid_rows(rows, ctx.max_workgroups_per_dim());
     encoder.dispatch(&pipeline, &bind, (gx, gy, 1));
     Ok(())

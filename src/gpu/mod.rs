@@ -181,6 +181,17 @@ pub(crate) fn multi_weight_kernels(name: &str, source: &str, per_weight: &str, m
     })
 }
 
+/// Kernels that read one weight under another name, per format (`<name>_<format>`): `source`,
+/// then the format's seam renamed (`weight` → `weight_name`, binding 1 → `binding`), for a shader
+/// whose binding 1 is something else.
+pub(crate) fn renamed_weight_kernels(name: &str, source: &str, weight_name: &str, binding: u32) -> [Kernel1d; 6] {
+    std::array::from_fn(|i| {
+        let seam = WEIGHT_SEAMS[i].replace("@binding(1)", &format!("@binding({binding})")).replace("weight", weight_name);
+        let name = format!("{name}_{}", crate::model::WeightFormat::ALL[i].name());
+        Kernel1d { name: Box::leak(name.into_boxed_str()), source: Box::leak(format!("{source}{seam}").into_boxed_str()) }
+    })
+}
+
 pub(crate) fn for_format(table: &[Kernel1d; 6], format: crate::model::WeightFormat) -> &Kernel1d {
     let i = crate::model::WeightFormat::ALL.iter().position(|&f| f == format).expect("ALL lists every format");
     &table[i]

@@ -259,7 +259,7 @@ mod tests {
             assert_eq!(Kind::of(name), kind, "{name}");
         }
         // Every kernel in shaders/ (not the composed parts) is named in the list above.
-        let parts = ["matmul_params", "prelude_1d", "workgroup_reduce"];
+        let parts = ["matmul_params", "prelude_1d", "stage_norm", "workgroup_reduce"];
         for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders")).unwrap() {
             let file = entry.unwrap().file_name().into_string().unwrap();
             let stem = file.trim_end_matches(".wgsl");

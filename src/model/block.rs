@@ -84,12 +84,14 @@ pub trait Pass {
     }
     /// Positions and attention: rotate q and k (Llama's RoPE) and write att from q, k, v.
     fn attend(&self, ctx: &GpuContext, enc: &mut Recorder, config: &Config, l: usize, a: &BlockActs) -> Result<(), GpuError>;
-    /// The MLP half after the attention's output projection (in proj): the residual x_mid = x_in +
-    /// proj, its norm and the MLP. Returns the tensor holding the MLP's output and in how many
-    /// partial products ([parts, rows, hidden], summed by the next residual). By default
-    /// [`mlp_parts`]: (proj, 1).
-    fn mlp<'s>(&'s self, ctx: &GpuContext, enc: &mut Recorder, config: &Config, l: usize, block: &GpuBlock, a: &BlockActs<'s>) -> Result<(&'s GpuTensor, usize), GpuError> {
-        mlp_parts(self, ctx, enc, config, l, block, a)
+    /// The MLP half after the attention's output projection (`attn`: its tensor and partial
+    /// products, as [`Pass::self_attention`] returns them): the residual x_mid = x_in + Σ attn, its
+    /// norm and the MLP. Returns the tensor holding the MLP's output and in how many partial
+    /// products ([parts, rows, hidden], summed by the next residual). By default [`mlp_parts`]:
+    /// (proj, 1).
+    #[allow(clippy::too_many_arguments)]
+    fn mlp<'s>(&'s self, ctx: &GpuContext, enc: &mut Recorder, config: &Config, l: usize, block: &GpuBlock, a: &BlockActs<'s>, attn: (&GpuTensor, usize)) -> Result<(&'s GpuTensor, usize), GpuError> {
+        mlp_parts(self, ctx, enc, config, l, block, a, attn)
     }
     /// Whether block `l`'s [`Pass::self_attention`] takes its input norm itself, from the residual
     /// stream (the embedding for l = 0, else block l − 1's x_mid and the MLP output still to add):
@@ -98,10 +100,12 @@ pub trait Pass {
     fn norms_at_attention(&self, _ctx: &GpuContext, _config: &Config, _l: usize, _block: &GpuBlock) -> bool {
         false
     }
-    /// The attention half up to att: q, k, v from h1, then [`Pass::attend`]. By default
-    /// [`attention_parts`]; a pass may fuse the projections with what `attend` does.
-    fn self_attention(&self, ctx: &GpuContext, enc: &mut Recorder, config: &Config, l: usize, block: &GpuBlock, a: &BlockActs) -> Result<(), GpuError> {
-        attention_parts(self, ctx, enc, config, l, block, a)
+    /// The attention half: q, k, v from h1, [`Pass::attend`], and the output projection o of att.
+    /// Returns the tensor holding o's output and in how many partial products ([parts, rows,
+    /// hidden], added by the MLP's residual). By default [`attention_parts`], then o through the
+    /// projections' seam: (proj, 1). A pass may fuse the projections with what `attend` does.
+    fn self_attention<'s>(&'s self, ctx: &GpuContext, enc: &mut Recorder, config: &Config, l: usize, block: &GpuBlock, a: &BlockActs<'s>) -> Result<(&'s GpuTensor, usize), GpuError> {
+        attention_o_parts(self, ctx, enc, config, l, block, a)
     }
 }
 
@@ -140,19 +144,20 @@ pub fn encode_network(ctx: &GpuContext, enc: &mut Recorder, model: &GpuModel, pa
 pub(crate) fn encode_block(ctx: &GpuContext, enc: &mut Recorder, c: &Config, l: usize, b: &GpuBlock, next_norm: Option<&GpuNorm>, pass: &impl Pass) -> Result<(), GpuError> {
     let a = pass.acts(l);
     let rows = pass.rows();
-    pass.self_attention(ctx, enc, c, l, b, &a)?;
-    pass.project(ctx, enc, l, b, Site::O, a.att, a.proj)?;
-    let (mlp_out, parts) = pass.mlp(ctx, enc, c, l, b, &a)?;
+    let attn = pass.self_attention(ctx, enc, c, l, b, &a)?;
+    let (mlp_out, parts) = pass.mlp(ctx, enc, c, l, b, &a, attn)?;
     match next_norm {
         Some(norm) => norm.encode_residual_parts(ctx, enc, c, a.x_mid, mlp_out, parts, a.x_out, rows, a.h_out),
         None => Ok(()),
     }
 }
 
-/// The MLP half: x_mid = x_in + proj, h2 = mlp_norm(x_mid), then the MLP's projections from h2 into
-/// proj. Returns (proj, 1): where the output is, in how many partial products.
-pub(crate) fn mlp_parts<'s>(pass: &(impl Pass + ?Sized), ctx: &GpuContext, enc: &mut Recorder, c: &Config, l: usize, b: &GpuBlock, a: &BlockActs<'s>) -> Result<(&'s GpuTensor, usize), GpuError> {
-    b.mlp_norm.encode_residual(ctx, enc, c, a.x_in, a.proj, a.x_mid, pass.rows(), a.h2)?;
+/// The MLP half: x_mid = x_in + Σ attn (o's output in its partial products), h2 = mlp_norm(x_mid),
+/// then the MLP's projections from h2 into proj. Returns (proj, 1): where the output is, in how many
+/// partial products.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn mlp_parts<'s>(pass: &(impl Pass + ?Sized), ctx: &GpuContext, enc: &mut Recorder, c: &Config, l: usize, b: &GpuBlock, a: &BlockActs<'s>, attn: (&GpuTensor, usize)) -> Result<(&'s GpuTensor, usize), GpuError> {
+    b.mlp_norm.encode_residual_parts(ctx, enc, c, a.x_in, attn.0, attn.1, a.x_mid, pass.rows(), a.h2)?;
     match &b.mlp {
         GpuMlp::Gelu { .. } => {
             pass.project(ctx, enc, l, b, Site::Fc, a.h2, a.ff1)?;
@@ -172,6 +177,13 @@ pub(crate) fn attention_parts(pass: &(impl Pass + ?Sized), ctx: &GpuContext, enc
     pass.project(ctx, enc, l, b, Site::Q, a.h1, a.q)?;
     pass.project_kv(ctx, enc, l, b, a.h1, a.k, a.v)?;
     pass.attend(ctx, enc, c, l, a)
+}
+
+/// [`attention_parts`], then o through the projections' seam: returns (proj, 1).
+pub(crate) fn attention_o_parts<'s>(pass: &(impl Pass + ?Sized), ctx: &GpuContext, enc: &mut Recorder, c: &Config, l: usize, b: &GpuBlock, a: &BlockActs<'s>) -> Result<(&'s GpuTensor, usize), GpuError> {
+    attention_parts(pass, ctx, enc, c, l, b, a)?;
+    pass.project(ctx, enc, l, b, Site::O, a.att, a.proj)?;
+    Ok((a.proj, 1))
 }
 
 /// k and v through the projections' seam, k first.

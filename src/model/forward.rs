@@ -413,6 +413,9 @@ pub(super) struct Acts {
     /// A decode step's MLP output as `gpu::matvec_pair::encode_mlp` leaves it: [parts, rows, hidden]
     /// (a placeholder where the model is not Llama or rows are too many for it).
     pub parts: GpuTensor,
+    /// A decode step's o output as `gpu::attention::encode_o` leaves it: [kv heads, rows, hidden]
+    /// (a placeholder as for `parts`).
+    pub parts_o: GpuTensor,
     pub ff1: GpuTensor,
     pub ff2: GpuTensor,
     pub ff3: GpuTensor,
@@ -435,9 +438,13 @@ impl Acts {
             att: ctx.zeros(&[t, qd]).await?,
             lse: ctx.zeros(&[gpu::attention::lse_len(t, &heads(c))]).await?,
             proj: ctx.zeros(&[t, d]).await?,
-            // Only a Llama decode step can take the fused MLP.
+            // Only a Llama decode step can take the fused MLP and attention + o.
             parts: match c.arch == Arch::Llama && t <= gpu::matvec_pair::MAX_ROWS {
                 true => ctx.zeros(&[gpu::matvec_pair::mlp_parts(f) * t, d]).await?,
+                false => ctx.zeros(&[1]).await?,
+            },
+            parts_o: match c.arch == Arch::Llama && t <= gpu::matvec_pair::MAX_ROWS {
+                true => ctx.zeros(&[c.num_kv_heads * t, d]).await?,
                 false => ctx.zeros(&[1]).await?,
             },
             ff1: ctx.zeros(&[t, f]).await?,
@@ -496,6 +503,28 @@ impl CachedPass<'_> {
         }
     }
 
+    /// q, k, v, RoPE and the cache writes in one dispatch (`gpu::matvec_qkv`), with the norm before
+    /// them where [`Pass::norms_at_attention`] says so.
+    #[allow(clippy::too_many_arguments)]
+    fn encode_qkv(&self, ctx: &GpuContext, enc: &mut Recorder, c: &Config, l: usize, b: &GpuBlock, a: &BlockActs, w: &gpu::matvec_qkv::Weights) -> Result<(), GpuError> {
+        let (k_cache, v_cache) = &self.cache[l];
+        let out = gpu::matvec_qkv::Outputs { q: a.q, k_cache, v_cache };
+        let rows = self.acts.rows;
+        if self.norms_at_attention(ctx, c, l, b) {
+            // The residual stream: block 0's embedding as it is (S = x_in, stored into the free
+            // x_mid), else block l − 1's x_mid plus its MLP output, summed into x_in.
+            let x = &self.acts;
+            let (input, (add, parts), s) = match l.checked_sub(1) {
+                None => (&x.x, (&x.parts, 0), &x.x2),
+                Some(prev) => (&x.x2, self.mlp_output(ctx, prev), &x.x),
+            };
+            let norm = gpu::matvec_pair::Norm { x: input, add, parts, weight: &b.attn_norm.weight, eps: c.norm_eps, s };
+            gpu::matvec_qkv::encode_normed(ctx, enc, &norm, rows, w, c.head_dim, self.past, c.rope_theta, &out)
+        } else {
+            gpu::matvec_qkv::encode(ctx, enc, a.h1, rows, w, c.head_dim, self.past, c.rope_theta, &out)
+        }
+    }
+
     /// q, k and v's weights, when `gpu::matvec_qkv` can run the three projections, RoPE and the
     /// cache writes in one dispatch: a Llama block on a CPU device, all three [`CachedPass::plain`].
     fn qkv<'w>(&self, ctx: &GpuContext, c: &Config, l: usize, b: &'w GpuBlock) -> Option<gpu::matvec_qkv::Weights<'w>> {
@@ -543,13 +572,13 @@ impl Pass for CachedPass<'_> {
     /// A decode step's MLP in one dispatch (`gpu::matvec_pair::encode_mlp`: the residual and norm,
     /// SwiGLU and the down product as partial products) on a CPU device, where gate, up and down are
     /// all [`CachedPass::plain`] and the norm is RMS; else the parts.
-    fn mlp<'s>(&'s self, ctx: &GpuContext, enc: &mut Recorder, c: &Config, l: usize, b: &GpuBlock, a: &BlockActs<'s>) -> Result<(&'s GpuTensor, usize), GpuError> {
+    fn mlp<'s>(&'s self, ctx: &GpuContext, enc: &mut Recorder, c: &Config, l: usize, b: &GpuBlock, a: &BlockActs<'s>, attn: (&GpuTensor, usize)) -> Result<(&'s GpuTensor, usize), GpuError> {
         if let Some(w) = self.mlp_weights(ctx, l, b) {
-            let norm = gpu::matvec_pair::Norm { x: a.x_in, add: a.proj, parts: 1, weight: &b.mlp_norm.weight, eps: c.norm_eps, s: a.x_mid };
+            let norm = gpu::matvec_pair::Norm { x: a.x_in, add: attn.0, parts: attn.1, weight: &b.mlp_norm.weight, eps: c.norm_eps, s: a.x_mid };
             let parts = gpu::matvec_pair::encode_mlp(ctx, enc, self.acts.rows, &norm, &w, &self.acts.parts)?;
             return Ok((&self.acts.parts, parts));
         }
-        block::mlp_parts(self, ctx, enc, c, l, b, a)
+        block::mlp_parts(self, ctx, enc, c, l, b, a, attn)
     }
 
     /// On a CPU device, block l's q, k, v dispatch (`matvec_qkv`'s `normed`) also takes the norm
@@ -589,29 +618,27 @@ impl Pass for CachedPass<'_> {
         }
     }
 
-    /// One dispatch (`gpu::matvec_qkv`) for a decode step's q, k, v, RoPE and cache writes on a CPU
-    /// device (see [`CachedPass::qkv`]), then attention; else the parts.
-    fn self_attention(&self, ctx: &GpuContext, enc: &mut Recorder, c: &Config, l: usize, b: &GpuBlock, a: &BlockActs) -> Result<(), GpuError> {
+    /// On a CPU device, where q, k and v can run fused ([`CachedPass::qkv`]): one dispatch for a
+    /// decode step's q, k, v, RoPE and cache writes (`gpu::matvec_qkv`), then one for attention and
+    /// o (`gpu::attention::encode_o`, where o is [`CachedPass::plain`] and the decode attention
+    /// fits; o's output is then Hkv partial products in `parts_o`), else attention and o apart.
+    /// Elsewhere the parts.
+    fn self_attention<'s>(&'s self, ctx: &GpuContext, enc: &mut Recorder, c: &Config, l: usize, b: &GpuBlock, a: &BlockActs<'s>) -> Result<(&'s GpuTensor, usize), GpuError> {
         let Some(w) = self.qkv(ctx, c, l, b) else {
-            return block::attention_parts(self, ctx, enc, c, l, b, a);
+            return block::attention_o_parts(self, ctx, enc, c, l, b, a);
         };
+        self.encode_qkv(ctx, enc, c, l, b, a, &w)?;
         let (k_cache, v_cache) = &self.cache[l];
-        let out = gpu::matvec_qkv::Outputs { q: a.q, k_cache, v_cache };
-        let rows = self.acts.rows;
-        if self.norms_at_attention(ctx, c, l, b) {
-            // The residual stream: block 0's embedding as it is (S = x_in, stored into the free
-            // x_mid), else block l − 1's x_mid plus its MLP output, summed into x_in.
-            let x = &self.acts;
-            let (input, (add, parts), s) = match l.checked_sub(1) {
-                None => (&x.x, (&x.parts, 0), &x.x2),
-                Some(prev) => (&x.x2, self.mlp_output(ctx, prev), &x.x),
-            };
-            let norm = gpu::matvec_pair::Norm { x: input, add, parts, weight: &b.attn_norm.weight, eps: c.norm_eps, s };
-            gpu::matvec_qkv::encode_normed(ctx, enc, &norm, rows, &w, c.head_dim, self.past, c.rope_theta, &out)?;
-        } else {
-            gpu::matvec_qkv::encode(ctx, enc, a.h1, rows, &w, c.head_dim, self.past, c.rope_theta, &out)?;
+        let (rows, heads) = (self.acts.rows, heads(c));
+        let fused_o = ctx.is_cpu() && rows <= gpu::matvec_pair::MAX_ROWS && gpu::attention::decode_fits(rows, self.past, &heads);
+        if let Some(wo) = self.plain(l, &b.o, Site::O).filter(|_| fused_o) {
+            let o = gpu::attention::OutProj { wo, proj: &self.acts.parts_o };
+            let parts = gpu::attention::encode_o(ctx, enc, [a.q, k_cache, v_cache, a.att, &self.acts.lse], &o, rows, self.past, &heads)?;
+            return Ok((&self.acts.parts_o, parts));
         }
-        gpu::attention::encode(ctx, enc, a.q, k_cache, v_cache, a.att, &self.acts.lse, self.acts.rows, self.past, &heads(c))
+        gpu::attention::encode(ctx, enc, a.q, k_cache, v_cache, a.att, &self.acts.lse, rows, self.past, &heads)?;
+        self.project(ctx, enc, l, b, Site::O, a.att, a.proj)?;
+        Ok((a.proj, 1))
     }
 
     fn attend(&self, ctx: &GpuContext, enc: &mut Recorder, c: &Config, l: usize, a: &BlockActs) -> Result<(), GpuError> {
