@@ -898,7 +898,7 @@ gpu_test! {
         let w = Weights { q: &wq, k: &wk, v: &wk };
         assert!(!matvec_qkv::fits_normed(&ctx, 8, &w, 4), "8 rows of 512: fits_normed refuses them");
         let out = Outputs { q, k_cache: kc, v_cache: vc };
-        for (rows, parts, same, needle) in [(8, 0, false, "at most 2048 values"), (1, 2, false, "the residual's parts"), (1, 0, true, "must not be one of the norm's inputs")] {
+        for (rows, parts, same, needle) in [(8, 0, false, "at most 2048 values"), (1, 2, false, "the residual's parts"), (1, 0, true, "must not be written by the same call")] {
             let norm = Norm { x, add, parts, weight: nw, eps: 1e-5, s: if same { x } else { s } };
             let err = ctx.run(|enc| matvec_qkv::encode_normed(&ctx, enc, &norm, rows, &w, 4, 0, 1e4, &out)).await.unwrap_err();
             assert!(err.to_string().contains(needle), "{needle}: {err}");

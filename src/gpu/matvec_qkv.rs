@@ -148,8 +148,8 @@ fn launch(ctx: &GpuContext, encoder: &mut Recorder, x: &GpuTensor, norm: Option<
     if written.iter().enumerate().any(|(i, b)| written[..i].contains(b)) {
         return Err(shape("q, the two caches and S must be different buffers".into()));
     }
-    if let Some(n) = norm.filter(|n| [&n.x.buffer, &n.add.buffer, &n.weight.buffer].iter().any(|b| written.contains(b))) {
-        return Err(shape(format!("S ({:?}) must not be one of the norm's inputs, nor an output", n.s.shape)));
+    if norm.is_some_and(|n| [&n.x.buffer, &n.add.buffer, &n.weight.buffer].iter().any(|b| written.contains(b))) {
+        return Err(shape("the norm's inputs (x, the parts, the weight) must not be written by the same call (q, the caches, S)".into()));
     }
     let half = head_dim / 2;
     let cols = THREADS * 4;
