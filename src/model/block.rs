@@ -18,14 +18,17 @@ use crate::lora::Site;
 pub struct BlockActs<'a> {
     /// Block input [rows, hidden] (the attention norm's input).
     pub x_in: &'a GpuTensor,
-    /// attn_norm(x_in): written by the previous block's fused residual + norm (or the first norm).
+    /// attn_norm(x_in): written by the previous block's fused residual + norm (or the first norm);
+    /// not written where the attention takes its norm itself ([`Pass::norms_at_attention`]).
     pub h1: &'a GpuTensor,
     pub q: &'a GpuTensor,
     pub k: &'a GpuTensor,
     pub v: &'a GpuTensor,
     /// Attention output [rows, q_dim].
     pub att: &'a GpuTensor,
-    /// Output of o and of the MLP's last projection [rows, hidden] (consumed at once by a residual).
+    /// Output of o and of the MLP's last projection [rows, hidden] (consumed at once by a residual;
+    /// a fused decode kernel may leave its output as partial products elsewhere instead, which
+    /// [`Pass::self_attention`] and [`Pass::mlp`] return).
     pub proj: &'a GpuTensor,
     pub x_mid: &'a GpuTensor,
     pub h2: &'a GpuTensor,
