@@ -79,6 +79,18 @@ pub struct Norm<'a> {
     pub s: &'a GpuTensor,
 }
 
+impl Norm<'_> {
+    /// `GpuError::Shape` for `op` unless the parts, the weight and S hold f32 values enough for
+    /// `rows` rows of `k`.
+    pub(crate) fn check(&self, op: &'static str, rows: usize, k: usize) -> Result<(), GpuError> {
+        for (what, t, n) in [("the residual's parts", self.add, self.parts * rows * k), ("the norm's weight", self.weight, k), ("S", self.s, rows * k)] {
+            check_f32(op, what, t)?;
+            check_len(op, what, t, n)?;
+        }
+        Ok(())
+    }
+}
+
 /// Partial products the `mlp` entry leaves for an MLP of `n` hidden units: one per workgroup.
 pub fn mlp_parts(n: usize) -> usize {
     n.div_ceil(THREADS * 4)
@@ -109,8 +121,7 @@ pub fn encode_mlp(ctx: &GpuContext, encoder: &mut Recorder, rows: usize, norm: &
     if norm.parts == 0 {
         return Err(shape("the residual needs at least one part to add".into()));
     }
-    check_len("matvec_pair", "the residual's parts", norm.add, norm.parts * rows * k)?;
-    check_len("matvec_pair", "the norm's weight", norm.weight, k)?;
+    norm.check("matvec_pair", rows, k)?;
     let parts = mlp_parts(n);
     check_len("matvec_pair", "the output parts", out, parts * rows * k)?;
     let extra = Extra { parts: norm.parts as u32, eps: norm.eps, buffers: [&norm.add.buffer, &norm.weight.buffer, &w.down.buffer] };

@@ -137,12 +137,11 @@ fn launch(ctx: &GpuContext, encoder: &mut Recorder, x: &GpuTensor, norm: Option<
         if rows * k > STAGED {
             return Err(shape(format!("{rows} rows of {k} values: the norm stages at most {STAGED} values")));
         }
-        check_f32(OP, "the residual's parts", n.add)?;
-        check_len(OP, "the residual's parts", n.add, n.parts * rows * k)?;
-        check_f32(OP, "the norm's weight", n.weight)?;
-        check_len(OP, "the norm's weight", n.weight, k)?;
-        check_f32(OP, "S", n.s)?;
-        check_len(OP, "S", n.s, rows * k)?;
+        let storage = ctx.device.limits().max_storage_buffers_per_shader_stage;
+        if storage < NORMED_STORAGE_BUFFERS {
+            return Err(shape(format!("the norm's entry binds {NORMED_STORAGE_BUFFERS} storage buffers, this device {storage}: run the norm apart")));
+        }
+        n.check(OP, rows, k)?;
         written.push(&n.s.buffer);
     }
     if written.iter().enumerate().any(|(i, b)| written[..i].contains(b)) {

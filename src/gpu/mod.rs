@@ -170,14 +170,13 @@ const _: () = assert!(crate::model::WeightFormat::ALL.len() == WEIGHT_SEAMS.len(
 /// binding). The renaming is text, so it cannot be a `concat!`: composed once per kernel (cached by
 /// the caller) and leaked, 'static like the `concat!`-built kernels.
 pub(crate) fn multi_weight_kernels(name: &str, source: &str, per_weight: &str, more: &[(&str, u32)]) -> [Kernel1d; 6] {
-    std::array::from_fn(|i| {
+    per_format(name, |i| {
         let first = format!("{per_weight}{}", WEIGHT_SEAMS[i]);
         let mut text = format!("{source}{first}");
-        for (weight, binding) in more {
-            text += &first.replace("@binding(1)", &format!("@binding({binding})")).replace("weight", weight);
+        for &(weight, binding) in more {
+            text += &renamed(&first, weight, binding);
         }
-        let name = format!("{name}_{}", crate::model::WeightFormat::ALL[i].name());
-        Kernel1d { name: Box::leak(name.into_boxed_str()), source: Box::leak(text.into_boxed_str()) }
+        text
     })
 }
 
@@ -185,10 +184,21 @@ pub(crate) fn multi_weight_kernels(name: &str, source: &str, per_weight: &str, m
 /// then the format's seam renamed (`weight` → `weight_name`, binding 1 → `binding`), for a shader
 /// whose binding 1 is something else.
 pub(crate) fn renamed_weight_kernels(name: &str, source: &str, weight_name: &str, binding: u32) -> [Kernel1d; 6] {
+    per_format(name, |i| format!("{source}{}", renamed(WEIGHT_SEAMS[i], weight_name, binding)))
+}
+
+/// `text` (a seam and what reads it) with `weight` renamed to `weight_name` and binding 1 to `binding`.
+fn renamed(text: &str, weight_name: &str, binding: u32) -> String {
+    text.replace("@binding(1)", &format!("@binding({binding})")).replace("weight", weight_name)
+}
+
+/// A kernel per weight format (`<name>_<format>`, source `text(i)` for format i of
+/// [`WeightFormat::ALL`](crate::model::WeightFormat::ALL)), leaked: 'static like the
+/// `concat!`-built kernels.
+fn per_format(name: &str, text: impl Fn(usize) -> String) -> [Kernel1d; 6] {
     std::array::from_fn(|i| {
-        let seam = WEIGHT_SEAMS[i].replace("@binding(1)", &format!("@binding({binding})")).replace("weight", weight_name);
         let name = format!("{name}_{}", crate::model::WeightFormat::ALL[i].name());
-        Kernel1d { name: Box::leak(name.into_boxed_str()), source: Box::leak(format!("{source}{seam}").into_boxed_str()) }
+        Kernel1d { name: Box::leak(name.into_boxed_str()), source: Box::leak(text(i).into_boxed_str()) }
     })
 }
 

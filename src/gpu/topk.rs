@@ -34,8 +34,9 @@ pub fn encode(ctx: &GpuContext, encoder: &mut Recorder, logits: &GpuTensor, n: u
     check_len("topk", "logits", logits, n)?;
     check_len("topk", "out", out, 2 * k)?;
     let params = Params { n: check_u32("topk", "the value count", n)?, k: k as u32, total: (order == Order::Total) as u32, _pad: 0 };
-    // A CPU device runs a workgroup's invocations on one core: fewer, for a shorter reduction.
-    let threads = if ctx.is_cpu() { 32 } else { 256 };
+    // The row kernels' workgroup: 256, or on a CPU device (a workgroup's invocations on one core)
+    // the fewest, 32, for a shorter reduction.
+    let threads = super::row_workgroup(ctx, 1) as u64;
     let pipeline = ctx.pipeline("topk", SOURCE, "main", &[("THREADS", threads)]);
     let uniform = ctx.uniform(&params);
     let bind = ctx.bind(&pipeline, &[&logits.buffer, &out.buffer, &uniform]);

@@ -425,6 +425,8 @@ pub(super) struct Acts {
 impl Acts {
     pub async fn new(ctx: &GpuContext, c: &Config, t: usize) -> Result<Self, GpuError> {
         let (d, f, qd, kvd) = (c.hidden_size, c.intermediate_size, c.q_dim(), c.kv_dim());
+        // Only a Llama decode step can take the fused MLP and attention + o (their partial products).
+        let fused = c.arch == Arch::Llama && t <= gpu::matvec_pair::MAX_ROWS;
         Ok(Self {
             rows: t,
             ids: ctx.zeros(&[t]).await?,
@@ -438,15 +440,8 @@ impl Acts {
             att: ctx.zeros(&[t, qd]).await?,
             lse: ctx.zeros(&[gpu::attention::lse_len(t, &heads(c))]).await?,
             proj: ctx.zeros(&[t, d]).await?,
-            // Only a Llama decode step can take the fused MLP and attention + o.
-            parts: match c.arch == Arch::Llama && t <= gpu::matvec_pair::MAX_ROWS {
-                true => ctx.zeros(&[gpu::matvec_pair::mlp_parts(f) * t, d]).await?,
-                false => ctx.zeros(&[1]).await?,
-            },
-            parts_o: match c.arch == Arch::Llama && t <= gpu::matvec_pair::MAX_ROWS {
-                true => ctx.zeros(&[c.num_kv_heads * t, d]).await?,
-                false => ctx.zeros(&[1]).await?,
-            },
+            parts: ctx.zeros(&if fused { vec![gpu::matvec_pair::mlp_parts(f) * t, d] } else { vec![1] }).await?,
+            parts_o: ctx.zeros(&if fused { vec![c.num_kv_heads * t, d] } else { vec![1] }).await?,
             ff1: ctx.zeros(&[t, f]).await?,
             ff2: ctx.zeros(&[t, f]).await?,
             ff3: ctx.zeros(&[t, f]).await?,
