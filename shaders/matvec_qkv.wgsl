@@ -8,9 +8,11 @@
 // Entry `main` takes x as given; entry `normed` takes the block's input norm too, from the residual
 // stream (stage_norm.wgsl, composed after this file): x = rmsnorm(A + Σ_{j < parts} ADD[j]) · NORM_W
 // with A at binding 0, ADD [parts, M, K] at 9, NORM_W at 10, and S = A + Σ ADD stored into binding 11
-// by workgroup 0 — the residual_norm dispatch between two blocks becomes part of this one.
-// RoPE is rope.wgsl's "rotate half" with the same CPU-computed (cos a, sin a) table, cos_sin[m · half
-// + i] for row m; the sums are matvec.wgsl's `main_vec4` for X·Wᵀ (four values of K a step, one
+// by workgroup 0 — the residual_norm dispatch between two blocks becomes part of this one. Entry
+// `head` runs the last block's residual, the final norm and the LM head the same way (see there).
+// RoPE is rope.wgsl's "rotate half" with the same CPU-computed (cos a, sin a) table, pair m · half + i
+// for row m, here in a uniform buffer of TABLE_PAIRS pairs (M · half ≤ TABLE_PAIRS, the launcher's
+// check) so that `normed` binds 10 storage buffers, what Chrome's SwiftShader offers; the sums are matvec.wgsl's `main_vec4` for X·Wᵀ (four values of K a step, one
 // vec4 × mat4x4 per row). Weights are Linear [out, in], all three in one format, K % 4 = 0,
 // head_dim = 2 · half even, Nq and Nkv multiples of head_dim; rows of the caches other than
 // row0 .. row0 + M and values of q past M · Nq are not written.
@@ -49,7 +51,9 @@ struct Params {
 @group(0) @binding(3) var<uniform> p: Params;
 @group(0) @binding(6) var<storage, read_write> k_cache: array<f32>;
 @group(0) @binding(7) var<storage, read_write> v_cache: array<f32>;
-@group(0) @binding(8) var<storage, read> cos_sin: array<vec2<f32>>;
+// Two (cos, sin) pairs a vec4 (a uniform array's stride is 16 bytes).
+const TABLE_PAIRS: u32 = 512u;
+@group(0) @binding(8) var<uniform> cos_sin: array<vec4<f32>, TABLE_PAIRS / 2u>;
 // `normed` only (stage_norm.wgsl's names; c2 receives S):
 @group(0) @binding(9) var<storage, read> add: array<vec4<f32>>;
 @group(0) @binding(10) var<storage, read> norm_w: array<vec4<f32>>;
@@ -84,7 +88,9 @@ fn column(pr: u32, hi: u32) -> u32 {
 fn store(part: u32, m: u32, pr: u32, v0: f32, v1: f32) {
     var v = vec2<f32>(v0, v1);
     if (part < 2u) {
-        let cs = cos_sin[m * p.half + pr % p.half];
+        let j = m * p.half + pr % p.half;
+        let both = cos_sin[j >> 1u];
+        let cs = select(both.xy, both.zw, (j & 1u) == 1u);
         v = vec2<f32>(v0 * cs.x - v1 * cs.y, v1 * cs.x + v0 * cs.y);
     }
     let lo = column(pr, 0u);
@@ -115,6 +121,32 @@ fn normed(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wid: v
     }
     stage_norm(t, g == 0u, p.k, p.parts, p.eps);
     project(t, g);
+}
+
+// Entry `head`: a decode step's final norm and LM head, C[m, row0 + n] = H[m] · W[n] for n < nq,
+// W = `weight` [nq, K] (binding 1), C = binding 2 with row pitch nkv, H = rmsnorm(A + Σ ADD) · NORM_W
+// staged as in `normed` (S stored by workgroup 0). The gq workgroups walk the column blocks of
+// 4 · THREADS (block b, b + gq, ...), so a head of many blocks stages the norm only gq times.
+@compute @workgroup_size(THREADS, 1, 1)
+fn head(@builtin(local_invocation_index) t: u32, @builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let g = wid.y * nwg.x + wid.x;
+    if (g >= p.gq) {
+        return; // the grid's padding (uniform over the workgroup, before any barrier)
+    }
+    stage_norm(t, g == 0u, p.k, p.parts, p.eps);
+    for (var b = g; b * 4u * THREADS < p.nq; b += p.gq) {
+        // A column past nq reads row 0 of the weight and is not stored.
+        let cols = vec4<u32>(b * 4u * THREADS + t) + vec4<u32>(0u, 1u, 2u, 3u) * THREADS;
+        let inside = cols < vec4<u32>(p.nq);
+        let s = sums_weight(select(vec4<u32>(0u), cols * p.k, inside));
+        for (var j = 0u; j < 4u; j++) {
+            if (inside[j]) {
+                for (var m = 0u; m < ROWS; m++) {
+                    q[m * p.nkv + p.row0 + cols[j]] = s[m][j];
+                }
+            }
+        }
+    }
 }
 
 // Workgroup g's share of q, k or v (see Dispatch above), from x4.
@@ -157,7 +189,9 @@ fn project(t: u32, g: u32) {
 
 // Row m's sums for the 4 columns of B = `weight` whose rows start at start[j], over the whole of K.
 fn sums_weight(start: vec4<u32>) -> array<vec4<f32>, MAX_ROWS> {
-    var s: array<vec4<f32>, MAX_ROWS>;
+    // Zeroed explicitly: `head` calls this in a loop, and on SwiftShader (Chrome) a `var` without an
+    // initializer inside a loop kept the previous iteration's sums (as in attention.wgsl).
+    var s = array<vec4<f32>, MAX_ROWS>();
     for (var k = 0u; k < p.k; k += 4u) {
         let w = mat4x4<f32>(weight_at4(start.x + k), weight_at4(start.y + k), weight_at4(start.z + k), weight_at4(start.w + k));
         for (var m = 0u; m < ROWS; m++) {

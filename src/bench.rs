@@ -233,6 +233,8 @@ pub struct GenerateCase {
     pub reps: usize,
     /// New tokens of the old path's one timed generation (it is slow: 0 skips it).
     pub old_tokens: usize,
+    /// The frozen weights' format (f16: the default model as it ships); PyTorch runs f32 only.
+    pub format: String,
 }
 
 /// The profile section: GPU time per kernel kind of one training step and one generated token
@@ -294,7 +296,7 @@ pub struct BenchOptions {
     pub ranks: Vec<usize>,
     pub forward_reps: usize,
     pub forward_models: Vec<String>,
-    /// Frozen-weight formats of the matmul and train sections (f32 first: PyTorch's comparison).
+    /// Frozen-weight formats of the matmul, train and generate sections (f32 first: PyTorch's comparison).
     pub formats: Vec<WeightFormat>,
     pub grad_checkpoint: bool,
     /// Models of the generate section.
@@ -398,9 +400,7 @@ pub fn cases(opts: &BenchOptions) -> Result<Cases, BenchError> {
     if has("train") {
         for name in &opts.models {
             let c = config(name)?;
-            // Quantized formats need every weight row in whole blocks of 32.
-            let whole_blocks = [c.hidden_size, c.intermediate_size, c.q_dim()].iter().all(|x| x % 32 == 0);
-            for &format in opts.formats.iter().filter(|f| !f.is_quantized() || whole_blocks) {
+            for &format in opts.formats.iter().filter(|f| !f.is_quantized() || whole_blocks(&c)) {
                 for &seq in &opts.seqs {
                     let mut tag = if format == WeightFormat::F32 { String::new() } else { format!(" {format}") };
                     if opts.grad_checkpoint {
@@ -453,15 +453,24 @@ pub fn cases(opts: &BenchOptions) -> Result<Cases, BenchError> {
             let prompt = opts.seqs.first().copied().unwrap_or(128).min(c.max_positions - opts.new_tokens);
             // The large model's old path takes seconds a token on a software GPU: a few suffice.
             let big = c.hidden_size * c.num_layers > 4096;
-            out.generate.push(GenerateCase {
-                key: format!("generate {name} prompt{prompt}"),
-                model: name.clone(),
-                hf_config: hf_config(&c),
-                prompt,
-                new_tokens: opts.new_tokens.max(2),
-                reps: if big { 1 } else { 3 },
-                old_tokens: if big { 3 } else { opts.new_tokens.max(2) },
-            });
+            for &format in opts.formats.iter().filter(|f| !f.is_quantized() || whole_blocks(&c)) {
+                let f32 = format == WeightFormat::F32;
+                out.generate.push(GenerateCase {
+                    key: format!("generate {name} prompt{prompt}{}", if f32 { String::new() } else { format!(" {format}") }),
+                    model: name.clone(),
+                    hf_config: hf_config(&c),
+                    prompt,
+                    new_tokens: opts.new_tokens.max(2),
+                    reps: if big { 1 } else { 3 },
+                    // The old path once, beside f32.
+                    old_tokens: match (f32, big) {
+                        (false, _) => 0,
+                        (true, true) => 3,
+                        (true, false) => opts.new_tokens.max(2),
+                    },
+                    format: format.name().into(),
+                });
+            }
         }
     }
     Ok(out)
@@ -565,6 +574,11 @@ fn lora_options(l: &LoraCase, rank: usize) -> Result<LoraOptions, BenchError> {
 fn tokens(vocab: usize, n: usize, seed: u64) -> Vec<u32> {
     let mut rng = Rng::new(seed);
     (0..n).map(|_| (rng.next_u64() % vocab as u64) as u32).collect()
+}
+
+/// Whether every weight row of `c` holds whole blocks of 32 values (the quantized formats' need).
+fn whole_blocks(c: &Config) -> bool {
+    [c.hidden_size, c.intermediate_size, c.q_dim()].iter().all(|x| x % 32 == 0)
 }
 
 fn format(name: &str) -> Result<WeightFormat, BenchError> {
@@ -727,7 +741,9 @@ async fn generation_steps(ctx: &GpuContext, model: &GpuModel, prompt: &[u32], n:
 
 async fn bench_generate(ctx: &GpuContext, case: &GenerateCase, log: &dyn Fn(&str)) -> Result<Vec<Row>, BenchError> {
     let c = config(&case.model)?;
-    let model = GpuModel::upload(ctx, &random_model(&c, 0)).await?;
+    let mut host = random_model(&c, 0);
+    host.convert_weights(format(&case.format)?)?;
+    let model = GpuModel::upload(ctx, &host).await?;
     let prompt = tokens(c.vocab_size, case.prompt, 5);
     let key = &case.key;
     // On a software GPU the CPU time is the cost that does not depend on what else runs.

@@ -23,8 +23,8 @@ pub struct BenchArgs {
     /// qwen0.5b (Qwen2.5-0.5B's shape; not in the default set).
     #[arg(long, default_value = "default,gpt2,smollm2")]
     models: String,
-    /// Frozen-weight formats of the matmul and train sections: f32, f16, bf16, q8_0, q4_0, q4_1
-    /// (PyTorch runs the f32 cases only).
+    /// Frozen-weight formats of the matmul, train and generate sections: f32, f16, bf16, q8_0, q4_0,
+    /// q4_1 (PyTorch runs the f32 cases only; the default model ships in f16).
     #[arg(long, default_value = "f32")]
     formats: String,
     /// Train with gradient checkpointing.

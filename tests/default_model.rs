@@ -6,7 +6,7 @@
 mod common;
 use common::gpu;
 
-use loratab::model::{GpuModel, Model, ModelFiles};
+use loratab::model::{GpuModel, Model, ModelFiles, Pick, Picked};
 
 const CONFIG: &str = include_str!("../models/austen-5m/config.json");
 const WEIGHTS: &[u8] = include_bytes!("../models/austen-5m/model.safetensors");
@@ -61,8 +61,9 @@ gpu_test! {
     /// fixtures' 74 hidden units do not fit, so only this model takes it), and the full pass the
     /// tiled ones: every step is also counted, 3 dispatches a layer there (q/k/v with the norm
     /// before them, attention with o, MLP) + embedding, final norm and LM head; 4 a layer (the
-    /// residual norm apart) where the device binds fewer than the 11 storage buffers of q/k/v's
-    /// `normed`.
+    /// residual norm apart) where the device binds fewer than the 10 storage buffers of q/k/v's
+    /// `normed`. Generation's decode step (`decode_step`, its logits) at each position too: one
+    /// dispatch fewer, the LM head taking the final norm (`matvec_qkv`'s `head`).
     async fn default_model_decode_steps_match_the_full_pass() {
         let ctx = gpu().await;
         let (model, tok) = Model::from_files(&files()).unwrap();
@@ -79,13 +80,20 @@ gpu_test! {
             let step = ctx.read(&step).await.unwrap();
             let e = common::max_rel_error(&step, &full[i * v..(i + 1) * v], &format!("position {i}"));
             assert!(e < 1e-4, "position {i}: decode step vs full pass, max error {e}");
+            // The same position again as generation runs it: the head takes the final norm.
+            let before = ctx.dispatches_submitted();
+            let Picked::Logits(decoded) = gm.decode_step(&ctx, &[t], i, None, Pick::Logits).await.unwrap() else { panic!("Pick::Logits gives logits") };
+            let decode_dispatches = ctx.dispatches_submitted() - before;
+            let e = common::max_rel_error(&decoded, &full[i * v..(i + 1) * v], &format!("position {i}, decode step"));
+            assert!(e < 1e-4, "position {i}: generation's decode step vs full pass, max error {e}");
             if ctx.is_cpu() {
                 let storage = ctx.device.limits().max_storage_buffers_per_shader_stage;
-                let per_layer = if storage >= 11 { 3 } else { 4 };
+                let per_layer = if storage >= 10 { 3 } else { 4 };
                 if i == 12 {
                     eprintln!("{storage} storage buffers a stage: {per_layer} dispatches a layer");
                 }
                 assert_eq!(dispatches, 3 + per_layer * layers, "position {i}: a step's dispatches on a CPU device ({storage} storage buffers a stage)");
+                assert_eq!(decode_dispatches, 2 + per_layer * layers, "position {i}: a decode step's dispatches on a CPU device, the final norm in the head ({storage} storage buffers a stage)");
             }
         }
     }

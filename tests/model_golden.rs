@@ -5,7 +5,7 @@
 mod common;
 use common::{gpu, max_abs_diff, max_rel_error};
 
-use loratab::model::{load_safetensors, GpuModel, Model, ModelFiles, Tokenizer};
+use loratab::model::{load_safetensors, Arch, GpuModel, Model, ModelFiles, Pick, Picked, Tokenizer};
 use loratab::reference;
 
 macro_rules! fixture {
@@ -215,6 +215,22 @@ gpu_test! {
                 let logits = ctx.read(&gm.logits(&ctx, &h, row0, rows).await.unwrap()).await.unwrap();
                 let worst = max_abs_diff(&logits, &want[row0 * v..(row0 + rows) * v], &format!("{} rows {row0}..", f.name));
                 assert!(worst < 1e-4, "{} rows {row0}..: {worst}", f.name);
+            }
+            // The last token as generation runs it, a one-row decode step after the rest: on a CPU
+            // device each part of the head takes the final norm (one dispatch fewer than the full
+            // pass's final norm and head parts).
+            let last = tokens.len() - 1;
+            gm.hidden(&ctx, &tokens[..last], 0).await.unwrap();
+            let before = ctx.dispatches_submitted();
+            gm.forward(&ctx, &tokens[last..], last).await.unwrap();
+            let full = ctx.dispatches_submitted() - before;
+            let before = ctx.dispatches_submitted();
+            let Picked::Logits(logits) = gm.decode_step(&ctx, &tokens[last..], last, None, Pick::Logits).await.unwrap() else { panic!("Pick::Logits gives logits") };
+            let decoded = ctx.dispatches_submitted() - before;
+            let worst = max_abs_diff(&logits, &want[last * v..], &format!("{} decode step", f.name));
+            assert!(worst < 1e-4, "{} decode step at {last}: {worst}", f.name);
+            if ctx.is_cpu() && model.config.arch == Arch::Llama {
+                assert_eq!(decoded + 1, full, "{}: the decode step's head parts take the final norm", f.name);
             }
         }
     }

@@ -645,6 +645,49 @@ gpu_test! {
     }
 }
 
+/// The residual stream and norm a fused decode kernel's prologue takes (stage_norm.wgsl): x [rows,
+/// K], `parts` partial products [parts, rows, K] (one part allocated when 0), the norm's weight [K],
+/// and S [rows · K] with a NaN sentinel after it.
+struct NormCase {
+    x: Vec<f32>,
+    add: Vec<f32>,
+    weight: Vec<f32>,
+    gpu: [loratab::gpu::GpuTensor; 4],
+    rows: usize,
+    k: usize,
+    parts: usize,
+}
+
+impl NormCase {
+    async fn new(ctx: &loratab::gpu::GpuContext, rng: &mut Rng, rows: usize, k: usize, parts: usize) -> Self {
+        let (x, add, weight) = (rng.vec(rows * k), rng.vec(parts.max(1) * rows * k), rng.vec(k));
+        let gpu = [
+            ctx.upload(&x, &[rows, k]).await.unwrap(),
+            ctx.upload(&add, &[parts.max(1) * rows, k]).await.unwrap(),
+            ctx.upload(&weight, &[k]).await.unwrap(),
+            ctx.upload(&vec![f32::NAN; rows * k + 1], &[rows * k + 1]).await.unwrap(),
+        ];
+        Self { x, add, weight, gpu, rows, k, parts }
+    }
+
+    fn norm(&self, eps: f32) -> loratab::gpu::matvec_pair::Norm<'_> {
+        let [x, add, weight, s] = &self.gpu;
+        loratab::gpu::matvec_pair::Norm { x, add, parts: self.parts, weight, eps, s }
+    }
+
+    /// After the kernel ran: S = x + Σ parts exactly and nothing past it; returns the reference
+    /// norm's output H [rows, K].
+    async fn check_s(&self, ctx: &loratab::gpu::GpuContext, eps: f32, what: &str) -> Vec<f32> {
+        let n = self.rows * self.k;
+        let (want_s, h) = reference::residual_norm::residual_norm_parts(&self.x, &self.add[..self.parts * n], self.parts, &self.weight, None, self.k, eps);
+        let got_s = ctx.read(&self.gpu[3]).await.unwrap();
+        assert_eq!(got_s.len(), n + 1);
+        assert_eq!(got_s[..n], want_s[..], "{what}: S = x + Σ add exactly");
+        assert!(got_s[n].is_nan(), "{what}: nothing written past S");
+        h
+    }
+}
+
 gpu_test! {
     /// matvec_pair's entry `mlp` (a decode step's Llama MLP from its residual stream in one
     /// dispatch) against the reference chain residual_norm → matvec_glu → matmul X·Dᵀ, for every
@@ -668,15 +711,11 @@ gpu_test! {
                 let (td, down) = packed(&ctx, &mut rng, k, n, format).await;
                 let w = Mlp { gate: &tg, up: &tu, down: &td };
                 assert!(matvec_pair::fits_mlp(&ctx, m, &w), "{format} m={m}: fits");
-                let (x, add, norm_w) = (rng.vec(m * k), rng.vec(2 * m * k), rng.vec(k));
-                let tx = ctx.upload(&x, &[m, k]).await.unwrap();
-                let tadd = ctx.upload(&add, &[2 * m, k]).await.unwrap();
-                let tnw = ctx.upload(&norm_w, &[k]).await.unwrap();
+                let case = NormCase::new(&ctx, &mut rng, m, k, 2).await;
                 let parts = matvec_pair::mlp_parts(n);
                 assert_eq!(parts, 3);
                 let out = ctx.upload(&vec![f32::NAN; parts * m * k + 1], &[parts * m * k + 1]).await.unwrap();
-                let s = ctx.upload(&vec![f32::NAN; m * k + 1], &[m * k + 1]).await.unwrap();
-                let norm = Norm { x: &tx, add: &tadd, parts: 2, weight: &tnw, eps, s: &s };
+                let norm = case.norm(eps);
                 let mut got_parts = 0;
                 ctx.run(|enc| {
                     got_parts = matvec_pair::encode_mlp(&ctx, enc, m, &norm, &w, &out)?;
@@ -686,11 +725,7 @@ gpu_test! {
                 .unwrap();
                 assert_eq!(got_parts, parts);
 
-                let (want_s, h) = reference::residual_norm::residual_norm_parts(&x, &add, 2, &norm_w, None, k, eps);
-                let got_s = ctx.read(&s).await.unwrap();
-                assert_eq!(got_s.len(), m * k + 1);
-                assert_eq!(got_s[..m * k], want_s[..], "{format} m={m}: S = x + add_0 + add_1 exactly");
-                assert!(got_s[m * k].is_nan(), "{format} m={m}: nothing written past S");
+                let h = case.check_s(&ctx, eps, &format!("{format} m={m}")).await;
 
                 let f = reference::matvec_pair::matvec_glu(&h, &gate, &up, m, n, k);
                 let mut want = vec![0.0; m * k];
@@ -824,6 +859,13 @@ gpu_test! {
             let err = ctx.run(|enc| matvec_qkv::encode(&ctx, enc, &x, rows, &w, head_dim, pos0, 1e4, &out)).await.unwrap_err();
             assert!(err.to_string().contains(needle), "{needle}: {err}");
         }
+        // 8 rows of heads of 130: 520 (cos, sin) pairs, past the uniform table's 512.
+        let (wide, _) = packed(&ctx, &mut rng, 130, 64, WeightFormat::F32).await;
+        let w = Weights { q: &wide, k: &wide, v: &wide };
+        assert!(!matvec_qkv::fits(&ctx, 8, &w, 130) && (matvec_qkv::fits(&ctx, 7, &w, 130) == ctx.is_cpu()), "the RoPE table bounds rows · head_dim / 2");
+        let out = Outputs { q: &q, k_cache: &kc, v_cache: &vc };
+        let err = ctx.run(|enc| matvec_qkv::encode(&ctx, enc, &x, 8, &w, 130, 0, 1e4, &out)).await.unwrap_err();
+        assert!(err.to_string().contains("the RoPE table holds at most 512"), "{err}");
     }
 }
 
@@ -839,12 +881,12 @@ gpu_test! {
         use loratab::reference::matvec_qkv::{matvec_qkv, Qkv};
         let ctx = gpu().await;
         let storage = ctx.device.limits().max_storage_buffers_per_shader_stage;
-        if storage < 11 {
+        if storage < 10 {
             // Such a device runs the norm apart: fits_normed says no and encode_normed refuses
             // with a sentence (the kernel cannot be bound), so there is nothing to compare.
             let (w, _) = packed(&ctx, &mut Rng::new(1), 8, 64, WeightFormat::F32).await;
             let w = Weights { q: &w, k: &w, v: &w };
-            assert!(!matvec_qkv::fits_normed(&ctx, 1, &w, 4), "fits_normed must refuse a device below 11 storage buffers");
+            assert!(!matvec_qkv::fits_normed(&ctx, 1, &w, 4), "fits_normed must refuse a device below 10 storage buffers");
             let mut bufs = Vec::new();
             for n in [64, 64, 64, 64, 8, 64, 64] {
                 bufs.push(ctx.zeros(&[n]).await.unwrap());
@@ -874,25 +916,16 @@ gpu_test! {
                 let w = Weights { q: &wq, k: &wk, v: &wv };
                 let what = format!("{format} rows={rows} heads {hq}/{hkv}×{head_dim} parts={parts}");
                 assert!(matvec_qkv::fits_normed(&ctx, rows, &w, head_dim), "{what}: fits");
-                let (x, add, norm_w) = (rng.vec(rows * k), rng.vec(parts.max(1) * rows * k), rng.vec(k));
-                let tx = ctx.upload(&x, &[rows, k]).await.unwrap();
-                let tadd = ctx.upload(&add, &[parts.max(1) * rows, k]).await.unwrap();
-                let tnw = ctx.upload(&norm_w, &[k]).await.unwrap();
+                let case = NormCase::new(&ctx, &mut rng, rows, k, parts).await;
                 let nan = |n: usize| vec![f32::NAN; n];
-                let s = ctx.upload(&nan(rows * k + 1), &[rows * k + 1]).await.unwrap();
                 let positions = pos0 + rows + 2;
                 let q = ctx.upload(&nan(rows * nq + 1), &[rows * nq + 1]).await.unwrap();
                 let k_cache = ctx.upload(&nan(positions * nkv), &[positions, nkv]).await.unwrap();
                 let v_cache = ctx.upload(&nan(positions * nkv), &[positions, nkv]).await.unwrap();
-                let norm = Norm { x: &tx, add: &tadd, parts, weight: &tnw, eps, s: &s };
                 let out = Outputs { q: &q, k_cache: &k_cache, v_cache: &v_cache };
-                ctx.run(|enc| matvec_qkv::encode_normed(&ctx, enc, &norm, rows, &w, head_dim, pos0, theta, &out)).await.unwrap();
+                ctx.run(|enc| matvec_qkv::encode_normed(&ctx, enc, &case.norm(eps), rows, &w, head_dim, pos0, theta, &out)).await.unwrap();
 
-                let (want_s, h) = reference::residual_norm::residual_norm_parts(&x, &add[..parts * rows * k], parts, &norm_w, None, k, eps);
-                let got_s = ctx.read(&s).await.unwrap();
-                assert_eq!(got_s.len(), rows * k + 1);
-                assert_eq!(got_s[..rows * k], want_s[..], "{what}: S = x + Σ add exactly");
-                assert!(got_s[rows * k].is_nan(), "{what}: nothing written past S");
+                let h = case.check_s(&ctx, eps, &what).await;
                 let (want_q, want_k, want_v) = matvec_qkv(Qkv { rows, nq, nkv, k, head_dim }, &h, &q_vals, &k_vals, &v_vals, pos0, theta);
                 check_qkv(&ctx, &what, &out, [want_q, want_k, want_v], pos0).await;
             }
@@ -913,6 +946,72 @@ gpu_test! {
         for (rows, parts, same, needle) in [(8, 0, false, "at most 2048 values"), (1, 2, false, "the residual's parts"), (1, 0, true, "must not be written by the same call")] {
             let norm = Norm { x, add, parts, weight: nw, eps: 1e-5, s: if same { x } else { s } };
             let err = ctx.run(|enc| matvec_qkv::encode_normed(&ctx, enc, &norm, rows, &w, 4, 0, 1e4, &out)).await.unwrap_err();
+            assert!(err.to_string().contains(needle), "{needle}: {err}");
+        }
+    }
+}
+
+gpu_test! {
+    /// matvec_qkv's `head` (a decode step's last residual, final norm and LM head in one dispatch)
+    /// against reference residual_norm_parts then the reference X·Wᵀ, for every weight format: S
+    /// exactly, the logits of a column block of a wider output (a vocabulary split across buffers)
+    /// and nothing else written (NaN sentinels), more column blocks than workgroups (each walks
+    /// several), a grid spilling into y; and refusals.
+    async fn matvec_qkv_head_matches_reference_for_every_format() {
+        use loratab::gpu::matvec_pair::Norm;
+        use loratab::gpu::matvec_qkv;
+        let ctx = gpu().await;
+        ctx.set_max_workgroups_per_dim(2);
+        let mut rng = Rng::new(102);
+        let eps = 1e-5;
+        for format in WeightFormat::ALL {
+            let cases: Vec<(usize, usize, usize, usize, usize, usize)> = match format {
+                // (rows, columns N, K, parts, first column, row pitch)
+                WeightFormat::F32 => vec![(1, 300, 64, 0, 0, 300), (1, 4100, 32, 6, 0, 4100), (3, 200, 64, 2, 37, 300)],
+                _ => vec![(1, 4200, 32, 2, 5, 4210)],
+            };
+            for (rows, n, k, parts, col0, ldc) in cases {
+                let what = format!("{format} rows={rows} N={n} K={k} parts={parts} columns {col0}.. of {ldc}");
+                let (w, w_vals) = packed(&ctx, &mut rng, n, k, format).await;
+                assert!(matvec_qkv::fits_head(&ctx, rows, &w) == ctx.is_cpu(), "{what}: fits on a CPU device only");
+                let case = NormCase::new(&ctx, &mut rng, rows, k, parts).await;
+                let nan = |n: usize| vec![f32::NAN; n];
+                let logits = ctx.upload(&nan(rows * ldc + 1), &[rows * ldc + 1]).await.unwrap();
+                ctx.run(|enc| matvec_qkv::encode_head(&ctx, enc, &case.norm(eps), rows, &w, &logits, col0, ldc)).await.unwrap();
+
+                let h = case.check_s(&ctx, eps, &what).await;
+                let mut want = nan(rows * ldc + 1);
+                let spec = Matmul::new(rows, n, k, Layout::XWt).into_block(ldc, 0, col0);
+                reference::matmul::matmul(&spec, &h, &w_vals, None, &mut want);
+                let got = ctx.read(&logits).await.unwrap();
+                assert_eq!(got.len(), want.len());
+                for (i, (g, e)) in got.iter().zip(&want).enumerate() {
+                    let inside = i < rows * ldc && (col0..col0 + n).contains(&(i % ldc));
+                    match inside {
+                        true => assert!((g - e).abs() <= MATMUL_TOLERANCE * e.abs().max(1.0), "{what}: logit {i} is {g}, want {e}"),
+                        false => assert!(g.is_nan(), "{what}: value {i} outside the column block written ({g})"),
+                    }
+                }
+            }
+        }
+        ctx.set_max_workgroups_per_dim(u32::MAX);
+        // Refused with a sentence: K not a multiple of 4, a block past the row, too few parts, the
+        // logits one of the norm's inputs.
+        let (w, _) = packed(&ctx, &mut rng, 8, 64, WeightFormat::F32).await;
+        let (w6, _) = packed(&ctx, &mut rng, 8, 6, WeightFormat::F32).await;
+        let mut bufs = Vec::new();
+        for n in [64, 64, 64, 64, 16] {
+            bufs.push(ctx.zeros(&[n]).await.unwrap());
+        }
+        let [x, add, nw, s, logits] = &bufs[..] else { unreachable!("five buffers") };
+        for (weight, parts, col0, out, needle) in [
+            (&w6, 0, 0, logits, "a multiple of 4 values"),
+            (&w, 0, 9, logits, "do not fit its rows of 16"),
+            (&w, 2, 0, logits, "the residual's parts"),
+            (&w, 0, 0, x, "must not be written by the same call"),
+        ] {
+            let norm = Norm { x, add, parts, weight: nw, eps, s };
+            let err = ctx.run(|enc| matvec_qkv::encode_head(&ctx, enc, &norm, 1, weight, out, col0, 16)).await.unwrap_err();
             assert!(err.to_string().contains(needle), "{needle}: {err}");
         }
     }

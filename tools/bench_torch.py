@@ -256,6 +256,7 @@ def main():
     f32 = lambda c: c.get("format", "f32") == "f32"
     cases["matmul"] = [c for c in cases["matmul"] if f32(c)]
     cases["train"] = [c for c in cases["train"] if f32(c) and not c.get("grad_checkpoint")]
+    cases["generate"] = [c for c in cases.get("generate", []) if f32(c)]
     rows = []
     for c in cases["matmul"]:
         v = bench_matmul(c, args.device)

@@ -214,20 +214,6 @@ struct BackwardParams {
     _pad: [u32; 2],
 }
 
-/// Bind `(binding, buffer)` pairs to group 0 of `pipeline` (each entry point of the backward shader
-/// uses its own subset of the bindings, and auto layouts hold only the bindings an entry point uses).
-fn bind_at(ctx: &GpuContext, pipeline: &wgpu::ComputePipeline, buffers: &[(u32, &wgpu::Buffer)]) -> wgpu::BindGroup {
-    let entries: Vec<wgpu::BindGroupEntry> = buffers
-        .iter()
-        .map(|&(binding, b)| wgpu::BindGroupEntry { binding, resource: b.as_entire_binding() })
-        .collect();
-    ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
-        label: None,
-        layout: &pipeline.get_bind_group_layout(0),
-        entries: &entries,
-    })
-}
-
 /// Record the backward of [`encode`] for training, without a KV cache (past = 0, S = tokens):
 /// given q [tokens, Hq·Dh], k, v [tokens, Hkv·Dh], the forward's `out` [tokens, Hq·Dh] and `lse`
 /// [Hq, tokens], and the output gradient `dout` [tokens, Hq·Dh], write dq [tokens, Hq·Dh] and dk, dv
@@ -296,8 +282,7 @@ pub fn encode_backward(
     let max = ctx.max_workgroups_per_dim();
 
     let pipeline = ctx.pipeline("attention_backward", BACKWARD_SOURCE, "dq_main", &[("WG", super::row_workgroup(ctx, dh) as u64)]);
-    let bind = bind_at(
-        ctx,
+    let bind = ctx.bind_at(
         &pipeline,
         &[
             (0, &q.buffer),
@@ -315,8 +300,7 @@ pub fn encode_backward(
     encoder.dispatch(&pipeline, &bind, (gx, gy, 1));
 
     let pipeline = ctx.pipeline("attention_backward", BACKWARD_SOURCE, "dkv_main", &[("WG", super::row_workgroup(ctx, dh) as u64)]);
-    let bind = bind_at(
-        ctx,
+    let bind = ctx.bind_at(
         &pipeline,
         &[
             (0, &q.buffer),

@@ -477,6 +477,15 @@ impl GpuContext {
         pipeline: &wgpu::ComputePipeline,
         buffers: &[&wgpu::Buffer],
     ) -> wgpu::BindGroup {
+        let numbered: Vec<(u32, &wgpu::Buffer)> = buffers.iter().enumerate().map(|(i, &b)| (i as u32, b)).collect();
+        self.bind_at(pipeline, &numbered)
+    }
+
+    /// Bind `(binding, buffer)` pairs to group 0 of `pipeline`: an entry point that uses only some of
+    /// its shader's bindings (auto layouts hold only the bindings an entry point uses). In a
+    /// `DispatchCache` the group is kept per slot and reused while the pipeline and the buffers are
+    /// the same (a call site binds the same numbers to a pipeline every time).
+    pub(crate) fn bind_at(&self, pipeline: &wgpu::ComputePipeline, buffers: &[(u32, &wgpu::Buffer)]) -> wgpu::BindGroup {
         let Some(cache) = self.active.lock().unwrap().clone() else {
             return self.make_bind(pipeline, buffers);
         };
@@ -484,25 +493,21 @@ impl GpuContext {
         let slot = cache.next_bind;
         cache.next_bind += 1;
         if let Some((p, bufs, group)) = cache.binds.get(slot) {
-            if p == pipeline && bufs.len() == buffers.len() && bufs.iter().zip(buffers).all(|(a, b)| a == *b) {
+            if p == pipeline && bufs.len() == buffers.len() && bufs.iter().zip(buffers).all(|(a, (_, b))| a == *b) {
                 return group.clone();
             }
         }
         let group = self.make_bind(pipeline, buffers);
-        let entry = (pipeline.clone(), buffers.iter().map(|&b| b.clone()).collect(), group.clone());
+        let entry = (pipeline.clone(), buffers.iter().map(|&(_, b)| b.clone()).collect(), group.clone());
         DispatchCache::put(&mut cache.binds, slot, entry);
         cache.created += 1;
         group
     }
 
-    fn make_bind(&self, pipeline: &wgpu::ComputePipeline, buffers: &[&wgpu::Buffer]) -> wgpu::BindGroup {
+    fn make_bind(&self, pipeline: &wgpu::ComputePipeline, buffers: &[(u32, &wgpu::Buffer)]) -> wgpu::BindGroup {
         let entries: Vec<wgpu::BindGroupEntry> = buffers
             .iter()
-            .enumerate()
-            .map(|(i, b)| wgpu::BindGroupEntry {
-                binding: i as u32,
-                resource: b.as_entire_binding(),
-            })
+            .map(|&(binding, b)| wgpu::BindGroupEntry { binding, resource: b.as_entire_binding() })
             .collect();
         self.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: None,
@@ -521,6 +526,11 @@ impl GpuContext {
     /// table): cached like a uniform, so a step that repeats makes no new buffer.
     pub(crate) fn storage_constant(&self, data: &[f32]) -> wgpu::Buffer {
         self.constant(bytemuck::cast_slice(data), wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST, "constant")
+    }
+
+    /// [`Self::storage_constant`] as a uniform (for a shader that declares the array's full length).
+    pub(crate) fn uniform_constant(&self, data: &[f32]) -> wgpu::Buffer {
+        self.constant(bytemuck::cast_slice(data), wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST, "constant")
     }
 
     fn constant(&self, bytes: &[u8], usage: wgpu::BufferUsages, label: &str) -> wgpu::Buffer {

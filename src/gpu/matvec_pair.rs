@@ -89,6 +89,19 @@ impl Norm<'_> {
         }
         Ok(())
     }
+
+    /// `GpuError::Shape` for `op` unless what the call writes, `written` (named `names`) and S, are
+    /// different buffers and none of them is one of the norm's inputs.
+    pub(crate) fn check_outputs(&self, op: &'static str, names: &str, written: &[&wgpu::Buffer]) -> Result<(), GpuError> {
+        let all: Vec<&wgpu::Buffer> = written.iter().copied().chain([&self.s.buffer]).collect();
+        if all.iter().enumerate().any(|(i, b)| all[..i].contains(b)) {
+            return Err(GpuError::Shape { op, detail: format!("{names} and S must be different buffers") });
+        }
+        if [&self.x.buffer, &self.add.buffer, &self.weight.buffer].iter().any(|b| all.contains(b)) {
+            return Err(GpuError::Shape { op, detail: format!("the norm's inputs (x, the parts, the weight) must not be written by the same call ({names}, S)") });
+        }
+        Ok(())
+    }
 }
 
 /// Partial products the `mlp` entry leaves for an MLP of `n` hidden units: one per workgroup.

@@ -4,7 +4,8 @@
 //! dispatch costs more than the work it saves: on CPU devices ([`fits`]). The three weights are in one
 //! format, read through that format's `weight_<format>.wgsl`, as itself (Wq) and renamed (Wk, Wv).
 //! [`encode_normed`] also takes the block's input norm from the residual stream (the shader's entry
-//! `normed`), so the residual + norm dispatch before it is not needed.
+//! `normed`), so the residual + norm dispatch before it is not needed; [`encode_head`] runs a decode
+//! step's last residual, final norm and LM head the same way (entry `head`).
 //! CPU reference: `reference::matvec_qkv` (after `reference::residual_norm` for `normed`).
 
 use std::sync::OnceLock;
@@ -36,8 +37,11 @@ struct Params {
 
 /// Values of x [rows, K] the `normed` entry stages in workgroup memory (the shader's STAGED).
 const STAGED: usize = 2048;
-/// Storage buffers the `normed` entry binds (a device offering fewer runs the norm apart).
-const NORMED_STORAGE_BUFFERS: u32 = 11;
+/// Storage buffers the `normed` entry binds (a device offering fewer runs the norm apart): 10, what
+/// Chrome's SwiftShader offers, because the RoPE table is a uniform.
+const NORMED_STORAGE_BUFFERS: u32 = 10;
+/// (cos, sin) pairs the shader's uniform RoPE table holds: rows · head_dim / 2 at most.
+const TABLE_PAIRS: usize = 512;
 
 /// matvec_qkv.wgsl's shared part and stage_norm.wgsl (`normed`'s norm), then matvec_qkv.wgsl's
 /// per-weight part with the format's seam for Wq (binding 1), Wk (`wk`, binding 4) and Wv (`wv`,
@@ -71,11 +75,11 @@ pub struct Outputs<'a> {
 /// dispatch is cheap and the separate kernels split K across lanes), at most [`MAX_ROWS`] rows, and
 /// the shapes [`encode`] takes.
 pub fn fits(ctx: &GpuContext, rows: usize, w: &Weights, head_dim: usize) -> bool {
-    ctx.is_cpu() && (1..=MAX_ROWS).contains(&rows) && shapes(w, head_dim).is_ok()
+    ctx.is_cpu() && (1..=MAX_ROWS).contains(&rows) && rows * head_dim / 2 <= TABLE_PAIRS && shapes(w, head_dim).is_ok()
 }
 
 /// Whether [`encode_normed`] runs `rows` rows by these weights on this device: [`fits`], rows · K
-/// within the staged memory, and the 11 storage buffers it binds within the device's limit.
+/// within the staged memory, and the 10 storage buffers it binds within the device's limit.
 pub fn fits_normed(ctx: &GpuContext, rows: usize, w: &Weights, head_dim: usize) -> bool {
     fits(ctx, rows, w, head_dim) && rows * w.q.shape[1] <= STAGED && ctx.device.limits().max_storage_buffers_per_shader_stage >= NORMED_STORAGE_BUFFERS
 }
@@ -113,12 +117,79 @@ pub fn encode_normed(ctx: &GpuContext, encoder: &mut Recorder, norm: &Norm, rows
     launch(ctx, encoder, norm.x, Some(norm), rows, w, head_dim, pos0, theta, out)
 }
 
+/// Workgroups of the `head` entry at most: each stages the norm once, then walks its column blocks.
+const HEAD_WORKGROUPS: usize = 32;
+/// Storage buffers the `head` entry binds (x, W, C, the parts, the norm's weight, S): WebGPU's
+/// minimum is 8.
+const HEAD_STORAGE_BUFFERS: u32 = 6;
+
+/// Whether [`encode_head`] runs `rows` rows by the head `w` on this device: a CPU device (as
+/// [`fits`]), at most [`MAX_ROWS`] rows, `w` a matrix [N, K] with K % 4 = 0 and rows · K within the
+/// staged memory.
+pub fn fits_head(ctx: &GpuContext, rows: usize, w: &GpuTensor) -> bool {
+    ctx.is_cpu()
+        && (1..=MAX_ROWS).contains(&rows)
+        && matches!(w.shape[..], [_, k] if k % 4 == 0 && rows * k <= STAGED)
+        && ctx.device.limits().max_storage_buffers_per_shader_stage >= HEAD_STORAGE_BUFFERS
+}
+
+/// Record a decode step's final norm and LM head in one dispatch (the shader's entry `head`): h =
+/// rmsnorm(norm.x + Σ_{j < norm.parts} norm.add[j]) · norm.weight, norm.s = norm.x + Σ add, and
+/// out[m · ldc + col0 + n] = h[m] · w[n] for the N rows of `w` [N, K] (one part of a vocabulary split
+/// across buffers writes its own column block of the logits). `GpuError::Shape` for shapes
+/// [`fits_head`] refuses (less the device) and for a column block outside `out`.
+#[allow(clippy::too_many_arguments)]
+pub fn encode_head(ctx: &GpuContext, encoder: &mut Recorder, norm: &Norm, rows: usize, w: &GpuTensor, out: &GpuTensor, col0: usize, ldc: usize) -> Result<(), GpuError> {
+    let shape = |detail: String| GpuError::Shape { op: OP, detail };
+    let &[n, k] = &w.shape[..] else {
+        return Err(shape(format!("the head {:?} must be a matrix [vocabulary, hidden]", w.shape)));
+    };
+    if k % 4 != 0 || !(1..=MAX_ROWS).contains(&rows) || rows * k > STAGED {
+        return Err(shape(format!("{rows} rows of {k} values: the head takes 1..={MAX_ROWS} rows, a multiple of 4 values, at most {STAGED} values in all")));
+    }
+    if col0 + n > ldc {
+        return Err(shape(format!("columns {col0}..{} of the head's output do not fit its rows of {ldc}", col0 + n)));
+    }
+    check_f32(OP, "x", norm.x)?;
+    check_len(OP, "x", norm.x, rows * k)?;
+    norm.check(OP, rows, k)?;
+    check_f32(OP, "the logits", out)?;
+    check_len(OP, "the logits", out, (rows - 1) * ldc + col0 + n)?;
+    check_u32(OP, "the head's values", n * k)?;
+    check_u32(OP, "the logits' length", rows * ldc)?;
+    norm.check_outputs(OP, "the logits", &[&out.buffer])?;
+    let groups = n.div_ceil(THREADS * 4).min(HEAD_WORKGROUPS);
+    let (gx, gy) = grid_rows(groups, ctx.max_workgroups_per_dim());
+    let kernel = for_format(kernels(), w.format);
+    let pipeline = ctx.pipeline(kernel.name, kernel.source, "head", &[("ROWS", rows as u64), ("THREADS", THREADS as u64), ("NORM", 1)]);
+    let uniform = ctx.uniform(&Params {
+        rows: rows as u32,
+        nq: n as u32,
+        nkv: ldc as u32,
+        k: k as u32,
+        half: 0,
+        row0: col0 as u32,
+        gq: groups as u32,
+        gkv: 0,
+        parts: norm.parts as u32,
+        eps: norm.eps,
+        _pad: [0; 2],
+    });
+    // Bindings 0–3 and 9–11 (the entry does not use the caches, the table or Wk, Wv).
+    let bind = ctx.bind_at(&pipeline, &[(0, &norm.x.buffer), (1, &w.buffer), (2, &out.buffer), (3, &uniform), (9, &norm.add.buffer), (10, &norm.weight.buffer), (11, &norm.s.buffer)]);
+    encoder.dispatch(&pipeline, &bind, (gx, gy, 1));
+    Ok(())
+}
+
 #[allow(clippy::too_many_arguments)]
 fn launch(ctx: &GpuContext, encoder: &mut Recorder, x: &GpuTensor, norm: Option<&Norm>, rows: usize, w: &Weights, head_dim: usize, pos0: usize, theta: f32, out: &Outputs) -> Result<(), GpuError> {
     let shape = |detail: String| GpuError::Shape { op: OP, detail };
     let (nq, nkv, k) = shapes(w, head_dim).map_err(shape)?;
     if !(1..=MAX_ROWS).contains(&rows) {
         return Err(shape(format!("{rows} rows: takes 1..={MAX_ROWS}")));
+    }
+    if rows * head_dim / 2 > TABLE_PAIRS {
+        return Err(shape(format!("{rows} rows of heads of {head_dim}: the RoPE table holds at most {TABLE_PAIRS} (cos, sin) pairs")));
     }
     if theta.is_nan() || theta <= 0.0 {
         return Err(shape(format!("theta must be positive, got {theta}")));
@@ -132,7 +203,7 @@ fn launch(ctx: &GpuContext, encoder: &mut Recorder, x: &GpuTensor, norm: Option<
         check_len(OP, what, cache, (pos0 + rows) * nkv)?;
     }
     check_u32(OP, "the caches' length", (pos0 + rows) * nkv)?;
-    let mut written = vec![&out.q.buffer, &out.k_cache.buffer, &out.v_cache.buffer];
+    let written = [&out.q.buffer, &out.k_cache.buffer, &out.v_cache.buffer];
     if let Some(n) = norm {
         if rows * k > STAGED {
             return Err(shape(format!("{rows} rows of {k} values: the norm stages at most {STAGED} values")));
@@ -142,13 +213,9 @@ fn launch(ctx: &GpuContext, encoder: &mut Recorder, x: &GpuTensor, norm: Option<
             return Err(shape(format!("the norm's entry binds {NORMED_STORAGE_BUFFERS} storage buffers, this device {storage}: run the norm apart")));
         }
         n.check(OP, rows, k)?;
-        written.push(&n.s.buffer);
-    }
-    if written.iter().enumerate().any(|(i, b)| written[..i].contains(b)) {
-        return Err(shape("q, the two caches and S must be different buffers".into()));
-    }
-    if norm.is_some_and(|n| [&n.x.buffer, &n.add.buffer, &n.weight.buffer].iter().any(|b| written.contains(b))) {
-        return Err(shape("the norm's inputs (x, the parts, the weight) must not be written by the same call (q, the caches, S)".into()));
+        n.check_outputs(OP, "q, the two caches", &written)?;
+    } else if written.iter().enumerate().any(|(i, b)| written[..i].contains(b)) {
+        return Err(shape("q and the two caches must be different buffers".into()));
     }
     let half = head_dim / 2;
     let cols = THREADS * 4;
@@ -159,7 +226,9 @@ fn launch(ctx: &GpuContext, encoder: &mut Recorder, x: &GpuTensor, norm: Option<
         return Err(shape(format!("{} workgroups need a grid ({gx}, {gy}), over this GPU's {max} per dimension", gq + 2 * gkv)));
     }
     // The table first, then the uniform: the same order every step, so a `DispatchCache` reuses both.
-    let table = ctx.storage_constant(&rope::cos_sin(rows, head_dim, pos0, theta));
+    let mut table = rope::cos_sin(rows, head_dim, pos0, theta);
+    table.resize(2 * TABLE_PAIRS, 0.0);
+    let table = ctx.uniform_constant(&table);
     let kernel = for_format(kernels(), w.q.format);
     let entry = if norm.is_some() { "normed" } else { "main" };
     let pipeline = ctx.pipeline(kernel.name, kernel.source, entry, &[("ROWS", rows as u64), ("THREADS", THREADS as u64), ("NORM", norm.is_some() as u64)]);

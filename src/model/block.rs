@@ -103,6 +103,12 @@ pub trait Pass {
     fn norms_at_attention(&self, _ctx: &GpuContext, _config: &Config, _l: usize, _block: &GpuBlock) -> bool {
         false
     }
+    /// Whether the LM head after this pass takes the final norm itself, from the residual stream
+    /// (the last block's x_mid and the MLP output still to add): then [`encode_network`] does not
+    /// record the final norm, and [`Pass::hidden`] is not written. No by default.
+    fn norms_at_head(&self, _ctx: &GpuContext, _model: &GpuModel) -> bool {
+        false
+    }
     /// The attention half: q, k, v from h1, [`Pass::attend`], and the output projection o of att.
     /// Returns the tensor holding o's output and in how many partial products ([parts, rows,
     /// hidden], added by the MLP's residual). By default [`attention_parts`], then o through the
@@ -127,8 +133,11 @@ pub fn encode_network(ctx: &GpuContext, enc: &mut Recorder, model: &GpuModel, pa
         gpu::embedding::encode(ctx, enc, pos, d, 0, positions, x0, true)?;
     }
     // Later norms are fused into the residual add before them (residual_norm), or into the
-    // attention that reads them (Pass::norms_at_attention).
-    let normed_at = |l: usize| model.blocks.get(l).is_some_and(|b| pass.norms_at_attention(ctx, c, l, b));
+    // attention or the LM head that reads them (Pass::norms_at_attention, Pass::norms_at_head).
+    let normed_at = |l: usize| match model.blocks.get(l) {
+        Some(b) => pass.norms_at_attention(ctx, c, l, b),
+        None => pass.norms_at_head(ctx, model),
+    };
     match model.blocks.first() {
         Some(_) if normed_at(0) => {}
         Some(b) => b.attn_norm.encode(ctx, enc, c, x0, rows, pass.acts(0).h1)?,

@@ -1,5 +1,6 @@
 //! The decode path of generation: one step runs new tokens through the network with the KV cache
-//! (the prompt in one batched pass, then one token a step), the LM head on the last row only, and
+//! (the prompt in one batched pass, then one token a step), the LM head on the last row only (on a
+//! CPU device a one-row step's head takes the final norm, `CachedPass::encode_head`), and
 //! the token choice on the GPU (`gpu::topk`), all in one submission, and reads back the chosen id
 //! (4 bytes; 8·k for top-k sampling, whose draw stays on the CPU). The step's buffers — activations,
 //! logits, the read-back staging buffer — and its uniforms and bind groups (a [`DispatchCache`] for
@@ -149,7 +150,7 @@ impl GpuModel {
             ctx.queue.write_buffer(&state.acts.ids.buffer, 0, bytemuck::cast_slice(tokens));
         }
         ctx.queue.write_buffer(&state.acts.pos_ids.buffer, 0, bytemuck::cast_slice(&positions(past, t)));
-        let pass = CachedPass { branch, past, blocks: &self.blocks, cache: self.kv_cache(ctx).await?, acts: state.acts.clone() };
+        let pass = CachedPass { branch, past, blocks: &self.blocks, cache: self.kv_cache(ctx).await?, acts: state.acts.clone(), head_norm: true };
         let staging = state.staging[state.next_staging].clone();
         state.next_staging = 1 - state.next_staging;
         let s = &state;
@@ -160,8 +161,15 @@ impl GpuModel {
                     enc.copy_buffer_to_buffer(&picks.buffer, 0, &s.acts.ids.buffer, 0, 4);
                 }
                 block::encode_network(ctx, enc, self, &pass)?;
-                enc.copy_buffer_to_buffer(&s.acts.out.buffer, ((t - 1) * d * 4) as u64, &s.last.buffer, 0, (d * 4) as u64);
-                self.encode_logits(ctx, enc, &s.last, 1, &s.logits)?;
+                match pass.head_parts(ctx, self) {
+                    // The final norm and the head in one dispatch from the residual stream
+                    // (`Pass::norms_at_head` left the norm to it).
+                    Some(parts) => pass.encode_head(ctx, enc, self, parts, &s.logits)?,
+                    None => {
+                        enc.copy_buffer_to_buffer(&s.acts.out.buffer, ((t - 1) * d * 4) as u64, &s.last.buffer, 0, (d * 4) as u64);
+                        self.encode_logits(ctx, enc, &s.last, 1, &s.logits)?;
+                    }
+                }
                 if k > 0 {
                     let order = if pick == Pick::Argmax { topk::Order::Greedy } else { topk::Order::Total };
                     topk::encode(ctx, enc, &s.logits, vocab, k, order, &s.picks)?;

@@ -294,7 +294,7 @@ impl GpuModel {
         let acts = Acts::new(ctx, &self.config, t).await?;
         ctx.queue.write_buffer(&acts.ids.buffer, 0, bytemuck::cast_slice(tokens));
         ctx.queue.write_buffer(&acts.pos_ids.buffer, 0, bytemuck::cast_slice(&positions(past, t)));
-        let pass = CachedPass { branch, past, blocks: &self.blocks, cache: self.kv_cache(ctx).await?, acts };
+        let pass = CachedPass { branch, past, blocks: &self.blocks, cache: self.kv_cache(ctx).await?, acts, head_norm: false };
         ctx.run(|enc| block::encode_network(ctx, enc, self, &pass)).await?;
         Ok(pass.acts.out)
     }
@@ -460,6 +460,9 @@ pub(super) struct CachedPass<'a> {
     pub blocks: &'a [GpuBlock],
     pub cache: KvCache,
     pub acts: Acts,
+    /// Whether the caller records the LM head with the final norm fused in
+    /// ([`CachedPass::encode_head`], a decode step) rather than reading the final hidden states.
+    pub head_norm: bool,
 }
 
 impl CachedPass<'_> {
@@ -518,6 +521,37 @@ impl CachedPass<'_> {
         } else {
             gpu::matvec_qkv::encode(ctx, enc, a.h1, rows, w, c.head_dim, self.past, c.rope_theta, &out)
         }
+    }
+
+    /// The LM head's parts (first column, weight [columns, hidden]) when `gpu::matvec_qkv::encode_head`
+    /// runs a one-row step's final norm and head: asked for (`head_norm`), a Llama model (RMS
+    /// norms) on a CPU device, the head tied or a Linear [vocabulary, hidden] without a bias, every
+    /// part taken by the kernel.
+    pub(super) fn head_parts<'m>(&self, ctx: &GpuContext, model: &'m GpuModel) -> Option<&'m [(usize, GpuTensor)]> {
+        if !self.head_norm || model.config.arch != Arch::Llama || model.final_norm.bias.is_some() || model.blocks.is_empty() || self.acts.rows != 1 || !ctx.matvec() {
+            return None;
+        }
+        let parts = match &model.lm_head {
+            None => &model.token_embedding.parts,
+            Some(h) if h.bias.is_none() && h.layout == WeightLayout::OutIn => &h.weight.parts,
+            Some(_) => return None,
+        };
+        parts.iter().all(|(_, w)| gpu::matvec_qkv::fits_head(ctx, 1, w)).then_some(&parts[..])
+    }
+
+    /// Logits [1, vocab] of a one-row step from the residual stream after the last block (its
+    /// x_mid and MLP output still to add; S stored into x_out): the final norm and each part of the
+    /// head in one dispatch (`gpu::matvec_qkv::encode_head`), where [`Self::head_parts`] says so.
+    pub(super) fn encode_head(&self, ctx: &GpuContext, enc: &mut Recorder, model: &GpuModel, parts: &[(usize, GpuTensor)], logits: &GpuTensor) -> Result<(), GpuError> {
+        let c = &model.config;
+        let last = model.blocks.len() - 1;
+        let (add, n) = self.mlp_output(ctx, last);
+        let a = self.acts(last);
+        let norm = gpu::matvec_pair::Norm { x: a.x_mid, add, parts: n, weight: &model.final_norm.weight, eps: c.norm_eps, s: a.x_out };
+        for (col0, w) in parts {
+            gpu::matvec_qkv::encode_head(ctx, enc, &norm, 1, w, logits, *col0, c.vocab_size)?;
+        }
+        Ok(())
     }
 
     /// q, k and v's weights, when `gpu::matvec_qkv` can run the three projections, RoPE and the
@@ -580,6 +614,12 @@ impl Pass for CachedPass<'_> {
     /// before it, where the three weights are plain, the norm is RMS and the rows fit.
     fn norms_at_attention(&self, ctx: &GpuContext, c: &Config, l: usize, b: &GpuBlock) -> bool {
         b.attn_norm.bias.is_none() && self.qkv(ctx, c, l, b).is_some_and(|w| gpu::matvec_qkv::fits_normed(ctx, self.acts.rows, &w, c.head_dim))
+    }
+
+    /// On a CPU device, a one-row step's LM head also takes the final norm (see
+    /// [`CachedPass::head_parts`]).
+    fn norms_at_head(&self, ctx: &GpuContext, model: &GpuModel) -> bool {
+        self.head_parts(ctx, model).is_some()
     }
 
     fn ids(&self) -> (&GpuTensor, &GpuTensor) {
