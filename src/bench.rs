@@ -15,7 +15,8 @@
 //!   the base weights, with the adapter merged into them, and with the adapter unmerged (its branch
 //!   x·Aᵀ·Bᵀ·s added at every adapted layer), on the same tokens and the same kernels otherwise;
 //! - `generate`: greedy generation after a prompt (KV cache): the prompt's prefill time per token
-//!   and the time per new token (tokens/s), against transformers' `generate`; and the same loop
+//!   and the time per new token (tokens/s), against transformers' `generate`, and their ratio (by
+//!   wall time, and by CPU time on a software GPU); and the same loop
 //!   the way loratab generated before its decode path ("old path": 64 × 64 matmul tiles for one
 //!   row, fresh buffers every step, the whole row of logits read back and chosen on the CPU).
 //!
@@ -756,10 +757,15 @@ async fn bench_generate(ctx: &GpuContext, case: &GenerateCase, log: &dyn Fn(&str
         rows.push(Row { key: format!("{key} {what}decode tokens/s"), value: 1.0 / decode, unit: "tok/s".into() });
         rows.push(per("ms", "decode ms/token", decode, 1));
         rows.push(per("ms", "prefill ms/token", prefill, case.prompt));
+        // Issue #17's target reads as this ratio: a new token ≤ 3× a prefill token.
+        let ratio = |name: &str, decode: f64, prefill: f64| Row { key: format!("{key} {what}{name}"), value: decode * case.prompt as f64 / prefill, unit: "×".into() };
+        rows.push(ratio("decode / prefill token", decode, prefill));
         if let (true, Some(cpu)) = (software, runs.iter().map(|r| r.cpu).collect::<Option<Vec<_>>>()) {
-            let decoded = runs.iter().map(|r| r.wall.len() - 1).sum();
-            rows.push(per("cpu-ms", "decode CPU ms/token", cpu.iter().map(|c| c.1).sum(), decoded));
-            rows.push(per("cpu-ms", "prefill CPU ms/token", median(cpu.iter().map(|c| c.0).collect()), case.prompt));
+            let decoded: usize = runs.iter().map(|r| r.wall.len() - 1).sum();
+            let (decode_cpu, prefill_cpu) = (cpu.iter().map(|c| c.1).sum::<f64>() / decoded as f64, median(cpu.iter().map(|c| c.0).collect()));
+            rows.push(per("cpu-ms", "decode CPU ms/token", decode_cpu, 1));
+            rows.push(per("cpu-ms", "prefill CPU ms/token", prefill_cpu, case.prompt));
+            rows.push(ratio("decode / prefill token, CPU time", decode_cpu, prefill_cpu));
         }
         log(&format!("{key} {what}: {:.1} ms/token decode, {:.2} ms/token prefill", decode * 1e3, prefill * 1e3 / case.prompt as f64));
     };

@@ -776,6 +776,21 @@ gpu_test! {
             let err = ctx.run(|enc| matvec_pair::encode_mlp(&ctx, enc, m, &norm(parts), &w, &out).map(|_| ())).await.unwrap_err();
             assert!(err.to_string().contains(want), "{want}: {err}");
         }
+        // Outputs that alias S or one of the norm's inputs: refused (the kernel would read what
+        // another workgroup writes).
+        let w = Mlp { gate: &g, up: &g, down: &d };
+        let mut bufs = Vec::new();
+        for len in [k, k, k, k, matvec_pair::mlp_parts(n) * k] {
+            bufs.push(ctx.zeros(&[len.max(8 * 384)]).await.unwrap());
+        }
+        let [x, add, nw, s, out] = &bufs[..] else { unreachable!("five buffers") };
+        for (out, want) in [(s, "different buffers"), (x, "must not be written by the same call"), (add, "must not be written by the same call")] {
+            let norm = Norm { x, add, parts: 1, weight: nw, eps, s };
+            let err = ctx.run(|enc| matvec_pair::encode_mlp(&ctx, enc, 1, &norm, &w, out).map(|_| ())).await.unwrap_err();
+            assert!(err.to_string().contains(want), "{want}: {err}");
+        }
+        let norm = Norm { x, add, parts: 1, weight: nw, eps, s };
+        ctx.run(|enc| matvec_pair::encode_mlp(&ctx, enc, 1, &norm, &w, out).map(|_| ())).await.expect("distinct buffers are taken");
     }
 }
 

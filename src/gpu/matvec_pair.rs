@@ -119,7 +119,8 @@ pub fn fits_mlp(ctx: &GpuContext, rows: usize, w: &Mlp) -> bool {
 /// Record a decode step's Llama MLP from its residual stream (the shader's entry `mlp`): norm.s = x +
 /// Σ add, h = rmsnorm(s), f = silu(h·Gᵀ) · (h·Uᵀ), and out [G, rows, K] = the down product f·Dᵀ as
 /// G = [`mlp_parts`](N) partial products (sum them, in order, for the MLP's output). Returns G.
-/// `GpuError::Shape` for shapes [`fits_mlp`] refuses (less the device).
+/// `GpuError::Shape` for shapes [`fits_mlp`] refuses (less the device), and for an output that is S
+/// or one of the norm's inputs.
 pub fn encode_mlp(ctx: &GpuContext, encoder: &mut Recorder, rows: usize, norm: &Norm, w: &Mlp, out: &GpuTensor) -> Result<usize, GpuError> {
     let shape = |detail: String| GpuError::Shape { op: "matvec_pair", detail };
     let [n, k] = w.gate.shape[..] else {
@@ -137,6 +138,7 @@ pub fn encode_mlp(ctx: &GpuContext, encoder: &mut Recorder, rows: usize, norm: &
     norm.check("matvec_pair", rows, k)?;
     let parts = mlp_parts(n);
     check_len("matvec_pair", "the output parts", out, parts * rows * k)?;
+    norm.check_outputs("matvec_pair", "the output parts", &[&out.buffer])?;
     let extra = Extra { parts: norm.parts as u32, eps: norm.eps, buffers: [&norm.add.buffer, &norm.weight.buffer, &w.down.buffer] };
     launch(ctx, encoder, "mlp", norm.x, rows, [w.gate, w.up], &[out, norm.s], Some(extra))?;
     Ok(parts)
