@@ -370,7 +370,31 @@ pub struct Studio {
     source: ModelSource,
     /// The format the frozen matrices were converted to at load (None: as stored).
     frozen: Option<WeightFormat>,
+    /// The base model's last answer in [`Studio::compare`], by what determines it.
+    base_answer: std::sync::Mutex<Option<(BaseKey, String)>>,
 }
+
+/// What a Compare asks: a text to continue, or a conversation to answer as the assistant (the
+/// model's chat template with the assistant's header after it; a typed question is one user turn).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Ask {
+    Text(String),
+    Chat(Vec<train::Message>),
+}
+
+/// A Compare's answers: the base model's, and the adapter's when a run was given.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Compared {
+    pub base: String,
+    pub tuned: Option<String>,
+    /// The base answer is the last Compare's: the same prompt tokens, length and sampling through
+    /// weights that never change give the same text, so it was not generated again.
+    pub base_reused: bool,
+}
+
+/// What fixes the base model's answer: the prompt's ids, the new tokens at most, and the sampling
+/// (temperature bits, top-k, seed).
+type BaseKey = (Vec<u32>, usize, u32, usize, u64);
 
 impl Studio {
     /// Open the GPU and load `source` onto it, its frozen matrices in `frozen` (None: as stored).
@@ -432,7 +456,7 @@ impl Studio {
         let before = ctx.memory().live();
         let model = GpuModel::upload(&ctx, &model).await?;
         let info = ModelInfo { weight_bytes: ctx.memory().live() - before, ..info };
-        Ok(Self { ctx, model, tokenizer, info, source, frozen })
+        Ok(Self { ctx, model, tokenizer, info, source, frozen, base_answer: Default::default() })
     }
 
     pub fn config(&self) -> &Config {
@@ -625,6 +649,34 @@ impl Studio {
     /// examples is compared with.
     pub async fn generate_chat(&self, question: &str, max_tokens: usize, sampling: &Sampling, adapter: Option<&Run>) -> Result<String, StudioError> {
         self.answer(&[train::Message::new(train::Role::User, question)], max_tokens, sampling, adapter).await
+    }
+
+    /// Before and after: `ask` through the base model and, with `run`, through its adapter, with
+    /// the same length and sampling (seed included). The frozen weights never change, so the base
+    /// answer to the same prompt tokens, length and sampling as the last Compare's is that one
+    /// again, not generated a second time (`Compared::base_reused`): a student comparing after
+    /// each round of training waits for the adapter's answer only.
+    pub async fn compare(&self, ask: &Ask, max_tokens: usize, sampling: &Sampling, run: Option<&Run>) -> Result<Compared, StudioError> {
+        let ids = match ask {
+            Ask::Text(prompt) => self.tokenize(prompt)?,
+            Ask::Chat(context) => self.chat_template()?.encode(&self.tokenizer, context, true)?,
+        };
+        let key: BaseKey = (ids.clone(), max_tokens, sampling.temperature.to_bits(), sampling.top_k, sampling.seed);
+        let last = self.base_answer.lock().unwrap().as_ref().filter(|(k, _)| *k == key).map(|(_, a)| a.clone());
+        let base_reused = last.is_some();
+        let base = match last {
+            Some(answer) => answer,
+            None => {
+                let answer = self.generate_ids(ids.clone(), max_tokens, sampling, None).await?;
+                *self.base_answer.lock().unwrap() = Some((key, answer.clone()));
+                answer
+            }
+        };
+        let tuned = match run {
+            Some(run) => Some(self.generate_ids(ids, max_tokens, sampling, Some(run)).await?),
+            None => None,
+        };
+        Ok(Compared { base, tuned, base_reused })
     }
 
     async fn generate_ids(&self, ids: Vec<u32>, max_tokens: usize, sampling: &Sampling, adapter: Option<&Run>) -> Result<String, StudioError> {

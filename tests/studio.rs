@@ -10,7 +10,7 @@ use common::gpu;
 use loratab::generate::Sampling;
 use loratab::lora::{self, LoraOptions, Target};
 use loratab::model::{GpuModel, Model, ModelFiles, WeightFormat};
-use loratab::studio::{model_files, ModelSource, SavedAdapter, Studio, StudioError};
+use loratab::studio::{model_files, Ask, ModelSource, SavedAdapter, Studio, StudioError};
 use loratab::train::TrainSettings;
 use loratab::zip;
 
@@ -165,6 +165,25 @@ gpu_test! {
         assert_eq!(studio.generate("the ", 8, &GREEDY, None).await.unwrap(), base_text);
         assert_eq!(studio.generate("the ", 8, &GREEDY, Some(&run)).await.unwrap(), tuned);
         assert_eq!((memory.tensors(), memory.peak()), (tensors, bytes), "a second Compare allocated GPU tensors");
+        // Studio::compare generates the base answer once for the same prompt tokens, length and
+        // sampling (the frozen weights cannot change it) and the adapter's every time; whatever
+        // changes the base answer generates it again, as `generate` and `answer` give it.
+        let ask = Ask::Text("the ".into());
+        let first = studio.compare(&ask, 8, &GREEDY, Some(&run)).await.unwrap();
+        assert_eq!((first.base.as_str(), first.tuned.as_deref(), first.base_reused), (base_text.as_str(), Some(tuned.as_str()), false));
+        let again = studio.compare(&ask, 8, &GREEDY, Some(&run)).await.unwrap();
+        assert_eq!((again.base.as_str(), again.tuned.as_deref(), again.base_reused), (base_text.as_str(), Some(tuned.as_str()), true));
+        let sampled = Sampling { temperature: 0.8, top_k: 40, seed: 1 };
+        let chat = vec![loratab::train::Message::new(loratab::train::Role::User, "the ")];
+        for (ask, n, sampling) in [(Ask::Text("the ".into()), 7, GREEDY), (Ask::Text("the ".into()), 8, sampled), (Ask::Text("the".into()), 8, sampled), (Ask::Chat(chat.clone()), 8, sampled)] {
+            let got = studio.compare(&ask, n, &sampling, None).await.unwrap();
+            let fresh = match &ask {
+                Ask::Text(p) => studio.generate(p, n, &sampling, None).await.unwrap(),
+                Ask::Chat(c) => studio.answer(c, n, &sampling, None).await.unwrap(),
+            };
+            assert_eq!((got.base, got.tuned, got.base_reused), (fresh, None, false), "{ask:?} {n} {sampling:?}");
+        }
+        assert!(studio.compare(&Ask::Chat(chat), 8, &sampled, None).await.unwrap().base_reused);
 
         // The merged-model download scores the held-out text as the run does.
         let merged_files = model_files(vec![("merged.zip".into(), studio.merged_model_zip(&saved.adapter).unwrap())]).unwrap();

@@ -187,6 +187,21 @@ async fn training_plots_a_falling_loss_then_compares() {
     assert!(!base.is_empty() && !tuned.is_empty(), "the engine continues the prompt: {base:?}, {tuned:?}");
     assert_eq!(shown_base, format!("{PROMPT}{base}"), "the base model's text");
     assert_eq!(shown_tuned, format!("{PROMPT}{tuned}"), "the adapter's text");
+    let caption = || text_of(&root, "[data-testid=compare-base-caption]");
+    assert!(!caption().contains("as before"), "the first base answer is generated: {}", caption());
+
+    // Clicked again with the same prompt, length and sampling: the base answer is shown as before
+    // (the frozen weights cannot have changed it), the adapter's generated again.
+    find(&root, "[data-testid=generate]").click();
+    until("the second Compare", 60.0, || caption().contains("as before")).await;
+    assert_eq!(text_of(&root, "[data-testid=compare-base]"), shown_base);
+    assert_eq!(text_of(&root, "[data-testid=compare-tuned]"), shown_tuned);
+    // Another seed: both generated, the base as the engine gives it for that seed.
+    type_into(&root, "#gen-seed", "6");
+    find(&root, "[data-testid=generate]").click();
+    until("the third Compare", 60.0, || !caption().contains("as before") && state.busy.get_untracked().is_none()).await;
+    let base6 = studio.generate(PROMPT, NEW_TOKENS, &Sampling { seed: 6, ..sampling }, None).await.unwrap();
+    assert_eq!(text_of(&root, "[data-testid=compare-base]"), format!("{PROMPT}{base6}"), "seed 6's base text");
 }
 
 fn train_and_download() -> impl IntoView {

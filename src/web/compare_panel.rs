@@ -1,7 +1,8 @@
 //! Before and after: the same prompt, seed and sampling through the base model and through the
 //! model with the adapter, side by side. With examples, the question is a user turn rendered with
 //! the chat template, either typed or a held-out example's (whose expected answer is shown too),
-//! and each answer ends where the template ends one.
+//! and each answer ends where the template ends one. The base model's answer to the same prompt,
+//! length and sampling as the last click's is shown again without generating it (`Studio::compare`).
 
 use leptos::prelude::*;
 use leptos::task::spawn_local;
@@ -24,6 +25,8 @@ pub fn ComparePanel() -> impl IntoView {
     let tuned = RwSignal::new(String::new());
     let expected = RwSignal::new(None::<String>);
     let error = RwSignal::new(None::<String>);
+    // Whether the base answer shown is the last click's (Studio::compare did not generate it again).
+    let reused = RwSignal::new(false);
     let examples = move || state.data.mode.get() == DataMode::Examples;
     // A new run's held-out list replaces the old one: a pick into the old one is gone.
     Effect::new(move |_| {
@@ -59,9 +62,10 @@ pub fn ComparePanel() -> impl IntoView {
         expected.set(want);
         spawn_local(async move {
             match state.compare(ask, max, sampling).await {
-                Ok((b, t)) => {
-                    base.set(format!("{shown}{b}"));
-                    tuned.set(t.map(|t| format!("{shown}{t}")).unwrap_or_else(|| "(train or load an adapter first)".into()));
+                Ok(c) => {
+                    base.set(format!("{shown}{}", c.base));
+                    reused.set(c.base_reused);
+                    tuned.set(c.tuned.map(|t| format!("{shown}{t}")).unwrap_or_else(|| "(train or load an adapter first)".into()));
                 }
                 Err(e) => error.set(Some(e)),
             }
@@ -122,7 +126,10 @@ pub fn ComparePanel() -> impl IntoView {
                 <figure><figcaption>"Expected answer"</figcaption><output data-testid="compare-expected">{e}</output></figure>
             })}
             <div class="side-by-side">
-                <figure><figcaption>"Base model"</figcaption><output data-testid="compare-base">{move || base.get()}</output></figure>
+                <figure>
+                    <figcaption data-testid="compare-base-caption">"Base model"{move || reused.get().then_some(" (as before: its weights do not change)")}</figcaption>
+                    <output data-testid="compare-base">{move || base.get()}</output>
+                </figure>
                 <figure><figcaption>"With the adapter"{adapter_step}</figcaption><output data-testid="compare-tuned">{move || tuned.get()}</output></figure>
             </div>
         </section>

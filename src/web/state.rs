@@ -17,7 +17,7 @@ use crate::generate::Sampling;
 use crate::gpu::GpuError;
 use crate::lora::{LoraOptions, Target};
 use crate::model::{Config, ModelFiles, WeightFormat};
-use crate::studio::{ModelSource, Profiled, Run, SavedAdapter, Studio, StudioError, TextStats};
+use crate::studio::{Compared, ModelSource, Profiled, Run, SavedAdapter, Studio, StudioError, TextStats};
 use crate::train::TrainSettings;
 
 mod data;
@@ -556,22 +556,15 @@ impl AppState {
         Ok(())
     }
 
-    /// Generate from `prompt` with the base model and with the current adapter (same seed).
-    pub async fn compare(self, prompt: Ask, max_tokens: usize, sampling: Sampling) -> Result<(String, Option<String>), String> {
+    /// Generate from `prompt` with the base model and with the current adapter (same seed); the
+    /// base answer is reused when it cannot have changed (`Studio::compare`).
+    pub async fn compare(self, prompt: Ask, max_tokens: usize, sampling: Sampling) -> Result<Compared, String> {
         let studio = self.studio.get_untracked().ok_or("No model is loaded.")?;
         if !self.claim("generating") {
             return Err("The GPU is busy; try again when it is done.".into());
         }
         let run = self.run.try_update_value(|r| r.take()).flatten();
-        let result = async {
-            let base = prompt.generate(&studio, max_tokens, &sampling, None).await?;
-            let tuned = match &run {
-                Some(run) => Some(prompt.generate(&studio, max_tokens, &sampling, Some(run)).await?),
-                None => None,
-            };
-            Ok::<_, StudioError>((base, tuned))
-        }
-        .await;
+        let result = studio.compare(&prompt, max_tokens, &sampling, run.as_ref()).await;
         self.run.set_value(run);
         self.release();
         result.map_err(|e| {

@@ -9,28 +9,12 @@ use leptos::prelude::*;
 
 use super::super::format;
 use super::{AppState, TrainStatus};
-use crate::generate::Sampling;
 use crate::studio::{ExampleSet, ExampleStats, HeldOut, Run, SavedAdapter, Studio, StudioError, TrainData};
 use crate::train::examples::Format;
-use crate::train::{parse_examples, Message, Record};
+use crate::train::{parse_examples, Record};
 
-/// What Compare asks both models.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Ask {
-    /// A text to continue.
-    Text(String),
-    /// A conversation to answer as the assistant (a typed question is one user turn).
-    Chat(Vec<Message>),
-}
-
-impl Ask {
-    pub(super) async fn generate(&self, studio: &Studio, max_tokens: usize, sampling: &Sampling, adapter: Option<&Run>) -> Result<String, StudioError> {
-        match self {
-            Ask::Text(prompt) => studio.generate(prompt, max_tokens, sampling, adapter).await,
-            Ask::Chat(context) => studio.answer(context, max_tokens, sampling, adapter).await,
-        }
-    }
-}
+/// What Compare asks both models (the library's).
+pub use crate::studio::Ask;
 
 /// What the text panel trains on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
