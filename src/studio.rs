@@ -659,7 +659,7 @@ impl Studio {
     pub async fn compare(&self, ask: &Ask, max_tokens: usize, sampling: &Sampling, run: Option<&Run>) -> Result<Compared, StudioError> {
         let ids = match ask {
             Ask::Text(prompt) => self.tokenize(prompt)?,
-            Ask::Chat(context) => self.chat_template()?.encode(&self.tokenizer, context, true)?,
+            Ask::Chat(context) => self.chat_ids(context)?,
         };
         let key: BaseKey = (ids.clone(), max_tokens, sampling.temperature.to_bits(), sampling.top_k, sampling.seed);
         let last = self.base_answer.lock().unwrap().as_ref().filter(|(k, _)| *k == key).map(|(_, a)| a.clone());
@@ -677,6 +677,12 @@ impl Studio {
             None => None,
         };
         Ok(Compared { base, tuned, base_reused })
+    }
+
+    /// The ids of `context` through the chat template with the assistant's header after it (what
+    /// [`Studio::answer`] continues).
+    fn chat_ids(&self, context: &[train::Message]) -> Result<Vec<u32>, StudioError> {
+        Ok(self.chat_template()?.encode(&self.tokenizer, context, true)?)
     }
 
     async fn generate_ids(&self, ids: Vec<u32>, max_tokens: usize, sampling: &Sampling, adapter: Option<&Run>) -> Result<String, StudioError> {

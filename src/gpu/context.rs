@@ -477,8 +477,7 @@ impl GpuContext {
         pipeline: &wgpu::ComputePipeline,
         buffers: &[&wgpu::Buffer],
     ) -> wgpu::BindGroup {
-        let numbered: Vec<(u32, &wgpu::Buffer)> = buffers.iter().enumerate().map(|(i, &b)| (i as u32, b)).collect();
-        self.bind_at(pipeline, &numbered)
+        self.bind_entries(pipeline, buffers.iter().enumerate().map(|(i, &b)| (i as u32, b)))
     }
 
     /// Bind `(binding, buffer)` pairs to group 0 of `pipeline`: an entry point that uses only some of
@@ -486,6 +485,11 @@ impl GpuContext {
     /// `DispatchCache` the group is kept per slot and reused while the pipeline and the buffers are
     /// the same (a call site binds the same numbers to a pipeline every time).
     pub(crate) fn bind_at(&self, pipeline: &wgpu::ComputePipeline, buffers: &[(u32, &wgpu::Buffer)]) -> wgpu::BindGroup {
+        self.bind_entries(pipeline, buffers.iter().copied())
+    }
+
+    /// [`Self::bind`] and [`Self::bind_at`]: a cache hit compares the buffers without collecting them.
+    fn bind_entries<'b>(&self, pipeline: &wgpu::ComputePipeline, buffers: impl ExactSizeIterator<Item = (u32, &'b wgpu::Buffer)> + Clone) -> wgpu::BindGroup {
         let Some(cache) = self.active.lock().unwrap().clone() else {
             return self.make_bind(pipeline, buffers);
         };
@@ -493,22 +497,19 @@ impl GpuContext {
         let slot = cache.next_bind;
         cache.next_bind += 1;
         if let Some((p, bufs, group)) = cache.binds.get(slot) {
-            if p == pipeline && bufs.len() == buffers.len() && bufs.iter().zip(buffers).all(|(a, (_, b))| a == *b) {
+            if p == pipeline && bufs.len() == buffers.len() && bufs.iter().zip(buffers.clone()).all(|(a, (_, b))| a == b) {
                 return group.clone();
             }
         }
-        let group = self.make_bind(pipeline, buffers);
-        let entry = (pipeline.clone(), buffers.iter().map(|&(_, b)| b.clone()).collect(), group.clone());
+        let group = self.make_bind(pipeline, buffers.clone());
+        let entry = (pipeline.clone(), buffers.map(|(_, b)| b.clone()).collect(), group.clone());
         DispatchCache::put(&mut cache.binds, slot, entry);
         cache.created += 1;
         group
     }
 
-    fn make_bind(&self, pipeline: &wgpu::ComputePipeline, buffers: &[(u32, &wgpu::Buffer)]) -> wgpu::BindGroup {
-        let entries: Vec<wgpu::BindGroupEntry> = buffers
-            .iter()
-            .map(|&(binding, b)| wgpu::BindGroupEntry { binding, resource: b.as_entire_binding() })
-            .collect();
+    fn make_bind<'b>(&self, pipeline: &wgpu::ComputePipeline, buffers: impl Iterator<Item = (u32, &'b wgpu::Buffer)>) -> wgpu::BindGroup {
+        let entries: Vec<wgpu::BindGroupEntry> = buffers.map(|(binding, b)| wgpu::BindGroupEntry { binding, resource: b.as_entire_binding() }).collect();
         self.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: None,
             layout: &pipeline.get_bind_group_layout(0),

@@ -94,7 +94,7 @@ impl Norm<'_> {
     /// different buffers and none of them is one of the norm's inputs.
     pub(crate) fn check_outputs(&self, op: &'static str, names: &str, written: &[&wgpu::Buffer]) -> Result<(), GpuError> {
         let all: Vec<&wgpu::Buffer> = written.iter().copied().chain([&self.s.buffer]).collect();
-        if all.iter().enumerate().any(|(i, b)| all[..i].contains(b)) {
+        if !all_different(&all) {
             return Err(GpuError::Shape { op, detail: format!("{names} and S must be different buffers") });
         }
         if [&self.x.buffer, &self.add.buffer, &self.weight.buffer].iter().any(|b| all.contains(b)) {
@@ -102,6 +102,11 @@ impl Norm<'_> {
         }
         Ok(())
     }
+}
+
+/// Whether no buffer appears twice in `buffers` (the outputs of one dispatch).
+pub(crate) fn all_different(buffers: &[&wgpu::Buffer]) -> bool {
+    buffers.iter().enumerate().all(|(i, b)| !buffers[..i].contains(b))
 }
 
 /// Partial products the `mlp` entry leaves for an MLP of `n` hidden units: one per workgroup.

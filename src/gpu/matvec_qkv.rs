@@ -214,7 +214,7 @@ fn launch(ctx: &GpuContext, encoder: &mut Recorder, x: &GpuTensor, norm: Option<
         }
         n.check(OP, rows, k)?;
         n.check_outputs(OP, "q, the two caches", &written)?;
-    } else if written.iter().enumerate().any(|(i, b)| written[..i].contains(b)) {
+    } else if !super::matvec_pair::all_different(&written) {
         return Err(shape("q and the two caches must be different buffers".into()));
     }
     let half = head_dim / 2;

@@ -150,7 +150,7 @@ impl Studio {
     /// `apply_chat_template(…, add_generation_prompt=True)` gives them), with `adapter` when given;
     /// it ends at the model's EOS or end-of-turn token, which is not part of it.
     pub async fn answer(&self, context: &[Message], max_tokens: usize, sampling: &Sampling, adapter: Option<&Run>) -> Result<String, StudioError> {
-        let ids = self.chat_template()?.encode(&self.tokenizer, context, true)?;
+        let ids = self.chat_ids(context)?;
         self.generate_ids(ids, max_tokens, sampling, adapter).await
     }
 }
